@@ -1,0 +1,280 @@
+"""Load a text-to-image diffusion model as a :class:`Backbone`.
+
+A backbone is either a diffusers Stable Diffusion 1.x/2.x checkpoint (a hub id or a local
+folder with ``unet/``, ``text_encoder/``, ``tokenizer/``, ``scheduler/`` and ``vae/``), or the
+bundled mini model (``model: mini``), which has the same component types in pixel space.
+Weights are read from safetensors only and no remote code is ever run.
+
+Methods receive a backbone and return an edited one; the edited components can be saved with
+:meth:`Backbone.save_edit` and reloaded with ``load_backbone(base, edit=folder)`` so an
+expensive edit runs once.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, SchedulerMixin, UNet2DConditionModel
+from diffusers.models.attention_processor import AttnProcessor
+from transformers import AutoTokenizer, CLIPTextModel, PreTrainedTokenizerBase
+
+MINI_MODEL_DIR = Path(__file__).resolve().parent / "mini" / "weights" / "model"
+MARKER = "erasebench.json"
+COMPONENTS = ("unet", "text_encoder", "tokenizer", "scheduler", "vae")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class BackboneLoadError(RuntimeError):
+    """A model folder or hub id that cannot be loaded; the message says what is wrong."""
+
+
+@dataclass
+class Backbone:
+    tokenizer: PreTrainedTokenizerBase
+    text_encoder: CLIPTextModel
+    unet: UNet2DConditionModel
+    scheduler: SchedulerMixin
+    vae: AutoencoderKL | None = None
+    name: str = "model"
+    kind: str = "sd"  # "sd" or "mini"
+    space_to_depth: int = 1  # mini: the exact pixel_unshuffle "autoencoder"
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32
+    guidance_hooks: list[Any] = field(default_factory=list)
+    edits: list[dict] = field(default_factory=list)  # provenance of the edits applied so far
+
+    # ------------------------------------------------------------------ text
+    def tokenize(self, prompts: list[str]) -> torch.Tensor:
+        return self.tokenizer(
+            list(prompts),
+            padding="max_length",
+            max_length=self.tokenizer.model_max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).input_ids.to(self.device)
+
+    def encode(self, prompts: list[str], grad: bool = False) -> torch.Tensor:
+        """Text embeddings [N, L, D] (the UNet's ``encoder_hidden_states``)."""
+        with torch.set_grad_enabled(grad):
+            return self.text_encoder(self.tokenize(prompts))[0]
+
+    # ---------------------------------------------------------------- images
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        size = self.unet.config.sample_size
+        size = size if isinstance(size, int) else size[0]
+        return (self.unet.config.in_channels, size, size)
+
+    @property
+    def image_size(self) -> int:
+        scale = self.space_to_depth if self.vae is None else 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return self.latent_shape[1] * scale
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> images [N, 3, H, W] in [0, 1] (float32)."""
+        if self.vae is None:
+            images = F.pixel_shuffle(latents.float(), self.space_to_depth)
+        else:
+            images = self.vae.decode(latents.to(self.vae.dtype) / self.vae.config.scaling_factor).sample
+        return ((images.float() + 1) / 2).clamp(0, 1)
+
+    def encode_images(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Images [N, 3, H, W] in [0, 1] -> latents (the inverse of :meth:`decode`, scaled as SD expects)."""
+        x = images.to(self.device) * 2 - 1
+        if self.vae is None:
+            return F.pixel_unshuffle(x.float(), self.space_to_depth).to(self.dtype)
+        dist = self.vae.encode(x.to(self.vae.dtype)).latent_dist
+        return (dist.mean * self.vae.config.scaling_factor).to(self.dtype)
+
+    # ------------------------------------------------------------ identity
+    def fingerprint(self) -> str:
+        """SHA-256 over the UNet and text-encoder weights and the guidance hooks' configs."""
+        h = hashlib.sha256()
+        for prefix, module in (("unet", self.unet), ("text_encoder", self.text_encoder)):
+            for key, tensor in sorted(module.state_dict().items()):
+                h.update(f"{prefix}.{key}".encode())
+                h.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+        for hook in self.guidance_hooks:
+            h.update(json.dumps(hook.fingerprint(), sort_keys=True, default=str).encode())
+        return h.hexdigest()
+
+    def copy(self) -> Backbone:
+        """A copy whose UNet and text encoder can be edited without touching this one."""
+        return Backbone(
+            tokenizer=self.tokenizer,
+            text_encoder=copy.deepcopy(self.text_encoder),
+            unet=copy.deepcopy(self.unet),
+            scheduler=self.scheduler,
+            vae=self.vae,
+            name=self.name,
+            kind=self.kind,
+            space_to_depth=self.space_to_depth,
+            device=self.device,
+            dtype=self.dtype,
+            guidance_hooks=list(self.guidance_hooks),
+            edits=list(self.edits),
+        )
+
+    # ------------------------------------------------------------ edits
+    def save_edit(self, folder: str | Path, components: tuple[str, ...] = ("unet", "text_encoder"),
+                  info: dict | None = None) -> Path:
+        """Save the edited components (safetensors) plus ``edit.json``; reload with ``load_backbone(base, edit=folder)``.
+
+        Written to a temporary folder first and renamed, so a killed save leaves no half edit.
+        """
+        folder = Path(folder)
+        tmp = folder.with_name(folder.name + ".tmp")
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        for name in components:
+            module = getattr(self, name)
+            module.save_pretrained(tmp / name, safe_serialization=True)
+        meta = {"base": self.name, "components": list(components), "edits": self.edits, **(info or {})}
+        (tmp / "edit.json").write_text(json.dumps(meta, indent=2, default=str))
+        if folder.exists():
+            import shutil
+
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+        return folder
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Backbone:
+        self.device = torch.device(device) if device is not None else self.device
+        self.dtype = dtype or self.dtype
+        for module in (self.unet, self.text_encoder, self.vae):
+            if module is not None:
+                module.to(self.device, self.dtype)
+        return self
+
+
+# --------------------------------------------------------------------------- loading
+def _check_safetensors(folder: Path, component: str) -> None:
+    sub = folder / component
+    if not sub.is_dir():
+        raise BackboneLoadError(f"{folder}: missing component folder {component}/ (expected {', '.join(COMPONENTS[:4])})")
+    if component in ("tokenizer", "scheduler"):
+        return
+    if any(sub.glob("*.safetensors")):
+        return
+    pickled = [p.name for p in sub.iterdir() if p.suffix in (".bin", ".ckpt", ".pt", ".pth")]
+    if pickled:
+        raise BackboneLoadError(
+            f"{sub}: only pickled weights ({', '.join(pickled)}); erasebench loads safetensors only "
+            "(convert with `save_pretrained(..., safe_serialization=True)`)"
+        )
+    raise BackboneLoadError(f"{sub}: no *.safetensors weight file")
+
+
+def _resolve(model: str) -> tuple[str, bool]:
+    """(path-or-id, is_local)."""
+    if model == "mini":
+        if not (MINI_MODEL_DIR / "unet").is_dir():
+            raise BackboneLoadError(
+                f"the bundled mini model is missing at {MINI_MODEL_DIR}; reproduce it with `python -m bench.mini.train`"
+            )
+        return str(MINI_MODEL_DIR), True
+    path = Path(model).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise BackboneLoadError(f"{model}: not a folder")
+        return str(path), True
+    if model.startswith((".", "/", "~")) or model.count("/") != 1:
+        raise BackboneLoadError(f"model folder not found: {model} (give 'mini', a local folder, or a hub id 'org/name')")
+    return model, False
+
+
+def load_backbone(
+    model: str,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype = "float32",
+    edit: str | Path | None = None,
+) -> Backbone:
+    """Load ``model`` ('mini', a local diffusers folder, or a hub id) and optionally an edit folder on top."""
+    torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    device = torch.device(device)
+    source, local = _resolve(model)
+    root = Path(source)
+    kind, s2d = "sd", 1
+    if local:
+        for component in ("unet", "text_encoder", "tokenizer", "scheduler"):
+            _check_safetensors(root, component)
+        if (root / MARKER).exists():
+            marker = json.loads((root / MARKER).read_text())
+            kind, s2d = marker.get("kind", "sd"), int(marker.get("space_to_depth", 1))
+    has_vae = kind != "mini" and (not local or (root / "vae").is_dir())
+    if local and has_vae:
+        _check_safetensors(root, "vae")
+    common = dict(use_safetensors=True, torch_dtype=torch_dtype)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, subfolder="tokenizer")
+        text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **common)
+        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **common)
+        scheduler_config = _load_scheduler_config(source, local)
+        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **common) if has_vae else None
+    except BackboneLoadError:
+        raise
+    except Exception as exc:  # hub/network/format errors: one clear line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BackboneLoadError(f"cannot load model {model!r}: {first}") from exc
+    from diffusers import DDIMScheduler
+    import diffusers
+
+    scheduler_cls = getattr(diffusers, scheduler_config.get("_class_name", "DDIMScheduler"), DDIMScheduler)
+    scheduler = scheduler_cls.from_config(scheduler_config)
+    backbone = Backbone(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        unet=unet,
+        scheduler=scheduler,
+        vae=vae,
+        name=model,
+        kind=kind,
+        space_to_depth=s2d,
+        device=device,
+        dtype=torch_dtype,
+    )
+    if edit is not None:
+        apply_saved_edit(backbone, edit)
+    for module in (backbone.unet, backbone.text_encoder, backbone.vae):
+        if module is not None:
+            module.to(device, torch_dtype).eval().requires_grad_(False)
+    if device.type == "cpu":
+        # The math attention processor is several times faster than SDPA (esp. backward) on CPU.
+        backbone.unet.set_attn_processor(AttnProcessor())
+    return backbone
+
+
+def _load_scheduler_config(source: str, local: bool) -> dict:
+    if local:
+        return json.loads((Path(source) / "scheduler" / "scheduler_config.json").read_text())
+    from diffusers import DDIMScheduler
+
+    return dict(DDIMScheduler.load_config(source, subfolder="scheduler"))
+
+
+def apply_saved_edit(backbone: Backbone, edit: str | Path) -> Backbone:
+    """Replace the components saved by :meth:`Backbone.save_edit` in ``backbone`` (in place)."""
+    folder = Path(edit)
+    meta_path = folder / "edit.json"
+    if not meta_path.exists():
+        raise BackboneLoadError(f"{folder}: not an edit folder (no edit.json)")
+    meta = json.loads(meta_path.read_text())
+    for name in meta["components"]:
+        _check_safetensors(folder, name)
+        cls = type(getattr(backbone, name))
+        module = cls.from_pretrained(folder / name, use_safetensors=True, torch_dtype=backbone.dtype)
+        setattr(backbone, name, module.to(backbone.device).eval().requires_grad_(False))
+    backbone.edits = list(meta.get("edits", []))
+    if backbone.device.type == "cpu":
+        backbone.unet.set_attn_processor(AttnProcessor())
+    return backbone

@@ -1,0 +1,127 @@
+"""The run config (YAML), validated by a typed schema that reports every error at once.
+
+    model: mini                 # 'mini', a local diffusers folder, or a hub id
+    seed: 0
+    sampler: {name: ddim, steps: 25, guidance: 5.0}
+    methods:
+      - {name: none}
+      - {name: cad-erase, params: {ratio: 0.05}}
+      - {name: uce, label: uce-strong, params: {erase_scale: 2.0}}
+      - {name: esd-x, edit: edits/esd-x-circle}    # a saved edit: no retraining
+    targets: [circle]
+    suite: mini-quick
+    tier: standard
+    images_per_prompt: 2
+    batch_size: 64
+    device: cpu
+    dtype: float32
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """An invalid run config; the message lists every problem, one per line."""
+
+
+class SamplerSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["ddim", "dpm", "default"] = "ddim"
+    steps: int = Field(25, ge=1, le=1000)
+    guidance: float = Field(5.0, ge=0.0)
+    eta: float = Field(0.0, ge=0.0, le=1.0)
+
+
+class MethodSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    label: str | None = None  # the row name when one method appears with several settings
+    edit: str | None = None  # a folder saved by Backbone.save_edit: load it instead of applying the method
+
+    @property
+    def row_name(self) -> str:
+        return self.label or self.name
+
+
+class AttackSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = "mini"
+    seed: int = 0
+    sampler: SamplerSpec | None = None  # default: the suite's sampler
+    methods: list[MethodSpec] | None = None  # default: every registered method with its defaults
+    targets: list[str] = Field(default_factory=lambda: ["circle"], min_length=1)
+    kind: Literal["object", "style", "colour", "nudity", "identity"] | None = None
+    anchor: str = ""
+    preserve: list[str] = Field(default_factory=list)
+    suite: str = "mini-quick"
+    tier: str | None = None
+    images_per_prompt: int | None = Field(None, ge=1)
+    batch_size: int = Field(64, ge=1)
+    device: str = "cpu"
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    attacks: list[AttackSpec] | None = None  # default: the suite's attacks
+    cache_dir: str | None = None
+    data_dir: str | None = None  # local copies of prompt files (offline use)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not (v == "cpu" or v == "cuda" or v.startswith("cuda:") or v == "mps"):
+            raise ValueError(f"device {v!r} is not cpu, cuda, cuda:N or mps")
+        return v
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _targets(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"{source}: {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "config") -> RunConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a run config is a YAML mapping, got {type(data).__name__}")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def load_config(path: str | Path | None) -> RunConfig:
+    if path is None:
+        return RunConfig()
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    return parse_config(data, str(path))

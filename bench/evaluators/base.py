@@ -1,0 +1,52 @@
+"""The evaluator protocol: score a batch of images into per-image records.
+
+An evaluator loads its model once (in ``__init__``) and is reused for every batch. ``score``
+streams: it sees one batch of images (float [N, 3, H, W] in [0, 1]) with the per-image
+items of the task (prompt, expected attributes, ...) and returns one dict of plain values per
+image. Aggregation into metrics happens later, once, from the stored records.
+
+``provenance()`` names the model, the SHA-256 of its weight file and the library version; it
+is written into the run manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from bench.registry import Registry
+
+
+class Evaluator:
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+
+    def __init__(self, device: str | torch.device = "cpu", **params: Any):
+        self.device = torch.device(device)
+        self.params = params
+
+    def score(self, images: torch.Tensor, items: list[dict]) -> list[dict]:
+        raise NotImplementedError
+
+    def provenance(self) -> dict:
+        return {"name": self.name}
+
+
+EVALUATORS: Registry[type[Evaluator]] = Registry("evaluator", entry_point_group="erasebench.evaluators")
+
+
+def register_evaluator(cls: type[Evaluator]) -> type[Evaluator]:
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    return EVALUATORS.register(cls.name)(cls)
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

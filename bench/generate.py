@@ -1,0 +1,246 @@
+"""Batched, seeded, cached sampling with classifier-free guidance and guidance hooks.
+
+Determinism: the initial noise of every image comes from its own CPU generator seeded by
+:func:`image_seed` (prompt id, sample index, run seed), so an image does not depend on the
+batch it is sampled in, on the batch size or on the number of processes.
+
+Cache: every image is stored as a PNG under a content key (model fingerprint, prompt,
+negative prompt, seed, sampler); a re-run finds it and regenerates nothing. Images are always
+returned as they are stored (8-bit), so fresh and cached images score identically.
+
+Guidance hooks let inference-time methods (SLD, negative prompts) change the noise
+prediction at every step without touching weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from bench.backbone import Backbone
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """How images are sampled: ``ddim`` (eta 0), ``dpm`` (DPM-Solver++), or ``default`` (the checkpoint's scheduler)."""
+
+    name: str = "ddim"
+    steps: int = 25
+    guidance: float = 5.0
+    eta: float = 0.0
+
+
+SAMPLERS = ("ddim", "dpm", "default")
+
+
+def image_seed(prompt_id: str | int, sample_index: int, run_seed: int) -> int:
+    """The seed of one image: a hash of (prompt id, sample index, run seed), in [0, 2**31)."""
+    digest = hashlib.sha256(f"{run_seed}\x1f{prompt_id}\x1f{sample_index}".encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def make_scheduler(backbone: Backbone, sampler: SamplerConfig):
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+    if sampler.name not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler.name!r}; valid: {', '.join(SAMPLERS)}")
+    config = backbone.scheduler.config
+    if sampler.name == "ddim":
+        return DDIMScheduler.from_config(config)
+    if sampler.name == "dpm":
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
+    return type(backbone.scheduler).from_config(config)
+
+
+# --------------------------------------------------------------------------- hooks
+@dataclass
+class GuidanceContext:
+    """What a guidance hook sees at one denoising step of one batch."""
+
+    step_index: int
+    timestep: torch.Tensor
+    latents: torch.Tensor
+    eps_uncond: torch.Tensor
+    eps_cond: torch.Tensor
+    eps_extra: dict[str, torch.Tensor]
+    guidance_scale: float
+    state: dict[str, Any] = field(default_factory=dict)  # per batch, kept across steps
+
+
+class GuidanceHook(Protocol):
+    """An inference-time edit: may add prompts to evaluate and replaces the CFG combination."""
+
+    negative_prompt: str | None
+
+    def extra_prompts(self) -> dict[str, str]: ...
+
+    def guide(self, ctx: GuidanceContext) -> torch.Tensor: ...
+
+    def fingerprint(self) -> dict: ...
+
+
+def initial_noise(backbone: Backbone, seeds: list[int]) -> torch.Tensor:
+    shape = backbone.latent_shape
+    noise = [torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(s))) for s in seeds]
+    return torch.stack(noise).to(backbone.device, backbone.dtype)
+
+
+def denoise(
+    backbone: Backbone,
+    prompts: list[str],
+    latents: torch.Tensor,
+    sampler: SamplerConfig,
+    negative_prompts: list[str] | None = None,
+    start_step: int = 0,
+    stop_step: int | None = None,
+    hooks: list[GuidanceHook] | None = None,
+    return_trajectory: bool = False,
+):
+    """Run CFG denoising steps ``[start_step, stop_step)`` of a ``sampler.steps`` schedule.
+
+    Returns the final latents, or ``(latents, trajectory)`` where ``trajectory`` is a list of
+    ``(step_index, timestep, latents_before_step)``. No gradients are taken.
+    """
+    hooks = backbone.guidance_hooks if hooks is None else hooks
+    scheduler = make_scheduler(backbone, sampler)
+    scheduler.set_timesteps(sampler.steps, device=backbone.device)
+    n = len(prompts)
+    if negative_prompts is None:
+        neg = next((h.negative_prompt for h in hooks if getattr(h, "negative_prompt", None)), "")
+        negative_prompts = [neg] * n
+    with torch.no_grad():
+        cond = backbone.encode(prompts)
+        uncond = backbone.encode(negative_prompts)
+        extra_prompts = {k: v for h in hooks for k, v in h.extra_prompts().items()}
+        extra = {k: backbone.encode([v]).expand(n, -1, -1) for k, v in extra_prompts.items()}
+    latents = latents * scheduler.init_noise_sigma
+    use_cfg = sampler.guidance > 1.0 or bool(hooks)
+    state: dict[str, Any] = {}
+    trajectory = []
+    timesteps = scheduler.timesteps
+    stop = len(timesteps) if stop_step is None else stop_step
+    for i, t in enumerate(timesteps):
+        if i >= stop:
+            break
+        if i < start_step:
+            continue
+        if return_trajectory:
+            trajectory.append((i, t, latents.clone()))
+        with torch.no_grad():
+            model_in = scheduler.scale_model_input(latents, t)
+            if use_cfg:
+                embs = [uncond, cond, *extra.values()]
+                batch = torch.cat([model_in] * len(embs))
+                eps = backbone.unet(batch, t, torch.cat(embs)).sample
+                chunks = eps.chunk(len(embs))
+                eps_u, eps_c = chunks[0], chunks[1]
+                eps_extra = dict(zip(extra, chunks[2:]))
+                if hooks:
+                    ctx = GuidanceContext(i, t, latents, eps_u, eps_c, eps_extra, sampler.guidance, state)
+                    noise_pred = eps_c
+                    for hook in hooks:
+                        noise_pred = hook.guide(ctx)
+                else:
+                    noise_pred = eps_u + sampler.guidance * (eps_c - eps_u)
+            else:
+                noise_pred = backbone.unet(model_in, t, cond).sample
+            step_kwargs = {"eta": sampler.eta} if "eta" in scheduler.step.__code__.co_varnames else {}
+            latents = scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
+    if return_trajectory:
+        return latents, trajectory
+    return latents
+
+
+# --------------------------------------------------------------------------- cache
+class ImageCache:
+    """Content-addressed PNG store: ``root/ab/abcdef....png``, written atomically."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.png"
+
+    def get(self, key: str) -> np.ndarray | None:
+        p = self.path(key)
+        if not p.exists():
+            return None
+        with Image.open(p) as im:
+            return np.asarray(im.convert("RGB"))
+
+    def put(self, key: str, image: np.ndarray) -> Path:
+        p = self.path(key)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = p.with_suffix(f".{os.getpid()}.tmp")
+        Image.fromarray(image).save(tmp, format="PNG")
+        os.replace(tmp, p)
+        return p
+
+
+def image_key(model_fingerprint: str, prompt: str, negative_prompt: str, seed: int, sampler: SamplerConfig) -> str:
+    payload = json.dumps(
+        {"model": model_fingerprint, "prompt": prompt, "negative": negative_prompt, "seed": int(seed),
+         "sampler": asdict(sampler)},
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """[N,3,H,W] in [0,1] -> [N,H,W,3] uint8 (round half up)."""
+    return (images.clamp(0, 1) * 255 + 0.5).floor().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def from_uint8(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+
+
+def generate(
+    backbone: Backbone,
+    prompts: list[str],
+    seeds: list[int],
+    sampler: SamplerConfig,
+    batch_size: int = 32,
+    cache: ImageCache | None = None,
+    negative_prompts: list[str] | None = None,
+    model_fingerprint: str | None = None,
+    progress: bool | str = True,
+) -> tuple[torch.Tensor, list[str]]:
+    """Sample one image per (prompt, seed). Returns ``(images [N,3,H,W] in [0,1], keys)``.
+
+    Images found in ``cache`` are read, not sampled; new ones are written to it.
+    """
+    if len(prompts) != len(seeds):
+        raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    if negative_prompts is None:
+        neg = next((h.negative_prompt for h in backbone.guidance_hooks if getattr(h, "negative_prompt", None)), "")
+        negative_prompts = [neg] * len(prompts)
+    fingerprint = model_fingerprint or backbone.fingerprint()
+    keys = [image_key(fingerprint, p, q, s, sampler) for p, q, s in zip(prompts, negative_prompts, seeds)]
+    out: list[np.ndarray | None] = [cache.get(k) if cache else None for k in keys]
+    todo = [i for i, im in enumerate(out) if im is None]
+    desc = progress if isinstance(progress, str) else "generate"
+    with tqdm(total=len(todo), desc=desc, unit="img", disable=not progress or not todo, leave=False) as bar:
+        for start in range(0, len(todo), batch_size):
+            idx = todo[start : start + batch_size]
+            noise = initial_noise(backbone, [seeds[i] for i in idx])
+            latents = denoise(
+                backbone, [prompts[i] for i in idx], noise, sampler, negative_prompts=[negative_prompts[i] for i in idx]
+            )
+            with torch.no_grad():
+                images = to_uint8(backbone.decode(latents))
+            for j, i in enumerate(idx):
+                out[i] = images[j]
+                if cache is not None:
+                    cache.put(keys[i], images[j])
+            bar.update(len(idx))
+    return from_uint8(np.stack(out)), keys

@@ -1,0 +1,69 @@
+"""Registries: methods, evaluators, attacks and prompt sources are found by name.
+
+Like lm-evaluation-harness, a plugin is added with a decorator, never by editing a central
+``if/elif``. A registry also reads a Python entry-point group (``erasebench.methods``,
+``erasebench.evaluators``, ``erasebench.attacks``), so another installed package can add a
+variant without touching this repository.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from importlib.metadata import entry_points
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class UnknownNameError(KeyError):
+    """A name that is not registered; the message lists the valid ones."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
+        return str(self.args[0])
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str, entry_point_group: str | None = None):
+        self.kind = kind
+        self.entry_point_group = entry_point_group
+        self._items: dict[str, T] = {}
+        self._entry_points_loaded = False
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator: ``@METHODS.register("uce")`` on a class (or factory)."""
+
+        def decorator(obj: T) -> T:
+            if name in self._items and self._items[name] is not obj:
+                raise ValueError(f"{self.kind} {name!r} is already registered by {self._items[name]!r}")
+            self._items[name] = obj
+            return obj
+
+        return decorator
+
+    def _load_entry_points(self) -> None:
+        if self._entry_points_loaded or self.entry_point_group is None:
+            return
+        self._entry_points_loaded = True
+        for ep in entry_points(group=self.entry_point_group):
+            if ep.name in self._items:
+                continue
+            obj = ep.load()
+            self._items.setdefault(ep.name, obj)
+
+    def get(self, name: str) -> T:
+        if name not in self._items:
+            self._load_entry_points()
+        if name not in self._items:
+            raise UnknownNameError(f"unknown {self.kind} {name!r}; valid: {', '.join(self.names())}")
+        return self._items[name]
+
+    def names(self) -> list[str]:
+        self._load_entry_points()
+        return sorted(self._items)
+
+    def __contains__(self, name: str) -> bool:
+        self._load_entry_points()
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())

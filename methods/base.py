@@ -1,0 +1,157 @@
+"""The method protocol: a typed config with the paper's defaults and ``apply(backbone, request)``.
+
+Three families share it: closed-form weight edits (UCE, RECE, MACE-CFR, CAD, ConceptPrune),
+fine-tuning (ESD, CA, SalUn, AdvUnlearn) and inference-time guidance (SLD, negative prompt),
+which attach a guidance hook to the returned backbone instead of changing weights.
+
+A method never modifies the backbone it is given: it edits ``backbone.copy()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from bench.backbone import Backbone
+from bench.registry import Registry
+
+CONCEPT_KINDS = ("object", "style", "colour", "nudity", "identity")
+
+
+@dataclass
+class ErasureRequest:
+    """What to erase (or amplify) and what to keep.
+
+    targets: the concepts to erase, as prompts/words ("circle", "nudity", "Van Gogh").
+    anchor: what the target should map to (default the empty prompt).
+    preserve: concepts whose generation must stay intact.
+    kind: the concept kind (object, style, colour, nudity, identity).
+    """
+
+    targets: list[str]
+    anchor: str = ""
+    preserve: list[str] = field(default_factory=list)
+    kind: str = "object"
+    seed: int = 0
+    target_prompts: list[str] | None = None  # prompts that show each target, when the method needs more than the word
+
+    def __post_init__(self):
+        if isinstance(self.targets, str):
+            self.targets = [self.targets]
+        if not self.targets:
+            raise ValueError("an ErasureRequest needs at least one target concept")
+        if self.kind not in CONCEPT_KINDS:
+            raise ValueError(f"unknown concept kind {self.kind!r}; valid: {', '.join(CONCEPT_KINDS)}")
+
+
+@dataclass
+class MethodConfig:
+    """Base of every method's typed config. Subclasses hold the paper's defaults."""
+
+
+class Method:
+    """A concept-editing method. Subclasses set ``name``, ``config_class``, ``family`` and implement ``apply``."""
+
+    name: ClassVar[str] = ""
+    family: ClassVar[str] = ""  # "closed-form", "fine-tuning", "inference-time", "reference"
+    description: ClassVar[str] = ""
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    multi_concept: ClassVar[bool] = True  # can erase several targets in one request
+
+    def __init__(self, config: MethodConfig | None = None, **params: Any):
+        if config is not None and params:
+            raise TypeError("pass either a config object or keyword parameters, not both")
+        self.config = config if config is not None else build_config(self.config_class, params, self.name)
+
+    def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
+        raise NotImplementedError
+
+    def check_request(self, request: ErasureRequest) -> None:
+        if len(request.targets) > 1 and not self.multi_concept:
+            raise ValueError(
+                f"method {self.name!r} erases one concept per request (got {len(request.targets)}: "
+                f"{', '.join(request.targets)}); run it once per target"
+            )
+
+    def fingerprint(self) -> dict:
+        return {"method": self.name, "config": dataclasses.asdict(self.config)}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config})"
+
+
+def build_config(config_class: type[MethodConfig], params: dict[str, Any], owner: str = "") -> MethodConfig:
+    """Build a typed config from a dict, rejecting unknown keys and values of the wrong type."""
+    fields = {f.name: f for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(params) - set(fields))
+    if unknown:
+        raise ValueError(
+            f"unknown parameter(s) for {owner or config_class.__name__}: {', '.join(unknown)}; "
+            f"valid: {', '.join(fields) or '(none)'}"
+        )
+    hints = typing.get_type_hints(config_class)
+    errors = []
+    values = {}
+    for key, value in params.items():
+        expected = hints.get(key)
+        try:
+            values[key] = _coerce(value, expected)
+        except (TypeError, ValueError):
+            errors.append(f"{key}={value!r} is not {expected}")
+    if errors:
+        raise ValueError(f"bad parameter(s) for {owner or config_class.__name__}: {'; '.join(errors)}")
+    return config_class(**values)
+
+
+def _coerce(value: Any, expected: Any) -> Any:
+    if expected is None:
+        return value
+    origin = typing.get_origin(expected)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        args = typing.get_args(expected)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg)
+            except (TypeError, ValueError):
+                continue
+        raise TypeError(value)
+    if origin is typing.Literal:
+        if value not in typing.get_args(expected):
+            raise ValueError(value)
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise TypeError(value)
+        (inner, *_) = typing.get_args(expected) or (None,)
+        return origin(_coerce(v, inner) for v in value)
+    if expected is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if expected is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if expected is bool and isinstance(value, bool):
+        return value
+    if expected is str and isinstance(value, str):
+        return value
+    if expected in (int, float, bool, str):
+        raise TypeError(value)
+    return value
+
+
+METHODS: Registry[type[Method]] = Registry("method", entry_point_group="erasebench.methods")
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: register a Method subclass under its ``name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    return METHODS.register(cls.name)(cls)
+
+
+def get_method(name: str, params: dict[str, Any] | None = None) -> Method:
+    return METHODS.get(name)(**(params or {}))

@@ -1,0 +1,24 @@
+"""The unedited model: the reference row of every table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bench.backbone import Backbone
+from methods.base import ErasureRequest, Method, MethodConfig, register_method
+
+
+@dataclass
+class NoneConfig(MethodConfig):
+    pass
+
+
+@register_method
+class NoEdit(Method):
+    name = "none"
+    family = "reference"
+    description = "the unedited model (reference row)"
+    config_class = NoneConfig
+
+    def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
+        return backbone
