@@ -268,6 +268,9 @@ def run(config: RunConfig, out: str | Path, progress: bool = True) -> Path:
                             data_dir=Path(config.data_dir) if config.data_dir else None)
         for task in todo:
             prompts = build_prompts(task, ctx)
+            if prompts.empty:  # e.g. a two-object probe for a style target: nothing to measure
+                store.write_unit(row, target, task.name, pd.DataFrame({"method": [], "target": [], "task": []}))
+                continue
             items, images = task_images(edited, fingerprint, prompts, task, resolved, cache, f"{row}/{task.name}")
             evaluator = evaluator_for(task)
             references = None

@@ -155,7 +155,22 @@ def register_prompt_source(name: str):
     return PROMPT_SOURCES.register(name)
 
 
+BUILTIN_SOURCE_MODULES = ("bench.mini.prompts", "bench.prompts")
+
+
+def _load_builtin_sources() -> None:
+    import importlib
+
+    for module in BUILTIN_SOURCE_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+
+
 def build_prompts(task: Task, ctx: PromptContext) -> pd.DataFrame:
+    _load_builtin_sources()
     spec = dict(task.prompts)
     source = spec.pop("source", None)
     if source is None:

@@ -1,0 +1,80 @@
+"""Loading models: the mini model, local folders, edits, and the errors a user sees."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from bench.backbone import MINI_MODEL_DIR, BackboneLoadError, apply_saved_edit, load_backbone
+from bench.generate import SamplerConfig, generate
+
+SAMPLER = SamplerConfig(steps=8)
+
+
+def test_mini_backbone_has_sd_component_types(mini_backbone):
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    assert isinstance(mini_backbone.unet, UNet2DConditionModel)
+    assert isinstance(mini_backbone.text_encoder, CLIPTextModel)
+    assert mini_backbone.kind == "mini" and mini_backbone.vae is None
+    assert mini_backbone.latent_shape == (12, 16, 16) and mini_backbone.image_size == 32
+    emb = mini_backbone.encode(["a red circle", "a zzzunknown"])
+    assert emb.shape[0] == 2 and emb.shape[-1] == mini_backbone.unet.config.cross_attention_dim
+    images = torch.rand(2, 3, 32, 32)
+    assert torch.allclose(mini_backbone.decode(mini_backbone.encode_images(images)), images, atol=1e-6)
+
+
+def test_fingerprint_tracks_weights(mini_backbone):
+    edited = mini_backbone.copy()
+    assert edited.fingerprint() == mini_backbone.fingerprint()
+    with torch.no_grad():
+        next(edited.unet.parameters()).view(-1)[0] += 1.0
+    assert edited.fingerprint() != mini_backbone.fingerprint()
+    # the original is untouched by edits of the copy
+    assert mini_backbone.fingerprint() == load_backbone("mini").fingerprint()
+
+
+def test_saved_edit_reloads_bit_for_bit(mini_backbone, tmp_path):
+    edited = mini_backbone.copy()
+    with torch.no_grad():
+        for p in edited.unet.parameters():
+            p.mul_(0.98)
+    edited.save_edit(tmp_path / "edit", components=("unet",), info={"method": "test"})
+    reloaded = load_backbone("mini", edit=tmp_path / "edit")
+    a, _ = generate(edited, ["a red circle"], [3], SAMPLER, progress=False)
+    b, _ = generate(reloaded, ["a red circle"], [3], SAMPLER, progress=False)
+    assert torch.equal(a, b)
+    assert reloaded.fingerprint() == edited.fingerprint()
+    # undo: a fresh base is unchanged
+    assert load_backbone("mini").fingerprint() == mini_backbone.fingerprint()
+    with pytest.raises(BackboneLoadError, match="not an edit folder"):
+        apply_saved_edit(mini_backbone.copy(), tmp_path)
+
+
+def test_missing_model_folder_is_one_clear_error(tmp_path):
+    with pytest.raises(BackboneLoadError, match="model folder not found"):
+        load_backbone(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BackboneLoadError, match="missing component folder unet/"):
+        load_backbone(str(tmp_path / "empty"))
+
+
+def test_pickled_weights_are_refused(tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(MINI_MODEL_DIR, folder)
+    st = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    from safetensors.torch import load_file
+
+    torch.save(load_file(st), folder / "unet" / "diffusion_pytorch_model.bin")
+    st.unlink()
+    with pytest.raises(BackboneLoadError, match="safetensors only"):
+        load_backbone(str(folder))
+
+
+def test_local_folder_loads_like_the_bundled_model(tmp_path, mini_backbone):
+    folder = tmp_path / "copy"
+    shutil.copytree(MINI_MODEL_DIR, folder)
+    assert load_backbone(str(folder)).fingerprint() == mini_backbone.fingerprint()

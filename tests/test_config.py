@@ -1,0 +1,35 @@
+"""The run config schema: defaults, and every error reported at once."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.config import ConfigError, load_config, parse_config
+
+
+def test_defaults_are_the_mini_quick_benchmark():
+    cfg = parse_config({})
+    assert cfg.model == "mini" and cfg.suite == "mini-quick" and cfg.targets == ["circle"]
+    assert cfg.methods is None  # every registered method
+
+
+def test_every_error_at_once():
+    with pytest.raises(ConfigError) as err:
+        parse_config({"seed": "x", "batch_size": 0, "dtype": "float8", "colour": 1, "sampler": {"steps": 0}})
+    lines = str(err.value).splitlines()
+    assert len(lines) == 5
+    text = str(err.value)
+    for field in ("seed", "batch_size", "dtype", "colour", "sampler.steps"):
+        assert field in text
+
+
+def test_malformed_yaml_names_the_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model: mini\nmethods: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"malformed YAML \(line"):
+        load_config(path)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "none.yaml")

@@ -1,0 +1,139 @@
+"""End to end: `erasebench run` into a run directory, killed and resumed, and the CLI's errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from bench.mini.prompts import build_set
+
+SMOKE = {
+    "model": "mini",
+    "suite": "mini-quick",
+    "tier": "smoke",
+    "methods": [{"name": "none"}],
+    "targets": ["circle", "square"],
+    "sampler": {"name": "ddim", "steps": 8, "guidance": 5.0},
+    "batch_size": 16,
+}
+TASK_SETS = ["target", "target-synonyms", "other-objects", "other-styles", "in-prompt", "general"]
+
+
+def cli(*args, cwd=None, timeout=600):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "bench.cli", *map(str, args)], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=timeout)
+
+
+def expected_records(config) -> int:
+    n = 0
+    for target in config["targets"]:
+        for name in TASK_SETS:
+            n += min(len(build_set(name, target)), 6)
+    return n
+
+
+def test_killed_run_resumes_without_redoing_or_duplicating(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump(SMOKE))
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", "--config", str(cfg), "--out", str(out),
+                             "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        parts = list((out / "records").glob("*.parquet")) if (out / "records").exists() else []
+        if len(parts) >= 2:
+            break
+        if proc.poll() is not None:
+            pytest.fail(f"run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}")
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "summary.json").exists(), "the run finished before the kill; nothing was tested"
+    finished = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (out / "records").glob("*.parquet")}
+    images_before = {p: p.stat().st_mtime_ns for p in (out / "images").rglob("*.png")}
+    assert finished and images_before
+
+    result = cli("run", "--config", cfg, "--out", out, "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name, (mtime, data) in finished.items():  # finished units were not redone
+        p = out / "records" / name
+        assert p.stat().st_mtime_ns == mtime and p.read_bytes() == data
+    for p, mtime in images_before.items():  # no cached image was regenerated
+        assert p.stat().st_mtime_ns == mtime
+    assert not list(out.rglob("*.tmp"))
+
+    records = pd.read_parquet(out / "records.parquet")
+    keys = ["method", "target", "task", "prompt_id", "sample_index"]
+    assert not records.duplicated(keys).any()
+    assert len(records) == expected_records(SMOKE)
+    summary = json.loads((out / "summary.json").read_text())["rows"]
+    assert {r["task"] for r in summary} >= {"target", "other-objects", "general"}
+    for row in summary:
+        assert set(row) >= {"method", "target", "task", "role", "metric", "value", "ci_low", "ci_high", "n"}
+        assert row["role"] in ("efficacy", "specificity", "utility", "robustness", "cost")
+        if row["role"] != "cost":
+            assert row["n"] > 0 and row["ci_low"] <= row["value"] <= row["ci_high"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["fingerprint"] and manifest["packages"]["torch"]
+    assert "mini-classifier" in manifest["evaluators"]
+    assert manifest["evaluators"]["mini-classifier"]["weights_sha256"]
+
+    # the same command again regenerates and rescoring nothing: records are read back as they are
+    again = cli("run", "--config", cfg, "--out", out, "--quiet")
+    assert again.returncode == 0
+    assert pd.read_parquet(out / "records.parquet").shape == records.shape
+
+
+def test_list_commands():
+    methods = cli("list", "methods")
+    assert methods.returncode == 0
+    names = [line.split("\t")[0] for line in methods.stdout.splitlines()]
+    assert "none" in names
+    suites = cli("list", "suites").stdout
+    assert "mini-quick" in suites and "mini-adherence" in suites
+    assert "mini-classifier" in cli("list", "evaluators").stdout
+
+
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        ({"methods": [{"name": "no-such-method"}]}, "unknown method 'no-such-method'; valid: "),
+        ({"suite": "no-such-suite"}, "unknown suite 'no-such-suite'; valid: "),
+        ({"model": "/nonexistent/sd14"}, "model folder not found: /nonexistent/sd14"),
+        ({"methods": [{"name": "none", "params": {"bogus": 1}}]}, "unknown parameter(s) for none: bogus"),
+        ({"batch_size": -1}, "batch_size"),
+    ],
+)
+def test_bad_input_exits_nonzero_with_one_clear_line_and_writes_nothing(tmp_path, config, expected):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(config))
+    out = tmp_path / "out"
+    result = cli("run", "--config", cfg, "--out", out)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert expected in lines[0]
+    assert not out.exists()
+
+
+def test_malformed_yaml_is_reported(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("methods: [unclosed\n")
+    result = cli("run", "--config", cfg, "--out", tmp_path / "out")
+    assert result.returncode == 2 and "malformed YAML" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_report_of_a_missing_run_is_an_error(tmp_path):
+    result = cli("report", tmp_path / "nothing")
+    assert result.returncode == 2 and "summary.json" in result.stderr
