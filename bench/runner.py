@@ -277,10 +277,12 @@ def run(config: RunConfig, out: str | Path, progress: bool = True) -> Path:
             if getattr(evaluator, "needs_reference", False):
                 _, references = task_images(base, base_fp, prompts, task, resolved, cache, f"none/{task.name}")
             records = evaluate(evaluator, items, images, config.batch_size, references)
-            records.insert(0, "method", row)
-            records.insert(1, "target", target)
-            records.insert(2, "task", task.name)
-            records.insert(3, "role", task.role)
+            for position, (column, value) in enumerate(
+                (("method", row), ("target", target), ("task", task.name), ("role", task.role))
+            ):
+                if column in records:  # an item column of the same name (the mini sets carry `target`)
+                    records = records.drop(columns=column)
+                records.insert(position, column, value)
             store.write_unit(row, target, task.name, _parquet_safe(records))
         if edited is not base:
             del edited
