@@ -1,0 +1,88 @@
+"""``lpips``: LPIPS distance to the unedited model's image for the same prompt and seed.
+
+torchmetrics' LPIPS network (``_NoTrainLpips``) with its linear calibration layers (shipped
+inside torchmetrics) and the torchvision backbone read from a local file instead of downloaded:
+``alexnet-owt-7be5be79.pth`` (``net: alex``, the default), ``vgg16-397923af.pth`` (``vgg``) or
+``squeezenet1_1-b8a52dc0.pth`` (``squeeze``); a ``.safetensors`` conversion also works. Only the
+``features.*`` tensors are used. Images under 64 px are upsampled to 64 first. Param ``weights``: the file or its folder (default
+``$ERASEBENCH_WEIGHTS``).
+
+Record column: ``lpips`` (lower = closer to the unedited image).
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from bench.evaluators.base import Evaluator, register_evaluator
+from bench.evaluators.clip import file_sha256, load_state_dict, locate_weights
+
+MIN_SIZE = 64
+BACKBONES = {
+    "alex": ("alexnet", ("alexnet-owt-7be5be79.pth", "alexnet-owt-7be5be79.safetensors", "alexnet.safetensors")),
+    "vgg": ("vgg16", ("vgg16-397923af.pth", "vgg16-397923af.safetensors", "vgg16.safetensors")),
+    "squeeze": ("squeezenet1_1", ("squeezenet1_1-b8a52dc0.pth", "squeezenet1_1-b8a52dc0.safetensors")),
+}
+
+
+@register_evaluator
+class LPIPSEvaluator(Evaluator):
+    name = "lpips"
+    description = "LPIPS (torchmetrics network, local backbone weights) to the unedited model's image"
+    needs_reference = True
+
+    def __init__(self, device="cpu", net: str = "alex", weights: str | None = None, batch_size: int = 32,
+                 **params: Any):
+        if net not in BACKBONES:
+            raise ValueError(f"lpips: unknown net {net!r}; valid: {', '.join(BACKBONES)}")
+        super().__init__(device, net=net, weights=weights, **params)
+        import torchvision
+        from torchmetrics.functional.image import lpips as tm_lpips
+
+        tv_name, files = BACKBONES[net]
+        self.net_name, self.batch_size = net, int(batch_size)
+        self.weights_path = locate_weights(weights, files, "lpips",
+                                           hint=f"it is torchvision's {tv_name} ImageNet weight file")
+        # pnet_rand: build the backbone without downloading; the linear layers come from torchmetrics
+        model = tm_lpips._NoTrainLpips(net=net, pretrained=True, pnet_rand=True)
+        features = getattr(torchvision.models, tv_name)(weights=None).features
+        sd = {k[len("features."):]: v for k, v in load_state_dict(self.weights_path).items() if k.startswith("features.")}
+        try:
+            features.load_state_dict(sd)
+        except RuntimeError as exc:
+            raise RuntimeError(f"lpips: {self.weights_path} is not a torchvision {tv_name} state dict: "
+                               f"{str(exc).splitlines()[0]}") from exc
+        for slice_ in (m for n, m in model.net.named_children() if n.startswith("slice")):
+            for idx, module in slice_.named_children():
+                module.load_state_dict(features[int(idx)].state_dict())
+        self.lin_path = Path(inspect.getfile(tm_lpips)).parent / "lpips_models" / f"{net}.pth"
+        self.model = model.to(self.device).eval().requires_grad_(False)
+        import torchmetrics
+
+        self._version = torchmetrics.__version__
+
+    @torch.no_grad()
+    def distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        out = []
+        for i in range(0, len(a), self.batch_size):
+            x = a[i : i + self.batch_size].float().clamp(0, 1).to(self.device)
+            y = b[i : i + self.batch_size].float().clamp(0, 1).to(self.device)
+            if min(x.shape[-2:]) < MIN_SIZE:  # the backbones need >= 64 px (tiny test models make 16 px)
+                x, y = (F.interpolate(t, size=(MIN_SIZE, MIN_SIZE), mode="bilinear", align_corners=False) for t in (x, y))
+            out.append(self.model(x, y, normalize=True).flatten().float().cpu())
+        return torch.cat(out)
+
+    def score(self, images: torch.Tensor, items: list[dict], references: torch.Tensor | None = None) -> list[dict]:
+        if references is None:
+            raise ValueError("lpips needs the unedited model's images (references) for the same prompts and seeds")
+        return [{"lpips": float(d)} for d in self.distance(images, references)]
+
+    def provenance(self) -> dict:
+        return {"name": self.name, "model": f"lpips-{self.net_name}", "weights": self.weights_path.name,
+                "weights_sha256": file_sha256(self.weights_path), "lin_weights_sha256": file_sha256(self.lin_path),
+                "version": f"torchmetrics {self._version}"}
