@@ -78,3 +78,32 @@ def test_local_folder_loads_like_the_bundled_model(tmp_path, mini_backbone):
     folder = tmp_path / "copy"
     shutil.copytree(MINI_MODEL_DIR, folder)
     assert load_backbone(str(folder)).fingerprint() == mini_backbone.fingerprint()
+
+
+def test_tiny_stable_diffusion_folder_loads_through_the_user_path(tmp_path):
+    """A diffusers SD folder (tiny, random) saved with save_pretrained loads like a user's SD 1.4 folder."""
+    from sd_fixtures import build_tiny_sd
+
+    folder = build_tiny_sd(tmp_path / "sd")
+    sd = load_backbone(str(folder))
+    assert sd.kind == "sd" and sd.vae is not None
+    c, h, w = sd.latent_shape
+    assert c == sd.unet.config.in_channels and sd.image_size == h * 2 ** (len(sd.vae.config.block_out_channels) - 1)
+    images, _ = generate(sd, ["a photo of a cat", "a dog"], [0, 1], SamplerConfig(steps=2), progress=False)
+    assert images.shape == (2, 3, sd.image_size, sd.image_size)
+    latents = sd.encode_images(images)
+    assert latents.shape == (2, c, h, w)
+    # the checkpoint's own scheduler is available as the 'default' sampler
+    default, _ = generate(sd, ["a dog"], [1], SamplerConfig(name="default", steps=2), progress=False)
+    assert default.shape == (1, 3, sd.image_size, sd.image_size)
+    # a pickled VAE is refused with one clear line
+    vae = folder / "vae" / "diffusion_pytorch_model.safetensors"
+    vae.rename(folder / "vae" / "diffusion_pytorch_model.bin")
+    with pytest.raises(BackboneLoadError, match=r"vae: only pickled weights"):
+        load_backbone(str(folder))
+
+
+def test_hub_id_without_network_fails_with_one_line():
+    with pytest.raises(BackboneLoadError) as err:
+        load_backbone("CompVis/stable-diffusion-v1-4-does-not-exist")
+    assert "cannot load model" in str(err.value) and "\n" not in str(err.value)
