@@ -226,8 +226,8 @@ def load_backbone(
     except Exception as exc:  # hub/network/format errors: one clear line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BackboneLoadError(f"cannot load model {model!r}: {first}") from exc
-    from diffusers import DDIMScheduler
     import diffusers
+    from diffusers import DDIMScheduler
 
     scheduler_cls = getattr(diffusers, scheduler_config.get("_class_name", "DDIMScheduler"), DDIMScheduler)
     scheduler = scheduler_cls.from_config(scheduler_config)

@@ -105,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", type=Path, default=None)
     p.set_defaults(func=cmd_report)
 
-    for name, register in EXTRA_COMMANDS.items():
+    for _name, register in EXTRA_COMMANDS.items():
         register(sub)
     return parser
 

@@ -171,7 +171,7 @@ def _attach_hooks(backbone: Backbone, method, request) -> Backbone:
 
 def task_images(
     backbone: Backbone, fingerprint: str, prompts: pd.DataFrame, task: Task, run: ResolvedRun, cache: ImageCache,
-    desc: str,
+    desc: str | bool,
 ) -> tuple[pd.DataFrame, torch.Tensor]:
     """Expand prompts x samples into items with seeds, and generate (or read) their images."""
     cfg = run.config
@@ -204,10 +204,12 @@ def task_images(
 
 
 def evaluate(evaluator: Evaluator, items: pd.DataFrame, images: torch.Tensor, batch_size: int,
-             references: torch.Tensor | None = None) -> pd.DataFrame:
+             references: torch.Tensor | None = None, desc: str | bool = "score") -> pd.DataFrame:
     out = []
     records = items.to_dict("records")
-    for start in range(0, len(records), batch_size):
+    starts = range(0, len(records), batch_size)
+    for start in tqdm(starts, desc=desc if isinstance(desc, str) else "score", unit="batch", leave=False,
+                      disable=desc is False or len(starts) < 2):
         chunk = records[start : start + batch_size]
         kwargs = {}
         if references is not None:
@@ -271,12 +273,14 @@ def run(config: RunConfig, out: str | Path, progress: bool = True) -> Path:
             if prompts.empty:  # e.g. a two-object probe for a style target: nothing to measure
                 store.write_unit(row, target, task.name, pd.DataFrame({"method": [], "target": [], "task": []}))
                 continue
-            items, images = task_images(edited, fingerprint, prompts, task, resolved, cache, f"{row}/{task.name}")
+            items, images = task_images(edited, fingerprint, prompts, task, resolved, cache, f"{row}/{task.name}" if progress else False)
             evaluator = evaluator_for(task)
             references = None
             if getattr(evaluator, "needs_reference", False):
-                _, references = task_images(base, base_fp, prompts, task, resolved, cache, f"none/{task.name}")
-            records = evaluate(evaluator, items, images, config.batch_size, references)
+                _, references = task_images(base, base_fp, prompts, task, resolved, cache,
+                                            f"none/{task.name}" if progress else False)
+            records = evaluate(evaluator, items, images, config.batch_size, references,
+                               desc=f"{row}/{task.name} score" if progress else False)
             for position, (column, value) in enumerate(
                 (("method", row), ("target", target), ("task", task.name), ("role", task.role))
             ):
