@@ -38,6 +38,7 @@ class ResolvedRun:
     suite: Suite
     methods: list[tuple[str, Any, Any]]  # (row name, MethodSpec, Method)
     sampler: SamplerConfig
+    attacks: list = dataclasses.field(default_factory=list)  # AttackSpec: robustness rows per (method, target)
 
 
 def resolve(config: RunConfig) -> ResolvedRun:
@@ -76,10 +77,15 @@ def resolve(config: RunConfig) -> ResolvedRun:
             if m not in METRICS:
                 errors.append(f"suite {suite.name}: task {task.name}: unknown metric {m!r}; "
                               f"valid: {', '.join(METRICS.names())}")
+    from bench.attacks.run import check_attacks
+    from bench.config import AttackSpec
+
+    attack_specs = config.attacks if config.attacks is not None else [AttackSpec(**a) for a in suite.attacks]
+    errors += check_attacks(attack_specs)
     if errors:
         raise ConfigError("\n".join(errors))
     sampler_spec = config.sampler.model_dump() if config.sampler else {**DEFAULT_SAMPLER, **suite.sampler}
-    return ResolvedRun(config, suite, resolved, SamplerConfig(**sampler_spec))
+    return ResolvedRun(config, suite, resolved, SamplerConfig(**sampler_spec), attacks=attack_specs)
 
 
 class PeakMemory:
@@ -257,7 +263,8 @@ def run(config: RunConfig, out: str | Path, progress: bool = True) -> Path:
     units = [(row, spec, m, t) for row, spec, m in resolved.methods for t in config.targets]
     for row, spec, method, target in tqdm(units, desc="methods x targets", disable=not progress):
         todo = [task for task in resolved.suite.tasks if not store.has_unit(row, target, task.name)]
-        if not todo:
+        attack_tasks = [f"attack-{a.name}" for a in resolved.attacks]
+        if not todo and all(store.has_unit(row, target, t) for t in attack_tasks):
             continue
         request = ErasureRequest(targets=[target], anchor=config.anchor, preserve=list(config.preserve),
                                  kind=config.kind or infer_kind(base, target), seed=config.seed)
@@ -288,6 +295,13 @@ def run(config: RunConfig, out: str | Path, progress: bool = True) -> Path:
                     records = records.drop(columns=column)
                 records.insert(position, column, value)
             store.write_unit(row, target, task.name, _parquet_safe(records))
+        if resolved.attacks:
+            from bench.attacks.run import run_attacks
+
+            efficacy = next((t for t in resolved.suite.tasks if t.role == "efficacy"), None)
+            if efficacy is not None:
+                run_attacks(store, resolved, row, target, edited, base, fingerprint, resolved.attacks,
+                            evaluator_for(efficacy), base_fingerprint=base_fp, progress=progress)
         if edited is not base:
             del edited
     rows = summarize(store, resolved, evaluators_by_task={t.name: evaluator_for(t) for t in resolved.suite.tasks})
@@ -319,6 +333,9 @@ def summarize(store: RunStore, resolved: ResolvedRun, evaluators_by_task: dict[s
                 fig = compute_metric(metric, group, context=evaluators_by_task.get(task_name))
                 rows.append({"method": method, "target": target, "task": task_name, "role": task.role,
                              "metric": metric, **fig})
+    from bench.attacks.run import summarize_attacks
+
+    rows += summarize_attacks(store)
     edits = (store.read_manifest() or {}).get("edits", {})
     for key, cost in edits.items():
         method, target = key.split("__", 1)

@@ -64,6 +64,7 @@ class Suite:
     sampler: dict[str, Any] = field(default_factory=dict)
     images_per_prompt: int = 1
     tiers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    attacks: list[dict[str, Any]] = field(default_factory=list)  # default robustness attacks of the suite
     path: Path | None = None
 
     def for_tier(self, tier: str | None) -> Suite:
@@ -155,7 +156,7 @@ def register_prompt_source(name: str):
     return PROMPT_SOURCES.register(name)
 
 
-BUILTIN_SOURCE_MODULES = ("bench.mini.prompts", "bench.prompts")
+BUILTIN_SOURCE_MODULES = ("bench.mini.prompts", "bench.prompts", "bench.attacks.static_sets")
 
 
 def _load_builtin_sources() -> None:

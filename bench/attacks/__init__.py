@@ -1,0 +1,23 @@
+"""Robustness attacks: try to bring an erased concept back (see :mod:`bench.attacks.base`).
+
+Registered attacks (``erasebench list attacks``): ``unlearndiffatk``, ``ring-a-bell``,
+``concept-inversion`` and the floor ``random-tokens``. More come from the entry-point group
+``erasebench.attacks``. Static adversarial prompt sets are prompt sources in
+:mod:`bench.attacks.static_sets`; the runner integration is :func:`bench.attacks.run.run_attacks`.
+"""
+
+from bench.attacks import concept_inversion, random_tokens, ring_a_bell, static_sets, unlearndiffatk  # noqa: F401
+from bench.attacks.base import (
+                                ATTACKS,
+                                Attack,
+                                AttackCache,
+                                AttackConfig,
+                                Found,
+                                UNetCounter,
+                                backbone_with_tokens,
+                                read_csv,
+                                register_attack,
+)
+
+__all__ = ["ATTACKS", "Attack", "AttackCache", "AttackConfig", "Found", "UNetCounter", "backbone_with_tokens",
+           "read_csv", "register_attack"]

@@ -1,0 +1,40 @@
+"""Summary figures: bootstrap intervals and the Frechet distance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import linalg
+
+from bench.metrics import bootstrap_mean, compute_metric, frechet_distance
+
+
+def test_bootstrap_interval_contains_the_mean_and_narrows_with_n():
+    rng = np.random.default_rng(0)
+    small = rng.random(20) < 0.3
+    large = rng.random(2000) < 0.3
+    v, lo, hi = bootstrap_mean(small)
+    V, LO, HI = bootstrap_mean(large)
+    assert lo <= v <= hi and LO <= V <= HI
+    assert (HI - LO) < (hi - lo) / 4
+    assert abs(V - 0.3) < 0.03
+    assert bootstrap_mean(small) == bootstrap_mean(small)  # seeded
+
+
+def test_erasure_rate_and_accuracy_from_records():
+    df = pd.DataFrame({"target_present": [True, False, False, False], "correct": [True, True, False, True]})
+    assert compute_metric("erasure_rate", df)["value"] == pytest.approx(0.75)
+    assert compute_metric("accuracy", df)["value"] == pytest.approx(0.75)
+    assert compute_metric("accuracy", df)["n"] == 4
+    with pytest.raises(KeyError, match="needs the record column 'clip_score'"):
+        compute_metric("clip_score", df)
+
+
+def test_frechet_distance_matches_the_matrix_square_root_formula():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=(300, 6)), rng.normal(size=(300, 6)) * 1.5 + 0.3
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    reference = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(s1 + s2) - 2 * np.trace(linalg.sqrtm(s1 @ s2).real)
+    assert frechet_distance(a.mean(0), s1, b.mean(0), s2) == pytest.approx(reference, rel=1e-6)
+    assert frechet_distance(a.mean(0), s1, a.mean(0), s1) == pytest.approx(0.0, abs=1e-8)
