@@ -1,0 +1,171 @@
+"""ConceptPrune: skilled-neuron pruning of the UNet's feed-forward layers (Chavhan et al., ICLR 2025,
+arXiv:2405.19237).
+
+Training-free. For the second linear layer of every transformer block's feed-forward network
+(``ff.net.2``, weight ``W`` ``[d_out, d_ff]``) and for each of the first ``timesteps`` denoising
+steps ``t``, ConceptPrune scores every weight with Wanda (paper Eq. 2)::
+
+    S_t[i, j] = |W[i, j]| * ||X_t[:, j]||_2
+
+where ``X_t`` stacks the layer's input activations (one row per token of every image in the batch,
+each row L2-normalised as in the official ``wanda_receiver.py``) while sampling the concept prompts
+(``S_t^c``) and, with the same seeds, the reference prompts (``S_t^r``). A weight is *skilled* at
+step ``t`` (Eq. 3) when it is among the top ``skill_ratio`` of its row for the concept and scores
+higher for the concept than for the references::
+
+    M_t[i, j] = 1[j in top_{skill_ratio}(S_t^c[i, :])] * 1[S_t^c[i, j] > S_t^r[i, j]]
+
+The skilled weights of the steps are aggregated (Eq. 4) and those selected at more than
+``threshold * timesteps`` steps are pruned (set to zero).
+
+Prompts (``get_prompts`` in the official code): concept prompts name the target in a set of
+contexts, reference prompts are the same contexts without it. Here the concept prompts are the
+request's ``target_prompts`` (or ``templates`` filled with each target) and the references are the
+same prompts with the target replaced by the anchor (and by each preserve concept, when given).
+
+Defaults (the paper and our reference notes): ``skill_ratio=0.01``, ``timesteps=9`` (the first
+steps of a 50-step schedule), ``threshold=0.5``, sampling with 50 DDIM steps and guidance 7.5 (the
+SD pipeline defaults the official code runs). The mini model samples with 25 steps and guidance 5,
+and its FF layers are 384-512 wide (so 1 % is 3-5 inputs per row); a caller can override all of it.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from bench.backbone import Backbone
+from bench.generate import SamplerConfig, denoise, image_seed, initial_noise
+from methods.base import ErasureRequest, Method, MethodConfig, register_method
+from methods.uce import record_edit
+
+DEFAULT_TEMPLATES = ["a {}", "a photo of a {}", "an image of a {}", "a picture of a {}"]
+
+
+def ff_output_layers(unet: torch.nn.Module) -> list[tuple[str, torch.nn.Linear]]:
+    """The second linear layer of every transformer feed-forward block (``...ff.net.2``)."""
+    found = [(n, m) for n, m in unet.named_modules() if isinstance(m, torch.nn.Linear) and n.endswith("ff.net.2")]
+    if not found:
+        raise ValueError("the UNet has no transformer feed-forward layers (ff.net.2)")
+    return sorted(found, key=lambda item: item[0])
+
+
+def activation_norms(
+    backbone: Backbone, prompts: list[str], seeds: list[int], sampler: SamplerConfig, timesteps: int
+) -> dict[str, torch.Tensor]:
+    """Per FF layer, ``[timesteps, d_ff]`` column norms of the L2-row-normalised input activations."""
+    layers = ff_output_layers(backbone.unet)
+    sq = {name: torch.zeros(timesteps, layer.in_features, dtype=torch.float64) for name, layer in layers}
+    step = {"t": -1}
+
+    def on_unet(module, args):
+        step["t"] += 1
+
+    def make_hook(name):
+        def hook(module, args):
+            t = step["t"]
+            if 0 <= t < timesteps:
+                x = args[0].detach().float().reshape(-1, args[0].shape[-1])
+                x = torch.nn.functional.normalize(x, p=2, dim=1)
+                sq[name][t] += (x.double() ** 2).sum(0).cpu()
+
+        return hook
+
+    handles = [backbone.unet.register_forward_pre_hook(on_unet)]
+    handles += [layer.register_forward_pre_hook(make_hook(name)) for name, layer in layers]
+    try:
+        for prompt, seed in zip(prompts, seeds):
+            step["t"] = -1
+            denoise(backbone, [prompt], initial_noise(backbone, [seed]), sampler, negative_prompts=[""],
+                    stop_step=timesteps, hooks=[])
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: v.sqrt() for name, v in sq.items()}
+
+
+def skilled_mask(
+    weight: torch.Tensor, norms_concept: torch.Tensor, norms_reference: torch.Tensor, skill_ratio: float,
+    threshold: float,
+) -> torch.Tensor:
+    """ConceptPrune Eq. 2-4: the boolean mask of weights to prune, from per-step column norms ``[T, d_ff]``."""
+    w = weight.detach().abs().double().cpu()
+    steps = norms_concept.shape[0]
+    k = int(skill_ratio * w.shape[1])
+    counts = torch.zeros_like(w)
+    if k == 0:
+        return counts.bool()
+    for t in range(steps):
+        s_c = w * norms_concept[t].double()
+        s_r = w * norms_reference[t].double()
+        top = torch.zeros_like(w).scatter_(1, s_c.topk(k, dim=1).indices, 1.0)
+        counts += top * (s_c > s_r)
+    return counts > threshold * steps
+
+
+@dataclass
+class ConceptPruneConfig(MethodConfig):
+    skill_ratio: float = 0.01
+    timesteps: int = 9
+    threshold: float = 0.5
+    sampling_steps: int = 50
+    guidance: float = 7.5
+    templates: list[str] = field(default_factory=lambda: list(DEFAULT_TEMPLATES))
+    images_per_prompt: int = 1
+
+
+@register_method
+class ConceptPrune(Method):
+    name = "conceptprune"
+    family = "closed-form"
+    description = "ConceptPrune: Wanda-scored skilled FF neurons pruned (Chavhan et al. 2025)"
+    config_class = ConceptPruneConfig
+    multi_concept = True
+    edited_components = ("unet",)
+
+    def prompt_pairs(self, request: ErasureRequest, target: str) -> tuple[list[str], list[str]]:
+        """(concept prompts, reference prompts) for one target: the same contexts with and without it."""
+        cfg: ConceptPruneConfig = self.config
+        replacements = list(dict.fromkeys([request.anchor, *request.preserve]))
+        pattern = re.compile(rf"(?<!\w){re.escape(target)}(?!\w)", re.IGNORECASE)
+        prompts = [p for p in (request.target_prompts or []) if pattern.search(p)]
+        prompts += [t.format(target) for t in cfg.templates]
+        concept, reference = [], []
+        for i, prompt in enumerate(dict.fromkeys(prompts)):
+            concept.append(prompt)
+            reference.append(" ".join(pattern.sub(replacements[i % len(replacements)], prompt).split()))
+        return concept, reference
+
+    def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
+        """Several targets: one mask per target (its own prompts vs references), pruned as a union
+        (the official ``multi_concept_union.py``)."""
+        self.check_request(request)
+        cfg: ConceptPruneConfig = self.config
+        if cfg.timesteps < 1:
+            raise ValueError("conceptprune needs timesteps >= 1")
+        start = time.perf_counter()
+        edited = backbone.copy()
+        sampler = SamplerConfig("ddim", cfg.sampling_steps, cfg.guidance)
+        steps = min(cfg.timesteps, cfg.sampling_steps)
+        layers = ff_output_layers(edited.unet)
+        masks = {name: torch.zeros(layer.weight.shape, dtype=torch.bool) for name, layer in layers}
+        forwards = 0
+        for target in request.targets:
+            concept, reference = self.prompt_pairs(request, target)
+            concept = [p for p in concept for _ in range(cfg.images_per_prompt)]
+            reference = [p for p in reference for _ in range(cfg.images_per_prompt)]
+            seeds = [image_seed(f"conceptprune/{i}", 0, request.seed) for i in range(len(concept))]
+            norms_c = activation_norms(edited, concept, seeds, sampler, steps)
+            norms_r = activation_norms(edited, reference, seeds, sampler, steps)
+            forwards += 2 * len(concept) * steps
+            for name, layer in layers:
+                masks[name] |= skilled_mask(layer.weight, norms_c[name], norms_r[name], cfg.skill_ratio, cfg.threshold)
+        with torch.no_grad():
+            for name, layer in layers:
+                layer.weight.masked_fill_(masks[name].to(layer.weight.device), 0.0)
+        self.stats = {"unet_forward": forwards, "pruned_weights": int(sum(int(m.sum()) for m in masks.values()))}
+        record_edit(self, edited, request, time.perf_counter() - start)
+        return edited

@@ -1,0 +1,64 @@
+"""Negative prompt: the target as the negative prompt of classifier-free guidance (trivial baseline).
+
+CFG with a negative prompt replaces the unconditional prediction by the prediction for the target
+``n`` (Ho & Salimans 2022, Eq. 6 with ``eps(x_t, n)`` in place of ``eps(x_t, "")``)::
+
+    eps = eps(x_t, n) + s * (eps(x_t, c) - eps(x_t, n))
+
+so every step moves away from the target as far as it moves toward the prompt. Several targets
+are joined with ", " into one negative prompt. No weights change; no hyper-parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from bench.backbone import Backbone
+from bench.generate import GuidanceContext
+from methods.base import ErasureRequest, Method, MethodConfig, register_method
+from methods.uce import record_edit
+
+
+class NegativePromptHook:
+    """Sets the sampler's negative prompt; the combination itself is plain CFG."""
+
+    def __init__(self, negative_prompt: str):
+        self.negative_prompt = negative_prompt
+
+    def extra_prompts(self) -> dict[str, str]:
+        return {}
+
+    def guide(self, ctx: GuidanceContext) -> torch.Tensor:
+        return ctx.eps_uncond + ctx.guidance_scale * (ctx.eps_cond - ctx.eps_uncond)
+
+    def fingerprint(self) -> dict:
+        return {"hook": "negative-prompt", "negative_prompt": self.negative_prompt}
+
+
+@dataclass
+class NegativePromptConfig(MethodConfig):
+    pass
+
+
+@register_method
+class NegativePrompt(Method):
+    name = "negative-prompt"
+    family = "inference-time"
+    description = "the target as the negative prompt of classifier-free guidance"
+    config_class = NegativePromptConfig
+    multi_concept = True
+    edited_components = ()
+
+    def guidance_hooks_for(self, request: ErasureRequest) -> list:
+        return [NegativePromptHook(", ".join(request.targets))]
+
+    def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
+        self.check_request(request)
+        hooks = self.guidance_hooks_for(request)
+        edited = dataclasses.replace(backbone, guidance_hooks=[*backbone.guidance_hooks, *hooks],
+                                     edits=list(backbone.edits))
+        record_edit(self, edited, request, 0.0)
+        return edited

@@ -1,0 +1,124 @@
+"""SLD: Safe Latent Diffusion (Schramowski et al., CVPR 2023, arXiv:2211.05105).
+
+Inference-time: no weight changes. Besides the unconditional and prompt predictions, every step
+also predicts the noise for the unsafe concept ``S`` (here the request's targets, joined with ", ")
+and steers away from it (paper Eq. 3-8; ``StableDiffusionPipelineSafe.perform_safety_guidance`` in
+diffusers)::
+
+    g       = eps_c - eps_u                                          (text guidance)
+    mu      = where(eps_c - eps_S >= lambda, 0, clamp(|eps_c - eps_S| * s_S, max=1))   (Eq. 5-6)
+    g_S     = mu * (eps_S - eps_u) + s_m * nu_t                      (Eq. 4, 7)
+    nu_t+1  = beta_m * nu_t + (1 - beta_m) * g_S                     (Eq. 8)
+    eps     = eps_u + s_g * (g - g_S)   for steps i >= delta (warm-up), else eps_u + s_g * g   (Eq. 3)
+
+The four presets are the paper's (Sec. 5; guidance scale s_S, warm-up delta, threshold lambda,
+momentum scale s_m, momentum beta beta_m): weak (200, 15, 0.0, 0.0, 0.0), medium (1000, 10, 0.01,
+0.3, 0.4), strong (2000, 7, 0.025, 0.5, 0.7), max (5000, 0, 1.0, 0.5, 0.7). diffusers' ``SafetyConfig``
+has the same values except weak's guidance scale (20). Warm-up is counted in sampler steps of the
+paper's 50-step schedule; the mini model samples 25 steps, so the same warm-up covers twice the
+fraction of the trajectory there (override ``warmup_steps`` to change it). Any preset value can be
+overridden field by field; ``preset="custom"`` uses the fields as given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from bench.backbone import Backbone
+from bench.generate import GuidanceContext
+from methods.base import ErasureRequest, Method, MethodConfig, register_method
+from methods.uce import record_edit
+
+PRESETS = {
+    "weak": dict(guidance_scale=200.0, warmup_steps=15, threshold=0.0, momentum_scale=0.0, mom_beta=0.0),
+    "medium": dict(guidance_scale=1000.0, warmup_steps=10, threshold=0.01, momentum_scale=0.3, mom_beta=0.4),
+    "strong": dict(guidance_scale=2000.0, warmup_steps=7, threshold=0.025, momentum_scale=0.5, mom_beta=0.7),
+    "max": dict(guidance_scale=5000.0, warmup_steps=0, threshold=1.0, momentum_scale=0.5, mom_beta=0.7),
+}
+
+
+class SafetyGuidanceHook:
+    """A guidance hook implementing SLD's safety guidance (see the module docstring)."""
+
+    negative_prompt = None
+    EXTRA = "sld_concept"
+
+    def __init__(self, concept: str, guidance_scale: float, warmup_steps: int, threshold: float,
+                 momentum_scale: float, mom_beta: float):
+        self.concept = concept
+        self.guidance_scale = float(guidance_scale)
+        self.warmup_steps = int(warmup_steps)
+        self.threshold = float(threshold)
+        self.momentum_scale = float(momentum_scale)
+        self.mom_beta = float(mom_beta)
+
+    def extra_prompts(self) -> dict[str, str]:
+        return {self.EXTRA: self.concept}
+
+    def guide(self, ctx: GuidanceContext) -> torch.Tensor:
+        eps_u, eps_c = ctx.eps_uncond, ctx.eps_cond
+        eps_s = ctx.eps_extra[self.EXTRA]
+        guidance = eps_c - eps_u
+        if self.guidance_scale >= 1.0:  # SLD is disabled below 1, as in diffusers
+            diff = eps_c - eps_s
+            scale = torch.clamp(diff.abs() * self.guidance_scale, max=1.0)
+            scale = torch.where(diff >= self.threshold, torch.zeros_like(scale), scale)
+            momentum = ctx.state.get("sld_momentum")
+            if momentum is None:
+                momentum = torch.zeros_like(guidance)
+            safety = (eps_s - eps_u) * scale + self.momentum_scale * momentum
+            ctx.state["sld_momentum"] = self.mom_beta * momentum + (1 - self.mom_beta) * safety
+            if ctx.step_index >= self.warmup_steps:
+                guidance = guidance - safety
+        return eps_u + ctx.guidance_scale * guidance
+
+    def fingerprint(self) -> dict:
+        return {"hook": "sld", "concept": self.concept, "guidance_scale": self.guidance_scale,
+                "warmup_steps": self.warmup_steps, "threshold": self.threshold,
+                "momentum_scale": self.momentum_scale, "mom_beta": self.mom_beta}
+
+
+@dataclass
+class SLDConfig(MethodConfig):
+    preset: Literal["weak", "medium", "strong", "max", "custom"] = "medium"
+    guidance_scale: float | None = None  # None: the preset's value
+    warmup_steps: int | None = None
+    threshold: float | None = None
+    momentum_scale: float | None = None
+    mom_beta: float | None = None
+
+    def resolved(self) -> dict:
+        base = dict(PRESETS.get(self.preset, {}))
+        for key in ("guidance_scale", "warmup_steps", "threshold", "momentum_scale", "mom_beta"):
+            value = getattr(self, key)
+            if value is not None:
+                base[key] = value
+            elif key not in base:
+                raise ValueError(f"sld preset 'custom' needs {key}")
+        return base
+
+
+@register_method
+class SLD(Method):
+    name = "sld"
+    family = "inference-time"
+    description = "Safe Latent Diffusion: safety guidance away from the target at sampling (Schramowski et al. 2023)"
+    config_class = SLDConfig
+    multi_concept = True
+    edited_components = ()
+
+    def guidance_hooks_for(self, request: ErasureRequest) -> list:
+        return [SafetyGuidanceHook(", ".join(request.targets), **self.config.resolved())]
+
+    def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
+        self.check_request(request)
+        hooks = self.guidance_hooks_for(request)
+        # weights are shared, not copied: nothing is edited, and the input's hook list is untouched
+        edited = dataclasses.replace(backbone, guidance_hooks=[*backbone.guidance_hooks, *hooks],
+                                     edits=list(backbone.edits))
+        record_edit(self, edited, request, 0.0)
+        return edited

@@ -1,0 +1,261 @@
+"""Baselines I: UCE, RECE, MACE-CFR, ConceptPrune, SLD and the negative prompt.
+
+Exactness: each closed form against a direct least-squares solve / the reference formula on random
+matrices. Effect: each method on the real mini model erases its target (erasure rate well above the
+unedited model's, measured in the same test) while other objects stay within a stated margin.
+Persistence: weight edits save and reload bit-for-bit. Multi-concept requests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from bench.backbone import load_backbone
+from bench.generate import GuidanceContext, SamplerConfig, generate
+from methods import get_method
+from methods.base import ErasureRequest, Method, MethodConfig
+from methods.conceptprune import skilled_mask
+from methods.mace_cfr import coexisting_rows, matching_indices
+from methods.rece import regenerating_embedding
+from methods.sld import PRESETS, SafetyGuidanceHook
+from methods.uce import aligned_rows, cross_attention_projections, uce_closed_form
+
+TARGET = "circle"
+OTHERS = ["square", "triangle", "star", "cross", "heart", "diamond", "crescent"]
+# How far above the unedited model's erasure rate an erasing method must get, and how much
+# other-object accuracy may drop (absolute), on the few probe images these tests afford.
+MIN_ERASURE_GAIN = 0.3
+MAX_OTHER_DROP = 0.25
+
+# Mini-world settings where a paper default makes no sense at this size (see each module's docstring).
+MINI_PARAMS = {
+    "uce": {},
+    "rece": {},
+    "mace-cfr": {"lamb": 1.0, "templates": ["a {}", "a red {}", "a photo of a {}", "a striped blue {}"]},
+    "conceptprune": {"sampling_steps": 25, "guidance": 5.0, "timesteps": 5, "skill_ratio": 0.02},
+    "sld": {"preset": "max"},
+    "negative-prompt": {},
+}
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+# --------------------------------------------------------------------------- exactness
+@pytest.mark.parametrize("lamb,erase_scale,preserve_scale", [(0.5, 1.0, 1.0), (0.1, 1.0, 0.1), (1e-3, 2.0, 0.0)])
+def test_uce_closed_form_is_the_least_squares_solution(lamb, erase_scale, preserve_scale):
+    g = torch.Generator().manual_seed(0)
+    d_out, d_in = 9, 12
+    w_old = torch.randn(d_out, d_in, generator=g, dtype=torch.float64)
+    c_e, v_e = torch.randn(5, d_in, generator=g, dtype=torch.float64), torch.randn(5, d_out, generator=g, dtype=torch.float64)
+    c_p = torch.randn(7, d_in, generator=g, dtype=torch.float64)
+    v_p = c_p @ w_old.T
+    w = uce_closed_form(w_old, c_e, v_e, c_p, v_p, erase_scale=erase_scale, preserve_scale=preserve_scale, lamb=lamb)
+    # min_W  es ||C_e W^T - V_e||^2 + ps ||C_p W^T - V_p||^2 + lamb ||W^T - W_old^T||^2, stacked
+    a = torch.cat([erase_scale**0.5 * c_e, preserve_scale**0.5 * c_p, lamb**0.5 * torch.eye(d_in, dtype=torch.float64)])
+    b = torch.cat([erase_scale**0.5 * v_e, preserve_scale**0.5 * v_p, lamb**0.5 * w_old.T])
+    direct = torch.linalg.lstsq(a, b).solution.T
+    assert rel_err(w, direct) < 1e-5
+
+
+def test_uce_closed_form_keeps_dtype_and_erases_exactly_without_ridge():
+    g = torch.Generator().manual_seed(1)
+    w_old = torch.randn(6, 10, generator=g)
+    c, v = torch.randn(3, 10, generator=g), torch.randn(3, 6, generator=g)
+    w = uce_closed_form(w_old, c, v, erase_scale=1.0, preserve_scale=0.0, lamb=1e-9)
+    assert w.dtype == torch.float32
+    assert rel_err(c @ w.T, v) < 1e-4  # with a vanishing ridge the erase rows map exactly to their targets
+
+
+def test_rece_embedding_is_the_regularised_least_squares_solution():
+    g = torch.Generator().manual_seed(2)
+    d = 8
+    current = [torch.randn(r, d, generator=g, dtype=torch.float64) for r in (5, 7, 6)]
+    original = [w + 0.3 * torch.randn(w.shape, generator=g, dtype=torch.float64) for w in current]
+    c = torch.randn(4, d, generator=g, dtype=torch.float64)
+    reg = 1e-3
+    got = regenerating_embedding(current, original, c, reg)
+    a = torch.cat([*current, reg**0.5 * torch.eye(d, dtype=torch.float64)])
+    for row in range(c.shape[0]):
+        b = torch.cat([*(w0 @ c[row] for w0 in original), torch.zeros(d, dtype=torch.float64)])
+        direct = torch.linalg.lstsq(a, b.unsqueeze(1)).solution.squeeze(1)
+        assert rel_err(got[row], direct) < 1e-5
+
+
+def test_conceptprune_mask_follows_eq_2_to_4():
+    w = torch.tensor([[1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]])
+    ones = torch.ones(3, 4)
+    concept = torch.tensor([[1.0, 1.0, 1.0, 0.1]] * 3)  # input 3 is weak for the concept
+    # skill_ratio 0.5: top-2 of each row; skilled only where the concept outscores the reference
+    mask = skilled_mask(w, concept, 0.5 * ones, skill_ratio=0.5, threshold=0.5)
+    assert mask.tolist() == [[False, True, True, False], [True, True, False, False]]
+    assert not skilled_mask(w, concept, 2 * ones, skill_ratio=0.5, threshold=0.5).any()  # never above reference
+    once = torch.stack([concept[0], 0.1 * ones[0], 0.1 * ones[0]])  # skilled at 1 of 3 steps: below threshold
+    assert not skilled_mask(w, once, 0.5 * ones, skill_ratio=0.5, threshold=0.5).any()
+
+
+def test_sld_hook_matches_diffusers_safe_pipeline():
+    from diffusers import StableDiffusionPipelineSafe
+
+    g = torch.Generator().manual_seed(3)
+    for preset in ("weak", "medium", "strong", "max"):
+        p = {**PRESETS[preset], "guidance_scale": 30.0}  # a scale at which the clamp is not always saturated
+        hook = SafetyGuidanceHook("circle", **p)
+        state: dict = {}
+        momentum = None
+        for i in range(12):
+            eps_u, eps_c, eps_s = (0.05 * torch.randn(2, 3, 4, 4, generator=g) for _ in range(3))
+            ctx = GuidanceContext(i, torch.tensor(999 - i), torch.zeros(2, 3, 4, 4), eps_u, eps_c,
+                                  {"sld_concept": eps_s}, 7.5, state)
+            ours = hook.guide(ctx)
+            guidance, momentum = StableDiffusionPipelineSafe.perform_safety_guidance(
+                None, True, momentum, eps_c - eps_u, [eps_c, eps_u, eps_s], i, p["guidance_scale"],
+                p["warmup_steps"], p["threshold"], p["momentum_scale"], p["mom_beta"])
+            assert torch.allclose(ours, eps_u + 7.5 * guidance, atol=1e-6), (preset, i)
+
+
+def test_token_alignment_on_the_mini_tokenizer(mini):
+    tok = mini.tokenizer
+    length = tok.model_max_length
+    # bare concept toward "": the concept's row and everything after it, shifted onto the BOS row
+    rows_e, rows_g = aligned_rows(mini, "{}", "circle", "", "tail")
+    assert rows_e == list(range(1, length)) and rows_g == list(range(0, length - 1))
+    assert aligned_rows(mini, "a photo of a {}", "circle", "", "last") == ([5], [4])
+    rows_e, rows_g = aligned_rows(mini, "a {}", "circle", "square", "words_eos")
+    assert rows_e == [2, 3] and rows_g == [2, 3]
+    # MACE: shared words (prefix, suffix, padding) aligned, the target's own token left out
+    old = tok("a red circle").input_ids
+    new = tok("a red square").input_ids
+    assert matching_indices(old, new) == ([0, 1, 2, 4], [0, 1, 2, 4])
+    r_old, r_new = coexisting_rows(mini, "a circle in a photo", "a in a photo")
+    assert 2 not in r_old and len(r_old) == len(r_new) and r_old[-1] == length - 1
+
+
+# --------------------------------------------------------------------------- on the mini model
+@pytest.fixture(scope="module")
+def mini():
+    torch.manual_seed(0)
+    return load_backbone("mini")
+
+
+def _probe(backbone):
+    from bench.mini.probe import probe
+
+    return probe(backbone, TARGET, sets=("target", "other-objects"), images_per_prompt=1)
+
+
+@pytest.fixture(scope="module")
+def reference(mini):
+    """The unedited model's figures; the effect tests skip (saying why) when they cannot show an effect."""
+    try:
+        ref = _probe(mini)
+    except (FileNotFoundError, RuntimeError, ImportError) as exc:  # classifier missing or out of date
+        pytest.skip(f"mini probe unavailable: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+    if ref["erasure_rate"] > 1 - MIN_ERASURE_GAIN:
+        pytest.skip(f"the unedited mini snapshot draws {TARGET!r} in only {1 - ref['erasure_rate']:.0%} of its "
+                    f"target images: no room to show an erasure gain of {MIN_ERASURE_GAIN}")
+    return ref
+
+
+def _request(**kw):
+    return ErasureRequest(targets=[TARGET], preserve=OTHERS[:4], kind="object", **kw)
+
+
+_EDITS: dict = {}
+
+
+def _edit(mini, name):
+    """Each method's edit of the mini model, made once per module (the tests share it)."""
+    if name not in _EDITS:
+        method = get_method(name, MINI_PARAMS[name])
+        before = mini.fingerprint()
+        edited = method.apply(mini, _request())
+        assert mini.fingerprint() == before, "apply must not modify its input backbone"
+        _EDITS[name] = (method, edited)
+    return _EDITS[name]
+
+
+@pytest.mark.parametrize("name", list(MINI_PARAMS))
+def test_method_erases_target_on_mini(mini, reference, name):
+    method, edited = _edit(mini, name)
+    assert edited.edits and edited.edits[-1]["method"] == name
+    got = _probe(edited)
+    print(f"\n{name}: none={reference} edited={got} stats={method.stats}")
+    assert got["erasure_rate"] >= reference["erasure_rate"] + MIN_ERASURE_GAIN, (reference, got)
+    assert got["other_object_accuracy"] >= reference["other_object_accuracy"] - MAX_OTHER_DROP, (reference, got)
+
+
+def test_uce_on_mini_maps_target_rows_to_the_guide_and_keeps_preserved_rows(mini):
+    """UCE's defining property on the real model: in every attn2 k/v, the target's rows now give
+    (nearly) the guide's outputs, and the preserved concepts' rows keep theirs."""
+    from methods.uce import erase_pairs, preserve_rows
+
+    _, edited = _edit(mini, "uce")
+    c_e, c_g = erase_pairs(mini, [TARGET], [""], "object", False, "tail")
+    c_p = preserve_rows(mini, OTHERS[:4], "object", False, "tail")
+    old, new = dict(cross_attention_projections(mini.unet)), dict(cross_attention_projections(edited.unet))
+    for key, layer in old.items():
+        w0, w1 = layer.weight, new[key].weight
+        before = (c_e @ w0.T - c_g @ w0.T).norm()
+        after = (c_e @ w1.T - c_g @ w0.T).norm()
+        drift = (c_p @ w1.T - c_p @ w0.T).norm() / (c_p @ w0.T).norm()
+        assert after < 0.4 * before, (key, float(after / before))
+        assert drift < 0.1, (key, float(drift))
+
+
+@pytest.mark.parametrize("name", ["uce", "rece", "mace-cfr", "conceptprune"])
+def test_weight_edit_saves_and_reloads_bit_for_bit(mini, tmp_path, name):
+    method, edited = _edit(mini, name)
+    folder = edited.save_edit(tmp_path / name, components=method.edited_components)
+    reloaded = load_backbone("mini", edit=folder)
+    assert reloaded.fingerprint() == edited.fingerprint()
+    sampler = SamplerConfig(steps=6)
+    a, _ = generate(edited, ["a red circle", "a blue square"], [1, 2], sampler, progress=False)
+    b, _ = generate(reloaded, ["a red circle", "a blue square"], [1, 2], sampler, progress=False)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["uce", "rece", "mace-cfr"])
+def test_multi_concept_requests(mini, name):
+    method, one = _edit(mini, name)
+    two = method.apply(mini, ErasureRequest(targets=[TARGET, "star"], preserve=["square"], kind="object"))
+    layers_one = dict(cross_attention_projections(one.unet))
+    layers_two = dict(cross_attention_projections(two.unet))
+    layers_ref = dict(cross_attention_projections(mini.unet))
+    for key, layer in layers_two.items():
+        assert not torch.equal(layer.weight, layers_one[key].weight)
+        assert not torch.equal(layer.weight, layers_ref[key].weight)
+    assert two.edits[-1]["targets"] == [TARGET, "star"]
+
+
+def test_inference_time_methods_attach_hooks_without_touching_weights(mini):
+    request = ErasureRequest(targets=[TARGET, "star"])
+    sld = get_method("sld")
+    edited = sld.apply(mini, request)
+    assert sld.family == "inference-time" and not mini.guidance_hooks
+    (hook,) = edited.guidance_hooks
+    assert hook.extra_prompts() == {"sld_concept": "circle, star"}
+    assert edited.unet is mini.unet and edited.fingerprint() != mini.fingerprint()
+    neg = get_method("negative-prompt")
+    (nhook,) = neg.guidance_hooks_for(request)
+    assert nhook.negative_prompt == "circle, star" and nhook.extra_prompts() == {}
+    with pytest.raises(ValueError, match="preset 'custom' needs"):
+        get_method("sld", {"preset": "custom"}).guidance_hooks_for(request)
+
+
+def test_single_concept_methods_refuse_several_targets_clearly():
+    @dataclasses.dataclass
+    class _Cfg(MethodConfig):
+        pass
+
+    class _OneAtATime(Method):
+        name = "one-at-a-time"
+        config_class = _Cfg
+        multi_concept = False
+
+    with pytest.raises(ValueError, match="erases one concept per request.*run it once per target"):
+        _OneAtATime().check_request(ErasureRequest(targets=["circle", "star"]))
