@@ -1,0 +1,492 @@
+"""Shared plumbing of the fine-tuning erasure methods (ESD, CA, SalUn, AdvUnlearn).
+
+What lives here is only what those four methods do identically, so each method module reads
+top to bottom as its paper's objective:
+
+- :class:`FinetuneConfig`: the budget and run fields every fine-tuning config carries
+  (``max_steps``, ``max_minutes``, ``checkpoint_dir``, ``checkpoint_every``, ``mixed_precision``,
+  ``gradient_checkpointing``, ``progress``), placed before the method's own paper defaults.
+- :class:`FinetuneMethod`: a :class:`~methods.base.Method` with ``mini_defaults``, a dict of
+  config values used instead of the paper's when ``backbone.kind == "mini"`` (the paper's
+  defaults are sized for Stable Diffusion; the mini model needs a larger learning rate and far
+  fewer steps). A value the caller passed explicitly always wins; ``use_mini_defaults=False``
+  turns them off.
+- :func:`train`: the loop. A tqdm bar shows the loss; the trained parameters and the optimiser
+  are checkpointed to ``checkpoint_dir`` every ``checkpoint_every`` steps, on a budget stop and
+  on Ctrl-C, and a later call with the same folder resumes where it stopped (the randomness of
+  step ``k`` depends only on ``(seed, k)``, so a resumed run ends with the same weights as an
+  uninterrupted one). ``max_steps`` / ``max_minutes`` cut a run short; on a GPU the forward
+  passes run under bf16 (fp16 with loss scaling where bf16 is missing) autocast while the
+  trained weights and the optimiser stay in float32.
+- small diffusion helpers: prompts for a request, DDIM partial sampling, noise prediction.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from bench.backbone import Backbone
+from bench.generate import SamplerConfig, denoise, make_scheduler
+from methods.base import ErasureRequest, Method, MethodConfig
+
+BUDGET_FIELDS = ("max_steps", "max_minutes", "checkpoint_dir", "checkpoint_every", "progress", "use_mini_defaults",
+                 "gradient_checkpointing")
+
+
+@dataclass
+class FinetuneConfig(MethodConfig):
+    """Run and budget fields shared by every fine-tuning method (the paper's defaults follow in subclasses).
+
+    max_steps: stop after this many optimisation steps (None: the method's full schedule).
+    max_minutes: stop after this much wall time in the training loop (None: no limit).
+    checkpoint_dir: folder for resumable checkpoints (None: no checkpoints).
+    checkpoint_every: checkpoint every N steps (also on a budget stop, at the end and on Ctrl-C).
+    mixed_precision: "auto" (bf16 autocast on a GPU that has it, else fp16; none on CPU), "no", "bf16", "fp16".
+    gradient_checkpointing: trade compute for memory in the trained module.
+    progress: show a tqdm bar with the loss.
+    use_mini_defaults: on the mini model, use the method's ``mini_defaults`` for the fields not given explicitly.
+    """
+
+    max_steps: int | None = None
+    max_minutes: float | None = None
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 50
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    gradient_checkpointing: bool = False
+    progress: bool = True
+    use_mini_defaults: bool = True
+    seed: int | None = None  # None: the request's seed
+
+
+class FinetuneMethod(Method):
+    """A fine-tuning method: ``mini_defaults`` for the mini model, cost figures in ``stats``."""
+
+    family = "fine-tuning"
+    config_class: ClassVar[type[FinetuneConfig]] = FinetuneConfig
+    mini_defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, config: FinetuneConfig | None = None, **params: Any):
+        super().__init__(config, **params)
+        if config is None:
+            self.explicit = set(params)
+        else:  # a config object: the fields that differ from the class defaults count as explicit
+            default = self.config_class()
+            self.explicit = {f.name for f in dataclasses.fields(config)
+                             if getattr(config, f.name) != getattr(default, f.name)}
+        self.stats: dict[str, Any] = {}
+
+    def effective_config(self, backbone: Backbone) -> FinetuneConfig:
+        """The config this backbone is trained with: the paper's, or the mini defaults on the mini model."""
+        if backbone.kind != "mini" or not self.config.use_mini_defaults:
+            return self.config
+        overrides = {k: v for k, v in self.mini_defaults.items() if k not in self.explicit}
+        return dataclasses.replace(self.config, **overrides)
+
+    def fingerprint(self) -> dict:
+        out = super().fingerprint()
+        if self.config.use_mini_defaults and self.mini_defaults:
+            out["mini_defaults"] = {k: v for k, v in self.mini_defaults.items() if k not in self.explicit}
+        return out
+
+    def record_edit(self, edited: Backbone, config: FinetuneConfig, request: ErasureRequest) -> None:
+        edited.edits = [*edited.edits, {
+            "method": self.name,
+            "config": dataclasses.asdict(config),
+            "targets": list(request.targets),
+            "anchor": request.anchor,
+            "preserve": list(request.preserve),
+            "seed": request.seed,
+            "stats": dict(self.stats),
+        }]
+
+
+# --------------------------------------------------------------------------- parameters
+def select_parameters(module: torch.nn.Module, keep: Callable[[str], bool]) -> dict[str, torch.nn.Parameter]:
+    """Enable gradients on the parameters of ``module`` whose name passes ``keep``; return them by name."""
+    chosen = {name: p for name, p in module.named_parameters() if keep(name)}
+    if not chosen:
+        raise ValueError(f"no parameter of {type(module).__name__} matches the selection")
+    for p in chosen.values():
+        p.requires_grad_(True)
+    return chosen
+
+
+def seed_of(config: FinetuneConfig, request: ErasureRequest) -> int:
+    return int(request.seed if config.seed is None else config.seed)
+
+
+def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
+    """A CPU generator for step ``step``: the randomness of a step depends only on (seed, step, stream)."""
+    digest = hashlib.sha256(f"{seed}:{step}:{stream}".encode()).digest()
+    return torch.Generator("cpu").manual_seed(int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+def randn(shape: Iterable[int], gen: torch.Generator, like: torch.Tensor | Backbone) -> torch.Tensor:
+    device, dtype = (like.device, like.dtype)
+    return torch.randn(tuple(shape), generator=gen).to(device, dtype)
+
+
+def randint(low: int, high: int, gen: torch.Generator, n: int | None = None):
+    values = torch.randint(low, high, (n or 1,), generator=gen)
+    return int(values[0]) if n is None else values.tolist()
+
+
+# --------------------------------------------------------------------------- prompts
+def target_prompts(request: ErasureRequest) -> list[tuple[str, str]]:
+    """(target concept, prompt showing it): ``request.target_prompts`` when given, else the concept word itself.
+
+    The concept word alone is what ESD, CA and AdvUnlearn train on ("Van Gogh", "nudity").
+    A prompt in ``target_prompts`` is attributed to the first target it mentions.
+    """
+    if not request.target_prompts:
+        return [(t, t) for t in request.targets]
+    pairs = []
+    for prompt in request.target_prompts:
+        owner = next((t for t in request.targets if t.lower() in prompt.lower()), request.targets[0])
+        pairs.append((owner, prompt))
+    return pairs
+
+
+def replace_concept(prompt: str, concept: str, by: str) -> str:
+    """``prompt`` with ``concept`` replaced by ``by`` (case-insensitive; whitespace tidied)."""
+    import re
+
+    out = re.sub(re.escape(concept), by, prompt, flags=re.IGNORECASE)
+    return " ".join(out.split())
+
+
+def preserve_prompts(request: ErasureRequest, extra: Iterable[str] = ()) -> list[str]:
+    """Prompts of the concepts to keep: the request's ``preserve`` concepts plus ``extra``; [""] if none."""
+    prompts = [p for p in (*request.preserve, *extra) if p is not None]
+    return prompts or [""]
+
+
+# --------------------------------------------------------------------------- diffusion helpers
+def ddim_timesteps(backbone: Backbone, steps: int) -> torch.Tensor:
+    scheduler = make_scheduler(backbone, SamplerConfig("ddim", steps))
+    scheduler.set_timesteps(steps, device=backbone.device)
+    return scheduler.timesteps
+
+
+@torch.no_grad()
+def sample_until(backbone: Backbone, prompts: list[str], noise: torch.Tensor, steps: int, guidance: float,
+                 stop_step: int) -> torch.Tensor:
+    """DDIM-sample ``prompts`` from ``noise`` with CFG and return the latents *before* step ``stop_step``.
+
+    Those latents sit at noise level ``ddim_timesteps(backbone, steps)[stop_step]``.
+    """
+    sampler = SamplerConfig("ddim", steps=steps, guidance=guidance)
+    if stop_step <= 0:
+        return noise * make_scheduler(backbone, sampler).init_noise_sigma
+    return denoise(backbone, prompts, noise, sampler, negative_prompts=[""] * len(prompts), stop_step=stop_step, hooks=[])
+
+
+@torch.no_grad()
+def sample_latents(backbone: Backbone, prompts: list[str], gen: torch.Generator, steps: int, guidance: float,
+                   batch_size: int = 32) -> torch.Tensor:
+    """Fully sample one latent per prompt (the "generated training images" of CA and SalUn)."""
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        noise = randn((len(chunk), *backbone.latent_shape), gen, backbone)
+        out.append(sample_until(backbone, chunk, noise, steps, guidance, stop_step=steps))
+    return torch.cat(out)
+
+
+def add_noise(backbone: Backbone, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """q(x_t | x_0) of the backbone's training noise schedule."""
+    return backbone.scheduler.add_noise(latents, noise, timesteps.to(latents.device))
+
+
+def eps(unet: torch.nn.Module, latents: torch.Tensor, timesteps: torch.Tensor | int, emb: torch.Tensor) -> torch.Tensor:
+    """The UNet's noise prediction (as float32, so losses are taken in full precision)."""
+    if isinstance(timesteps, int) or timesteps.ndim == 0:
+        timesteps = torch.full((latents.shape[0],), int(timesteps), device=latents.device, dtype=torch.long)
+    if emb.shape[0] == 1 and latents.shape[0] > 1:
+        emb = emb.expand(latents.shape[0], -1, -1)
+    return unet(latents, timesteps, emb).sample.float()
+
+
+def cached_tensors(config: FinetuneConfig, name: str, run: dict,
+                   make: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Tensors made once per run (generated images, saliency masks), kept in ``checkpoint_dir`` so a resume skips them.
+
+    ``run`` is the run's fingerprint (:func:`run_fingerprint`); the file name carries its hash.
+    """
+    if not config.checkpoint_dir:
+        return make()
+    key = hashlib.sha256(json.dumps(run, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = Path(config.checkpoint_dir) / f"{name}-{key}.safetensors"
+    if path.exists():
+        return load_file(str(path))
+    tensors = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp))
+    tmp.replace(path)
+    return tensors
+
+
+class Trajectories:
+    """Noisy latents x_t "sampled with prompt c down to DDIM step i" (the x_t of ESD and AdvUnlearn).
+
+    With ``pool == 0`` every draw samples afresh with ``sampler_backbone`` (which may be the model
+    being trained). With ``pool > 0`` that many trajectories per prompt are sampled once with the
+    (frozen) ``sampler_backbone`` and draws pick from them: the same distribution when the sampler
+    is frozen, for a fraction of the cost.
+    """
+
+    def __init__(self, sampler_backbone: Backbone, prompts: list[str], steps: int, guidance: float, pool: int,
+                 seed: int, config: FinetuneConfig, run: dict, name: str):
+        self.backbone, self.prompts, self.steps, self.guidance = sampler_backbone, prompts, steps, guidance
+        self.pool = None
+        if pool > 0:
+            self.pool = cached_tensors(config, name, run, lambda: {"x": self._sample_pool(pool, seed)})["x"]
+            self.pool = self.pool.to(sampler_backbone.device, sampler_backbone.dtype)
+
+    @property
+    def sampling_passes(self) -> int:
+        """UNet forward passes per draw of one latent (0 with a pool)."""
+        return 0 if self.pool is not None else self.steps
+
+    def draw(self, prompt_idx: list[int], step: int, gen: torch.Generator) -> torch.Tensor:
+        if self.pool is None:
+            noise = randn((len(prompt_idx), *self.backbone.latent_shape), gen, self.backbone)
+            return sample_until(self.backbone, [self.prompts[j] for j in prompt_idx], noise, self.steps,
+                                self.guidance, step)
+        k = randint(0, self.pool.shape[1], gen, len(prompt_idx))
+        return self.pool[prompt_idx, k, step]
+
+    @torch.no_grad()
+    def _sample_pool(self, pool: int, seed: int) -> torch.Tensor:
+        """[prompt, k, step, *latent]: the latents before each DDIM step of ``pool`` samples per prompt."""
+        gen = step_generator(seed, -1, stream=17)
+        sampler = SamplerConfig("ddim", steps=self.steps, guidance=self.guidance)
+        out = []
+        for prompt in self.prompts:
+            noise = randn((pool, *self.backbone.latent_shape), gen, self.backbone)
+            _, traj = denoise(self.backbone, [prompt] * pool, noise, sampler, negative_prompts=[""] * pool,
+                              hooks=[], return_trajectory=True)
+            out.append(torch.stack([x for _, _, x in traj], dim=1))
+        return torch.stack(out).cpu()
+
+
+# --------------------------------------------------------------------------- precision
+def autocast_dtype(device: torch.device, mode: str) -> torch.dtype | None:
+    if device.type != "cuda" or mode == "no":
+        return None
+    if mode == "bf16" or (mode == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+# --------------------------------------------------------------------------- the loop
+@dataclass
+class TrainResult:
+    steps: int  # steps done in all (including those before a resume)
+    total_steps: int  # the schedule's length
+    stopped: str  # "complete", "max_steps" or "max_minutes"
+    seconds: float  # wall time of this call's loop
+    resumed_from: int
+    last_loss: float | None
+
+
+def train(
+    *,
+    name: str,
+    config: FinetuneConfig,
+    modules: dict[str, torch.nn.Module],
+    params: dict[str, torch.nn.Parameter],
+    loss_fn: Callable[[int, torch.Generator], torch.Tensor],
+    total_steps: int,
+    lr: float,
+    seed: int,
+    fingerprint: dict,
+    device: torch.device,
+    optimizer: Literal["adam", "adamw"] = "adam",
+    weight_decay: float = 0.0,
+    after_backward: Callable[[], None] | None = None,
+    state: dict[str, torch.Tensor] | None = None,
+) -> TrainResult:
+    """Run ``total_steps`` optimisation steps of ``loss_fn(step, generator)`` over ``params``.
+
+    ``modules`` maps a name to each module that owns trained parameters (they are trained in float32 and cast back
+    to their dtype at the end). ``fingerprint`` identifies the run: a checkpoint made with a different one is refused.
+    ``after_backward`` may edit the gradients (SalUn's saliency mask) before the optimiser step. ``state`` holds
+    tensors that ``loss_fn`` updates in place and that a resume needs (AdvUnlearn's latest adversarial prompt).
+    """
+    dtypes = {k: next(m.parameters()).dtype for k, m in modules.items()}
+    for m in modules.values():
+        if next(m.parameters()).dtype != torch.float32:
+            m.float()
+        if config.gradient_checkpointing:
+            if hasattr(m, "enable_gradient_checkpointing"):
+                m.enable_gradient_checkpointing()
+            elif hasattr(m, "gradient_checkpointing_enable"):
+                m.gradient_checkpointing_enable()
+    param_list = list(params.values())
+    opt_cls = torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam
+    opt = opt_cls(param_list, lr=lr, weight_decay=weight_decay)
+    amp = autocast_dtype(device, config.mixed_precision)
+    scaler = torch.amp.GradScaler("cuda") if amp is torch.float16 else None
+
+    ckpt = Checkpoint(Path(config.checkpoint_dir), fingerprint) if config.checkpoint_dir else None
+    start = ckpt.load(params, opt, state) if ckpt else 0
+    end = total_steps if config.max_steps is None else min(total_steps, config.max_steps)
+    deadline = None if config.max_minutes is None else time.monotonic() + 60.0 * config.max_minutes
+    stopped = "complete" if end >= total_steps else "max_steps"
+    last = None
+    t0 = time.monotonic()
+    step = start
+    bar = tqdm(total=end, initial=min(start, end), desc=name, unit="step", disable=not config.progress, leave=False)
+    try:
+        while step < end:
+            opt.zero_grad(set_to_none=True)
+            with autocast(device, amp):
+                loss = loss_fn(step, step_generator(seed, step))
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{name}: loss is {loss.item()} at step {step}")
+            (scaler.scale(loss) if scaler else loss).backward()
+            if scaler:
+                scaler.unscale_(opt)
+            if after_backward is not None:
+                after_backward()
+            (scaler.step(opt) if scaler else opt.step())
+            if scaler:
+                scaler.update()
+            step += 1
+            last = float(loss.detach())
+            bar.set_postfix(loss=f"{last:.4g}")
+            bar.update(1)
+            if ckpt and step % config.checkpoint_every == 0 and step < end:
+                ckpt.save(params, opt, step, last, state)
+            if deadline is not None and time.monotonic() > deadline and step < end:
+                stopped = "max_minutes"
+                break
+    except KeyboardInterrupt:
+        if ckpt:
+            ckpt.save(params, opt, step, last, state)
+        raise
+    finally:
+        bar.close()
+        for p in param_list:
+            p.requires_grad_(False)
+            p.grad = None
+        for m in modules.values():
+            if config.gradient_checkpointing and hasattr(m, "disable_gradient_checkpointing"):
+                m.disable_gradient_checkpointing()
+            elif config.gradient_checkpointing and hasattr(m, "gradient_checkpointing_disable"):
+                m.gradient_checkpointing_disable()
+    if ckpt and step > start:
+        ckpt.save(params, opt, step, last, state)
+    for k, m in modules.items():
+        if dtypes[k] != torch.float32:
+            m.to(dtypes[k])
+        m.eval()
+    return TrainResult(step, total_steps, stopped, time.monotonic() - t0, start, last)
+
+
+class Checkpoint:
+    """``folder/checkpoint/{trained.safetensors, optimizer.pt, state.json}``, swapped in atomically."""
+
+    def __init__(self, folder: Path, fingerprint: dict):
+        self.folder = folder
+        self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
+
+    def _current(self) -> Path | None:
+        for sub in ("checkpoint", "checkpoint.old"):  # .old survives only a save killed mid-swap
+            if (self.folder / sub / "state.json").exists():
+                return self.folder / sub
+        return None
+
+    def load(self, params: dict[str, torch.nn.Parameter], opt: torch.optim.Optimizer,
+             state: dict[str, torch.Tensor] | None = None) -> int:
+        where = self._current()
+        if where is None:
+            return 0
+        extra = state
+        meta = json.loads((where / "state.json").read_text())
+        if meta["fingerprint"] != self.fingerprint:
+            raise ValueError(
+                f"{self.folder}: the checkpoint belongs to a different run "
+                f"(saved {meta['fingerprint']}, now {self.fingerprint}); use another checkpoint_dir or delete it"
+            )
+        weights = load_file(str(where / "trained.safetensors"))
+        missing = sorted(set(params) - set(weights))
+        if missing:
+            raise ValueError(f"{where}: checkpoint lacks {len(missing)} trained tensors, e.g. {missing[0]}")
+        with torch.no_grad():
+            for key, p in params.items():
+                p.copy_(weights[key].to(p.device, p.dtype))
+        opt.load_state_dict(torch.load(where / "optimizer.pt", map_location="cpu", weights_only=True))
+        if extra:
+            saved = load_file(str(where / "extra.safetensors"))
+            with torch.no_grad():
+                for key, tensor in extra.items():
+                    tensor.copy_(saved[key].to(tensor.device, tensor.dtype))
+        return int(meta["step"])
+
+    def save(self, params: dict[str, torch.nn.Parameter], opt: torch.optim.Optimizer, step: int,
+             loss: float | None, state: dict[str, torch.Tensor] | None = None) -> None:
+        tmp, cur, old = (self.folder / n for n in ("checkpoint.tmp", "checkpoint", "checkpoint.old"))
+        for stale in (tmp, old):
+            if stale.exists() and (stale is tmp or cur.exists()):
+                shutil.rmtree(stale)
+        tmp.mkdir(parents=True)
+        save_file({k: p.detach().to("cpu").contiguous() for k, p in params.items()}, str(tmp / "trained.safetensors"))
+        torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        if state:
+            save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, str(tmp / "extra.safetensors"))
+        loss_value = None if loss is None or not math.isfinite(loss) else loss
+        (tmp / "state.json").write_text(json.dumps(
+            {"step": step, "loss": loss_value, "fingerprint": self.fingerprint}, indent=2))
+        if cur.exists():
+            cur.rename(old)
+        tmp.rename(cur)
+        if old.exists():
+            shutil.rmtree(old)
+
+
+def run_fingerprint(method: Method, config: FinetuneConfig, request: ErasureRequest, backbone: Backbone) -> dict:
+    """What a checkpoint must match: the method, its non-budget config, the request and the base model."""
+    cfg = {k: v for k, v in dataclasses.asdict(config).items() if k not in BUDGET_FIELDS}
+    return {
+        "method": method.name,
+        "config": cfg,
+        "request": dataclasses.asdict(request),
+        "model": backbone.name,
+        # the weights themselves, so a re-exported base model never resumes an old run
+        "weights": backbone.fingerprint() if config.checkpoint_dir else None,
+    }
+
+
+def stats_from(result: TrainResult, **counts: Any) -> dict[str, Any]:
+    return {
+        "steps": result.steps,
+        "total_steps": result.total_steps,
+        "stopped": result.stopped,
+        "resumed_from": result.resumed_from,
+        "train_seconds": round(result.seconds, 2),
+        "last_loss": result.last_loss,
+        **counts,
+    }

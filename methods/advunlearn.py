@@ -1,0 +1,208 @@
+"""AdvUnlearn (Zhang et al., "Defensive Unlearning with Adversarial Training for Robust Concept Erasure in
+Diffusion Models", NeurIPS 2024).
+
+Bi-level adversarial training of the TEXT ENCODER (eq. 5-6 of the paper). The lower level finds
+an adversarial prompt c' (``adv_prompt_num`` prefix token embeddings in front of the concept
+prompt c) that brings the concept back under the current encoder phi:
+
+    c'* = argmin_{c'} || eps_theta(x_t, tau_phi(c'), t) - eps_theta*(x_t, tau*(c), t) ||^2
+
+(``attack_step`` Adam steps at ``attack_lr``, warm-started from the previous round's prompt).
+The upper level trains phi with the ESD objective on that prompt plus a utility regulariser on
+retain prompts c_r:
+
+    min_phi || eps_theta(x_t, tau_phi(c'*), t) - sg(eps*(x_t, "", t) - eta [eps*(x_t, c, t) - eps*(x_t, "", t)]) ||^2
+            + gamma * || eps_theta(x_r, tau_phi(c_r), t) - sg(eps*(x_r, tau*(c_r), t)) ||^2
+
+x_t (x_r) are DDIM samples of c (c_r) with the frozen model at guidance ``start_guidance``,
+stopped at a random step; the UNet is frozen throughout, so the edit is a text encoder only.
+The first ``warmup_iter`` iterations train on the plain prompt (no attack).
+
+Defaults (OPTML-Group/AdvUnlearn, train-scripts/AdvUnlearn.py and its README command): 1000
+iterations, Adam lr 1e-5 on all encoder layers and the final layer norm (``text_encoder_full``),
+eta 1, start guidance 3, 50 DDIM steps; attack: 1 prefix token on the word embeddings, 30 steps
+at lr 1e-3, refreshed every iteration after 200 warm-up iterations; retain: "reg" with weight 0.3
+and 5 retain prompts per step (the COCO object prompts there; here ``request.preserve``, or the
+empty prompt when none). Expensive (hours on SD): mind ``max_steps`` / ``max_minutes``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from bench.backbone import Backbone
+from methods import _finetune as ft
+from methods.base import ErasureRequest, register_method
+
+
+@dataclass
+class AdvUnlearnConfig(ft.FinetuneConfig):
+    iterations: int = 1000
+    lr: float = 1e-5
+    negative_guidance: float = 1.0
+    start_guidance: float = 3.0
+    ddim_steps: int = 50
+    batch_size: int = 1
+    component: Literal["all", "ffn", "attn"] = "all"  # which encoder-layer weights train (final layer norm: "all")
+    adv_prompt_num: int = 1  # prefix tokens of the adversarial prompt
+    attack_step: int = 30
+    attack_lr: float = 1e-3
+    attack_init: Literal["latest", "random"] = "latest"
+    warmup_iter: int = 200
+    adv_prompt_update_step: int = 1
+    retain_loss_w: float = 0.3
+    retain_batch: int = 5
+    trajectory_pool: int = 0  # > 0: trajectories sampled once per prompt with the frozen model and reused
+
+
+MINI_DEFAULTS: dict[str, Any] = {
+    "iterations": 100,
+    "lr": 1e-4,
+    "ddim_steps": 25,
+    "batch_size": 4,
+    "attack_step": 4,
+    "attack_lr": 1e-2,
+    "warmup_iter": 20,
+    "adv_prompt_update_step": 5,
+    "trajectory_pool": 16,
+}
+
+
+def parameter_rule(component: str):
+    """The official ``text_encoder_full`` choice: encoder layers (all / mlp / self_attn), plus the final layer norm."""
+    def keep(name: str) -> bool:
+        name = name.removeprefix("text_model.")  # transformers < 5 nests the CLIP text model one level deeper
+        if name.startswith("final_layer_norm"):
+            return component == "all"
+        if name.startswith("encoder."):
+            return component == "all" or (component == "ffn" and ".mlp." in name) or \
+                (component == "attn" and ".self_attn." in name)
+        return False
+    return keep
+
+
+class PrefixPrompt:
+    """Encode prompts with k free embedding vectors right after the start token (the "prefix_k" attack)."""
+
+    def __init__(self, backbone: Backbone, k: int):
+        self.backbone, self.k = backbone, k
+        self.vectors: torch.Tensor | None = None
+
+    def ids(self, prompts: list[str]) -> torch.Tensor:
+        ids = self.backbone.tokenize(prompts)
+        filler = torch.full((ids.shape[0], self.k), self.backbone.tokenizer.pad_token_id or 0, device=ids.device)
+        return torch.cat([ids[:, :1], filler, ids[:, 1:ids.shape[1] - self.k]], dim=1)
+
+    def encode(self, text_encoder: torch.nn.Module, prompts: list[str], vectors: torch.Tensor) -> torch.Tensor:
+        table = text_encoder.get_input_embeddings()
+
+        def put_prefix(module, inputs, output):
+            v = vectors.to(output.dtype).expand(output.shape[0], -1, -1)
+            return torch.cat([output[:, :1], v, output[:, 1 + self.k:]], dim=1)
+
+        handle = table.register_forward_hook(put_prefix)
+        try:
+            return text_encoder(self.ids(prompts))[0]
+        finally:
+            handle.remove()
+
+
+@register_method
+class AdvUnlearn(ft.FinetuneMethod):
+    name = "advunlearn"
+    description = "AdvUnlearn: adversarial ESD training of the text encoder with a retain regulariser (Zhang et al. 2024)"
+    config_class = AdvUnlearnConfig
+    mini_defaults = MINI_DEFAULTS
+    edited_components = ("text_encoder",)
+
+    def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
+        self.check_request(request)
+        cfg: AdvUnlearnConfig = self.effective_config(backbone)
+        seed = ft.seed_of(cfg, request)
+        run = ft.run_fingerprint(self, cfg, request, backbone)
+        frozen, edited = backbone, backbone.copy()
+        edited.guidance_hooks = []
+        unet = frozen.unet  # frozen throughout; identical to edited.unet
+        encoder = edited.text_encoder
+        params = ft.select_parameters(encoder, parameter_rule(cfg.component))
+
+        words = [p for _, p in ft.target_prompts(request)]
+        retain = ft.preserve_prompts(request)
+        timesteps = ft.ddim_timesteps(backbone, cfg.ddim_steps)
+        with torch.no_grad():
+            emb_p, emb_r, emb_0 = frozen.encode(words), frozen.encode(retain), frozen.encode([""])
+        forget_x = ft.Trajectories(frozen, words, cfg.ddim_steps, cfg.start_guidance, cfg.trajectory_pool, seed,
+                                   cfg, run, "advunlearn_forget")
+        retain_x = ft.Trajectories(frozen, retain, cfg.ddim_steps, cfg.start_guidance, cfg.trajectory_pool, seed + 1,
+                                   cfg, run, "advunlearn_retain")
+        prefix = PrefixPrompt(edited, cfg.adv_prompt_num)
+        table = encoder.get_input_embeddings().weight
+        # carried across steps (and checkpoints): the latest adversarial prefix, its word, whether it exists yet
+        state = {"adv": torch.zeros(1, cfg.adv_prompt_num, table.shape[1], device=backbone.device),
+                 "word": torch.zeros((), dtype=torch.long), "ready": torch.zeros((), dtype=torch.long)}
+        counts = {"attack_steps": 0}
+
+        def x_and_teacher(word: int, gen: torch.Generator):
+            i = ft.randint(0, cfg.ddim_steps, gen)
+            x_t, t = forget_x.draw([word] * cfg.batch_size, i, gen), timesteps[i]
+            with torch.no_grad():
+                e_0, e_p = ft.eps(unet, x_t, t, emb_0), ft.eps(unet, x_t, t, emb_p[word:word + 1])
+            return i, x_t, t, e_0, e_p
+
+        def attack(word: int, gen: torch.Generator) -> None:
+            if cfg.attack_init == "latest" and int(state["ready"]):
+                adv = state["adv"].clone()
+            else:  # random vocabulary words
+                adv = table[torch.randint(0, table.shape[0], (cfg.adv_prompt_num,), generator=gen)].detach()[None]
+            adv = adv.float().requires_grad_(True)
+            opt = torch.optim.Adam([adv], lr=cfg.attack_lr)
+            for _ in range(cfg.attack_step):
+                _, x_t, t, _, e_p = x_and_teacher(word, gen)
+                cond = prefix.encode(encoder, [words[word]] * cfg.batch_size, adv)
+                loss = F.mse_loss(ft.eps(unet, x_t, t, cond), e_p)
+                (grad,) = torch.autograd.grad(loss, [adv])
+                adv.grad = grad
+                opt.step()
+                counts["attack_steps"] += 1
+            state["adv"].copy_(adv.detach())
+            state["ready"].fill_(1)
+
+        def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
+            if step % cfg.adv_prompt_update_step == 0:
+                state["word"].fill_(ft.randint(0, len(words), gen))
+                if step >= cfg.warmup_iter:
+                    attack(int(state["word"]), gen)
+            word = int(state["word"])
+            i, x_t, t, e_0, e_p = x_and_teacher(word, gen)
+            prompts = [words[word]] * cfg.batch_size
+            if step >= cfg.warmup_iter and int(state["ready"]):
+                cond = prefix.encode(encoder, prompts, state["adv"])
+            else:
+                cond = encoder(edited.tokenize(prompts))[0]
+            unlearn = F.mse_loss(ft.eps(unet, x_t, t, cond), e_0 - cfg.negative_guidance * (e_p - e_0))
+            if cfg.retain_loss_w == 0:
+                return unlearn
+            r = ft.randint(0, len(retain), gen, cfg.retain_batch)
+            x_r = retain_x.draw(r, i, gen)
+            with torch.no_grad():
+                target_r = ft.eps(unet, x_r, t, emb_r[r])
+            kept = F.mse_loss(ft.eps(unet, x_r, t, encoder(edited.tokenize([retain[j] for j in r]))[0]), target_r)
+            return unlearn + cfg.retain_loss_w * kept
+
+        result = ft.train(
+            name=self.name, config=cfg, modules={"text_encoder": encoder}, params=params, loss_fn=loss_fn,
+            total_steps=cfg.iterations, lr=cfg.lr, seed=seed, fingerprint=run, device=backbone.device, state=state,
+        )
+        done = result.steps - result.resumed_from
+        per_step = cfg.batch_size * 3 + cfg.retain_batch * 2
+        self.stats = ft.stats_from(
+            result, trained_parameters=sum(p.numel() for p in params.values()), attack_steps=counts["attack_steps"],
+            unet_forward=done * per_step + counts["attack_steps"] * cfg.batch_size * 3,
+            unet_backward=done * (cfg.batch_size + cfg.retain_batch) + counts["attack_steps"] * cfg.batch_size,
+        )
+        self.record_edit(edited, cfg, request)
+        return edited

@@ -1,0 +1,138 @@
+"""ESD — Erased Stable Diffusion (Gandikota et al., "Erasing Concepts from Diffusion Models", ICCV 2023).
+
+Negative-guidance distillation on the model's own samples. With theta* the frozen model, c the
+concept prompt and eta the negative guidance, the fine-tuned theta is trained so that (eq. 3-4)
+
+    eps_theta(x_t, c, t)  ->  eps_theta*(x_t, t) - eta * [eps_theta*(x_t, c, t) - eps_theta*(x_t, t)]
+
+    L = || eps_theta(x_t, c, t) - sg(eps_theta*(x_t, t) - eta [eps_theta*(x_t, c, t) - eps_theta*(x_t, t)]) ||^2
+
+where x_t is obtained by DDIM-sampling prompt c (guidance ``start_guidance``) from noise down to
+a random step t of a ``ddim_steps`` schedule. The conditional prediction is thereby steered to
+the *negatively guided* score: sampling c afterwards moves away from the concept.
+
+Two variants, which differ only in which UNet parameters train:
+- ``esd-x``: the cross-attention (``attn2``) projections: specific concepts (artists, objects).
+- ``esd-u``: everything except cross-attention (and the time embedding and output layers, as in
+  the official ``noxattn``): global concepts such as nudity.
+
+Defaults (paper and rohitgandikota/erasing): 1000 iterations, Adam lr 1e-5, batch 1, eta 1,
+start guidance 3, 50 DDIM steps. Details:
+- ``sample_from="edited"`` (the official code) draws x_t from the model being fine-tuned;
+  ``"frozen"`` draws them from theta* instead, which lets a pool of trajectories be sampled once
+  (``trajectory_pool`` per prompt) and reused: much cheaper; the mini defaults do this.
+- The teacher and student are evaluated at the noise level x_t actually has (the DDIM timestep
+  of step t); the official scripts use ``t/ddim_steps * 1000``, which mismatches x_t's level.
+- ESD erases toward the unconditional prediction; ``request.anchor`` is not used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+
+from bench.backbone import Backbone
+from methods import _finetune as ft
+from methods.base import ErasureRequest, register_method
+
+
+@dataclass
+class ESDConfig(ft.FinetuneConfig):
+    iterations: int = 1000
+    lr: float = 1e-5
+    negative_guidance: float = 1.0  # eta
+    start_guidance: float = 3.0  # CFG scale of the partial sampling that makes x_t
+    ddim_steps: int = 50
+    batch_size: int = 1
+    train_method: Literal["default", "xattn", "noxattn", "full"] = "default"  # default: x for esd-x, noxattn for esd-u
+    sample_from: Literal["edited", "frozen"] = "edited"
+    trajectory_pool: int = 0  # > 0 (with sample_from="frozen"): trajectories sampled once per prompt and reused
+
+
+MINI_DEFAULTS: dict[str, Any] = {
+    "iterations": 120,
+    "lr": 1e-4,
+    "ddim_steps": 25,
+    "batch_size": 8,
+    "sample_from": "frozen",
+    "trajectory_pool": 32,
+}
+
+
+def parameter_rule(train_method: str):
+    """Which UNet parameter names train (diffusers names; the official CompVis rule translated)."""
+    if train_method == "xattn":
+        return lambda n: "attn2" in n
+    if train_method == "noxattn":
+        return lambda n: not ("attn2" in n or "time_embedding" in n or n.startswith(("conv_out", "conv_norm_out")))
+    if train_method == "full":
+        return lambda n: True
+    raise ValueError(f"unknown ESD train_method {train_method!r}; valid: xattn, noxattn, full")
+
+
+class ESD(ft.FinetuneMethod):
+    config_class = ESDConfig
+    default_train_method: ClassVar[str] = "xattn"
+    mini_defaults = MINI_DEFAULTS
+
+    def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
+        self.check_request(request)
+        cfg: ESDConfig = self.effective_config(backbone)
+        seed = ft.seed_of(cfg, request)
+        run = ft.run_fingerprint(self, cfg, request, backbone)
+        frozen, edited = backbone, backbone.copy()
+        edited.guidance_hooks = []
+        train_method = self.default_train_method if cfg.train_method == "default" else cfg.train_method
+        params = ft.select_parameters(edited.unet, parameter_rule(train_method))
+
+        prompts = [p for _, p in ft.target_prompts(request)]
+        timesteps = ft.ddim_timesteps(backbone, cfg.ddim_steps)
+        with torch.no_grad():
+            emb_c = frozen.encode(prompts)
+            emb_0 = frozen.encode([""])
+        if cfg.sample_from == "edited" and cfg.trajectory_pool > 0:
+            raise ValueError("ESD: trajectory_pool needs sample_from='frozen' (the edited model changes every step)")
+        source = ft.Trajectories(edited if cfg.sample_from == "edited" else frozen, prompts, cfg.ddim_steps,
+                                 cfg.start_guidance, cfg.trajectory_pool, seed, cfg, run, "esd_trajectories")
+
+        def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
+            idx = ft.randint(0, len(prompts), gen, cfg.batch_size)
+            i = ft.randint(0, cfg.ddim_steps, gen)
+            x_t, t, c = source.draw(idx, i, gen), timesteps[i], emb_c[idx]
+            with torch.no_grad():
+                e_0 = ft.eps(frozen.unet, x_t, t, emb_0)
+                e_c = ft.eps(frozen.unet, x_t, t, c)
+                target = e_0 - cfg.negative_guidance * (e_c - e_0)
+            return F.mse_loss(ft.eps(edited.unet, x_t, t, c), target)
+
+        result = ft.train(
+            name=self.name, config=cfg, modules={"unet": edited.unet}, params=params, loss_fn=loss_fn,
+            total_steps=cfg.iterations, lr=cfg.lr, seed=seed, fingerprint=run, device=backbone.device,
+        )
+        done = result.steps - result.resumed_from
+        self.stats = ft.stats_from(
+            result, trained_parameters=sum(p.numel() for p in params.values()),
+            unet_forward=done * cfg.batch_size * (3 + 2 * source.sampling_passes)
+            + len(prompts) * cfg.trajectory_pool * cfg.ddim_steps * 2,
+            unet_backward=done * cfg.batch_size,
+        )
+        self.record_edit(edited, cfg, request)
+        return edited
+
+
+@register_method
+class ESDx(ESD):
+    name = "esd-x"
+    description = "ESD-x: negative-guidance fine-tuning of the cross-attention (Gandikota et al. 2023)"
+    default_train_method = "xattn"
+
+
+@register_method
+class ESDu(ESD):
+    name = "esd-u"
+    description = "ESD-u: negative-guidance fine-tuning of the non-cross-attention UNet weights (Gandikota et al. 2023)"
+    default_train_method = "noxattn"
+    mini_defaults = {**MINI_DEFAULTS, "lr": 5e-5}  # ~12x more weights move than in ESD-x

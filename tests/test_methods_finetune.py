@@ -1,0 +1,226 @@
+"""The fine-tuning erasure methods (ESD-x, ESD-u, CA, SalUn, AdvUnlearn) on the real mini model.
+
+- Each method shows its paper's effect: the target's erasure rate rises above the unedited
+  model's (measured here, never a fixed figure: the mini weights are re-exported as they train)
+  while other objects keep their accuracy within a stated margin.
+- The shared loop shows its progress, stops on a budget, checkpoints, and a resumed run ends
+  with exactly the weights of an uninterrupted one.
+- A trained edit saves only its edited component (safetensors) and reloads to the same model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from bench.backbone import load_backbone
+from methods import METHODS, ErasureRequest, get_method
+from methods import _finetune as ft
+from methods.advunlearn import AdvUnlearnConfig
+from methods.ca import CAConfig
+from methods.esd import ESDConfig
+from methods.salun import SalUnConfig
+
+FINETUNE = ("esd-x", "esd-u", "ca", "salun", "advunlearn")
+OBJECTS = ["circle", "square", "triangle", "star", "cross", "heart", "diamond", "crescent"]
+TARGET = "circle"
+REQUEST = ErasureRequest(targets=[TARGET], preserve=[o for o in OBJECTS if o != TARGET])
+
+# Tiny runs (a few steps, few generated images) for the mechanics tests.
+TINY = {
+    "esd-x": {"iterations": 4, "batch_size": 2, "trajectory_pool": 2},
+    "esd-u": {"iterations": 4, "batch_size": 2, "trajectory_pool": 2},
+    "ca": {"iterations": 4, "batch_size": 2, "num_anchor_images": 4},
+    "salun": {"epochs": 2, "num_images": 4, "batch_size": 2},
+    "advunlearn": {"iterations": 6, "batch_size": 1, "retain_batch": 2, "warmup_iter": 2, "attack_step": 2,
+                   "adv_prompt_update_step": 2, "trajectory_pool": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def mini():
+    return load_backbone("mini")
+
+
+def weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def changed(before: dict[str, torch.Tensor], module: torch.nn.Module) -> set[str]:
+    return {k for k, v in module.state_dict().items() if not torch.equal(before[k], v)}
+
+
+def run(mini, name: str, **params):
+    method = get_method(name, {**TINY[name], "progress": False, **params})
+    return method, method.apply(mini, REQUEST)
+
+
+# --------------------------------------------------------------------------- protocol and configs
+@pytest.mark.parametrize("name", FINETUNE)
+def test_registered_with_paper_defaults_and_budget_fields(name):
+    cls = METHODS.get(name)
+    assert cls.family == "fine-tuning"
+    fields = {f.name for f in dataclasses.fields(cls.config_class)}
+    assert {"max_steps", "max_minutes", "checkpoint_dir", "checkpoint_every"} <= fields
+    doc = sys.modules[cls.__module__].__doc__
+    assert "et al." in doc and "||" in doc  # the paper and its objective are cited
+
+
+def test_paper_defaults_live_in_the_configs():
+    assert (ESDConfig().iterations, ESDConfig().lr, ESDConfig().negative_guidance, ESDConfig().start_guidance,
+            ESDConfig().ddim_steps) == (1000, 1e-5, 1.0, 3.0, 50)
+    assert (CAConfig().parameter_group, CAConfig().iterations) == ("cross-attn", 100)
+    assert (SalUnConfig().mask_ratio, SalUnConfig().alpha, SalUnConfig().lr, SalUnConfig().epochs) == (0.5, 0.5, 1e-5, 5)
+    a = AdvUnlearnConfig()
+    assert (a.iterations, a.lr, a.attack_step, a.warmup_iter, a.retain_loss_w) == (1000, 1e-5, 30, 200, 0.3)
+    assert METHODS.get("advunlearn").edited_components == ("text_encoder",)
+
+
+def test_mini_defaults_apply_to_the_mini_model_only_and_explicit_values_win():
+    method = get_method("esd-x", {"lr": 3e-3})
+    sd, mini = SimpleNamespace(kind="sd"), SimpleNamespace(kind="mini")
+    assert method.effective_config(sd).iterations == 1000
+    assert method.effective_config(mini).iterations == method.mini_defaults["iterations"]
+    assert method.effective_config(mini).lr == 3e-3  # explicit
+    off = get_method("esd-x", {"use_mini_defaults": False})
+    assert off.effective_config(mini).iterations == 1000
+    with pytest.raises(ValueError, match="unknown parameter"):
+        get_method("ca", {"iterationz": 3})
+
+
+# --------------------------------------------------------------------------- which weights train
+@pytest.mark.parametrize("name", FINETUNE)
+def test_trains_only_its_parameters_and_leaves_the_input_untouched(mini, name):
+    before_unet, before_te = weights(mini.unet), weights(mini.text_encoder)
+    method, edited = run(mini, name)
+    assert not changed(before_unet, mini.unet) and not changed(before_te, mini.text_encoder)
+    unet, te = changed(before_unet, edited.unet), changed(before_te, edited.text_encoder)
+    assert method.stats["steps"] == method.stats["total_steps"] > 0
+    assert edited.edits[-1]["method"] == name
+    if name == "advunlearn":
+        assert not unet and te and all(k.startswith(("encoder.", "final_layer_norm", "text_model.")) for k in te)
+        return
+    assert unet and not te
+    if name == "esd-x":
+        assert all("attn2" in k for k in unet)
+    elif name == "esd-u":
+        assert not any("attn2" in k or "time_embedding" in k for k in unet)
+    elif name == "ca":
+        assert all("attn2.to_k" in k or "attn2.to_v" in k for k in unet)
+    elif name == "salun":  # only salient weights (half of them) may move
+        moved = sum(int((edited.unet.state_dict()[k] != before_unet[k]).sum()) for k in unet)
+        assert 0 < moved <= method.stats["salient_parameters"] <= sum(v.numel() for v in before_unet.values()) // 2 + 1
+
+
+def test_saliency_mask_keeps_the_largest_gradients():
+    from methods.salun import saliency_mask
+
+    mask = saliency_mask({"a": torch.tensor([0.1, -5.0, 0.2]), "b": torch.tensor([[3.0, 0.0]])}, ratio=0.4)
+    assert mask["a"].tolist() == [False, True, False] and mask["b"].tolist() == [[True, False]]
+
+
+# --------------------------------------------------------------------------- the training loop
+def test_progress_bar_shows_the_loss_and_budgets_stop_early(mini, capsys):
+    method = get_method("esd-x", {**TINY["esd-x"], "iterations": 5, "max_steps": 2})
+    method.apply(mini, REQUEST)
+    assert "loss=" in capsys.readouterr().err
+    assert (method.stats["steps"], method.stats["stopped"]) == (2, "max_steps")
+    method, _ = run(mini, "esd-x", iterations=5, max_minutes=0.0)
+    assert (method.stats["steps"], method.stats["stopped"]) == (1, "max_minutes")
+
+
+@pytest.mark.parametrize("name", ("esd-x", "ca", "salun", "advunlearn"))
+def test_stop_and_resume_gives_the_weights_of_an_uninterrupted_run(mini, name, tmp_path):
+    component = "text_encoder" if name == "advunlearn" else "unet"
+    _, whole = run(mini, name)
+    first, _ = run(mini, name, max_steps=3, checkpoint_dir=str(tmp_path), checkpoint_every=2)
+    assert first.stats["stopped"] == "max_steps"
+    assert json.loads((tmp_path / "checkpoint" / "state.json").read_text())["step"] == 3
+    second, resumed = run(mini, name, checkpoint_dir=str(tmp_path), checkpoint_every=2)
+    assert second.stats["resumed_from"] == 3 and second.stats["steps"] == second.stats["total_steps"]
+    a, b = weights(getattr(whole, component)), weights(getattr(resumed, component))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ctrl_c_leaves_a_checkpoint_to_resume_from(mini, tmp_path, monkeypatch):
+    real = ft.step_generator
+
+    def interrupt_at_3(seed, step, stream=0):
+        if step == 3 and stream == 0:
+            raise KeyboardInterrupt
+        return real(seed, step, stream)
+
+    monkeypatch.setattr(ft, "step_generator", interrupt_at_3)
+    with pytest.raises(KeyboardInterrupt):
+        run(mini, "esd-x", checkpoint_dir=str(tmp_path), checkpoint_every=100)
+    assert json.loads((tmp_path / "checkpoint" / "state.json").read_text())["step"] == 3
+    monkeypatch.setattr(ft, "step_generator", real)
+    method, _ = run(mini, "esd-x", checkpoint_dir=str(tmp_path))
+    assert method.stats["resumed_from"] == 3
+
+
+def test_a_checkpoint_of_another_run_is_refused(mini, tmp_path):
+    run(mini, "esd-x", max_steps=2, checkpoint_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="different run"):
+        run(mini, "esd-x", max_steps=2, checkpoint_dir=str(tmp_path), negative_guidance=2.0)
+
+
+# --------------------------------------------------------------------------- save and reload
+@pytest.mark.parametrize("name", ("esd-x", "advunlearn"))
+def test_trained_edit_saves_its_component_and_reloads(mini, name, tmp_path):
+    method, edited = run(mini, name)
+    components = getattr(method, "edited_components", ("unet",))
+    folder = edited.save_edit(tmp_path / "edit", components=components)
+    saved = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    assert {s.split("/")[0] for s in saved} == {*components, "edit.json"}
+    assert any(s.endswith(".safetensors") for s in saved) and not any(s.endswith((".bin", ".pt")) for s in saved)
+    reloaded = load_backbone("mini", edit=folder)
+    assert reloaded.fingerprint() == edited.fingerprint() != mini.fingerprint()
+    assert json.loads((folder / "edit.json").read_text())["edits"][-1]["method"] == name
+
+
+# --------------------------------------------------------------------------- the paper's effect
+ERASURE_GAIN = 0.15  # the target's erasure rate must rise by at least this much over the unedited model's
+OTHER_MARGIN = 0.25  # other-object accuracy may fall by at most this much below the unedited model's
+# ESD-u trains every non-cross-attention weight (meant for global concepts such as nudity): a wider margin
+MARGINS = {"esd-u": 0.35}
+
+
+@pytest.fixture(scope="module")
+def probe_fn():
+    try:
+        from bench.mini.classifier import CLASSIFIER_DIR
+        from bench.mini.probe import probe
+    except ImportError as exc:  # pragma: no cover - the probe is part of the package
+        pytest.skip(f"bench.mini.probe unavailable: {exc}")
+    if not (CLASSIFIER_DIR / "model.safetensors").exists():
+        pytest.skip(f"mini classifier weights missing at {CLASSIFIER_DIR}")
+
+    def measure(backbone):
+        return probe(backbone, TARGET, sets=("target", "target-synonyms", "other-objects"), images_per_prompt=2)
+
+    return measure
+
+
+@pytest.fixture(scope="module")
+def unedited(mini, probe_fn):
+    return probe_fn(mini)
+
+
+@pytest.mark.parametrize("name", FINETUNE)
+def test_erases_the_target_and_keeps_other_objects(mini, probe_fn, unedited, name):
+    if unedited["erasure_rate"] > 1 - ERASURE_GAIN:
+        pytest.skip(f"the unedited mini model hardly draws {TARGET!r} (erasure rate {unedited['erasure_rate']:.2f})")
+    method = get_method(name, {"progress": False})  # the mini defaults
+    edited = method.apply(mini, REQUEST)
+    after = probe_fn(edited)
+    report = {k: (round(unedited[k], 3), round(after[k], 3)) for k in ("erasure_rate", "synonym_erasure_rate",
+                                                                     "other_object_accuracy")}
+    assert after["erasure_rate"] >= unedited["erasure_rate"] + ERASURE_GAIN, report
+    margin = MARGINS.get(name, OTHER_MARGIN)
+    assert after["other_object_accuracy"] >= unedited["other_object_accuracy"] - margin, report
