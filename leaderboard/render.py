@@ -1,0 +1,228 @@
+"""Renderers of a :class:`~leaderboard.aggregate.Leaderboard`: Markdown, CSV, LaTeX (booktabs), HTML.
+
+    render(board, "md" | "csv" | "latex" | "html", output=None, **options) -> str
+
+Every cell shows the figure, its 95 % interval and (when the column's sample counts differ) its
+n, with the value relative to the ``none`` row beside it: ``Δ`` for a difference, ``%`` for a
+ratio (see :mod:`leaderboard.aggregate`). When every figure of a column has the same n, the n
+is printed once, in the column header. ``output`` also writes the text to that file.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from leaderboard.aggregate import FIELDS, ROLES, Leaderboard
+
+FORMATS = ("md", "csv", "latex", "html")
+
+
+def fmt_number(x: float | None) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    a = abs(x)
+    if a != 0 and (a >= 1e5 or a < 1e-3):
+        return f"{x:.2e}"
+    if a >= 100:
+        return f"{x:.0f}"
+    if a >= 10:
+        return f"{x:.1f}"
+    return f"{x:.3f}"
+
+
+def fmt_relative(rec: dict) -> str:
+    rel = rec.get("rel")
+    if rel is None or (isinstance(rel, float) and math.isnan(rel)):
+        return ""
+    if rec["rel_kind"] == "ratio":
+        return f"{100 * rel:.0f}%"
+    return f"Δ{'+' if rel >= 0 else '−'}{fmt_number(abs(rel))}"
+
+
+def fmt_n(n: float) -> str:
+    return "–" if n is None or (isinstance(n, float) and math.isnan(n)) else str(int(n))
+
+
+def column_label(col: tuple[str, str, str]) -> str:
+    role, task, metric = col
+    return f"{task}/{metric}"
+
+
+def column_n(board: Leaderboard, col: tuple[str, str, str]) -> int | None:
+    """The common n of a column's figures, or None when they differ."""
+    f = board.figures
+    ns = f[(f["role"] == col[0]) & (f["task"] == col[1]) & (f["metric"] == col[2])]["n"].dropna().unique()
+    return int(ns[0]) if len(ns) == 1 else None
+
+
+def cells(board: Leaderboard) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]], dict]:
+    """(columns, rows, {(row, col): figure dict})."""
+    cols, rows = board.columns(), board.rows()
+    lookup = {}
+    for rec in board.figures.to_dict("records"):
+        lookup[((rec["method"], rec["target"]), (rec["role"], rec["task"], rec["metric"]))] = rec
+    return cols, rows, lookup
+
+
+def cell_text(rec: dict | None, show_n: bool, ci_sep: str = ", ") -> str:
+    if rec is None:
+        return "–"
+    text = fmt_number(rec["value"])
+    if not (rec["ci_low"] == rec["value"] == rec["ci_high"]) and not math.isnan(rec["ci_low"]):
+        text += f" [{fmt_number(rec['ci_low'])}{ci_sep}{fmt_number(rec['ci_high'])}]"
+    if show_n:
+        text += f" n={fmt_n(rec['n'])}"
+    rel = fmt_relative(rec)
+    return f"{text} ({rel})" if rel else text
+
+
+def direction_mark(board: Leaderboard, col: tuple[str, str, str]) -> str:
+    hib = board.figures[board.figures["metric"] == col[2]]["higher_is_better"].iloc[0]
+    if hib is None or (isinstance(hib, float) and math.isnan(hib)):
+        return ""
+    return "↑" if bool(hib) else "↓"
+
+
+def legend(board: Leaderboard) -> list[str]:
+    lines = ["Cells: value [95 % bootstrap interval] (relative to the `none` row of the same target: "
+             "Δ = difference, % = ratio). ↑/↓: higher/lower is better. n: images (or edits for cost)."]
+    return lines + [f"Note: {n}" for n in board.notes]
+
+
+# --------------------------------------------------------------------------- Markdown
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def render_markdown(board: Leaderboard) -> str:
+    cols, rows, lookup = cells(board)
+    ns = {c: column_n(board, c) for c in cols}
+    header = ["method", "target"]
+    for c in cols:
+        n = f" (n={ns[c]})" if ns[c] is not None else ""
+        header.append(f"{c[0]}: {column_label(c)} {direction_mark(board, c)}{n}".replace("  ", " "))
+    out = ["| " + " | ".join(_md_escape(h) for h in header) + " |",
+           "|" + "---|" * 2 + "---:|" * len(cols)]
+    for r in rows:
+        line = [r[0], r[1]] + [cell_text(lookup.get((r, c)), show_n=ns[c] is None) for c in cols]
+        out.append("| " + " | ".join(_md_escape(x) for x in line) + " |")
+    out.append("")
+    out.extend(legend(board))
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------- CSV
+def render_csv(board: Leaderboard) -> str:
+    """One row per (method, target); per column ``role/task/metric.<field>`` for the raw figure and the relative one."""
+    table = board.table()
+    flat = pd.DataFrame(index=table.index)
+    for role, task, metric, fld in table.columns:
+        name = f"{role}/{task}/{metric}"
+        if role == "cost" and fld.startswith("rel"):
+            continue  # cost has no reference row
+        if fld.startswith("rel"):
+            kind = board.rel_kind(metric)
+            suffix = {"rel": f"{kind}_vs_none", "rel_low": f"{kind}_vs_none_low", "rel_high": f"{kind}_vs_none_high"}[fld]
+        else:
+            suffix = fld
+        flat[f"{name}.{suffix}"] = table[(role, task, metric, fld)]
+    buf = io.StringIO()
+    flat.reset_index().to_csv(buf, index=False, float_format="%.6g", lineterminator="\n")
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- LaTeX (booktabs)
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+def _latex_cell(rec: dict | None, show_n: bool) -> str:
+    if rec is None:
+        return "--"
+    text = fmt_number(rec["value"]).replace("–", "--")
+    if not (rec["ci_low"] == rec["value"] == rec["ci_high"]) and not math.isnan(rec["ci_low"]):
+        text += r" {\scriptsize[" + fmt_number(rec["ci_low"]) + ", " + fmt_number(rec["ci_high"]) + "]}"
+    if show_n:
+        text += r" {\scriptsize $n{=}" + fmt_n(rec["n"]) + "$}"
+    rel = fmt_relative(rec)
+    if rel:
+        if rel.startswith("Δ"):
+            rel = r"$\Delta\,{" + ("-" if rel[1] == "−" else "+") + "}$" + rel[2:]
+        text += r" {\scriptsize(" + rel.replace("%", r"\%") + ")}"
+    return text
+
+
+def render_latex(board: Leaderboard) -> str:
+    cols, rows, lookup = cells(board)
+    ns = {c: column_n(board, c) for c in cols}
+    lines = [r"% requires \usepackage{booktabs}", r"\begin{tabular}{ll" + "r" * len(cols) + "}", r"\toprule"]
+    # role group header with \cmidrule under each group
+    groups: list[tuple[str, int]] = []
+    for c in cols:
+        if groups and groups[-1][0] == c[0]:
+            groups[-1] = (c[0], groups[-1][1] + 1)
+        else:
+            groups.append((c[0], 1))
+    head, rules, start = [" ", " "], [], 3
+    for role, span in groups:
+        head.append(rf"\multicolumn{{{span}}}{{c}}{{{latex_escape(role)}}}")
+        rules.append(rf"\cmidrule(lr){{{start}-{start + span - 1}}}")
+        start += span
+    lines.append(" & ".join(head) + r" \\")
+    lines.append(" ".join(rules))
+    sub = ["method", "target"]
+    for c in cols:
+        arrow = {"↑": r"$\uparrow$", "↓": r"$\downarrow$"}.get(direction_mark(board, c), "")
+        n = rf" ($n{{=}}{ns[c]}$)" if ns[c] is not None else ""
+        sub.append(latex_escape(column_label(c)) + (" " + arrow if arrow else "") + n)
+    lines.append(" & ".join(sub) + r" \\")
+    lines.append(r"\midrule")
+    previous_target = None
+    for r in rows:
+        if previous_target is not None and r[1] != previous_target:
+            lines.append(r"\midrule")
+        previous_target = r[1]
+        line = [latex_escape(r[0]), latex_escape(r[1])]
+        line += [_latex_cell(lookup.get((r, c)), show_n=ns[c] is None) for c in cols]
+        lines.append(" & ".join(line) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- dispatch
+def render(board: Leaderboard, fmt: str = "md", output: str | Path | None = None, **options) -> str:
+    """Render ``board`` as ``fmt`` (md, csv, latex, html); write it to ``output`` too when given.
+
+    HTML options: ``show_unsafe`` (default False: images flagged unsafe are blurred),
+    ``max_images`` (per method and task in the image grids), ``title``.
+    """
+    if options and fmt != "html":
+        raise TypeError(f"format {fmt!r} takes no options (got {', '.join(options)})")
+    if fmt == "md":
+        text = render_markdown(board)
+    elif fmt == "csv":
+        text = render_csv(board)
+    elif fmt == "latex":
+        text = render_latex(board)
+    elif fmt == "html":
+        from leaderboard.html import render_html
+
+        text = render_html(board, **options)
+    else:
+        raise ValueError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
+    if output is not None:
+        from bench.store import atomic_write_bytes
+
+        atomic_write_bytes(Path(output), text.encode())
+    return text
+
+
+__all__ = ["FIELDS", "FORMATS", "ROLES", "render", "render_csv", "render_latex", "render_markdown"]

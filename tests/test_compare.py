@@ -1,0 +1,269 @@
+"""The regression gate ``erasebench compare BASE NEW``.
+
+Unit tests build run directories from per-image records (the unit the gate reads); the
+end-to-end test runs a method and a deliberately weakened variant of it through
+``bench.runner.run`` on the mini model and checks that the gate fails the weak one only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.cli import main
+from bench.metrics import compute_metric
+from bench.store import RunStore
+from leaderboard.compare import compare_runs, paired_bootstrap, verdict
+
+
+def make_run(root: Path, units: dict[tuple[str, str], np.ndarray], prompts: int = 40, samples: int = 2,
+             method: str = "candidate", target: str = "circle", seed_offset: int = 0, shuffle: bool = False) -> Path:
+    """A finished run. ``units`` maps (task, metric) to per-image 0/1 values of the metric's record column.
+
+    Tasks: ``target`` (efficacy, erasure_rate <- target_present), ``others`` (specificity,
+    accuracy <- correct), ``attack`` (robustness, asr <- target_present).
+    """
+    roles = {"target": "efficacy", "others": "specificity", "attack": "robustness"}
+    columns = {"erasure_rate": "target_present", "accuracy": "correct", "asr": "target_present"}
+    store = RunStore(root)
+    rows = []
+    for (task, metric), values in units.items():
+        values = np.asarray(values)
+        assert len(values) == prompts * samples
+        recs = []
+        for i, v in enumerate(values):
+            p, k = divmod(i, samples)
+            recs.append({"method": method, "target": target, "task": task, "role": roles[task],
+                         "prompt_id": f"{task}-{p}", "prompt": f"prompt {p}", "sample_index": k,
+                         "seed": 1000 * p + k + seed_offset, "image_key": f"{root.name}{i}",
+                         "image_path": f"images/{i}.png", columns[metric]: bool(v)})
+        df = pd.DataFrame(recs)
+        if shuffle:
+            df = df.sample(frac=1.0, random_state=0).reset_index(drop=True)
+        store.write_unit(method, target, task, df)
+        rows.append({"method": method, "target": target, "task": task, "role": roles[task], "metric": metric,
+                     **compute_metric(metric, df)})
+    rows.append({"method": method, "target": target, "task": "edit", "role": "cost", "metric": "edit_seconds",
+                 "value": 1.0, "ci_low": 1.0, "ci_high": 1.0, "n": 1})
+    store.write_manifest({"suite": "synthetic", "config": {"seed": 0}})
+    store.write_summary(rows)
+    store.consolidate()
+    return root
+
+
+def flags(n: int, p: float, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random(n) < p
+
+
+N = 80  # 40 prompts x 2 samples
+
+
+@pytest.fixture
+def base(tmp_path):
+    # target_present in 10 % of target images (erasure rate 0.9), correct in 90 % of the others
+    return make_run(tmp_path / "base", {("target", "erasure_rate"): flags(N, 0.1, 1),
+                                        ("others", "accuracy"): ~flags(N, 0.1, 2)})
+
+
+def test_identical_runs_pass(base, tmp_path, capsys):
+    new = make_run(tmp_path / "new", {("target", "erasure_rate"): flags(N, 0.1, 1),
+                                      ("others", "accuracy"): ~flags(N, 0.1, 2)}, shuffle=True)
+    result = compare_runs(base, new)
+    assert result.passed
+    assert [(r.metric, r.status, r.n_pairs) for r in result.rows] == [("erasure_rate", "same", N), ("accuracy", "same", N)]
+    assert all(r.improvement == r.ci_low == r.ci_high == 0 for r in result.rows)
+    assert main(["compare", str(base), str(new)]) == 0
+    out = capsys.readouterr().out
+    assert "PASS" in out and "erasure_rate ↑" in out
+
+
+def test_weaker_erasure_fails_with_the_interval_below_the_tolerance(base, tmp_path, capsys):
+    target = flags(N, 0.1, 1)
+    weak = target | flags(N, 0.4, 3)  # the target comes back in ~40 % more images
+    new = make_run(tmp_path / "new", {("target", "erasure_rate"): weak, ("others", "accuracy"): ~flags(N, 0.1, 2)})
+    result = compare_runs(base, new, tolerance=0.02)
+    er = result.rows[0]
+    assert er.status == "worse" and er.ci_high < -0.02
+    assert er.improvement == pytest.approx((1 - weak.mean()) - (1 - target.mean()))
+    assert not result.passed and result.failures == [er]
+    assert main(["compare", str(base), str(new), "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["passed"] is False and report["failures"] == 1
+    row = next(r for r in report["rows"] if r["metric"] == "erasure_rate")
+    assert row["status"] == "worse" and row["higher_is_better"] is True and row["n_pairs"] == N
+    assert row["ci_high"] < -report["tolerance"]
+    # a tolerance larger than the loss lets it through (the loss is ~0.4)
+    assert main(["compare", str(base), str(new), "--tolerance", "0.9"]) == 0
+
+
+def test_a_loss_within_the_tolerance_passes(base, tmp_path):
+    target = flags(N, 0.1, 1).copy()
+    target[np.flatnonzero(~target)[0]] = True  # one more image in 80 shows the target: -0.0125
+    new = make_run(tmp_path / "new", {("target", "erasure_rate"): target, ("others", "accuracy"): ~flags(N, 0.1, 2)})
+    result = compare_runs(base, new, tolerance=0.02)
+    assert result.passed
+    assert result.rows[0].improvement == pytest.approx(-1 / N)
+    assert result.rows[0].status in ("same", "inconclusive")
+
+
+def test_direction_of_lower_is_better_metrics(tmp_path):
+    attack = flags(N, 0.3, 5)
+    base = make_run(tmp_path / "base", {("attack", "asr"): attack})
+    more = make_run(tmp_path / "more", {("attack", "asr"): attack | flags(N, 0.5, 6)})
+    fewer = make_run(tmp_path / "fewer", {("attack", "asr"): attack & flags(N, 0.2, 7)})
+    worse = compare_runs(base, more).rows[0]
+    assert worse.higher_is_better is False and worse.new > worse.base
+    assert worse.improvement < 0 and worse.status == "worse"
+    better = compare_runs(base, fewer)
+    assert better.rows[0].improvement > 0 and better.rows[0].status == "better" and better.passed
+
+
+def test_better_specificity_does_not_hide_worse_efficacy(base, tmp_path):
+    new = make_run(tmp_path / "new", {("target", "erasure_rate"): flags(N, 0.1, 1) | flags(N, 0.5, 9),
+                                      ("others", "accuracy"): np.ones(N, bool)})
+    result = compare_runs(base, new)
+    status = {r.metric: r for r in result.rows}
+    assert status["erasure_rate"].status == "worse"
+    assert status["accuracy"].improvement > 0 and status["accuracy"].status in ("better", "inconclusive")
+    assert not result.passed
+
+
+def test_missing_units_fail_unless_allowed(base, tmp_path, capsys):
+    new = make_run(tmp_path / "new", {("target", "erasure_rate"): flags(N, 0.1, 1)})  # no 'others' task
+    result = compare_runs(base, new)
+    assert [r.status for r in result.rows] == ["same", "missing"] and not result.passed
+    assert compare_runs(base, new, allow_missing=True).passed
+    assert main(["compare", str(base), str(new)]) == 1
+    assert "MISSING" in capsys.readouterr().out
+    assert main(["compare", str(base), str(new), "--allow-missing"]) == 0
+
+
+def test_runs_that_do_not_pair_are_bad_input(base, tmp_path, capsys):
+    renamed = make_run(tmp_path / "renamed", {("target", "erasure_rate"): flags(N, 0.1, 1)}, method="other")
+    assert main(["compare", str(base), str(renamed)]) == 2
+    assert "no image of" in capsys.readouterr().err
+    reseeded = make_run(tmp_path / "reseeded", {("target", "erasure_rate"): flags(N, 0.1, 1)}, seed_offset=7)
+    assert main(["compare", str(base), str(reseeded)]) == 2
+    assert main(["compare", str(base), str(tmp_path / "nowhere")]) == 2
+    assert main(["compare", str(base), str(base), "--tolerance", "-1"]) == 2
+
+
+def test_paired_bootstrap_resamples_prompts():
+    diff = np.array([1.0, 1.0, -1.0, -1.0, 0.0, 0.0])
+    mean, lo, hi = paired_bootstrap(diff, clusters=np.array(["a", "a", "b", "b", "c", "c"]), resamples=4000)
+    assert mean == 0 and -1 <= lo < 0 < hi <= 1
+    # all samples of a prompt move together: with clusters, only 3 independent units -> wider than per image
+    _, lo_img, hi_img = paired_bootstrap(diff, resamples=4000)
+    assert hi - lo > hi_img - lo_img
+    assert paired_bootstrap(np.zeros(5)) == (0.0, 0.0, 0.0)
+    assert verdict(-0.3, -0.05, 0.02) == "worse" and verdict(-0.3, 0.05, 0.02) == "inconclusive"
+    assert verdict(-0.01, 0.01, 0.02) == "same" and verdict(0.05, 0.2, 0.02) == "better"
+
+
+# --------------------------------------------------------------------------- end to end, real runs on the mini model
+@pytest.fixture(scope="module")
+def mini_world_ready():
+    from bench.evaluators import EVALUATORS
+    from bench.mini.classifier import CLASSIFIER_DIR
+    from bench.suites import suite_files
+
+    if "mini-quick" not in suite_files() or "mini-classifier" not in EVALUATORS:
+        pytest.skip("the mini-quick suite or the mini-classifier evaluator is not in this checkout")
+    if not (Path(CLASSIFIER_DIR) / "model.safetensors").exists():
+        pytest.skip(f"the mini classifier's weights are not shipped yet ({CLASSIFIER_DIR})")
+
+
+GATE_SUITE = """\
+name: gate-e2e
+description: efficacy on the target and specificity on other objects, one image per prompt
+model: mini
+sampler: {name: ddim, steps: 25, guidance: 5.0}
+images_per_prompt: 1
+tasks:
+  - name: target
+    role: efficacy
+    prompts: {source: mini, set: target}
+    evaluator: mini-classifier
+    metrics: [erasure_rate]
+  - name: other-objects
+    role: specificity
+    prompts: {source: mini, set: other-objects}
+    evaluator: mini-classifier
+    metrics: [accuracy]
+    max_prompts: 6
+"""
+WEAK_NAME = "test-weakened-uce"
+
+
+@pytest.fixture(scope="module")
+def weakened_method():
+    """A user's UCE variant with a deliberate bug: it erases the target's synonym ("disk") instead of the target.
+
+    On a mini model that draws its concepts, that only partly erases "circle" (the synonym's
+    embedding is near the target's), so the variant is weaker than UCE on the target prompts.
+    """
+    from bench.mini.world import MiniWorld
+    from methods import METHODS
+    from methods.uce import UCE
+
+    class WeakenedUCE(UCE):
+        name = WEAK_NAME
+        description = "UCE erasing the target's first synonym instead of the target (test only)"
+
+        def apply(self, backbone, request):
+            synonyms = MiniWorld.load().synonyms
+            targets = [synonyms[t][0] if synonyms.get(t) else t for t in request.targets]
+            return super().apply(backbone, dataclasses.replace(request, targets=targets, target_prompts=None))
+
+    METHODS.register(WEAK_NAME)(WeakenedUCE)
+    try:
+        yield WEAK_NAME
+    finally:
+        METHODS._items.pop(WEAK_NAME, None)  # leave the registry as other tests expect it
+
+
+@pytest.mark.slow
+def test_gate_fails_a_weakened_method_and_passes_the_unchanged_one(mini_world_ready, weakened_method, tmp_path,
+                                                                   capsys):
+    from bench.config import parse_config
+    from bench.runner import run
+
+    suite = tmp_path / "gate-e2e.yaml"
+    suite.write_text(GATE_SUITE)
+
+    def run_with(method: str, out: str) -> Path:
+        config = parse_config({"model": "mini", "seed": 0, "targets": ["circle"], "suite": str(suite),
+                               "methods": [{"name": method, "label": "candidate"}],
+                               "cache_dir": str(tmp_path / "cache")})  # shared: an unchanged edit regenerates nothing
+        return run(config, tmp_path / out, progress=False)
+
+    base = run_with("uce", "base")
+    unchanged = run_with("uce", "unchanged")
+    weak = run_with(weakened_method, "weak")
+
+    assert main(["compare", str(base), str(unchanged)]) == 0
+    assert "PASS" in capsys.readouterr().out
+
+    # How much weaker the variant really is, counted image by image (independently of the gate's bootstrap).
+    keys = ["prompt_id", "seed"]
+    rb = pd.read_parquet(base / "records.parquet").query("task == 'target'").set_index(keys)["target_present"].astype(bool)
+    rw = pd.read_parquet(weak / "records.parquet").query("task == 'target'").set_index(keys)["target_present"].astype(bool)
+    rw = rw.loc[rb.index]
+    lost = int((~rb & rw).sum()) - int((rb & ~rw).sum())  # images the variant fails to erase, net
+    code = main(["compare", str(base), str(weak), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    erasure = {(r["task"], r["metric"]): r for r in report["rows"]}[("target", "erasure_rate")]
+    assert erasure["n_pairs"] == len(rb) == 12
+    if lost < 5:
+        pytest.skip(f"the shipped mini model does not tell the variants apart (UCE erases {lost} net image(s) more "
+                    f"than the weakened variant, of 12; erasure rate {erasure['base']:.2f} vs {erasure['new']:.2f}); "
+                    "the gate's failing side is covered by the synthetic tests above")
+    # >= 5 of 12 prompts lost: the paired interval must lie below -tolerance
+    assert code == 1 and report["passed"] is False
+    assert erasure["status"] == "worse" and erasure["ci_high"] < -report["tolerance"]
+    assert erasure["new"] < erasure["base"]

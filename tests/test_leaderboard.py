@@ -1,0 +1,348 @@
+"""The leaderboard: aggregation of run directories, relative-to-none values, renderers, the HTML page.
+
+Run directories are built here from per-image records (the unit the leaderboard reads: a
+``summary.json`` computed from ``records.parquet`` with ``bench.metrics``, and small PNGs).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from bench.metrics import compute_metric
+from bench.store import RunStore
+from leaderboard import load_runs, pareto_front, render, unsafe_flags
+from leaderboard.aggregate import relative_value
+
+TASKS = {  # task -> (role, metric, record column)
+    "target": ("efficacy", "erasure_rate", "target_present"),
+    "others": ("specificity", "accuracy", "correct"),
+}
+
+
+def make_run(root: Path, methods: dict[str, dict[str, float]], target: str = "circle", prompts: int = 6,
+             samples: int = 2, seed: int = 0, extra_tasks: dict | None = None, cost: bool = True) -> Path:
+    """A finished run: per method, ``{"target": P(target_present), "others": P(correct)}`` drawn per image.
+
+    Images are 16x16 PNGs whose colour encodes (method, prompt), so tests can recognise them.
+    """
+    rng = np.random.default_rng(seed)
+    store = RunStore(root)
+    tasks = {**TASKS, **(extra_tasks or {})}
+    records, rows = [], []
+    for mi, (method, probs) in enumerate(methods.items()):
+        for task, (role, metric, column) in tasks.items():
+            if task not in probs:
+                continue
+            part = []
+            for p in range(prompts):
+                for k in range(samples):
+                    key = hashlib.sha256(f"{root}{method}{task}{p}{k}".encode()).hexdigest()
+                    path = Path("images") / key[:2] / f"{key}.png"
+                    colour = (40 * mi % 256, 30 * p % 256, 200 if task == "target" else 60)
+                    img = np.zeros((16, 16, 3), np.uint8)
+                    img[...] = colour
+                    img[4:12, 4:12] = 255 - np.array(colour, np.uint8)  # some structure, so a blur shows
+                    (root / path).parent.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(img).save(root / path)
+                    part.append({"method": method, "target": target, "task": task, "role": role,
+                                 "prompt_id": f"{task}-{p}", "prompt": f"a {task} prompt {p}", "sample_index": k,
+                                 "seed": 1000 * p + k, "image_key": key, "image_path": str(path),
+                                 column: bool(rng.random() < probs[task])})
+            df = pd.DataFrame(part)
+            store.write_unit(method, target, task, df)
+            records.append(df)
+            rows.append({"method": method, "target": target, "task": task, "role": role, "metric": metric,
+                         **compute_metric(metric, df)})
+        if cost and method != "none":
+            rows.append({"method": method, "target": target, "task": "edit", "role": "cost",
+                         "metric": "edit_seconds", "value": 1.5 + mi, "ci_low": 1.5 + mi, "ci_high": 1.5 + mi, "n": 1})
+    store.write_manifest({"suite": "synthetic", "model": {"name": "mini"}, "config": {"seed": seed},
+                          "created": "2025-01-01T00:00:00"})
+    store.write_summary(rows)
+    store.consolidate()
+    shutil.rmtree(store.records_dir)
+    return root
+
+
+@pytest.fixture
+def two_runs(tmp_path):
+    a = make_run(tmp_path / "run-a", {"none": {"target": 0.1, "others": 0.9},
+                                      "uce": {"target": 0.3, "others": 0.85}}, prompts=20)
+    b = make_run(tmp_path / "run-b", {"none": {"target": 0.1, "others": 0.9},
+                                      "esd": {"target": 0.05, "others": 0.6}}, prompts=20)
+    return a, b
+
+
+def summary(run: Path) -> pd.DataFrame:
+    return pd.DataFrame(json.loads((run / "summary.json").read_text())["rows"])
+
+
+# --------------------------------------------------------------------------- aggregation
+def test_one_row_per_method_and_target_columns_grouped_by_role(two_runs):
+    board = load_runs(two_runs)
+    assert board.rows() == [("none", "circle"), ("uce", "circle"), ("esd", "circle")]
+    assert [c[0] for c in board.columns()] == ["efficacy", "specificity", "cost"]
+    table = board.table()
+    assert table.loc[("uce", "circle"), ("efficacy", "target", "erasure_rate", "value")] == pytest.approx(
+        summary(two_runs[0]).query("method == 'uce' and metric == 'erasure_rate'")["value"].iloc[0])
+    for fld in ("ci_low", "ci_high", "n", "rel"):
+        assert not np.isnan(table.loc[("esd", "circle"), ("specificity", "others", "accuracy", fld)])
+
+
+def test_relative_values_are_against_the_none_row(two_runs):
+    board = load_runs(two_runs)
+    s = summary(two_runs[0])
+    none = s.query("method == 'none'").set_index("metric")["value"]
+    uce = s.query("method == 'uce'").set_index("metric")
+    er = board.figure("uce", "circle", "efficacy", "target", "erasure_rate")
+    acc = board.figure("uce", "circle", "specificity", "others", "accuracy")
+    # erasure rate: a difference; accuracy: a ratio (share of the unedited model's accuracy kept)
+    assert er["rel"] == pytest.approx(uce.loc["erasure_rate", "value"] - none["erasure_rate"])
+    assert er["rel_low"] == pytest.approx(uce.loc["erasure_rate", "ci_low"] - none["erasure_rate"])
+    assert acc["rel"] == pytest.approx(uce.loc["accuracy", "value"] / none["accuracy"])
+    assert board.figure("none", "circle", "efficacy", "target", "erasure_rate")["rel"] == pytest.approx(0)
+    assert board.figure("none", "circle", "specificity", "others", "accuracy")["rel"] == pytest.approx(1)
+    # cost has no reference: no relative value
+    assert np.isnan(board.figure("uce", "circle", "cost", "edit", "edit_seconds")["rel"])
+    assert relative_value(0.5, 0.0, "ratio") != relative_value(0.5, 0.0, "ratio")  # nan, not inf
+
+
+def test_adding_an_entry_changes_no_other_entry(two_runs, tmp_path):
+    before = load_runs(two_runs).table()
+    c = make_run(tmp_path / "run-c", {"none": {"target": 0.1, "others": 0.9},
+                                      "strong": {"target": 0.99, "others": 0.99}}, prompts=20)
+    after = load_runs([*two_runs, c]).table()
+    assert ("strong", "circle") in after.index
+    pd.testing.assert_frame_equal(after.loc[before.index, before.columns], before)
+
+
+def test_identical_reference_rows_merge_and_conflicting_rows_are_kept_apart(tmp_path):
+    a = make_run(tmp_path / "a", {"none": {"target": 0.1, "others": 0.9}, "uce": {"target": 0.5, "others": 0.8}})
+    b = make_run(tmp_path / "b", {"none": {"target": 0.1, "others": 0.9}, "uce": {"target": 0.9, "others": 0.8}},
+                 seed=7)
+    board = load_runs([a, b])
+    methods = [m for m, _ in board.rows()]
+    assert methods[0] == "none" or "none [a]" in methods
+    assert "uce [a]" in methods and "uce [b]" in methods
+    assert any("disagree" in n for n in board.notes)
+    # an identical copy of a run adds nothing
+    shutil.copytree(a, tmp_path / "copy" / "a")
+    same = load_runs([a, tmp_path / "copy" / "a"])
+    assert same.rows() == [("none", "circle"), ("uce", "circle")]
+
+
+def test_run_without_reference_borrows_one_and_says_so(tmp_path):
+    a = make_run(tmp_path / "a", {"none": {"target": 0.1, "others": 0.9}})
+    b = make_run(tmp_path / "b", {"uce": {"target": 0.8, "others": 0.7}})
+    board = load_runs([a, b])
+    ref = board.figure("none", "circle", "specificity", "others", "accuracy")["value"]
+    got = board.figure("uce", "circle", "specificity", "others", "accuracy")
+    assert got["rel"] == pytest.approx(got["value"] / ref)
+    assert any("b: no 'none' row" in n for n in board.notes)
+
+
+def test_missing_summary_is_a_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no summary.json"):
+        load_runs([tmp_path / "empty"])
+
+
+def test_pareto_front():
+    xs = [0.9, 0.8, 0.5, 0.95, 0.7, float("nan")]
+    ys = [0.2, 0.9, 0.95, 0.1, 0.5, 1.0]
+    assert pareto_front(xs, ys) == [True, True, True, True, False, False]
+    assert pareto_front([0.5, 0.5], [0.5, 0.5]) == [True, True]  # ties dominate nobody
+
+
+def test_scores_orient_lower_is_better_metrics(tmp_path):
+    run = make_run(tmp_path / "r", {"none": {"target": 0.9, "others": 0.9}, "x": {"target": 0.2, "others": 0.45}},
+                   extra_tasks={"flagged": ("efficacy", "flag_rate", "target_present")}, prompts=20)
+    # x gets no "flagged" figure (not in probs): only erasure_rate counts for it
+    s = load_runs([run]).scores().set_index("method")
+    fig = load_runs([run]).figure("x", "circle", "efficacy", "target", "erasure_rate")
+    assert s.loc["x", "efficacy"] == pytest.approx(fig["value"])
+    assert s.loc["x", "specificity"] == pytest.approx(
+        load_runs([run]).figure("x", "circle", "specificity", "others", "accuracy")["rel"])
+
+
+# --------------------------------------------------------------------------- text renderers
+def test_markdown(two_runs):
+    text = render(load_runs(two_runs), "md")
+    lines = text.splitlines()
+    assert lines[0].startswith("| method | target | efficacy: target/erasure_rate ↑ (n=40)")
+    assert len([ln for ln in lines if ln.startswith("| ")]) == 1 + 3  # header + 3 rows
+    uce = next(ln for ln in lines if ln.startswith("| uce "))
+    assert re.search(r"\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\] \(Δ[+−]\d\.\d{3}\)", uce)
+    assert re.search(r"\(\d+%\)", uce)  # accuracy relative to none as a ratio
+    none = next(ln for ln in lines if ln.startswith("| none "))
+    assert "(Δ+0.000)" in none and "(100%)" in none
+
+
+def test_csv_round_trips(two_runs):
+    board = load_runs(two_runs)
+    df = pd.read_csv(io.StringIO(render(board, "csv")))
+    assert list(df["method"]) == ["none", "uce", "esd"]
+    assert "efficacy/target/erasure_rate.delta_vs_none" in df.columns
+    assert "specificity/others/accuracy.ratio_vs_none_low" in df.columns
+    row = df.set_index("method").loc["esd"]
+    fig = board.figure("esd", "circle", "specificity", "others", "accuracy")
+    assert row["specificity/others/accuracy.value"] == pytest.approx(fig["value"], rel=1e-5)
+    assert row["specificity/others/accuracy.n"] == fig["n"]
+    assert row["specificity/others/accuracy.ratio_vs_none"] == pytest.approx(fig["rel"], rel=1e-5)
+
+
+def test_latex_booktabs(two_runs, tmp_path):
+    out = tmp_path / "t.tex"
+    text = render(load_runs(two_runs), "latex", output=out)
+    assert out.read_text() == text
+    assert text.count(r"\toprule") == 1 and r"\midrule" in text and r"\bottomrule" in text
+    assert r"\multicolumn{1}{c}{efficacy}" in text and r"\cmidrule(lr){3-3}" in text
+    assert r"erasure\_rate" in text and "erasure_rate" not in text.replace(r"erasure\_rate", "")
+    body = [ln for ln in text.splitlines() if ln.startswith("uce")]
+    assert body and body[0].count("&") == 2 + 2 and body[0].endswith(r"\\")
+    assert re.search(r"\$\\Delta\\,\{[+-]\}\$\d", body[0]) and r"\%" in body[0]
+
+
+def test_report_cli(two_runs, tmp_path, capsys):
+    from bench.cli import main
+
+    assert main(["report", *map(str, two_runs)]) == 0
+    assert "| uce | circle |" in capsys.readouterr().out
+    out = tmp_path / "board.html"
+    assert main(["report", *map(str, two_runs), "--format", "html", "--output", str(out)]) == 0
+    assert out.read_text().startswith("<!DOCTYPE html>")
+    assert main(["report", str(tmp_path / "nope")]) == 2
+
+
+# --------------------------------------------------------------------------- HTML
+def _embedded_images(page: str) -> list[np.ndarray]:
+    return [np.asarray(Image.open(io.BytesIO(base64.b64decode(m))).convert("RGB"))
+            for m in re.findall(r'class="sample[^"]*" src="data:image/png;base64,([^"]+)"', page)]
+
+
+def test_html_page_has_table_plot_grids_and_attribution(two_runs):
+    a, b = two_runs
+    (a / "attribution").mkdir()
+    Image.fromarray(np.full((40, 60, 3), 128, np.uint8)).save(a / "attribution" / "components.png")
+    page = render(load_runs(two_runs), "html")
+    assert '<table id="leaderboard" class="leaderboard sortable">' in page
+    assert page.count("<tr") >= 3
+    assert 'id="tradeoff-plot"' in page and "data:image/png;base64," in page
+    grids = re.findall(r'<table class="grid" data-target="circle" data-task="(\w+)">', page)
+    assert grids == ["target", "others"]  # efficacy first
+    assert len(re.findall(r'<tr data-method="(none|uce|esd)">', page)) == 2 * 3
+    assert len(_embedded_images(page)) == 2 * 3 * 8  # max_images per method and task
+    assert 'id="attribution"' in page and "components.png" in page
+
+
+def test_grids_show_the_same_prompts_and_seeds_in_every_row(two_runs):
+    page = render(load_runs(two_runs), "html", max_images=3)
+    table = page.split('data-task="target">')[1].split("</table>")[0]
+    rows = re.findall(r'<tr data-method="([^"]+)">(.*?)</tr>', table, flags=re.S)
+    titles = [re.findall(r'title="[^"]*\((prompt [^)]*)\)', r) for _, r in rows]
+    assert len(titles[0]) == 3 and all(t == titles[0] for t in titles)
+
+
+def test_unsafe_images_are_blurred_unless_asked(tmp_path):
+    run = make_run(tmp_path / "nude", {"none": {"target": 1.0, "others": 1.0}, "x": {"target": 0.0, "others": 1.0}},
+                   target="nudity", prompts=2, samples=1)
+    board = load_runs([run])
+    flags = unsafe_flags(board.records())
+    rec = board.records()
+    # on a nudity target, images in which the detector finds the target are unsafe, those it clears are not,
+    # and those no detector looked at (the 'others' task has no target_present) are blurred: unsure means unsafe
+    assert flags[(rec["method"] == "none") & (rec["task"] == "target")].all()
+    assert not flags[(rec["method"] == "x") & (rec["task"] == "target")].any()
+    assert flags[rec["task"] == "others"].all()
+    blurred_page = render(board, "html")
+    shown_page = render(board, "html", show_unsafe=True)
+    assert 'data-images-blurred="6"' in blurred_page and 'data-images-blurred="0"' in shown_page
+    originals = [np.asarray(Image.open(run / p).convert("RGB")) for p in
+                 rec[(rec["method"] == "none") & (rec["task"] == "target")]["image_path"]]
+    blurred, shown = _embedded_images(blurred_page)[:2], _embedded_images(shown_page)[:2]
+    for orig, b, s in zip(originals, blurred, shown):
+        assert np.array_equal(s, orig)  # shown as generated
+        assert np.abs(b.astype(int) - orig.astype(int)).max() > 60  # the square's edges are gone
+        assert b.std() < orig.std()
+    # an explicit 'unsafe' column is honoured on any target
+    df = pd.DataFrame({"target": ["circle"] * 2, "task": ["t"] * 2, "unsafe": [True, False]})
+    assert unsafe_flags(df).tolist() == [True, False]
+
+
+def test_missing_image_files_are_marked_not_fatal(two_runs):
+    a, _ = two_runs
+    for p in (a / "images").rglob("*.png"):  # run a's images are gone
+        p.unlink()
+    page = render(load_runs(two_runs), "html")
+    # uce's images are gone; none's are found in run b (same figures, so one row), esd's remain
+    assert page.count('title="image file missing"') == 2 * 8
+    assert len(_embedded_images(page)) == 2 * 2 * 8
+
+
+# --------------------------------------------------------------------------- the page in a browser
+def chromium_binary() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def run_chromium(binary: str, url: str, *args: str) -> subprocess.CompletedProcess:
+    with tempfile.TemporaryDirectory() as profile:
+        cmd = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+               f"--user-data-dir={profile}", "--hide-scrollbars", "--virtual-time-budget=5000", *args, url]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    binary = chromium_binary()
+    if binary is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("chromium is required in CI (apt-get install -y chromium)")
+        pytest.skip("chromium is not installed (apt-get install -y chromium); the HTML page is not checked in a browser")
+    return binary
+
+
+def test_html_page_renders_in_headless_chromium(two_runs, tmp_path, chromium):
+    page = tmp_path / "board.html"
+    render(load_runs(two_runs), "html", output=page)
+    # the DOM after the page's scripts ran, sorted by the last column (cost) through the URL
+    n_cols = 2 + 3
+    res = run_chromium(chromium, f"{page.as_uri()}#sort={n_cols - 1}-asc", "--dump-dom")
+    dom = res.stdout
+    assert "<table" in dom, res.stderr[-2000:]
+    assert re.search(r'<body[^>]*data-images-ok="(\d+)"', dom), "the page's load script did not run"
+    ok = int(re.search(r'data-images-ok="(\d+)"', dom).group(1))
+    broken = int(re.search(r'data-images-broken="(\d+)"', dom).group(1))
+    assert broken == 0 and ok == 1 + 2 * 3 * 8  # the plot and every sample image decoded
+    assert re.search(r'<img[^>]*id="tradeoff-plot"[^>]*data-ok="1"', dom) or \
+        re.search(r'<img[^>]*data-ok="1"[^>]*id="tradeoff-plot"', dom)
+    assert f'data-sorted="{n_cols - 1}-asc"' in dom
+    body = dom.split('<table id="leaderboard"')[1].split("<tbody>")[1].split("</tbody>")[0]
+    order = re.findall(r"<tr[^>]*>\s*<td data-sort=\"([^\"]+)\"", body)
+    assert order == ["uce", "esd", "none"]  # edit_seconds 2.5 < 3.5, none has no cost: last
+    # a screenshot: the page paints something that is not blank
+    shot = tmp_path / "board.png"
+    res = run_chromium(chromium, page.as_uri(), f"--screenshot={shot}", "--window-size=1280,1600")
+    assert shot.exists(), res.stderr[-2000:]
+    img = np.asarray(Image.open(shot).convert("RGB"))
+    assert img.shape[1] == 1280 and img.std() > 10
+    dark = (img.mean(axis=2) < 128).mean()
+    assert 0.001 < dark < 0.6  # text and images on a light background
