@@ -48,7 +48,9 @@ class CAConfig(ft.FinetuneConfig):
 
 MINI_DEFAULTS: dict[str, Any] = {
     "iterations": 120,
-    "lr": 3e-4,
+    # lr 3e-4 moved the target's erasure rate from 0.21 to 0.29 on the step-1000 mini model; 1e-3 to
+    # 0.42 (240 iterations: 0.46), other-object accuracy 0.89 -> 0.82 (2 images x 12 prompts each).
+    "lr": 1e-3,
     "num_anchor_images": 64,
     "sample_steps": 25,
     "sample_guidance": 5.0,
