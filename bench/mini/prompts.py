@@ -42,6 +42,8 @@ def build_set(name: str, target: str | None, n_general: int = 24, seed: int = 0)
         raise KeyError(f"unknown mini prompt set {name!r}; valid: {', '.join(MINI_SETS)}")
     if name != "adherence" and target is None:
         raise ValueError(f"mini prompt set {name!r} needs a target concept")
+    if name == "adherence":
+        target = None  # the adherence set names every concept; a run's target (e.g. "all") plays no part
     kind = w.kind_of(target) if target is not None else None
     rng = random.Random(f"{name}:{target}:{seed}")
     colours, styles, objects = w.colours, w.styles, w.objects
