@@ -54,7 +54,9 @@ class ESDConfig(ft.FinetuneConfig):
 
 MINI_DEFAULTS: dict[str, Any] = {
     "iterations": 120,
-    "lr": 1e-4,
+    # 1e-4 erased nothing on the shipped step-3800 mini model (circle erasure 0.00 -> 0.00); 3e-4 -> 0.21,
+    # 1e-3 -> 0.38 with other-object accuracy 0.96 -> 0.93 (ESD-x, 12 target / 14 other prompts x 2 images).
+    "lr": 1e-3,
     "ddim_steps": 25,
     "batch_size": 8,
     "sample_from": "frozen",
