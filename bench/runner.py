@@ -237,6 +237,13 @@ def run(config: RunConfig, out: str | Path, progress: bool = True) -> Path:
     device = torch.device(config.device)
     base = load_backbone(config.model, device=device, dtype=config.dtype)
     base_fp = base.fingerprint()
+    method_fps = {row: m.fingerprint() for row, _, m in resolved.methods}
+    if previous is not None:  # resuming: the same config must also mean the same weights and method settings
+        stale = [] if previous.get("model", {}).get("fingerprint") == base_fp else [f"model {config.model}"]
+        stale += [row for row, fp in method_fps.items() if previous.get("methods", {}).get(row) not in (None, fp)]
+        if stale:
+            raise ConfigError(f"{out} was run with other weights or settings of: {', '.join(stale)} "
+                              "(changed defaults or a re-trained model); give a new --out")
     store.root.mkdir(parents=True, exist_ok=True)
     if previous is None:
         store.write_manifest({
@@ -245,7 +252,7 @@ def run(config: RunConfig, out: str | Path, progress: bool = True) -> Path:
             "sampler": dataclasses.asdict(resolved.sampler),
             "packages": package_versions(),
             "model": {"name": config.model, "fingerprint": base_fp, "kind": base.kind},
-            "methods": {row: m.fingerprint() for row, _, m in resolved.methods},
+            "methods": method_fps,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         })
     cache = ImageCache(config.cache_dir or store.images_dir)

@@ -92,6 +92,12 @@ def test_killed_run_resumes_without_redoing_or_duplicating(tmp_path):
     assert again.returncode == 0
     assert pd.read_parquet(out / "records.parquet").shape == records.shape
 
+    # a method whose settings changed since (new defaults, another version) is not silently resumed
+    manifest["methods"]["none"] = "0" * 16
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    stale = cli("run", "--config", cfg, "--out", out, "--quiet")
+    assert stale.returncode == 2 and "other weights or settings of: none" in stale.stderr, stale.stderr[-2000:]
+
 
 def test_list_commands():
     methods = cli("list", "methods")
