@@ -202,22 +202,21 @@ WEAK_NAME = "test-weakened-uce"
 
 @pytest.fixture(scope="module")
 def weakened_method():
-    """A user's UCE variant with a deliberate bug: it erases the target's synonym ("disk") instead of the target.
+    """A user's UCE variant with a deliberate bug: a typo in the target word ("circel").
 
-    On a mini model that draws its concepts, that only partly erases "circle" (the synonym's
-    embedding is near the target's), so the variant is weaker than UCE on the target prompts.
+    The mini tokenizer maps the typo to its unknown token, so the variant edits the unknown token's
+    key/value rows and leaves "circle" drawn: weaker than UCE on the target prompts. (Erasing the
+    target's synonym instead, an earlier choice, erased "circle" as well as UCE did on the shipped model.)
     """
-    from bench.mini.world import MiniWorld
     from methods import METHODS
     from methods.uce import UCE
 
     class WeakenedUCE(UCE):
         name = WEAK_NAME
-        description = "UCE erasing the target's first synonym instead of the target (test only)"
+        description = "UCE with a typo in the target word (test only)"
 
         def apply(self, backbone, request):
-            synonyms = MiniWorld.load().synonyms
-            targets = [synonyms[t][0] if synonyms.get(t) else t for t in request.targets]
+            targets = [t[:-2] + t[-1] + t[-2] for t in request.targets]  # "circle" -> "circel"
             return super().apply(backbone, dataclasses.replace(request, targets=targets, target_prompts=None))
 
     METHODS.register(WEAK_NAME)(WeakenedUCE)
