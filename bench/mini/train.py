@@ -154,6 +154,22 @@ class Trainer:
         self.step = state["step"]
         return True
 
+    def init_from_export(self, folder: Path) -> None:
+        """Continue from exported weights (no checkpoint kept): they become model and EMA; fresh optimiser.
+
+        Sessions do not keep runs/, so this is how a later session resumes the shipped model's training.
+        The step counter comes from the export's ``erasebench.json`` (the lr schedule goes on from it).
+        """
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        unet = UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32)
+        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", torch_dtype=torch.float32)
+        self.unet.load_state_dict(unet.state_dict())
+        self.text_encoder.load_state_dict(text_encoder.state_dict())
+        self.ema = {k: v.detach().clone() for k, v in self._shipped_state().items()}
+        self.step = int(json.loads((folder / "erasebench.json").read_text())["step"])
+
     # ---------------------------------------------------------------- training
     def lr_at(self, step: int) -> float:
         cfg = self.cfg
@@ -252,10 +268,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--export", type=Path, default=None, help="write the weights of the checkpoint here")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="with no checkpoint in --out: continue from these exported weights (e.g. bench/mini/weights/model)")
     args = p.parse_args(argv)
     cfg = TrainConfig(seed=args.seed)
     trainer = Trainer(args.out, cfg, device=args.device)
     resumed = trainer.load_checkpoint()
+    if not resumed and args.init_from is not None and args.export is None:
+        trainer.init_from_export(args.init_from)
+        print(f"continuing from the export in {args.init_from} (step {trainer.step}, fresh optimiser)")
     if args.export is not None:
         if not resumed:
             raise SystemExit(f"no checkpoint in {args.out}")
