@@ -76,7 +76,8 @@ def write_card(adherence_run: Path | None, quick_run: Path | None = None, out: P
     for path in sorted(WEIGHTS.rglob("*")):
         if path.is_file() and path.name != "MODEL_CARD.md":
             lines.append(f"- `{path.relative_to(WEIGHTS)}` {path.stat().st_size} B `{sha256_file(path)}`")
-    lines += ["", "Reproduce: `python -m bench.mini.train --out runs/mini-train` (resumable), then `--export`, and",
+    lines += ["", f"Reproduce: `python -m bench.mini.train --out runs/mini-train --steps {marker['step']}` (resumable), "
+              "then `--export`, and",
               "`python -m bench.mini.classifier`; see README.md.", ""]
     text = "\n".join(lines)
     out.write_text(text)

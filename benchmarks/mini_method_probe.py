@@ -1,0 +1,55 @@
+"""Probe erasure methods on the mini model with chosen parameters (how the mini defaults were tuned).
+
+    python benchmarks/mini_method_probe.py --ref 'cad-erase:{"ratio":0.03}' 'esd-x:{"lr":1e-3}'
+    python benchmarks/mini_method_probe.py --target star 'negative-prompt:'
+
+Each spec is ``name:{json params}``. Prints, per method, the target's erasure rate, the synonym
+erasure rate and other-object accuracy from :func:`bench.mini.probe.probe` (12 target / 12 synonym /
+14 other-object prompts x 2 images, the mini-quick seeds), and the edit's wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+OBJECTS = ["circle", "square", "triangle", "star", "cross", "heart", "diamond", "crescent"]
+SETS = ("target", "target-synonyms", "other-objects")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("specs", nargs="*", help="name:{json params}")
+    p.add_argument("--target", default="circle")
+    p.add_argument("--model", default="mini")
+    p.add_argument("--ref", action="store_true", help="also probe the unedited model")
+    args = p.parse_args(argv)
+
+    from bench.backbone import load_backbone
+    from bench.mini.probe import probe
+    from methods import ErasureRequest, get_method
+
+    mini = load_backbone(args.model)
+    request = ErasureRequest(targets=[args.target], preserve=[o for o in OBJECTS if o != args.target])
+
+    def show(tag: str, result: dict, seconds: float = 0.0) -> None:
+        figures = {k: round(v, 3) for k, v in result.items() if not k.startswith("n_")}
+        print(tag, figures, f"{seconds:.0f}s", flush=True)
+
+    if args.ref:
+        show("none", probe(mini, args.target, sets=SETS, images_per_prompt=2))
+    for spec in args.specs:
+        name, _, params = spec.partition(":")
+        params = json.loads(params) if params else {}
+        start = time.time()
+        edited = get_method(name, params).apply(mini, request)
+        show(f"{name} {params}", probe(edited, args.target, sets=SETS, images_per_prompt=2), time.time() - start)
+
+
+if __name__ == "__main__":
+    main()
