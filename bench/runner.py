@@ -267,6 +267,10 @@ def run(config: RunConfig, out: str | Path, progress: bool = True) -> Path:
 
     from methods.base import ErasureRequest
 
+    if not progress:  # --quiet: the methods' own training bars too
+        for _, _, m in resolved.methods:
+            if hasattr(m.config, "progress"):
+                m.config.progress = False
     units = [(row, spec, m, t) for row, spec, m in resolved.methods for t in config.targets]
     for row, spec, method, target in tqdm(units, desc="methods x targets", disable=not progress):
         todo = [task for task in resolved.suite.tasks if not store.has_unit(row, target, task.name)]

@@ -98,6 +98,7 @@ class FinetuneMethod(Method):
 
     def fingerprint(self) -> dict:
         out = super().fingerprint()
+        out["config"].pop("progress", None)  # display only: a --quiet resume is the same edit
         if self.config.use_mini_defaults and self.mini_defaults:
             out["mini_defaults"] = {k: v for k, v in self.mini_defaults.items() if k not in self.explicit}
         return out

@@ -132,6 +132,11 @@ def test_progress_bar_shows_the_loss_and_budgets_stop_early(mini, capsys):
     assert (method.stats["steps"], method.stats["stopped"]) == (2, "max_steps")
     method, _ = run(mini, "esd-x", iterations=5, max_minutes=0.0)
     assert (method.stats["steps"], method.stats["stopped"]) == (1, "max_minutes")
+    quiet = get_method("esd-x", {**TINY["esd-x"], "iterations": 5, "max_steps": 2, "progress": False})
+    quiet.apply(mini, REQUEST)
+    assert "loss=" not in capsys.readouterr().err
+    # display only: a run resumed with --quiet is the same edit
+    assert quiet.fingerprint() == get_method("esd-x", {**TINY["esd-x"], "iterations": 5, "max_steps": 2}).fingerprint()
 
 
 @pytest.mark.parametrize("name", ("esd-x", "ca", "salun", "advunlearn"))

@@ -38,3 +38,22 @@ def test_frechet_distance_matches_the_matrix_square_root_formula():
     reference = ((a.mean(0) - b.mean(0)) ** 2).sum() + np.trace(s1 + s2) - 2 * np.trace(linalg.sqrtm(s1 @ s2).real)
     assert frechet_distance(a.mean(0), s1, b.mean(0), s2) == pytest.approx(reference, rel=1e-6)
     assert frechet_distance(a.mean(0), s1, a.mean(0), s1) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_set_bootstrap_interval_of_a_biased_statistic_contains_its_value():
+    """FD of a resample (repeated rows) is biased upward: the interval is corrected for it."""
+    from bench.metrics import bootstrap_set
+
+    rng = np.random.default_rng(2)
+    feats = pd.DataFrame(rng.normal(size=(40, 8)))
+    ref = rng.normal(size=(400, 8))
+    mu_r, s_r = ref.mean(0), np.cov(ref, rowvar=False)
+
+    def fd(d):
+        x = d.to_numpy()
+        return frechet_distance(x.mean(0), np.cov(x, rowvar=False), mu_r, s_r)
+
+    value, lo, hi = bootstrap_set(feats, fd, resamples=200)
+    stats = [fd(feats.iloc[np.random.default_rng(s).integers(0, 40, 40)]) for s in range(50)]
+    assert np.mean(stats) > value  # the bias the correction is for
+    assert lo <= value <= hi
