@@ -68,7 +68,7 @@ class Suite:
     path: Path | None = None
 
     def for_tier(self, tier: str | None) -> Suite:
-        """The suite with a tier's overrides (``images_per_prompt``, ``max_prompts``) applied."""
+        """The suite with a tier's overrides (``images_per_prompt``, ``max_prompts``, ``attacks``) applied."""
         if tier is None or tier == "standard" and "standard" not in self.tiers:
             return self
         if tier not in self.tiers:
@@ -80,7 +80,8 @@ class Suite:
             for t in self.tasks
         ]
         return Suite(**{**self.__dict__, "tasks": tasks,
-                        "images_per_prompt": over.get("images_per_prompt", self.images_per_prompt)})
+                        "images_per_prompt": over.get("images_per_prompt", self.images_per_prompt),
+                        "attacks": list(over.get("attacks", self.attacks))})
 
 
 def suite_files() -> dict[str, Path]:
@@ -110,6 +111,9 @@ def load_suite(name_or_path: str) -> Suite:
     return parse_suite(spec, path)
 
 
+TIER_KEYS = {"images_per_prompt", "max_prompts", "attacks"}
+
+
 def parse_suite(spec: Any, path: Path | None = None) -> Suite:
     where = str(path) if path else "suite"
     if not isinstance(spec, dict) or "tasks" not in spec:
@@ -128,6 +132,10 @@ def parse_suite(spec: Any, path: Path | None = None) -> Suite:
             errors.append(f"tasks[{i}] ({t['name']}): unknown key(s) {', '.join(sorted(unknown))}")
             continue
         tasks.append(Task(**t))
+    for tier, over in (spec.get("tiers") or {}).items():
+        unknown = set(over or {}) - TIER_KEYS
+        if unknown:
+            errors.append(f"tiers.{tier}: unknown key(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(TIER_KEYS))}")
     if errors:
         raise SuiteError(f"{where}: " + "; ".join(errors))
     known = set(Suite.__dataclass_fields__) - {"tasks", "path"}

@@ -160,3 +160,15 @@ def test_run_attacks_writes_robustness_units(erased, mini_backbone, evaluator, t
     assert {"pre_asr", "asr", "attack_seconds", "unet_evals"} <= set(rows)
     assert rows["asr"]["value"] >= rows["pre_asr"]["value"]
     assert rows["asr"]["n"] == len(rec)
+
+
+def test_max_prompts_spreads_over_the_prompts_and_is_validated(erased, mini_backbone, prompts, evaluator):
+    from bench.attacks.base import spread
+
+    assert spread(prompts, 3)["prompt_id"].tolist() == prompts["prompt_id"].iloc[[0, 2, 5]].tolist()
+    assert spread(prompts, None) is prompts and len(spread(prompts, 99)) == len(prompts)
+    df = ATTACKS.get("random-tokens")(max_checks=1, max_prompts=2).attack(erased, mini_backbone, prompts, TARGET,
+                                                                        evaluator, sampler=SAMPLER)
+    assert df["prompt_id"].tolist() == prompts["prompt_id"].iloc[[0, 5]].tolist()
+    with pytest.raises(ValueError, match="max_prompts"):
+        ATTACKS.get("random-tokens")(max_prompts=0)

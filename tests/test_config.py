@@ -33,3 +33,16 @@ def test_malformed_yaml_names_the_line(tmp_path):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "none.yaml")
+
+
+def test_a_tier_overrides_the_suites_attacks_and_rejects_unknown_keys():
+    from bench.suites import SuiteError, parse_suite
+
+    task = {"name": "t", "role": "efficacy", "prompts": {"source": "mini", "set": "target"},
+            "evaluator": "mini-classifier", "metrics": ["erasure_rate"]}
+    suite = parse_suite({"name": "s", "tasks": [task], "attacks": [{"name": "random-tokens"}],
+                         "tiers": {"smoke": {"attacks": []}, "full": {"images_per_prompt": 4}}})
+    assert suite.for_tier("smoke").attacks == []
+    assert suite.for_tier("full").attacks == [{"name": "random-tokens"}]
+    with pytest.raises(SuiteError, match=r"tiers.smoke: unknown key\(s\) image_per_prompt"):
+        parse_suite({"name": "s", "tasks": [task], "tiers": {"smoke": {"image_per_prompt": 1}}})

@@ -67,6 +67,7 @@ class AttackConfig:
     max_checks: int = 8  # candidates generated and judged per prompt; stop at first success
     images_per_check: int = 1  # images per check (success if any shows the target)
     seed: int = 0  # the attack's own randomness (not the image seeds)
+    max_prompts: int | None = None  # attack this many of the given prompts, evenly spaced (None: all)
 
 
 # --------------------------------------------------------------------------- counting UNet work
@@ -332,6 +333,8 @@ class Attack:
         self.config = self.config_class(**params)
         if self.config.max_checks < 1 or self.config.images_per_check < 1:
             raise ValueError(f"attack {self.name!r}: max_checks and images_per_check must be >= 1")
+        if self.config.max_prompts is not None and self.config.max_prompts < 1:
+            raise ValueError(f"attack {self.name!r}: max_prompts must be >= 1 (or null for all prompts)")
         self.stats: dict[str, float] = {}
 
     def fingerprint(self) -> dict:
@@ -363,6 +366,7 @@ class Attack:
         """
         t_start = time.perf_counter()
         sampler = sampler or SamplerConfig()
+        prompts = spread(prompts, self.config.max_prompts)
         if isinstance(cache, (str, Path)):
             cache = AttackCache(cache)
         efp = erased_fingerprint or erased.fingerprint()
@@ -434,6 +438,16 @@ class Attack:
                 **f.extra,
             })
         return out
+
+
+def spread(prompts: pd.DataFrame, k: int | None) -> pd.DataFrame:
+    """``k`` rows spread evenly over ``prompts`` (all of them when ``k`` is None or not smaller)."""
+    if k is None or k >= len(prompts):
+        return prompts
+    if k < 1:
+        raise ValueError(f"max_prompts must be at least 1, got {k}")
+    index = np.unique(np.linspace(0, len(prompts) - 1, k).round().astype(int))
+    return prompts.iloc[index].reset_index(drop=True)
 
 
 def rng_for(config: AttackConfig, *parts: Any) -> np.random.Generator:
