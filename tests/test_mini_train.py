@@ -6,6 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from bench.mini.train import TrainConfig, Trainer
@@ -29,3 +30,12 @@ def test_init_from_export_loads_the_shipped_weights_and_step(tmp_path):
     trainer.save_checkpoint()
     again = Trainer(tmp_path / "train", cfg)
     assert again.load_checkpoint() and again.step == step + 1
+
+
+def test_learning_rate_schedule_has_a_warm_restart():
+    cfg = TrainConfig()
+    lr = Trainer.lr_at.__get__(type("T", (), {"cfg": cfg})())
+    assert lr(0) < lr(cfg.warmup_steps) == cfg.lr == lr(cfg.lr_decay_start)
+    assert lr(cfg.restart_step - 1) < 0.1 * cfg.lr  # first cycle decayed
+    assert lr(cfg.restart_step) < lr(cfg.restart_step + cfg.restart_warmup) == cfg.restart_lr  # warm-up again
+    assert lr(cfg.restart_decay_end) == lr(cfg.restart_decay_end + 1000) == pytest.approx(cfg.restart_lr * cfg.lr_final_frac)

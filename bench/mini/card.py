@@ -76,9 +76,17 @@ def write_card(adherence_run: Path | None, quick_run: Path | None = None, out: P
     for path in sorted(WEIGHTS.rglob("*")):
         if path.is_file() and path.name != "MODEL_CARD.md":
             lines.append(f"- `{path.relative_to(WEIGHTS)}` {path.stat().st_size} B `{sha256_file(path)}`")
-    lines += ["", f"Reproduce: `python -m bench.mini.train --out runs/mini-train --steps {marker['step']}` (resumable), "
-              "then `--export`, and",
-              "`python -m bench.mini.classifier`; see README.md.", ""]
+    restart = TrainConfig().restart_step
+    if marker["step"] > restart:  # made in two stages: the second continues an export (fresh optimiser)
+        lines += ["", "Reproduce (two stages, as the shipped weights were made; each resumable):",
+                  f"`python -m bench.mini.train --out runs/mini-train --steps {restart}`, "
+                  f"`--export runs/mini-{restart}`, then",
+                  f"`python -m bench.mini.train --out runs/mini-train-2 --init-from runs/mini-{restart} "
+                  f"--steps {marker['step']}` and `--export`;",
+                  "`python -m bench.mini.classifier`; see README.md.", ""]
+    else:
+        lines += ["", f"Reproduce: `python -m bench.mini.train --out runs/mini-train --steps {marker['step']}` "
+                  "(resumable), then `--export`, and", "`python -m bench.mini.classifier`; see README.md.", ""]
     text = "\n".join(lines)
     out.write_text(text)
     return text

@@ -44,6 +44,14 @@ class TrainConfig:
     lr_decay_start: int = 2600
     lr_decay_end: int = 3800
     lr_final_frac: float = 0.05
+    # Second cycle (a warm restart), run as a continuation of the 3,800-step export with --init-from:
+    # object/colour/style adherence went from 0.879/0.938/0.961 at step 3,800 (the rate at its floor)
+    # to 0.955/0.984/0.978 at step 6,000 (mini-adherence, 1,152 images each).
+    restart_step: int = 3800
+    restart_lr: float = 5e-4
+    restart_warmup: int = 100
+    restart_decay_start: int = 4800
+    restart_decay_end: int = 6000
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     ema_decay: float = 0.999
@@ -53,7 +61,7 @@ class TrainConfig:
     # step 1,200, 0.50 at step 2,200: shapes are decided at high noise), so the switch comes late,
     # once shapes are learnt. Kept as a schedule so the shipped weights stay reproducible.
     min_snr_gamma_late: float = 20.0
-    gamma_switch_step: int = 4000
+    gamma_switch_step: int = 1_000_000  # off: the shipped weights never used it (was 4,000, never reached)
     p_empty_caption: float = 0.1
     p_pair: float = 0.12
     aux_text_weight: float = 0.1
@@ -173,9 +181,14 @@ class Trainer:
     # ---------------------------------------------------------------- training
     def lr_at(self, step: int) -> float:
         cfg = self.cfg
-        warm = min(1.0, (step + 1) / cfg.warmup_steps)
-        progress = min(1.0, max(0.0, (step - cfg.lr_decay_start) / max(1, cfg.lr_decay_end - cfg.lr_decay_start)))
-        return cfg.lr * warm * (1.0 - (1.0 - cfg.lr_final_frac) * progress)
+        if step >= cfg.restart_step:
+            lr, warmup, start, end = cfg.restart_lr, cfg.restart_warmup, cfg.restart_decay_start, cfg.restart_decay_end
+            warm = min(1.0, (step - cfg.restart_step + 1) / warmup)
+        else:
+            lr, start, end = cfg.lr, cfg.lr_decay_start, cfg.lr_decay_end
+            warm = min(1.0, (step + 1) / cfg.warmup_steps)
+        progress = min(1.0, max(0.0, (step - start) / max(1, end - start)))
+        return lr * warm * (1.0 - (1.0 - cfg.lr_final_frac) * progress)
 
     def train_step(self) -> dict[str, float]:
         cfg = self.cfg
