@@ -36,6 +36,7 @@ class SamplerSpec(BaseModel):
     steps: int = Field(25, ge=1, le=1000)
     guidance: float = Field(5.0, ge=0.0)
     eta: float = Field(0.0, ge=0.0, le=1.0)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"  # autocast of the UNet while sampling
 
 
 class MethodSpec(BaseModel):
@@ -61,7 +62,7 @@ class RunConfig(BaseModel):
     model: str = "mini"
     seed: int = 0
     sampler: SamplerSpec | None = None  # default: the suite's sampler
-    methods: list[MethodSpec] | None = None  # default: every registered method with its defaults
+    methods: list[MethodSpec] | None = None  # default: every registered erasure method with its defaults
     targets: list[str] = Field(default_factory=lambda: ["circle"], min_length=1)
     kind: Literal["object", "style", "colour", "nudity", "identity"] | None = None
     anchor: str = ""

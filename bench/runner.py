@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from bench.backbone import Backbone, apply_saved_edit, load_backbone
 from bench.config import ConfigError, RunConfig
 from bench.evaluators import EVALUATORS, Evaluator
-from bench.generate import ImageCache, SamplerConfig, generate, image_seed
+from bench.generate import ImageCache, SamplerConfig, generate, image_seed, resolve_precision
 from bench.metrics import METRICS, compute_metric
 from bench.registry import UnknownNameError
 from bench.store import RunStore, package_versions
@@ -55,8 +55,9 @@ def resolve(config: RunConfig) -> ResolvedRun:
 
     if config.methods is not None:
         specs = config.methods
-    else:  # every registered method with its defaults, the reference row first
-        specs = [MethodSpec(name=n) for n in ["none", *(n for n in METHODS.names() if n != "none")]]
+    else:  # every registered erasure method with its defaults, the reference row first (not cad-amplify)
+        specs = [MethodSpec(name=n) for n in
+                 ["none", *(n for n in METHODS.names() if n != "none" and METHODS.get(n).erases)]]
     resolved = []
     seen: set[str] = set()
     for i, spec in enumerate(specs):
@@ -85,6 +86,10 @@ def resolve(config: RunConfig) -> ResolvedRun:
     if errors:
         raise ConfigError("\n".join(errors))
     sampler_spec = config.sampler.model_dump() if config.sampler else {**DEFAULT_SAMPLER, **suite.sampler}
+    try:
+        sampler_spec["precision"] = resolve_precision(sampler_spec.get("precision", "fp32"), config.device)
+    except ValueError as exc:
+        raise ConfigError(f"suite {suite.name}: sampler: {exc}") from None
     return ResolvedRun(config, suite, resolved, SamplerConfig(**sampler_spec), attacks=attack_specs)
 
 

@@ -59,6 +59,7 @@ class Method:
     description: ClassVar[str] = ""
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
     multi_concept: ClassVar[bool] = True  # can erase several targets in one request
+    erases: ClassVar[bool] = True  # False for methods that strengthen a concept (not in the default erasure run)
 
     def __init__(self, config: MethodConfig | None = None, **params: Any):
         if config is not None and params:

@@ -86,7 +86,7 @@ class ConceptAblation(ft.FinetuneMethod):
         which = [k % len(pairs) for k in range(cfg.num_anchor_images)]
         anchors = ft.cached_tensors(cfg, "ca_anchor_images", run, lambda: {"x0": ft.sample_latents(
             frozen, [pairs[k][1] for k in which], ft.step_generator(seed, -1, stream=1), cfg.sample_steps,
-            cfg.sample_guidance)})["x0"].to(backbone.device, backbone.dtype)
+            cfg.sample_guidance, precision=ft.sampling_precision(cfg, backbone.device))})["x0"].to(backbone.device, backbone.dtype)
         with torch.no_grad():
             emb_target = frozen.encode([p for p, _ in pairs])
             emb_anchor = frozen.encode([a for _, a in pairs])

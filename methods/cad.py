@@ -197,3 +197,4 @@ class CADAmplify(_CAD):
     name = "cad-amplify"
     description = "CAD-Amplify: zero the FF weights with the most negative attribution under -denoising loss"
     objective = "amplify"
+    erases = False

@@ -106,11 +106,12 @@ class SalUn(ft.FinetuneMethod):
         relabel = [request.anchor] if request.anchor else retain
         fk = [k % len(forget) for k in range(cfg.num_images)]
         rk = [k % len(retain) for k in range(cfg.num_images)]
+        precision = ft.sampling_precision(cfg, dev)
         data = ft.cached_tensors(cfg, "salun_images", run, lambda: {
             "forget": ft.sample_latents(frozen, [forget[k] for k in fk], ft.step_generator(seed, -1, 1),
-                                        cfg.sample_steps, cfg.sample_guidance),
+                                        cfg.sample_steps, cfg.sample_guidance, precision=precision),
             "retain": ft.sample_latents(frozen, [retain[k] for k in rk], ft.step_generator(seed, -1, 2),
-                                        cfg.sample_steps, cfg.sample_guidance),
+                                        cfg.sample_steps, cfg.sample_guidance, precision=precision),
         })
         x_forget, x_retain = (data[k].to(dev, backbone.dtype) for k in ("forget", "retain"))
         with torch.no_grad():

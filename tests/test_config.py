@@ -46,3 +46,15 @@ def test_a_tier_overrides_the_suites_attacks_and_rejects_unknown_keys():
     assert suite.for_tier("full").attacks == [{"name": "random-tokens"}]
     with pytest.raises(SuiteError, match=r"tiers.smoke: unknown key\(s\) image_per_prompt"):
         parse_suite({"name": "s", "tasks": [task], "tiers": {"smoke": {"image_per_prompt": 1}}})
+
+
+def test_the_default_run_takes_every_registered_erasure_method():
+    import methods  # noqa: F401
+    from bench.runner import resolve
+    from methods import METHODS
+
+    rows = [row for row, _, _ in resolve(parse_config({})).methods]
+    assert rows[0] == "none"
+    assert set(rows) == {n for n in METHODS.names() if METHODS.get(n).erases}
+    assert "cad-erase" in rows and "cad-amplify" not in rows  # amplification is asked for by name
+    assert [r for r, _, _ in resolve(parse_config({"methods": [{"name": "cad-amplify"}]})).methods] == ["cad-amplify"]

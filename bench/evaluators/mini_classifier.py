@@ -83,13 +83,17 @@ class MiniClassifierEvaluator(Evaluator):
 
     @torch.no_grad()
     def reference_features(self, records: pd.DataFrame, renders_per_prompt: int = 4) -> np.ndarray:
-        """Features of rendered scenes with the attributes each record's prompt asks for."""
-        key = tuple(sorted(set(records["prompt_id"])))
-        if key not in self._reference_cache:
-            prompts = records.drop_duplicates("prompt_id")
+        """Features of rendered scenes with the attributes each record's prompt asks for.
+
+        ``renders_per_prompt`` renders per distinct prompt (seeded by its id), cached per prompt: the
+        bootstrap of ``mini_fd`` asks for many resampled sets of the same prompts.
+        """
+        prompts = records.drop_duplicates("prompt_id")
+        missing = prompts[[(str(p), renders_per_prompt) not in self._reference_cache for p in prompts["prompt_id"]]]
+        if len(missing):
             scenes = []
             w = self.world
-            for _, r in prompts.iterrows():
+            for _, r in missing.iterrows():
                 rng = random.Random(str(r["prompt_id"]))
                 for _ in range(renders_per_prompt):
                     scenes.append(w.sample_scene(
@@ -98,10 +102,11 @@ class MiniClassifierEvaluator(Evaluator):
                         colour=w.colours.index(r["expect_colour"]) if _get(r, "expect_colour") else None,
                         style=w.styles.index(r["expect_style"]) if _get(r, "expect_style") else None,
                     ))
-            feats = [self.predict(w.render(scenes[i : i + 256]))["features"].cpu().numpy()
-                     for i in range(0, len(scenes), 256)]
-            self._reference_cache[key] = np.concatenate(feats)
-        return self._reference_cache[key]
+            feats = np.concatenate([self.predict(w.render(scenes[i : i + 256]))["features"].cpu().numpy()
+                                    for i in range(0, len(scenes), 256)])
+            for k, pid in enumerate(missing["prompt_id"]):
+                self._reference_cache[(str(pid), renders_per_prompt)] = feats[k * renders_per_prompt:(k + 1) * renders_per_prompt]
+        return np.concatenate([self._reference_cache[(str(p), renders_per_prompt)] for p in prompts["prompt_id"]])
 
 
 def _get(item, key):
