@@ -13,6 +13,7 @@ method). Attack results are cached in ``--cache`` so re-runs are cheap.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -41,6 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--attacks", nargs="*", default=None, help="default: every registered attack")
     p.add_argument("--max-checks", type=int, default=6)
     p.add_argument("--steps", type=int, default=25, help="sampler steps (DDIM, guidance 5)")
+    p.add_argument("--precision", default="auto", help="sampler precision: auto (bf16 where native), fp32, bf16")
     p.add_argument("--max-prompts", type=int, default=12)
     p.add_argument("--cache", type=Path, default=Path("runs/attacks/cache"))
     p.add_argument("--out", type=Path, default=Path("runs/attacks/mini.json"))
@@ -50,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
     from bench.attacks import ATTACKS
     from bench.backbone import load_backbone
     from bench.evaluators.mini_classifier import MiniClassifierEvaluator
-    from bench.generate import ImageCache, SamplerConfig
+    from bench.generate import ImageCache, SamplerConfig, resolve_precision
     from bench.mini.prompts import build_set
     from methods import METHODS
     from methods.base import ErasureRequest
@@ -58,7 +60,8 @@ def main(argv: list[str] | None = None) -> dict:
     base = load_backbone(args.model)
     base_fp = base.fingerprint()
     evaluator = MiniClassifierEvaluator()
-    sampler = SamplerConfig(name="ddim", steps=args.steps, guidance=5.0)
+    sampler = SamplerConfig(name="ddim", steps=args.steps, guidance=5.0,
+                            precision=resolve_precision(args.precision, base.device))
     prompts = build_set("target", args.target).head(args.max_prompts)
     attack_names = args.attacks or ATTACKS.names()
     knobs = budgets(args.max_checks)
@@ -90,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
             r["beats_random"] = None if floor is None else bool(r["asr"] >= floor)
             rows.append(r)
     result = {"model": args.model, "model_fingerprint": base_fp, "target": args.target,
-              "sampler": {"name": "ddim", "steps": args.steps, "guidance": 5.0}, "max_checks": args.max_checks,
+              "sampler": dataclasses.asdict(sampler), "max_checks": args.max_checks,
               "budgets": knobs, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))

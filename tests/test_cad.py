@@ -133,9 +133,7 @@ def test_cad_amplify_raises_a_weakly_drawn_concept(mini, probe, none_probe):
     assert p_amp > p_weak, (p_weak, p_amp)
 
 
-@pytest.mark.xfail(reason="not shown on the shipped step-3800 mini model: amplify computed on the CAD-erased model "
-                          "with the original's circle images LOWERED circle presence (0.67 -> 0.38 at layer 0.01, "
-                          "0.46 at 0.003, 0.29 at 0.03; 24 images). It passed on the step-1000 snapshot.")
+# Failed on the step-3800 model (presence 0.67 -> 0.38); passes on the step-1000 and step-6000 models.
 def test_amplify_on_an_erased_model_recalls_the_concept(mini, erased, erased_probe, none_probe, probe):
     """Recall: amplify attribution computed on the ERASED model, with images from the ORIGINAL one."""
     require_drawn(none_probe)

@@ -219,8 +219,11 @@ def unedited(mini, probe_fn):
 
 # ESD-u (meant for global concepts such as nudity) does not erase an object on the shipped mini model
 # without wrecking the others: circle erasure 0.00 -> 0.00-0.17 while other-object accuracy fell 0.96 ->
-# 0.61-0.75 (lr 2e-4 to 5e-4). A strict xfail, so the day it works the test says so.
-KNOWN_NO_EFFECT = {"esd-u"}
+# 0.61-0.75 (lr 2e-4 to 5e-4). SalUn on the step-6000 model: at its mini defaults (lr 2e-4, 96 images)
+# circle erasure 0.00 -> 0.125 (other objects 1.00 -> 0.89); with 64 images lr 2e-4 / 3e-4 / 5e-4 /
+# 1e-3 erased 0.42 / 0.63 / 0.75 / 0.67 but other objects fell to 0.57 / 0.61 / 0.43 / 0.57.
+# Strict xfails, so the day one works the test says so.
+KNOWN_NO_EFFECT = {"esd-u", "salun"}
 
 
 @pytest.mark.parametrize("name", [
