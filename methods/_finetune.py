@@ -40,7 +40,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from bench.backbone import Backbone
-from bench.generate import SamplerConfig, denoise, make_scheduler, native_bf16
+from bench.generate import PRECISIONS, SamplerConfig, denoise, make_scheduler, native_bf16
 from methods.base import ErasureRequest, Method, MethodConfig
 
 BUDGET_FIELDS = ("max_steps", "max_minutes", "checkpoint_dir", "checkpoint_every", "progress", "use_mini_defaults",
@@ -223,6 +223,14 @@ def eps(unet: torch.nn.Module, latents: torch.Tensor, timesteps: torch.Tensor | 
     return unet(latents, timesteps, emb).sample.float()
 
 
+def eps_pair(unet: torch.nn.Module, latents: torch.Tensor, timesteps: torch.Tensor | int, emb_a: torch.Tensor,
+             emb_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`eps` under two conditionings in one UNet call (as a CFG batch): fewer, larger calls."""
+    n = latents.shape[0]
+    emb = torch.cat([emb_a.expand(n, -1, -1), emb_b.expand(n, -1, -1)])
+    return eps(unet, torch.cat([latents, latents]), timesteps, emb).chunk(2)
+
+
 def cached_tensors(config: FinetuneConfig, name: str, run: dict,
                    make: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Tensors made once per run (generated images, saliency masks), kept in ``checkpoint_dir`` so a resume skips them.
@@ -305,7 +313,7 @@ def autocast_dtype(device: torch.device, mode: str) -> torch.dtype | None:
 
 def sampling_precision(config: FinetuneConfig, device: torch.device) -> str:
     """The sampler precision matching the training autocast (a method's own image sampling)."""
-    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(autocast_dtype(device, config.mixed_precision), "fp32")
+    return {dtype: name for name, dtype in PRECISIONS.items()}[autocast_dtype(device, config.mixed_precision)]
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

@@ -153,9 +153,7 @@ class AdvUnlearn(ft.FinetuneMethod):
             i = ft.randint(0, cfg.ddim_steps, gen)
             x_t, t = forget_x.draw([word] * cfg.batch_size, i, gen), timesteps[i]
             with torch.no_grad():
-                n = x_t.shape[0]  # one UNet call for both predictions (as a CFG batch)
-                e_0, e_p = ft.eps(unet, torch.cat([x_t, x_t]), t, torch.cat(
-                    [emb_0.expand(n, -1, -1), emb_p[word:word + 1].expand(n, -1, -1)])).chunk(2)
+                e_0, e_p = ft.eps_pair(unet, x_t, t, emb_0, emb_p[word:word + 1])
             return i, x_t, t, e_0, e_p
 
         def attack(word: int, gen: torch.Generator) -> None:

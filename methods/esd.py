@@ -105,9 +105,7 @@ class ESD(ft.FinetuneMethod):
             i = ft.randint(0, cfg.ddim_steps, gen)
             x_t, t, c = source.draw(idx, i, gen), timesteps[i], emb_c[idx]
             with torch.no_grad():
-                # one frozen call for both predictions (as a CFG batch): fewer, larger UNet calls
-                e_0, e_c = ft.eps(frozen.unet, torch.cat([x_t, x_t]), t,
-                                  torch.cat([emb_0.expand(len(idx), -1, -1), c])).chunk(2)
+                e_0, e_c = ft.eps_pair(frozen.unet, x_t, t, emb_0, c)
                 target = e_0 - cfg.negative_guidance * (e_c - e_0)
             return F.mse_loss(ft.eps(edited.unet, x_t, t, c), target)
 
