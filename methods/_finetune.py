@@ -299,7 +299,7 @@ class Trajectories:
 # --------------------------------------------------------------------------- precision
 def autocast_dtype(device: torch.device, mode: str) -> torch.dtype | None:
     """The forward passes' autocast dtype: bf16 where the device has it natively (a CUDA GPU, or a CPU
-    with AVX512-BF16/AMX: 1.8x faster on the mini model), fp16 on other GPUs, none otherwise."""
+    with AVX512-BF16/AMX), fp16 on other GPUs, none otherwise."""
     if mode == "no":
         return None
     if device.type == "cpu":  # CPU autocast: bf16 only (fp16 has no fast CPU kernels)
