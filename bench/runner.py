@@ -180,11 +180,8 @@ def _attach_hooks(backbone: Backbone, method, request) -> Backbone:
     return backbone
 
 
-def task_images(
-    backbone: Backbone, fingerprint: str, prompts: pd.DataFrame, task: Task, run: ResolvedRun, cache: ImageCache,
-    desc: str | bool,
-) -> tuple[pd.DataFrame, torch.Tensor]:
-    """Expand prompts x samples into items with seeds, and generate (or read) their images."""
+def task_items(prompts: pd.DataFrame, task: Task, run: ResolvedRun) -> pd.DataFrame:
+    """Expand prompts x samples into items, each with its seed (from prompt, sample index and run seed)."""
     cfg = run.config
     ipp = cfg.images_per_prompt or task.images_per_prompt or run.suite.images_per_prompt
     rows = []
@@ -192,8 +189,14 @@ def task_images(
         for k in range(ipp):
             seed = int(p["seed"]) + k if "seed" in p and pd.notna(p["seed"]) else image_seed(p["prompt_id"], k, cfg.seed)
             rows.append({**p.to_dict(), "sample_index": k, "seed": seed})
-    items = pd.DataFrame(rows)
-    images = torch.empty(0)
+    return pd.DataFrame(rows)
+
+
+def item_images(
+    backbone: Backbone, fingerprint: str, items: pd.DataFrame, run: ResolvedRun, cache: ImageCache, desc: str | bool,
+) -> tuple[pd.DataFrame, torch.Tensor]:
+    """Generate (or read from the cache) one image per item; adds ``image_key`` and ``image_path``."""
+    items = items.reset_index(drop=True)
     parts: list[tuple[list[int], torch.Tensor, list[str]]] = []
     groups = items.groupby("guidance", dropna=False) if "guidance" in items else [(None, items)]
     for guidance, group in groups:
@@ -201,7 +204,8 @@ def task_images(
         if guidance is not None and pd.notna(guidance):
             sampler = dataclasses.replace(sampler, guidance=float(guidance))
         imgs, keys = generate(backbone, group["prompt"].tolist(), group["seed"].tolist(), sampler,
-                              batch_size=cfg.batch_size, cache=cache, model_fingerprint=fingerprint, progress=desc)
+                              batch_size=run.config.batch_size, cache=cache, model_fingerprint=fingerprint,
+                              progress=desc)
         parts.append((group.index.tolist(), imgs, keys))
     images = torch.empty((len(items), *parts[0][1].shape[1:]))
     keys_all = [""] * len(items)
@@ -291,16 +295,24 @@ def run(config: RunConfig, out: str | Path, progress: bool = True) -> Path:
             store.update_manifest(edits={f"{row}__{target}": manifest_edit})
         ctx = PromptContext(target=target, backbone=edited, seed=config.seed,
                             data_dir=Path(config.data_dir) if config.data_dir else None)
+        planned = {task.name: task_items(build_prompts(task, ctx), task, resolved) for task in todo}
+        # Sample every task's images of this unit in one pass, then read them per task from the cache:
+        # whole batches instead of one short batch per task (80 mini-quick images: 7.1 s in one batch,
+        # 10.0 s in batches of 16; bf16, 2 cores). Seeds are per item, so the images do not change.
+        pending = [items for items in planned.values() if not items.empty]
+        if pending:
+            item_images(edited, fingerprint, pd.concat(pending, ignore_index=True), resolved, cache,
+                        f"{row}/generate" if progress else False)
         for task in todo:
-            prompts = build_prompts(task, ctx)
-            if prompts.empty:  # e.g. a two-object probe for a style target: nothing to measure
+            task_plan = planned[task.name]
+            if task_plan.empty:  # e.g. a two-object probe for a style target: nothing to measure
                 store.write_unit(row, target, task.name, pd.DataFrame({"method": [], "target": [], "task": []}))
                 continue
-            items, images = task_images(edited, fingerprint, prompts, task, resolved, cache, f"{row}/{task.name}" if progress else False)
+            items, images = item_images(edited, fingerprint, task_plan, resolved, cache, False)
             evaluator = evaluator_for(task)
             references = None
             if getattr(evaluator, "needs_reference", False):
-                _, references = task_images(base, base_fp, prompts, task, resolved, cache,
+                _, references = item_images(base, base_fp, task_plan, resolved, cache,
                                             f"none/{task.name}" if progress else False)
             records = evaluate(evaluator, items, images, config.batch_size, references,
                                desc=f"{row}/{task.name} score" if progress else False)

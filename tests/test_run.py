@@ -142,3 +142,29 @@ def test_malformed_yaml_is_reported(tmp_path):
 def test_report_of_a_missing_run_is_an_error(tmp_path):
     result = cli("report", tmp_path / "nothing")
     assert result.returncode == 2 and "summary.json" in result.stderr
+
+
+def test_a_unit_samples_all_its_tasks_in_full_batches_once(tmp_path, monkeypatch):
+    """The runner samples every task of a (method, target) unit together: each image once, in full batches."""
+    import math
+
+    import bench.generate as generate_module
+    from bench.config import parse_config
+    from bench.runner import run
+
+    batches: list[int] = []
+    real_denoise = generate_module.denoise
+
+    def recording_denoise(backbone, prompts, *args, **kwargs):
+        batches.append(len(prompts))
+        return real_denoise(backbone, prompts, *args, **kwargs)
+
+    monkeypatch.setattr(generate_module, "denoise", recording_denoise)
+    config = parse_config({**SMOKE, "targets": ["circle"], "sampler": {"name": "ddim", "steps": 2, "guidance": 5.0},
+                           "attacks": []})
+    out = run(config, tmp_path / "run", progress=False)
+    records = pd.read_parquet(out / "records.parquet")
+    n_images = records["image_key"].nunique()
+    assert records["task"].nunique() == len(TASK_SETS) and n_images == len(records)
+    assert sum(batches) == n_images  # every image sampled once, none again when a task reads its share
+    assert len(batches) == math.ceil(n_images / SMOKE["batch_size"])  # not one short batch per task
