@@ -199,13 +199,16 @@ def sample_until(backbone: Backbone, prompts: list[str], noise: torch.Tensor, st
 
 @torch.no_grad()
 def sample_latents(backbone: Backbone, prompts: list[str], gen: torch.Generator, steps: int, guidance: float,
-                   batch_size: int = 32, precision: str = "fp32") -> torch.Tensor:
-    """Fully sample one latent per prompt (the "generated training images" of CA and SalUn)."""
+                   batch_size: int = 64, precision: str = "fp32") -> torch.Tensor:
+    """Fully sample one latent per prompt (the "generated training images" of CA and SalUn).
+
+    The noise of all prompts is drawn first, so the samples do not depend on ``batch_size``.
+    """
+    noise = randn((len(prompts), *backbone.latent_shape), gen, backbone)
     out = []
     for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
-        noise = randn((len(chunk), *backbone.latent_shape), gen, backbone)
-        out.append(sample_until(backbone, chunk, noise, steps, guidance, stop_step=steps, precision=precision))
+        out.append(sample_until(backbone, prompts[start:start + batch_size], noise[start:start + batch_size], steps,
+                                guidance, stop_step=steps, precision=precision))
     return torch.cat(out)
 
 
@@ -251,49 +254,90 @@ def cached_tensors(config: FinetuneConfig, name: str, run: dict,
     return tensors
 
 
+class _RecordedCFG:
+    """Plain classifier-free guidance (as :func:`~bench.generate.denoise` without hooks) that keeps
+    ``eps(x_t, negative)`` and ``eps(x_t, c)`` of every step."""
+
+    negative_prompt = None
+
+    def __init__(self):
+        self.pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def extra_prompts(self) -> dict[str, str]:
+        return {}
+
+    def guide(self, ctx) -> torch.Tensor:
+        self.pairs.append((ctx.eps_uncond, ctx.eps_cond))
+        return ctx.eps_uncond + ctx.guidance_scale * (ctx.eps_cond - ctx.eps_uncond)
+
+    def fingerprint(self) -> dict:
+        return {"name": "recorded-cfg"}
+
+
 class Trajectories:
     """Noisy latents x_t "sampled with prompt c down to DDIM step i" (the x_t of ESD and AdvUnlearn).
 
     With ``pool == 0`` every draw samples afresh with ``sampler_backbone`` (which may be the model
     being trained). With ``pool > 0`` that many trajectories per prompt are sampled once with the
     (frozen) ``sampler_backbone`` and draws pick from them: the same distribution when the sampler
-    is frozen, for a fraction of the cost.
+    is frozen, for a fraction of the cost. The pool also keeps the sampler's own noise predictions
+    at every pooled latent, ``eps(x_t, "")`` and ``eps(x_t, c)`` at the step's DDIM timestep: the
+    frozen teacher pair of ESD and AdvUnlearn, which then costs no UNet pass in training.
     """
 
     def __init__(self, sampler_backbone: Backbone, prompts: list[str], steps: int, guidance: float, pool: int,
                  seed: int, config: FinetuneConfig, run: dict, name: str):
         self.backbone, self.prompts, self.steps, self.guidance = sampler_backbone, prompts, steps, guidance
         self.precision = sampling_precision(config, sampler_backbone.device)
-        self.pool = None
+        self.pool: dict[str, torch.Tensor] | None = None
         if pool > 0:
-            self.pool = cached_tensors(config, name, run, lambda: {"x": self._sample_pool(pool, seed)})["x"]
-            self.pool = self.pool.to(sampler_backbone.device, sampler_backbone.dtype)
+            tensors = cached_tensors(config, name, run, lambda: self._sample_pool(pool, seed))
+            self.pool = {k: v.to(sampler_backbone.device, sampler_backbone.dtype) for k, v in tensors.items()}
 
     @property
     def sampling_passes(self) -> int:
         """UNet forward passes per draw of one latent (0 with a pool)."""
         return 0 if self.pool is not None else self.steps
 
+    @property
+    def teacher_passes(self) -> int:
+        """UNet forward passes per drawn latent for its teacher pair (0 when the pool holds it)."""
+        return 0 if self.pool is not None and "eps_cond" in self.pool else 2
+
     def draw(self, prompt_idx: list[int], step: int, gen: torch.Generator) -> torch.Tensor:
+        return self.draw_with_teacher(prompt_idx, step, gen)[0]
+
+    def draw_with_teacher(
+        self, prompt_idx: list[int], step: int, gen: torch.Generator,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """``(x_t, (eps(x_t, ""), eps(x_t, c)))`` from the pool, or ``(x_t, None)`` without one:
+        the caller then evaluates the pair with the frozen model itself."""
         if self.pool is None:
             noise = randn((len(prompt_idx), *self.backbone.latent_shape), gen, self.backbone)
             return sample_until(self.backbone, [self.prompts[j] for j in prompt_idx], noise, self.steps,
-                                self.guidance, step, precision=self.precision)
-        k = randint(0, self.pool.shape[1], gen, len(prompt_idx))
-        return self.pool[prompt_idx, k, step]
+                                self.guidance, step, precision=self.precision), None
+        k = randint(0, self.pool["x"].shape[1], gen, len(prompt_idx))
+        x = self.pool["x"][prompt_idx, k, step]
+        if "eps_cond" not in self.pool:  # a pool cached before the teacher pair was kept
+            return x, None
+        return x, (self.pool["eps_uncond"][prompt_idx, k, step].float(), self.pool["eps_cond"][prompt_idx, k, step].float())
 
     @torch.no_grad()
-    def _sample_pool(self, pool: int, seed: int) -> torch.Tensor:
-        """[prompt, k, step, *latent]: the latents before each DDIM step of ``pool`` samples per prompt."""
+    def _sample_pool(self, pool: int, seed: int) -> dict[str, torch.Tensor]:
+        """[prompt, k, step, *latent]: the latents before each DDIM step of ``pool`` samples per prompt,
+        and the two noise predictions CFG made there."""
         gen = step_generator(seed, -1, stream=17)
         sampler = SamplerConfig("ddim", steps=self.steps, guidance=self.guidance, precision=self.precision)
-        out = []
+        out: dict[str, list[torch.Tensor]] = {"x": [], "eps_uncond": [], "eps_cond": []}
         for prompt in self.prompts:
             noise = randn((pool, *self.backbone.latent_shape), gen, self.backbone)
+            recorder = _RecordedCFG()
             _, traj = denoise(self.backbone, [prompt] * pool, noise, sampler, negative_prompts=[""] * pool,
-                              hooks=[], return_trajectory=True)
-            out.append(torch.stack([x for _, _, x in traj], dim=1))
-        return torch.stack(out).cpu()
+                              hooks=[recorder], return_trajectory=True)
+            out["x"].append(torch.stack([x for _, _, x in traj], dim=1))
+            out["eps_uncond"].append(torch.stack([u for u, _ in recorder.pairs], dim=1))
+            out["eps_cond"].append(torch.stack([c for _, c in recorder.pairs], dim=1))
+        return {k: torch.stack(v).cpu() for k, v in out.items()}
 
 
 # --------------------------------------------------------------------------- precision

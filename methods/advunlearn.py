@@ -151,9 +151,9 @@ class AdvUnlearn(ft.FinetuneMethod):
 
         def x_and_teacher(word: int, gen: torch.Generator):
             i = ft.randint(0, cfg.ddim_steps, gen)
-            x_t, t = forget_x.draw([word] * cfg.batch_size, i, gen), timesteps[i]
-            with torch.no_grad():
-                e_0, e_p = ft.eps_pair(unet, x_t, t, emb_0, emb_p[word:word + 1])
+            (x_t, pair), t = forget_x.draw_with_teacher([word] * cfg.batch_size, i, gen), timesteps[i]
+            with torch.no_grad():  # the frozen pair, kept by the pool when there is one
+                e_0, e_p = pair if pair is not None else ft.eps_pair(unet, x_t, t, emb_0, emb_p[word:word + 1])
             return i, x_t, t, e_0, e_p
 
         def attack(word: int, gen: torch.Generator) -> None:
@@ -190,9 +190,9 @@ class AdvUnlearn(ft.FinetuneMethod):
             if cfg.retain_loss_w == 0:
                 return unlearn
             r = ft.randint(0, len(retain), gen, cfg.retain_batch)
-            x_r = retain_x.draw(r, i, gen)
+            x_r, pair_r = retain_x.draw_with_teacher(r, i, gen)
             with torch.no_grad():
-                target_r = ft.eps(unet, x_r, t, emb_r[r])
+                target_r = pair_r[1] if pair_r is not None else ft.eps(unet, x_r, t, emb_r[r])
             kept = F.mse_loss(ft.eps(unet, x_r, t, encoder(edited.tokenize([retain[j] for j in r]))[0]), target_r)
             return unlearn + cfg.retain_loss_w * kept
 
@@ -201,10 +201,11 @@ class AdvUnlearn(ft.FinetuneMethod):
             total_steps=cfg.iterations, lr=cfg.lr, seed=seed, fingerprint=run, device=backbone.device, state=state,
         )
         done = result.steps - result.resumed_from
-        per_step = cfg.batch_size * 3 + cfg.retain_batch * 2
+        forget_passes = cfg.batch_size * (1 + forget_x.teacher_passes)  # student (+ teacher pair unless pooled)
+        per_step = forget_passes + cfg.retain_batch * (1 + min(1, retain_x.teacher_passes))
         self.stats = ft.stats_from(
             result, trained_parameters=sum(p.numel() for p in params.values()), attack_steps=counts["attack_steps"],
-            unet_forward=done * per_step + counts["attack_steps"] * cfg.batch_size * 3,
+            unet_forward=done * per_step + counts["attack_steps"] * forget_passes,
             unet_backward=done * (cfg.batch_size + cfg.retain_batch) + counts["attack_steps"] * cfg.batch_size,
         )
         self.record_edit(edited, cfg, request)

@@ -103,9 +103,9 @@ class ESD(ft.FinetuneMethod):
         def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
             idx = ft.randint(0, len(prompts), gen, cfg.batch_size)
             i = ft.randint(0, cfg.ddim_steps, gen)
-            x_t, t, c = source.draw(idx, i, gen), timesteps[i], emb_c[idx]
-            with torch.no_grad():
-                e_0, e_c = ft.eps_pair(frozen.unet, x_t, t, emb_0, c)
+            (x_t, pair), t, c = source.draw_with_teacher(idx, i, gen), timesteps[i], emb_c[idx]
+            with torch.no_grad():  # the frozen pair: kept by a pool sampled with the frozen model, else computed
+                e_0, e_c = pair if pair is not None else ft.eps_pair(frozen.unet, x_t, t, emb_0, c)
                 target = e_0 - cfg.negative_guidance * (e_c - e_0)
             return F.mse_loss(ft.eps(edited.unet, x_t, t, c), target)
 
@@ -116,7 +116,7 @@ class ESD(ft.FinetuneMethod):
         done = result.steps - result.resumed_from
         self.stats = ft.stats_from(
             result, trained_parameters=sum(p.numel() for p in params.values()),
-            unet_forward=done * cfg.batch_size * (3 + 2 * source.sampling_passes)
+            unet_forward=done * cfg.batch_size * (1 + source.teacher_passes + 2 * source.sampling_passes)
             + len(prompts) * cfg.trajectory_pool * cfg.ddim_steps * 2,
             unet_backward=done * cfg.batch_size,
         )

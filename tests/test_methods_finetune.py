@@ -125,6 +125,27 @@ def test_saliency_mask_keeps_the_largest_gradients():
 
 
 # --------------------------------------------------------------------------- the training loop
+def test_trajectory_pool_keeps_the_frozen_teacher_pair(mini):
+    """The pool's stored eps(x_t, "") and eps(x_t, c) are what the frozen UNet predicts at the drawn latents."""
+    prompts = ["a circle", "a red square"]
+    cfg = ft.FinetuneConfig(mixed_precision="no")
+    pool = ft.Trajectories(mini, prompts, steps=6, guidance=5.0, pool=3, seed=0, config=cfg, run={}, name="t")
+    assert pool.teacher_passes == 0 and pool.sampling_passes == 0
+    timesteps = ft.ddim_timesteps(mini, 6)
+    with torch.no_grad():
+        emb_0, emb_c = mini.encode([""]), mini.encode(prompts)
+    for step in (0, 3, 5):
+        idx = [1, 0, 1]
+        x_t, pair = pool.draw_with_teacher(idx, step, ft.step_generator(0, step))
+        assert torch.equal(x_t, pool.draw(idx, step, ft.step_generator(0, step)))
+        with torch.no_grad():
+            e_0, e_c = ft.eps_pair(mini.unet, x_t, timesteps[step], emb_0, emb_c[idx])
+        torch.testing.assert_close(pair[0], e_0, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(pair[1], e_c, rtol=1e-4, atol=1e-4)
+    fresh = ft.Trajectories(mini, prompts, steps=6, guidance=5.0, pool=0, seed=0, config=cfg, run={}, name="t")
+    assert fresh.draw_with_teacher([0], 2, ft.step_generator(0, 2))[1] is None and fresh.teacher_passes == 2
+
+
 def test_progress_bar_shows_the_loss_and_budgets_stop_early(mini, capsys):
     method = get_method("esd-x", {**TINY["esd-x"], "iterations": 5, "max_steps": 2})
     method.apply(mini, REQUEST)
