@@ -240,11 +240,10 @@ def unedited(mini, probe_fn):
 
 # ESD-u (meant for global concepts such as nudity) does not erase an object on the shipped mini model
 # without wrecking the others: circle erasure 0.00 -> 0.00-0.17 while other-object accuracy fell 0.96 ->
-# 0.61-0.75 (lr 2e-4 to 5e-4). SalUn on the step-6000 model: at its mini defaults (lr 2e-4, 96 images)
-# circle erasure 0.00 -> 0.125 (other objects 1.00 -> 0.89); with 64 images lr 2e-4 / 3e-4 / 5e-4 /
-# 1e-3 erased 0.42 / 0.63 / 0.75 / 0.67 but other objects fell to 0.57 / 0.61 / 0.43 / 0.57.
-# Strict xfails, so the day one works the test says so.
-KNOWN_NO_EFFECT = {"esd-u", "salun"}
+# 0.61-0.75 (lr 2e-4 to 5e-4); on the step-6000 model lr 2e-4 / 5e-4 / 1e-3 erased 0.04 / 0.25 / 0.21 with
+# other objects at 0.93 / 0.75 / 0.36 (benchmarks/mini_method_probe.py). A strict xfail, so the day it
+# works the test says so. (SalUn passes since its mini default spends its 48 steps on 48 images, not 96.)
+KNOWN_NO_EFFECT = {"esd-u"}
 
 
 @pytest.mark.parametrize("name", [
