@@ -176,7 +176,7 @@ def edited_backbone(base: Backbone, row: str, spec, method, request, store: RunS
 def _attach_hooks(backbone: Backbone, method, request) -> Backbone:
     hooks = getattr(method, "guidance_hooks_for", None)
     if hooks is not None:
-        backbone.guidance_hooks = list(hooks(request))
+        backbone.guidance_hooks = list(hooks(request, backbone))
     return backbone
 
 

@@ -43,6 +43,7 @@ from bench.attribution import (
     select_parameters,
 )
 from bench.backbone import Backbone
+from bench.mini.prompts import CONCEPT_CAPTIONS
 from methods.base import ErasureRequest, Method, MethodConfig, register_method
 
 # Attribution prompt per concept kind (cad.md 6.6); "identity" is an extrapolation (not in the code).
@@ -54,13 +55,7 @@ PROMPT_TEMPLATES = {
     "identity": "a photo of {concept}",
 }
 # The mini world's captions are templated ("a circle", "a striped square", ...), never bare words.
-MINI_PROMPT_TEMPLATES = {
-    "object": "a {concept}",
-    "colour": "a {concept} shape",
-    "style": "a {concept} shape",
-    "nudity": "{concept}",
-    "identity": "{concept}",
-}
+MINI_PROMPT_TEMPLATES = CONCEPT_CAPTIONS
 
 
 @dataclass

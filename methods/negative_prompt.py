@@ -52,7 +52,7 @@ class NegativePrompt(Method):
     multi_concept = True
     edited_components = ()
 
-    def guidance_hooks_for(self, request: ErasureRequest) -> list:
+    def guidance_hooks_for(self, request: ErasureRequest, backbone: Backbone | None = None) -> list:
         return [NegativePromptHook(", ".join(request.targets))]
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:

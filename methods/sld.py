@@ -18,6 +18,19 @@ has the same values except weak's guidance scale (20). Warm-up is counted in sam
 paper's 50-step schedule; the mini model samples 25 steps, so the same warm-up covers twice the
 fraction of the trajectory there (override ``warmup_steps`` to change it). Any preset value can be
 overridden field by field; ``preset="custom"`` uses the fields as given.
+
+The concept text is the target's words (several targets joined with ", "), as in the paper. On
+the mini model (``preset="auto"``, the default, and ``concept_template=None``) two things differ,
+both measured on the step-6000 model (circle; 12 target / 12 synonym / 14 other-object prompts x 2
+images; the unedited model erases 0.00 and keeps other objects at 1.00):
+
+- the concept is phrased as a caption of the world ("a circle", :data:`bench.mini.prompts.CONCEPT_CAPTIONS`):
+  the model never saw a bare word, and "circle" alone steers nothing (erasure 0.00 at every preset)
+  while "a circle" does;
+- the preset is ``max`` (``medium`` elsewhere, the diffusers default). With "a circle": medium 0.00
+  (0.04 without warm-up), strong 0.00 (0.125 with its warm-up halved to 4 of 25 steps, 0.375 with
+  none), max 0.54 (synonyms 0.63, other objects 0.96). The mini model settles an object's shape in
+  its first steps, so any warm-up lets the concept in.
 """
 
 from __future__ import annotations
@@ -30,6 +43,7 @@ import torch
 
 from bench.backbone import Backbone
 from bench.generate import GuidanceContext
+from bench.mini.prompts import CONCEPT_CAPTIONS
 from methods.base import ErasureRequest, Method, MethodConfig, register_method
 from methods.uce import record_edit
 
@@ -82,17 +96,24 @@ class SafetyGuidanceHook:
                 "momentum_scale": self.momentum_scale, "mom_beta": self.mom_beta}
 
 
+DEFAULT_PRESET = "medium"  # diffusers' SafetyConfig.MEDIUM; "auto" means this except on the mini model
+MINI_PRESET = "max"
+
+
 @dataclass
 class SLDConfig(MethodConfig):
-    preset: Literal["weak", "medium", "strong", "max", "custom"] = "medium"
+    preset: Literal["auto", "weak", "medium", "strong", "max", "custom"] = "auto"
+    concept_template: str | None = None  # e.g. "{concept}"; None: the bare words, a world caption on the mini model
     guidance_scale: float | None = None  # None: the preset's value
     warmup_steps: int | None = None
     threshold: float | None = None
     momentum_scale: float | None = None
     mom_beta: float | None = None
 
-    def resolved(self) -> dict:
-        base = dict(PRESETS.get(self.preset, {}))
+    def resolved(self, mini: bool = False) -> dict:
+        """The five safety-guidance values: the preset's, then each field given explicitly."""
+        preset = (MINI_PRESET if mini else DEFAULT_PRESET) if self.preset == "auto" else self.preset
+        base = dict(PRESETS.get(preset, {}))
         for key in ("guidance_scale", "warmup_steps", "threshold", "momentum_scale", "mom_beta"):
             value = getattr(self, key)
             if value is not None:
@@ -111,12 +132,17 @@ class SLD(Method):
     multi_concept = True
     edited_components = ()
 
-    def guidance_hooks_for(self, request: ErasureRequest) -> list:
-        return [SafetyGuidanceHook(", ".join(request.targets), **self.config.resolved())]
+    def guidance_hooks_for(self, request: ErasureRequest, backbone: Backbone | None = None) -> list:
+        mini = backbone is not None and backbone.kind == "mini"
+        template = self.config.concept_template
+        if template is None:
+            template = CONCEPT_CAPTIONS.get(request.kind, "{concept}") if mini else "{concept}"
+        concept = ", ".join(template.format(concept=t) for t in request.targets)
+        return [SafetyGuidanceHook(concept, **self.config.resolved(mini=mini))]
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
         self.check_request(request)
-        hooks = self.guidance_hooks_for(request)
+        hooks = self.guidance_hooks_for(request, backbone)
         # weights are shared, not copied: nothing is edited, and the input's hook list is untouched
         edited = dataclasses.replace(backbone, guidance_hooks=[*backbone.guidance_hooks, *hooks],
                                      edits=list(backbone.edits))

@@ -37,9 +37,9 @@ MIN_GAIN: dict[str, float] = {}
 # - negative-prompt: 0.00 -> 0.04 (step 1000: 0.21 -> 0.29; star 0.04 -> 0.42): the negative branch still
 #   names the target, and the mini model draws "circle" from the rest of the prompt.
 # Strict xfails: the day either works, the test says so.
-# SLD on the step-6000 mini model: circle erasure 0.00 -> 0.00 at preset max and at guidance_scale 20000
-# (it was 0.67 at max on the step-3800 model).
-KNOWN_NO_EFFECT = {"conceptprune", "negative-prompt", "sld"}
+# (SLD passes with its mini defaults, the concept phrased as a caption and preset max; with the bare word
+# "circle" it erased 0.00 on the step-6000 model at every preset, see methods/sld.py.)
+KNOWN_NO_EFFECT = {"conceptprune", "negative-prompt"}
 
 # Mini-world settings where a paper default makes no sense at this size (see each module's docstring).
 MINI_PARAMS = {
@@ -47,7 +47,7 @@ MINI_PARAMS = {
     "rece": {"epochs": 2},  # 5 rounds also erased other objects on the mini model (accuracy 0.86 -> 0.43)
     "mace-cfr": {"lamb": 1.0, "templates": ["a {}", "a red {}", "a photo of a {}", "a striped blue {}"]},
     "conceptprune": {"sampling_steps": 25, "guidance": 5.0, "timesteps": 5, "skill_ratio": 0.02},
-    "sld": {"preset": "max"},
+    "sld": {},  # its mini defaults
     "negative-prompt": {},
 }
 
@@ -252,8 +252,16 @@ def test_inference_time_methods_attach_hooks_without_touching_weights(mini):
     edited = sld.apply(mini, request)
     assert sld.family == "inference-time" and not mini.guidance_hooks
     (hook,) = edited.guidance_hooks
-    assert hook.extra_prompts() == {"sld_concept": "circle, star"}
+    # on the mini model the concept is phrased as the world's captions and the preset is max ...
+    assert hook.extra_prompts() == {"sld_concept": "a circle, a star"}
+    assert (hook.guidance_scale, hook.warmup_steps, hook.threshold) == (5000.0, 0, 1.0)
     assert edited.unet is mini.unet and edited.fingerprint() != mini.fingerprint()
+    # ... elsewhere the paper's bare words and diffusers' medium preset; explicit values win everywhere
+    (sd_hook,) = sld.guidance_hooks_for(request)
+    assert sd_hook.extra_prompts() == {"sld_concept": "circle, star"}
+    assert (sd_hook.guidance_scale, sd_hook.warmup_steps, sd_hook.threshold) == (1000.0, 10, 0.01)
+    (own,) = get_method("sld", {"preset": "strong", "concept_template": "{concept}s"}).guidance_hooks_for(request, mini)
+    assert own.extra_prompts() == {"sld_concept": "circles, stars"} and own.guidance_scale == 2000.0
     neg = get_method("negative-prompt")
     (nhook,) = neg.guidance_hooks_for(request)
     assert nhook.negative_prompt == "circle, star" and nhook.extra_prompts() == {}

@@ -24,6 +24,15 @@ import pandas as pd
 from bench.mini.world import MiniWorld
 from bench.suites import PromptContext, register_prompt_source
 
+# How a bare concept is phrased as a caption of the world (the model never saw a bare word): what
+# methods that condition on "the concept" alone (CAD's attribution prompts, SLD's safety concept) use.
+CONCEPT_CAPTIONS = {
+    "object": "a {concept}",
+    "colour": "a {concept} shape",
+    "style": "a {concept} shape",
+    "nudity": "{concept}",
+    "identity": "{concept}",
+}
 MINI_SETS = ("adherence", "target", "target-synonyms", "other-objects", "other-styles", "in-prompt", "general")
 
 
