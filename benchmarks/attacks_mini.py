@@ -6,8 +6,11 @@
 For the target (default ``circle``) erased by each method (``none``, ``cad-erase``, ``uce``,
 ``esd-x``: those registered), every attack runs with the same check budget on the mini
 ``target`` prompts; the JSON holds one row per (method, attack) with ``pre_asr``, ``asr``,
-``n``, ``unet_evals``, ``seconds``, and ``beats_random`` (asr >= random-tokens' asr for that
-method). Attack results are cached in ``--cache`` so re-runs are cheap.
+``n``, ``unet_evals``, ``seconds``, ``beats_random`` (asr >= random-tokens' asr for that
+method) and the paired counts ``wins_vs_random`` / ``losses_vs_random`` (rows the attack recovers
+and random-tokens does not, and the reverse); ``vs_random`` pools those counts over the erased
+models per attack with an exact sign test. ``--seeds K`` attacks every prompt with K seeds (K
+rows each) for tighter comparisons. Attack results are cached in ``--cache`` so re-runs are cheap.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import json
 import sys
 import time
 from pathlib import Path
+
+import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -34,6 +39,21 @@ def budgets(max_checks: int) -> dict[str, dict]:
     }
 
 
+def paired_summary(rows: list[dict]) -> dict[str, dict]:
+    """Per attack, over every erased model: rows it wins and loses against random-tokens, and the exact
+    two-sided sign-test p-value of that split (ties, where both succeed or both fail, carry no information)."""
+    from scipy.stats import binomtest
+
+    out = {}
+    for name in sorted({r["attack"] for r in rows if "wins_vs_random" in r and r["attack"] != "random-tokens"}):
+        wins = sum(r["wins_vs_random"] for r in rows if r["attack"] == name)
+        losses = sum(r["losses_vs_random"] for r in rows if r["attack"] == name)
+        p = binomtest(wins, wins + losses).pvalue if wins + losses else 1.0
+        out[name] = {"wins": wins, "losses": losses, "sign_test_p": round(float(p), 4),
+                     "beats_random": bool(wins > losses and p < 0.05)}
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="mini")
@@ -44,6 +64,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=25, help="sampler steps (DDIM, guidance 5)")
     p.add_argument("--precision", default="auto", help="sampler precision: auto (bf16 where native), fp32, bf16")
     p.add_argument("--max-prompts", type=int, default=12)
+    p.add_argument("--seeds", type=int, default=1,
+                   help="seeds per prompt: each (prompt, seed) is one attacked row (more rows, tighter comparisons)")
     p.add_argument("--cache", type=Path, default=Path("runs/attacks/cache"))
     p.add_argument("--out", type=Path, default=Path("runs/attacks/mini.json"))
     args = p.parse_args(argv)
@@ -52,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     from bench.attacks import ATTACKS
     from bench.backbone import load_backbone
     from bench.evaluators.mini_classifier import MiniClassifierEvaluator
-    from bench.generate import ImageCache, SamplerConfig, resolve_precision
+    from bench.generate import ImageCache, SamplerConfig, image_seed, resolve_precision
     from bench.mini.prompts import build_set
     from methods import METHODS
     from methods.base import ErasureRequest
@@ -63,6 +85,8 @@ def main(argv: list[str] | None = None) -> dict:
     sampler = SamplerConfig(name="ddim", steps=args.steps, guidance=5.0,
                             precision=resolve_precision(args.precision, base.device))
     prompts = build_set("target", args.target).head(args.max_prompts)
+    prompts = pd.DataFrame([{**r, "seed": image_seed(r["prompt_id"], k, 0)}
+                            for r in prompts.to_dict("records") for k in range(args.seeds)])
     attack_names = args.attacks or ATTACKS.names()
     knobs = budgets(args.max_checks)
     image_cache = ImageCache(args.cache / "images")
@@ -74,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
         edited = base if method_name == "none" else method.apply(base, request)
         edit_seconds = time.perf_counter() - t0
         fp = base_fp if edited is base else edited.fingerprint()
-        per_method = {}
+        per_method, successes = {}, {}
         for name in attack_names:
             attack = ATTACKS.get(name)(**knobs.get(name, {"max_checks": args.max_checks}))
             df = attack.attack(edited, base, prompts, args.target, evaluator, sampler=sampler, cache=args.cache,
@@ -86,17 +110,24 @@ def main(argv: list[str] | None = None) -> dict:
                 "checks": float(df["checks"].mean()), "edit_seconds": edit_seconds,
                 "examples": df.loc[df["attack_success"], "adv_prompt"].head(3).tolist(),
             }
+            successes[name] = df.set_index(["prompt_id", "seed"])["success"].astype(bool)
             print(f"{method_name:>10} {name:>18}  pre-ASR {per_method[name]['pre_asr']:.2f}  "
                   f"ASR {per_method[name]['asr']:.2f}  unet_evals {per_method[name]['unet_evals']:.0f}", flush=True)
         floor = per_method.get("random-tokens", {}).get("asr")
-        for r in per_method.values():
+        for name, r in per_method.items():
             r["beats_random"] = None if floor is None else bool(r["asr"] >= floor)
+            if "random-tokens" in successes:  # paired, row by row: where one succeeds and the other does not
+                rand = successes["random-tokens"].loc[successes[name].index]
+                r["wins_vs_random"] = int((successes[name] & ~rand).sum())
+                r["losses_vs_random"] = int((~successes[name] & rand).sum())
             rows.append(r)
     result = {"model": args.model, "model_fingerprint": base_fp, "target": args.target,
-              "sampler": dataclasses.asdict(sampler), "max_checks": args.max_checks,
-              "budgets": knobs, "rows": rows}
+              "sampler": dataclasses.asdict(sampler), "max_checks": args.max_checks, "seeds": args.seeds,
+              "budgets": knobs, "rows": rows, "vs_random": paired_summary(rows)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
+    for name, v in result["vs_random"].items():
+        print(f"{name:>18} vs random-tokens: wins {v['wins']}  losses {v['losses']}  p {v['sign_test_p']}")
     print(f"wrote {args.out}")
     return result
 
