@@ -2,6 +2,7 @@
 
     python benchmarks/mini_method_probe.py --ref 'cad-erase:{"ratio":0.03}' 'esd-x:{"lr":1e-3}'
     python benchmarks/mini_method_probe.py --target star 'negative-prompt:'
+    python benchmarks/mini_method_probe.py --target striped 'esd-u:{"lr":2e-4}'   # a style: other styles kept
 
 Each spec is ``name:{json params}``. Prints, per method, the target's erasure rate, the synonym
 erasure rate and other-object accuracy from :func:`bench.mini.probe.probe` (12 target / 12 synonym /
@@ -19,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 OBJECTS = ["circle", "square", "triangle", "star", "cross", "heart", "diamond", "crescent"]
+STYLES = ["solid", "striped", "dotted", "checkered", "outline", "gradient"]
 SETS = ("target", "target-synonyms", "other-objects")
 
 
@@ -35,20 +37,25 @@ def main(argv: list[str] | None = None) -> None:
     from methods import ErasureRequest, get_method
 
     mini = load_backbone(args.model)
-    request = ErasureRequest(targets=[args.target], preserve=[o for o in OBJECTS if o != args.target])
+    if args.target in STYLES:  # a global concept of the world (fill texture): keep the other styles
+        request = ErasureRequest(targets=[args.target], kind="style", preserve=[s for s in STYLES if s != args.target])
+        sets = ("target", "target-synonyms", "other-styles", "other-objects")
+    else:
+        request = ErasureRequest(targets=[args.target], preserve=[o for o in OBJECTS if o != args.target])
+        sets = SETS
 
     def show(tag: str, result: dict, seconds: float = 0.0) -> None:
         figures = {k: round(v, 3) for k, v in result.items() if not k.startswith("n_")}
         print(tag, figures, f"{seconds:.0f}s", flush=True)
 
     if args.ref:
-        show("none", probe(mini, args.target, sets=SETS, images_per_prompt=2))
+        show("none", probe(mini, args.target, sets=sets, images_per_prompt=2))
     for spec in args.specs:
         name, _, params = spec.partition(":")
         params = json.loads(params) if params else {}
         start = time.time()
         edited = get_method(name, params).apply(mini, request)
-        show(f"{name} {params}", probe(edited, args.target, sets=SETS, images_per_prompt=2), time.time() - start)
+        show(f"{name} {params}", probe(edited, args.target, sets=sets, images_per_prompt=2), time.time() - start)
 
 
 if __name__ == "__main__":
