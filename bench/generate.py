@@ -119,12 +119,16 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
     return precision
 
 
-def unet_autocast(device: torch.device, precision: str):
-    """The autocast context of a sampler's ``precision`` (a no-op for fp32)."""
-    dtype = PRECISIONS[resolve_precision(precision, device)]
+def autocast_to(device: torch.device, dtype: torch.dtype | None):
+    """``torch.autocast`` to ``dtype`` on ``device`` (a no-op for None, i.e. full precision)."""
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def unet_autocast(device: torch.device, precision: str):
+    """The autocast context of a sampler's ``precision`` (a no-op for fp32)."""
+    return autocast_to(device, PRECISIONS[resolve_precision(precision, device)])
 
 
 def initial_noise(backbone: Backbone, seeds: list[int]) -> torch.Tensor:

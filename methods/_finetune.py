@@ -23,7 +23,6 @@ top to bottom as its paper's objective:
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -40,7 +39,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from bench.backbone import Backbone
-from bench.generate import PRECISIONS, SamplerConfig, denoise, make_scheduler, native_bf16
+from bench.generate import PRECISIONS, SamplerConfig, autocast_to, denoise, make_scheduler, native_bf16
 from methods.base import ErasureRequest, Method, MethodConfig
 
 BUDGET_FIELDS = ("max_steps", "max_minutes", "checkpoint_dir", "checkpoint_every", "progress", "use_mini_defaults",
@@ -360,12 +359,6 @@ def sampling_precision(config: FinetuneConfig, device: torch.device) -> str:
     return {dtype: name for name, dtype in PRECISIONS.items()}[autocast_dtype(device, config.mixed_precision)]
 
 
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
 # --------------------------------------------------------------------------- the loop
 @dataclass
 class TrainResult:
@@ -428,7 +421,7 @@ def train(
     try:
         while step < end:
             opt.zero_grad(set_to_none=True)
-            with autocast(device, amp):
+            with autocast_to(device, amp):
                 loss = loss_fn(step, step_generator(seed, step))
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"{name}: loss is {loss.item()} at step {step}")
