@@ -303,9 +303,6 @@ class Trajectories:
         """UNet forward passes per drawn latent for its teacher pair (0 when the pool holds it)."""
         return 0 if self.pool is not None and "eps_cond" in self.pool else 2
 
-    def draw(self, prompt_idx: list[int], step: int, gen: torch.Generator) -> torch.Tensor:
-        return self.draw_with_teacher(prompt_idx, step, gen)[0]
-
     def draw_with_teacher(
         self, prompt_idx: list[int], step: int, gen: torch.Generator,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:

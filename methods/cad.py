@@ -54,9 +54,6 @@ PROMPT_TEMPLATES = {
     "nudity": "naked",
     "identity": "a photo of {concept}",
 }
-# The mini world's captions are templated ("a circle", "a striped square", ...), never bare words.
-MINI_PROMPT_TEMPLATES = CONCEPT_CAPTIONS
-
 
 @dataclass
 class CADConfig(MethodConfig):
@@ -131,7 +128,8 @@ class _CAD(Method):
     def prompts_for(self, request: ErasureRequest, backbone: Backbone, config: CADConfig) -> list[str]:
         if request.target_prompts:
             return list(request.target_prompts)
-        templates = MINI_PROMPT_TEMPLATES if backbone.kind == "mini" else PROMPT_TEMPLATES
+        # the mini world's captions are templated ("a circle", "a striped square"), never bare words
+        templates = CONCEPT_CAPTIONS if backbone.kind == "mini" else PROMPT_TEMPLATES
         template = config.prompt_template or templates.get(request.kind, "{concept}")
         return [template.format(concept=t) for t in request.targets]
 

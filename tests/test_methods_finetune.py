@@ -137,7 +137,7 @@ def test_trajectory_pool_keeps_the_frozen_teacher_pair(mini):
     for step in (0, 3, 5):
         idx = [1, 0, 1]
         x_t, pair = pool.draw_with_teacher(idx, step, ft.step_generator(0, step))
-        assert torch.equal(x_t, pool.draw(idx, step, ft.step_generator(0, step)))
+        assert torch.equal(x_t, pool.draw_with_teacher(idx, step, ft.step_generator(0, step))[0])  # same generator, same draw
         with torch.no_grad():
             e_0, e_c = ft.eps_pair(mini.unet, x_t, timesteps[step], emb_0, emb_c[idx])
         torch.testing.assert_close(pair[0], e_0, rtol=1e-4, atol=1e-4)
