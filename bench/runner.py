@@ -224,8 +224,9 @@ def unit_images(
 ) -> dict[str, tuple[pd.DataFrame, torch.Tensor]]:
     """The images of every task of a (method, target) unit, sampled in one pass and split back per task.
 
-    Whole batches instead of one short batch per task (80 mini-quick images: 7.1 s in one batch,
-    10.0 s in batches of 16; bf16, 2 cores). Seeds are per item, so the images do not change.
+    Whole batches instead of one short batch per task: a mini-quick unit's 80 images took 9.7 s in one
+    pass against 11.9 s task by task (bf16, 2 cores; ``benchmarks/unit_batching.py``). Seeds are per
+    item, so the images do not change.
     Tasks without items are left out.
     """
     names = [name for name, items in planned.items() if not items.empty]
