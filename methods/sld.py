@@ -21,16 +21,17 @@ overridden field by field; ``preset="custom"`` uses the fields as given.
 
 The concept text is the target's words (several targets joined with ", "), as in the paper. On
 the mini model (``preset="auto"``, the default, and ``concept_template=None``) two things differ,
-both measured on the step-6000 model (circle; 12 target / 12 synonym / 14 other-object prompts x 2
-images; the unedited model erases 0.00 and keeps other objects at 1.00):
+both measured on the step-6000 model with ``benchmarks/mini_method_probe.py`` (circle; 12 target /
+12 synonym / 14 other-object prompts x 2 images; the unedited model erases 0.00 and keeps other
+objects at 1.00):
 
 - the concept is phrased as a caption of the world ("a circle", :data:`bench.mini.prompts.CONCEPT_CAPTIONS`):
-  the model never saw a bare word, and "circle" alone steers nothing (erasure 0.00 at every preset)
-  while "a circle" does;
-- the preset is ``max`` (``medium`` elsewhere, the diffusers default). With "a circle": medium 0.00
-  (0.04 without warm-up), strong 0.00 (0.125 with its warm-up halved to 4 of 25 steps, 0.375 with
-  none), max 0.54 (synonyms 0.63, other objects 0.96). The mini model settles an object's shape in
-  its first steps, so any warm-up lets the concept in.
+  the model never saw a bare word, and "circle" alone steers nothing (erasure 0.00 at medium and at
+  max) while "a circle" does;
+- the preset is ``max`` (``medium`` elsewhere, the diffusers default). With "a circle": medium 0.00,
+  strong 0.00 (0.125 with its warm-up halved to 4 of 25 steps, 0.375 with none), max 0.54 (synonyms
+  0.63, other objects 0.96). The mini model settles an object's shape in its first steps, so any
+  warm-up lets the concept in.
 """
 
 from __future__ import annotations
