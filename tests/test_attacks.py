@@ -107,6 +107,12 @@ def test_cache_makes_a_rerun_do_no_optimisation(results, erased, mini_backbone, 
         ATTACKS.get("random-tokens")(max_checks=1, seed=7).attack(erased, mini_backbone, prompts.head(1), TARGET,
                                                                   evaluator, sampler=SAMPLER, cache=cache_dir)
     assert counter.count > 0
+    # so is another revision of the same attack's code (same config): old results are not served as new
+    cls = ATTACKS.get("random-tokens")
+    revised = type("RevisedRandomTokens", (cls,), {"revision": cls.revision + 1})
+    again = revised(**BUDGETS["random-tokens"]).attack(erased, mini_backbone, prompts.head(2), TARGET, evaluator,
+                                                       sampler=SAMPLER, cache=cache_dir)
+    assert not again["cached"].any()
 
 
 def test_csv_export_round_trips(results, tmp_path):
@@ -177,3 +183,27 @@ def test_max_prompts_spreads_over_the_prompts_and_is_validated(erased, mini_back
     assert df["prompt_id"].tolist() == prompts["prompt_id"].iloc[[0, 5]].tolist()
     with pytest.raises(ValueError, match="max_prompts"):
         ATTACKS.get("random-tokens")(max_prompts=0)
+
+
+def test_unlearndiffatk_never_judges_the_same_prompt_twice(mini_backbone):
+    """A repeated argmax prompt would give the same image and fail again: the round judges a new sample."""
+    import torch
+
+    from bench.attacks.base import candidate_vocab
+    from bench.attacks.unlearndiffatk import UnlearnDiffAtk
+
+    vocab = candidate_vocab(mini_backbone.tokenizer, [])
+    theta = torch.full((3, len(vocab)), 0.2 / (len(vocab) - 1))
+    theta[:, 5] = 0.8  # argmax: token 5 in every slot
+    gen = torch.Generator().manual_seed(0)
+    best = UnlearnDiffAtk.candidate(theta, vocab, mini_backbone.tokenizer, "a red circle", set(), gen)
+    assert best.endswith("a red circle") and best != "a red circle"
+    judged = {best}
+    for _ in range(5):
+        new = UnlearnDiffAtk.candidate(theta, vocab, mini_backbone.tokenizer, "a red circle", judged, gen)
+        assert new not in judged and new.endswith("a red circle")
+        judged.add(new)
+    # a point mass has nothing new to offer: the argmax is returned (and judged again) rather than nothing
+    point = torch.zeros(3, len(vocab))
+    point[:, 5] = 1.0
+    assert UnlearnDiffAtk.candidate(point, vocab, mini_backbone.tokenizer, "a red circle", {best}, gen) == best

@@ -316,6 +316,8 @@ class Attack:
 
     ``uses_original`` says whether results depend on the original model (its fingerprint then
     enters the cache key); ``white_box`` whether the attack reads the erased model's weights.
+    ``revision`` enters the cache key too: bump it when a change to :meth:`search` changes what the
+    same config finds, so cached results of the old code are not served as the new one's.
     """
 
     name: ClassVar[str] = ""
@@ -323,6 +325,7 @@ class Attack:
     config_class: ClassVar[type[AttackConfig]] = AttackConfig
     uses_original: ClassVar[bool] = True
     white_box: ClassVar[bool] = True
+    revision: ClassVar[int] = 1
 
     def __init__(self, **params: Any):
         known = {f.name for f in dataclasses.fields(self.config_class)}
@@ -338,7 +341,8 @@ class Attack:
         self.stats: dict[str, float] = {}
 
     def fingerprint(self) -> dict:
-        return {"attack": self.name, "config": asdict(self.config), "version": CACHE_VERSION}
+        return {"attack": self.name, "config": asdict(self.config), "version": CACHE_VERSION,
+                "revision": self.revision}
 
     # subclasses -----------------------------------------------------------------
     def search(self, ctx: AttackContext) -> list[Found]:

@@ -7,7 +7,10 @@ are optimised to minimise the ERASED model's denoising loss on it,
 the vocabulary, kept on the probability simplex by Euclidean projection after every Adam step;
 the forward pass samples a hard one-hot from it (straight-through estimator, gradient clipped
 with hardtanh). Sequential schedule: ``iterations`` steps per timestep; after each timestep the
-argmax tokens are decoded into a text prompt, generated and judged; stop at first success.
+argmax tokens are decoded into a text prompt, generated and judged; stop at first success. A
+prompt already judged for the row is not judged again (same text, same seeds: the same failing image);
+that round judges the first sample from the relaxed one-hot that is new, so every check is a distinct
+candidate (the official code re-checks repeats, which on a small vocabulary wastes most of the budget).
 
 Paper defaults: k = 3 (objects/styles; 5 for nudity), Adam lr 0.01, weight decay 0.1, 40
 iterations per timestep over 50 timesteps (so ``max_checks`` = 50). All prompts are optimised
@@ -81,6 +84,27 @@ class UnlearnDiffAtk(Attack):
     config_class = UnlearnDiffAtkConfig
     uses_original = True
     white_box = True
+    revision = 2  # 2: a prompt already judged for a row is not judged again
+
+    @staticmethod
+    def candidate(theta_row: torch.Tensor, vocab: torch.Tensor, tokenizer, prompt: str, judged: set[str],
+                  gen: torch.Generator, draws: int = 32) -> str:
+        """The round's prompt to judge: the argmax tokens of ``theta_row`` ``[k, V']``, or, when that prompt
+        was already judged for this row (same text and seeds give the same image, so a second check could
+        only fail again), the first of ``draws`` samples from the relaxed one-hot that was not."""
+
+        def text(ids: torch.Tensor) -> str:
+            return f"{decode_ids(tokenizer, vocab[ids].tolist())} {prompt}".strip()
+
+        best = text(theta_row.argmax(-1))
+        if best not in judged:
+            return best
+        probs = theta_row.detach().float().cpu().clamp_min(0) + 1e-12
+        for _ in range(draws):
+            sampled = text(torch.multinomial(probs, 1, generator=gen).view(-1).to(vocab.device))
+            if sampled not in judged:
+                return sampled
+        return best
 
     def search(self, ctx: AttackContext) -> list[Found]:
         cfg: UnlearnDiffAtkConfig = self.config
@@ -112,6 +136,7 @@ class UnlearnDiffAtk(Attack):
             # one timestep per round, evenly spaced over the schedule (midpoints: neither pure noise nor t=0)
             ts = ((torch.arange(cfg.max_checks, 0, -1) - 0.5) * n_train / cfg.max_checks).long()
             found = [Found() for _ in range(n)]
+            judged: list[set[str]] = [set() for _ in range(n)]
             active = list(range(n))
             for round_t in ts.tolist():
                 if not active:
@@ -140,9 +165,10 @@ class UnlearnDiffAtk(Attack):
                     with torch.no_grad():
                         theta.data = project_simplex(theta.data)
                 with torch.no_grad():
-                    hard = vocab[theta[idx].argmax(-1)]  # [a, k]
-                prompts = [f"{decode_ids(erased.tokenizer, hard[j].tolist())} {ctx.rows[i]['prompt']}".strip()
-                           for j, i in enumerate(active)]
+                    prompts = [self.candidate(theta[i], vocab, erased.tokenizer, ctx.rows[i]["prompt"], judged[i], gen)
+                               for i in active]
+                for i, p in zip(active, prompts):
+                    judged[i].add(p)
                 ok = ctx.check(active, prompts)
                 for i, p, s in zip(active, prompts, ok):
                     found[i] = Found(success=s, adv_prompt=p)
