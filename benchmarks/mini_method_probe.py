@@ -3,15 +3,18 @@
     python benchmarks/mini_method_probe.py --ref 'cad-erase:{"ratio":0.03}' 'esd-x:{"lr":1e-3}'
     python benchmarks/mini_method_probe.py --target star 'negative-prompt:'
     python benchmarks/mini_method_probe.py --target striped 'esd-u:{"lr":2e-4}'   # a style: other styles kept
+    python benchmarks/mini_method_probe.py --ref --guidance 1.0   # the unedited model without CFG
 
 Each spec is ``name:{json params}``. Prints, per method, the target's erasure rate, the synonym
 erasure rate and other-object accuracy from :func:`bench.mini.probe.probe` (12 target / 12 synonym /
-14 other-object prompts x 2 images, the mini-quick seeds), and the edit's wall time.
+14 other-object prompts x 2 images, the mini-quick seeds and sampler; ``--guidance`` changes its CFG
+scale), and the edit's wall time.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -30,10 +33,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--target", default="circle")
     p.add_argument("--model", default="mini")
     p.add_argument("--ref", action="store_true", help="also probe the unedited model")
+    p.add_argument("--guidance", type=float, default=None, help="CFG scale of the probe's sampler (default: 5)")
     args = p.parse_args(argv)
 
     from bench.backbone import load_backbone
-    from bench.mini.probe import probe
+    from bench.mini.probe import MINI_SAMPLER, probe
     from methods import ErasureRequest, get_method
 
     mini = load_backbone(args.model)
@@ -44,18 +48,21 @@ def main(argv: list[str] | None = None) -> None:
         request = ErasureRequest(targets=[args.target], preserve=[o for o in OBJECTS if o != args.target])
         sets = SETS
 
+    sampler = MINI_SAMPLER if args.guidance is None else dataclasses.replace(MINI_SAMPLER, guidance=args.guidance)
+
     def show(tag: str, result: dict, seconds: float = 0.0) -> None:
         figures = {k: round(v, 3) for k, v in result.items() if not k.startswith("n_")}
         print(tag, figures, f"{seconds:.0f}s", flush=True)
 
     if args.ref:
-        show("none", probe(mini, args.target, sets=sets, images_per_prompt=2))
+        show("none", probe(mini, args.target, sets=sets, images_per_prompt=2, sampler=sampler))
     for spec in args.specs:
         name, _, params = spec.partition(":")
         params = json.loads(params) if params else {}
         start = time.time()
         edited = get_method(name, params).apply(mini, request)
-        show(f"{name} {params}", probe(edited, args.target, sets=sets, images_per_prompt=2), time.time() - start)
+        result = probe(edited, args.target, sets=sets, images_per_prompt=2, sampler=sampler)
+        show(f"{name} {params}", result, time.time() - start)
 
 
 if __name__ == "__main__":

@@ -147,6 +147,20 @@ def _coerce(value: Any, expected: Any) -> Any:
 METHODS: Registry[type[Method]] = Registry("method", entry_point_group="erasebench.methods")
 
 
+def target_phrases(request: ErasureRequest, backbone: Backbone | None, template: str | None = None) -> list[str]:
+    """The targets as text for a method that prompts with them (SLD's safety concept, a negative prompt).
+
+    ``template`` (``"{concept}"`` is replaced) wins; ``None`` gives the bare words, except on the mini
+    model, which only ever saw world captions, where the kind's caption is used ("a circle",
+    :data:`bench.mini.prompts.CONCEPT_CAPTIONS`)."""
+    if template is None:
+        from bench.mini.prompts import CONCEPT_CAPTIONS
+
+        mini = backbone is not None and backbone.kind == "mini"
+        template = CONCEPT_CAPTIONS.get(request.kind, "{concept}") if mini else "{concept}"
+    return [template.format(concept=t) for t in request.targets]
+
+
 def register_method(cls: type[Method]) -> type[Method]:
     """Class decorator: register a Method subclass under its ``name``."""
     if not cls.name:

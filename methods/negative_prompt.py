@@ -6,7 +6,9 @@ CFG with a negative prompt replaces the unconditional prediction by the predicti
     eps = eps(x_t, n) + s * (eps(x_t, c) - eps(x_t, n))
 
 so every step moves away from the target as far as it moves toward the prompt. Several targets
-are joined with ", " into one negative prompt. No weights change; no hyper-parameters.
+are joined with ", " into one negative prompt. No weights change. ``concept_template`` phrases the
+targets (None: the bare words; on the mini model, which never saw a bare word, the world caption
+"a circle", as SLD does).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 
 from bench.backbone import Backbone
 from bench.generate import GuidanceContext
-from methods.base import ErasureRequest, Method, MethodConfig, register_method
+from methods.base import ErasureRequest, Method, MethodConfig, register_method, target_phrases
 from methods.uce import record_edit
 
 
@@ -40,7 +42,7 @@ class NegativePromptHook:
 
 @dataclass
 class NegativePromptConfig(MethodConfig):
-    pass
+    concept_template: str | None = None  # e.g. "{concept}"; None: the bare words, a world caption on the mini model
 
 
 @register_method
@@ -53,11 +55,11 @@ class NegativePrompt(Method):
     edited_components = ()
 
     def guidance_hooks_for(self, request: ErasureRequest, backbone: Backbone | None = None) -> list:
-        return [NegativePromptHook(", ".join(request.targets))]
+        return [NegativePromptHook(", ".join(target_phrases(request, backbone, self.config.concept_template)))]
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
         self.check_request(request)
-        hooks = self.guidance_hooks_for(request)
+        hooks = self.guidance_hooks_for(request, backbone)
         edited = dataclasses.replace(backbone, guidance_hooks=[*backbone.guidance_hooks, *hooks],
                                      edits=list(backbone.edits))
         record_edit(self, edited, request, 0.0)

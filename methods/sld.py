@@ -44,8 +44,7 @@ import torch
 
 from bench.backbone import Backbone
 from bench.generate import GuidanceContext
-from bench.mini.prompts import CONCEPT_CAPTIONS
-from methods.base import ErasureRequest, Method, MethodConfig, register_method
+from methods.base import ErasureRequest, Method, MethodConfig, register_method, target_phrases
 from methods.uce import record_edit
 
 PRESETS = {
@@ -135,10 +134,7 @@ class SLD(Method):
 
     def guidance_hooks_for(self, request: ErasureRequest, backbone: Backbone | None = None) -> list:
         mini = backbone is not None and backbone.kind == "mini"
-        template = self.config.concept_template
-        if template is None:
-            template = CONCEPT_CAPTIONS.get(request.kind, "{concept}") if mini else "{concept}"
-        concept = ", ".join(template.format(concept=t) for t in request.targets)
+        concept = ", ".join(target_phrases(request, backbone, self.config.concept_template))
         return [SafetyGuidanceHook(concept, **self.config.resolved(mini=mini))]
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
