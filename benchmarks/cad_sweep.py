@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--mode", default="fast")
     ap.add_argument("--timesteps", type=int, default=25)
     ap.add_argument("--samples", type=int, default=4)
-    ap.add_argument("--selector", default="ff")
+    ap.add_argument("--selector", default="ff", help="components: ff (the paper's), attn, xattn-kv, linear, a+b")
+    ap.add_argument("--anchor", default="", help="c_b of the erase objective (paper: the empty prompt)")
     ap.add_argument("--images-per-prompt", type=int, default=2)
     ap.add_argument("--sets", default="target,target-synonyms,other-objects,other-styles",
                     help="probe prompt sets (fewer = faster)")
@@ -61,7 +62,8 @@ def main(argv: list[str] | None = None) -> dict:
     sets = tuple(args.sets.split(","))
     keys = [k for k in KEYS if SET_OF[k] in sets]
     backbone = load_backbone(args.model)
-    cfg = AttributionConfig(mode=args.mode, timesteps=args.timesteps, samples=args.samples, selector=args.selector)
+    cfg = AttributionConfig(mode=args.mode, timesteps=args.timesteps, samples=args.samples, selector=args.selector,
+                            anchor=args.anchor)
     rows = []
     for target in args.targets.split(","):
         none = probe(backbone, target, sets=sets, images_per_prompt=args.images_per_prompt)
