@@ -115,22 +115,27 @@ def _amplify(backbone, reference, prompt="a circle", ratio=0.01, seed=0):
     return out, edit
 
 
-def _erase(backbone, ratio):
-    method = get_method("cad-erase", {"ratio": ratio})
-    return method.apply(backbone, ErasureRequest(["circle"])), method
+WEAK = "crescent"  # the world's least reliably drawn object (adherence 0.92 at guidance 5)
+LOW_GUIDANCE = dict(sets=("target",), images_per_prompt=4)
 
 
-@pytest.mark.xfail(reason="not shown on the mini model: after a mild CAD-Erase (layer 0.02) the circle presence "
-                          "stayed 0.125 -> 0.125 after amplify (24 images); the weak model's own 'circle' images hold "
-                          "few circles to amplify toward. Recall from the original's images works (next test).")
-def test_cad_amplify_raises_a_weakly_drawn_concept(mini, probe, none_probe):
-    """Weaken 'circle' (a mild CAD-Erase), then CAD-Amplify the weak model: the concept is drawn more often."""
-    require_drawn(none_probe)
-    weak, _ = _erase(mini, 0.02)
-    amplified, _ = _amplify(weak, reference=weak)
-    p_weak = presence(probe(weak, "circle", **TARGET_ONLY))
-    p_amp = presence(probe(amplified, "circle", **TARGET_ONLY))
-    assert p_amp > p_weak, (p_weak, p_amp)
+@pytest.mark.xfail(strict=True, reason=(
+    "not shown on the step-6000 mini model. Without guidance (scale 1.0) it draws 'crescent' in 0.83 of 48 "
+    "target images; CAD-Amplify from its own crescent images lowered that: this test's setting (FF layer 0.003, "
+    "8 images at guidance 5) -> 0.65; with 16 images, layer 0.003 / 0.01 / 0.03 -> 0.71 / 0.38 / 0.13; 0.0005 / 0.001 / 0.002 -> 0.83 / 0.77 / 0.73 (guidance 7.5, "
+    "32 images); with the xattn-kv selector 0.005 / 0.02 / 0.05 -> 0.83 / 0.85 / 0.88, within noise. The model "
+    "already fits its own samples, so the gradient carries little; recall from another model's images works "
+    "(next test). The old setting (a mildly CAD-erased circle) also stayed 0.125 -> 0.125."))
+def test_cad_amplify_raises_a_weakly_drawn_concept(mini, probe):
+    """A concept the unedited model draws weakly (crescent, sampled without CFG): CAD-Amplify on the model's
+    own images of it makes it drawn more often."""
+    from bench.mini.probe import MINI_SAMPLER
+
+    unguided = dataclasses.replace(MINI_SAMPLER, guidance=1.0)
+    p_weak = presence(probe(mini, WEAK, sampler=unguided, **LOW_GUIDANCE))
+    amplified, _ = _amplify(mini, reference=mini, prompt=f"a {WEAK}", ratio=0.003)
+    p_amp = presence(probe(amplified, WEAK, sampler=unguided, **LOW_GUIDANCE))
+    assert p_amp >= p_weak + 0.1, (p_weak, p_amp)
 
 
 # Failed on the step-3800 model (presence 0.67 -> 0.38); passes on the step-1000 and step-6000 models.
