@@ -11,9 +11,9 @@ import torch
 from bench.attribution import AttributionConfig, EmptySelectionError, attribute
 from bench.backbone import load_backbone
 from methods import ErasureRequest, get_method
-from methods.cad import MINI_PRESET, CADConfig, resolve_config
+from methods.cad import MINI_PRESET, MINI_SELECTION, CADConfig, resolve_config
 
-PROBE = dict(sets=("target", "other-objects"), images_per_prompt=1)
+PROBE = dict(sets=("target", "other-objects"), images_per_prompt=2)
 TARGET_ONLY = dict(sets=("target",), images_per_prompt=2)
 
 
@@ -45,9 +45,10 @@ def test_config_has_paper_defaults_and_a_mini_preset(mini):
     cfg = CADConfig()
     assert (cfg.ratio, cfg.granularity, cfg.selector, cfg.timesteps, cfg.guidance, cfg.mode) == (
         0.001, "row", "ff", 50, 3.0, "faithful")
-    resolved = resolve_config(cfg, mini)
-    for key, value in MINI_PRESET.items():
-        assert getattr(resolved, key) == value
+    for objective in ("erase", "amplify"):
+        resolved = resolve_config(cfg, mini, objective)
+        for key, value in {**MINI_PRESET, **MINI_SELECTION[objective]}.items():
+            assert getattr(resolved, key) == value
     assert resolve_config(CADConfig(ratio=0.03), mini).ratio == 0.03  # a user's value is kept
     assert resolve_config(CADConfig(preset="paper"), mini) == CADConfig(preset="paper")
     with pytest.raises(ValueError, match="unknown parameter"):
@@ -86,11 +87,12 @@ def test_cad_erase_lowers_target_and_keeps_other_objects(erased, none_probe, era
     stats = method.stats
     assert stats["unet_backward"] > 0 and stats["unet_forward"] > stats["unet_backward"]
     assert stats["attribution_seconds"] > 0 and stats["components_zeroed"] == method.edit.n_selected
+    assert edited.edits[-1]["config"]["selector"] == MINI_SELECTION["erase"]["selector"]
     none, after = none_probe, erased_probe
     require_drawn(none)
-    # On the mini model CAD's FF edit is weak and not very specific (see MINI_PRESET_NOTE): the bounds are loose.
-    assert after["erasure_rate"] >= none["erasure_rate"] + 0.15, (none, after)
-    assert after["other_object_accuracy"] >= none["other_object_accuracy"] - 0.25, (none, after)
+    # issue 4's bar: erasure_rate >= 0.7 with other-object accuracy within 0.10 of `none` (24 / 28 images)
+    assert after["erasure_rate"] >= 0.7, (none, after)
+    assert after["other_object_accuracy"] >= none["other_object_accuracy"] - 0.10, (none, after)
 
 
 def test_erased_model_saves_and_reloads(mini, tmp_path):
