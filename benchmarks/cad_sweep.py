@@ -8,6 +8,9 @@ Bar (issue 4): erasure_rate >= 0.7 with other-object accuracy within 0.10 of `no
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/cad_sweep.py --targets circle,square \
         --out runs/cad/sweep.json
+    # the check behind the mini default (methods/cad.py MINI_SELECTION / MINI_PRESET_NOTE)
+    python benchmarks/cad_sweep.py --targets circle,square,star --selector xattn-kv \
+        --grid "global:0.03,0.04,0.05,0.06,0.07" --images-per-prompt 4 --out runs/cad/xkv.json
 """
 
 from __future__ import annotations
