@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-size", type=int, default=1000)
     ap.add_argument("--variants", default="uniform:frozen,uniform:recomputed,salient:frozen",
                     help="pool:anchor pairs; pool in uniform|salient, anchor in frozen|recomputed")
+    ap.add_argument("--selector", default="ff", help="components: ff (the paper's), xattn-kv (CAD-Erase's mini default), ...")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("runs/cad/linearity.json"))
@@ -46,7 +47,8 @@ def main(argv: list[str] | None = None) -> dict:
     backbone = load_backbone(args.model, device=args.device)
     cfg = AttributionConfig(objective=args.objective, mode=args.mode, timesteps=args.timesteps, samples=args.samples,
                             n_images=args.n_images, image_steps=25 if backbone.kind == "mini" else 50,
-                            image_guidance=5.0 if backbone.kind == "mini" else 7.5, seed=args.seed)
+                            image_guidance=5.0 if backbone.kind == "mini" else 7.5, seed=args.seed,
+                            selector=args.selector)
     att, samples = attribute(backbone, args.prompt, cfg, return_samples=True)
     results = {"model": args.model, "prompt": args.prompt, "config": att.config, "J": att.J,
                "attribution": att.stats, "paper_reference": {"pearson_r": 0.506, "n": 1000, "model": "SD1.4"},
