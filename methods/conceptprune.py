@@ -23,6 +23,11 @@ contexts, reference prompts are the same contexts without it. Here the concept p
 request's ``target_prompts`` (or ``templates`` filled with each target) and the references are the
 same prompts with the target replaced by the anchor (and by each preserve concept, when given).
 
+``modules`` picks the scored layers as the official code's ``hook_module`` does: ``ff`` (the paper's
+``ff.net.2``), ``xattn-k`` / ``xattn-v`` (cross-attention keys / values, whose inputs are the text
+embeddings), or ``xattn-kv`` (both). On the mini model none of them erased the circle (see the strict
+xfail in tests/test_methods_closed_form.py).
+
 Defaults (the paper and our reference notes): ``skill_ratio=0.01``, ``timesteps=9`` (the first
 steps of a 50-step schedule), ``threshold=0.5``, sampling with 50 DDIM steps and guidance 7.5 (the
 SD pipeline defaults the official code runs). The mini model samples with 25 steps and guidance 5,
@@ -45,19 +50,32 @@ from methods.uce import record_edit
 DEFAULT_TEMPLATES = ["a {}", "a photo of a {}", "an image of a {}", "a picture of a {}"]
 
 
-def ff_output_layers(unet: torch.nn.Module) -> list[tuple[str, torch.nn.Linear]]:
-    """The second linear layer of every transformer feed-forward block (``...ff.net.2``)."""
-    found = [(n, m) for n, m in unet.named_modules() if isinstance(m, torch.nn.Linear) and n.endswith("ff.net.2")]
+# The official code's ``hook_module`` choices: which Linear layers are scored and pruned (by module-path suffix).
+MODULE_SUFFIXES = {
+    "ff": ("ff.net.2",),  # "unet": the second FF linear (the paper's default)
+    "xattn-k": ("attn2.to_k",),  # "attn_key": cross-attention keys (input: the text embeddings)
+    "xattn-v": ("attn2.to_v",),  # "attn_val": cross-attention values
+    "xattn-kv": ("attn2.to_k", "attn2.to_v"),  # both (an extension: the union of the two)
+}
+
+
+def prunable_layers(unet: torch.nn.Module, modules: str = "ff") -> list[tuple[str, torch.nn.Linear]]:
+    """The Linear layers ConceptPrune scores for ``modules`` (see :data:`MODULE_SUFFIXES`), sorted by name."""
+    if modules not in MODULE_SUFFIXES:
+        raise ValueError(f"unknown conceptprune modules {modules!r}; valid: {', '.join(MODULE_SUFFIXES)}")
+    suffixes = MODULE_SUFFIXES[modules]
+    found = [(n, m) for n, m in unet.named_modules() if isinstance(m, torch.nn.Linear) and n.endswith(suffixes)]
     if not found:
-        raise ValueError("the UNet has no transformer feed-forward layers (ff.net.2)")
+        raise ValueError(f"the UNet has no layers ending in {' or '.join(suffixes)}")
     return sorted(found, key=lambda item: item[0])
 
 
 def activation_norms(
-    backbone: Backbone, prompts: list[str], seeds: list[int], sampler: SamplerConfig, timesteps: int
+    backbone: Backbone, prompts: list[str], seeds: list[int], sampler: SamplerConfig, timesteps: int,
+    modules: str = "ff",
 ) -> dict[str, torch.Tensor]:
-    """Per FF layer, ``[timesteps, d_ff]`` column norms of the L2-row-normalised input activations."""
-    layers = ff_output_layers(backbone.unet)
+    """Per scored layer, ``[timesteps, d_in]`` column norms of the L2-row-normalised input activations."""
+    layers = prunable_layers(backbone.unet, modules)
     sq = {name: torch.zeros(timesteps, layer.in_features, dtype=torch.float64) for name, layer in layers}
     step = {"t": -1}
 
@@ -109,6 +127,7 @@ def skilled_mask(
 @dataclass
 class ConceptPruneConfig(MethodConfig):
     skill_ratio: float = 0.01
+    modules: str = "ff"  # ff (paper) | xattn-k | xattn-v | xattn-kv (the official code's hook_module choices)
     timesteps: int = 9
     threshold: float = 0.5
     sampling_steps: int = 50
@@ -150,7 +169,7 @@ class ConceptPrune(Method):
         edited = backbone.copy()
         sampler = SamplerConfig("ddim", cfg.sampling_steps, cfg.guidance)
         steps = min(cfg.timesteps, cfg.sampling_steps)
-        layers = ff_output_layers(edited.unet)
+        layers = prunable_layers(edited.unet, cfg.modules)
         masks = {name: torch.zeros(layer.weight.shape, dtype=torch.bool) for name, layer in layers}
         forwards = 0
         for target in request.targets:
@@ -158,8 +177,8 @@ class ConceptPrune(Method):
             concept = [p for p in concept for _ in range(cfg.images_per_prompt)]
             reference = [p for p in reference for _ in range(cfg.images_per_prompt)]
             seeds = [image_seed(f"conceptprune/{i}", 0, request.seed) for i in range(len(concept))]
-            norms_c = activation_norms(edited, concept, seeds, sampler, steps)
-            norms_r = activation_norms(edited, reference, seeds, sampler, steps)
+            norms_c = activation_norms(edited, concept, seeds, sampler, steps, cfg.modules)
+            norms_r = activation_norms(edited, reference, seeds, sampler, steps, cfg.modules)
             forwards += 2 * len(concept) * steps
             for name, layer in layers:
                 masks[name] |= skilled_mask(layer.weight, norms_c[name], norms_r[name], cfg.skill_ratio, cfg.threshold)

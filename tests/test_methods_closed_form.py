@@ -30,10 +30,11 @@ OTHERS = ["square", "triangle", "star", "cross", "heart", "diamond", "crescent"]
 MIN_ERASURE_GAIN = 0.2
 MAX_OTHER_DROP = 0.25
 MIN_GAIN: dict[str, float] = {}
-# No measurable erasure of "circle" on the shipped step-3800 mini model (12 target prompts x 2 images):
-# - conceptprune: 0.00 -> 0.00 (and on the step-1000 snapshot circle 0.21 -> 0.04-0.08, star 0.04 -> 0.04
-#   at skill ratios 0.02-0.05, 5-10 timesteps): the FF inputs it prunes are not where the mini model keeps
-#   its shapes.
+# No measurable erasure of "circle" on the mini model (12 target prompts x 2 images):
+# - conceptprune: 0.00 -> 0.00 on step 3800 and on the step-6000 model: FF, skill ratio 0.05 / 0.1 / 0.2 (5 timesteps)
+#   -> 0.04 / 0.04 / 0.00; the cross-attention k/v inputs (modules "xattn-kv", where CAD-Erase does erase), skill
+#   ratio 0.02 / 0.1 -> 0.00 / 0.00 (`mini_method_probe.py 'conceptprune:{"modules":"xattn-kv",...}'`). On the
+#   step-1000 snapshot circle 0.21 -> 0.04-0.08, star 0.04 -> 0.04 at skill ratios 0.02-0.05, 5-10 timesteps.
 # - negative-prompt: 0.00 -> 0.00 on the step-6000 model, with the caption "a circle" (the mini default) and
 #   with the bare word (`benchmarks/mini_method_probe.py 'negative-prompt:{}'`). With a negative prompt the
 #   guided prediction is eps(c) + (s - 1) * (eps(c) - eps(n)): the prompt's own conditional term keeps weight
@@ -284,3 +285,16 @@ def test_single_concept_methods_refuse_several_targets_clearly():
 
     with pytest.raises(ValueError, match="erases one concept per request.*run it once per target"):
         _OneAtATime().check_request(ErasureRequest(targets=["circle", "star"]))
+
+
+def test_conceptprune_prunes_only_the_chosen_modules(mini):
+    """The official code's hook_module choices: cross-attention keys only touch attn2.to_k weights."""
+    method = get_method("conceptprune", {"modules": "xattn-k", "sampling_steps": 4, "timesteps": 2,
+                                         "skill_ratio": 0.1, "templates": ["a {}"]})
+    edited = method.apply(mini, _request())
+    changed = {n for n, p in edited.unet.named_parameters()
+               if not torch.equal(p, dict(mini.unet.named_parameters())[n])}
+    assert changed and all(n.endswith("attn2.to_k.weight") for n in changed), changed
+    assert method.stats["pruned_weights"] > 0
+    with pytest.raises(ValueError, match="unknown conceptprune modules"):
+        get_method("conceptprune", {"modules": "attn"}).apply(mini, _request())
