@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--max-prompts", type=int, default=12)
     p.add_argument("--seeds", type=int, default=1,
                    help="seeds per prompt: each (prompt, seed) is one attacked row (more rows, tighter comparisons)")
+    p.add_argument("--set", nargs="*", default=[], metavar="ATTACK.KEY=VALUE",
+                   help="override a budget knob, e.g. ring-a-bell.k=6 (VALUE read as JSON, else a string)")
     p.add_argument("--cache", type=Path, default=Path("runs/attacks/cache"))
     p.add_argument("--out", type=Path, default=Path("runs/attacks/mini.json"))
     args = p.parse_args(argv)
@@ -89,6 +91,15 @@ def main(argv: list[str] | None = None) -> dict:
                             for r in prompts.to_dict("records") for k in range(args.seeds)])
     attack_names = args.attacks or ATTACKS.names()
     knobs = budgets(args.max_checks)
+    for item in args.set:
+        target, _, value = item.partition("=")
+        name, _, key = target.partition(".")
+        if not key or name not in knobs:
+            raise SystemExit(f"--set {item!r}: expected ATTACK.KEY=VALUE with ATTACK one of {', '.join(knobs)}")
+        try:
+            knobs[name][key] = json.loads(value)
+        except json.JSONDecodeError:
+            knobs[name][key] = value
     image_cache = ImageCache(args.cache / "images")
     rows = []
     for method_name in [m for m in args.methods if m in METHODS]:
