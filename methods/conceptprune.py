@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from bench.attribution import select_parameters
 from bench.backbone import Backbone
 from bench.generate import SamplerConfig, denoise, image_seed, initial_noise
 from methods.base import ErasureRequest, Method, MethodConfig, register_method
@@ -50,24 +51,21 @@ from methods.uce import record_edit
 DEFAULT_TEMPLATES = ["a {}", "a photo of a {}", "an image of a {}", "a picture of a {}"]
 
 
-# The official code's ``hook_module`` choices: which Linear layers are scored and pruned (by module-path suffix).
-MODULE_SUFFIXES = {
-    "ff": ("ff.net.2",),  # "unet": the second FF linear (the paper's default)
-    "xattn-k": ("attn2.to_k",),  # "attn_key": cross-attention keys (input: the text embeddings)
-    "xattn-v": ("attn2.to_v",),  # "attn_val": cross-attention values
-    "xattn-kv": ("attn2.to_k", "attn2.to_v"),  # both (an extension: the union of the two)
+# The official code's ``hook_module`` choices, as component selectors of bench.attribution (by module path).
+MODULE_SELECTORS = {
+    "ff": r"re:ff\.net\.2$",  # "unet": the second FF linear (the paper's default)
+    "xattn-k": r"re:attn2\.to_k$",  # "attn_key": cross-attention keys (input: the text embeddings)
+    "xattn-v": r"re:attn2\.to_v$",  # "attn_val": cross-attention values
+    "xattn-kv": "xattn-kv",  # both (an extension: the union of the two)
 }
 
 
 def prunable_layers(unet: torch.nn.Module, modules: str = "ff") -> list[tuple[str, torch.nn.Linear]]:
-    """The Linear layers ConceptPrune scores for ``modules`` (see :data:`MODULE_SUFFIXES`), sorted by name."""
-    if modules not in MODULE_SUFFIXES:
-        raise ValueError(f"unknown conceptprune modules {modules!r}; valid: {', '.join(MODULE_SUFFIXES)}")
-    suffixes = MODULE_SUFFIXES[modules]
-    found = [(n, m) for n, m in unet.named_modules() if isinstance(m, torch.nn.Linear) and n.endswith(suffixes)]
-    if not found:
-        raise ValueError(f"the UNet has no layers ending in {' or '.join(suffixes)}")
-    return sorted(found, key=lambda item: item[0])
+    """The Linear layers ConceptPrune scores for ``modules`` (see :data:`MODULE_SELECTORS`), sorted by name."""
+    if modules not in MODULE_SELECTORS:
+        raise ValueError(f"unknown conceptprune modules {modules!r}; valid: {', '.join(MODULE_SELECTORS)}")
+    paths = sorted(name.removesuffix(".weight") for name in select_parameters(unet, MODULE_SELECTORS[modules]))
+    return [(path, unet.get_submodule(path)) for path in paths]
 
 
 def activation_norms(
