@@ -3,6 +3,7 @@
     python benchmarks/mini_method_probe.py --ref 'cad-erase:{"ratio":0.03}' 'esd-x:{"lr":1e-3}'
     python benchmarks/mini_method_probe.py --target star 'negative-prompt:'
     python benchmarks/mini_method_probe.py --target striped 'esd-u:{"lr":2e-4}'   # a style: other styles kept
+    python benchmarks/mini_method_probe.py --target red 'esd-u:{"lr":5e-4}'   # a colour: other colours kept
     python benchmarks/mini_method_probe.py --ref --guidance 1.0   # the unedited model without CFG
 
 Each spec is ``name:{json params}``. Prints, per method, the target's erasure rate, the synonym
@@ -24,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 OBJECTS = ["circle", "square", "triangle", "star", "cross", "heart", "diamond", "crescent"]
 STYLES = ["solid", "striped", "dotted", "checkered", "outline", "gradient"]
+COLOURS = ["red", "green", "blue", "yellow", "purple", "cyan"]
 SETS = ("target", "target-synonyms", "other-objects")
 
 
@@ -44,6 +46,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.target in STYLES:  # a global concept of the world (fill texture): keep the other styles
         request = ErasureRequest(targets=[args.target], kind="style", preserve=[s for s in STYLES if s != args.target])
         sets = ("target", "target-synonyms", "other-styles", "other-objects")
+    elif args.target in COLOURS:  # the other global attribute: keep the other colours ("other-objects" holds them)
+        request = ErasureRequest(targets=[args.target], kind="colour",
+                                 preserve=[c for c in COLOURS if c != args.target])
+        sets = SETS
     else:
         request = ErasureRequest(targets=[args.target], preserve=[o for o in OBJECTS if o != args.target])
         sets = SETS

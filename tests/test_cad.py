@@ -127,7 +127,8 @@ LOW_GUIDANCE = dict(sets=("target",), images_per_prompt=4)
     "8 images at guidance 5) -> 0.65; with 16 images, layer 0.003 / 0.01 / 0.03 -> 0.71 / 0.38 / 0.13; 0.0005 / 0.001 / 0.002 -> 0.83 / 0.77 / 0.73 (guidance 7.5, "
     "32 images); with the xattn-kv selector 0.005 / 0.02 / 0.05 -> 0.83 / 0.85 / 0.88, within noise. The model "
     "already fits its own samples, so the gradient carries little; recall from another model's images works "
-    "(next test). The old setting (a mildly CAD-erased circle) also stayed 0.125 -> 0.125."))
+    "(next test). The old setting (a mildly CAD-erased circle) also stayed 0.125 -> 0.125. "
+    "Rerun: benchmarks/cad_amplify_weak.py."))
 def test_cad_amplify_raises_a_weakly_drawn_concept(mini, probe):
     """A concept the unedited model draws weakly (crescent, sampled without CFG): CAD-Amplify on the model's
     own images of it makes it drawn more often."""
@@ -148,6 +149,7 @@ def test_amplify_on_an_erased_model_recalls_the_concept(mini, erased, erased_pro
     assert edit.meta["direction"] == "negative"
     p_erased = presence(erased_probe)
     p_recalled = presence(probe(recalled, "circle", **TARGET_ONLY))
+    print(f"\ncircle presence: erased {p_erased:.2f}, recalled {p_recalled:.2f}")
     assert p_recalled > p_erased + 0.1, (p_erased, p_recalled)
 
 

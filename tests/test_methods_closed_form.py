@@ -292,8 +292,8 @@ def test_conceptprune_prunes_only_the_chosen_modules(mini):
     method = get_method("conceptprune", {"modules": "xattn-k", "sampling_steps": 4, "timesteps": 2,
                                          "skill_ratio": 0.1, "templates": ["a {}"]})
     edited = method.apply(mini, _request())
-    changed = {n for n, p in edited.unet.named_parameters()
-               if not torch.equal(p, dict(mini.unet.named_parameters())[n])}
+    original = dict(mini.unet.named_parameters())
+    changed = {n for n, p in edited.unet.named_parameters() if not torch.equal(p, original[n])}
     assert changed and all(n.endswith("attn2.to_k.weight") for n in changed), changed
     assert method.stats["pruned_weights"] > 0
     with pytest.raises(ValueError, match="unknown conceptprune modules"):
