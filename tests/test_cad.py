@@ -138,6 +138,7 @@ def test_cad_amplify_raises_a_weakly_drawn_concept(mini, probe):
     p_weak = presence(probe(mini, WEAK, sampler=unguided, **LOW_GUIDANCE))
     amplified, _ = _amplify(mini, reference=mini, prompt=f"a {WEAK}", ratio=0.003)
     p_amp = presence(probe(amplified, WEAK, sampler=unguided, **LOW_GUIDANCE))
+    print(f"\n{WEAK} presence without guidance: unedited {p_weak:.2f}, amplified {p_amp:.2f}")
     assert p_amp >= p_weak + 0.1, (p_weak, p_amp)
 
 
