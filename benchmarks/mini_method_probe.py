@@ -5,6 +5,7 @@
     python benchmarks/mini_method_probe.py --target striped 'esd-u:{"lr":2e-4}'   # a style: other styles kept
     python benchmarks/mini_method_probe.py --target red 'esd-u:{"lr":5e-4}'   # a colour: other colours kept
     python benchmarks/mini_method_probe.py --ref --guidance 1.0   # the unedited model without CFG
+    python benchmarks/mini_method_probe.py --ref --sets target,target-implicit,other-objects 'negative-prompt:'
 
 Each spec is ``name:{json params}``. Prints, per method, the target's erasure rate, the synonym
 erasure rate and other-object accuracy from :func:`bench.mini.probe.probe` (12 target / 12 synonym /
@@ -36,6 +37,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--model", default="mini")
     p.add_argument("--ref", action="store_true", help="also probe the unedited model")
     p.add_argument("--guidance", type=float, default=None, help="CFG scale of the probe's sampler (default: 5)")
+    p.add_argument("--sets", default=None,
+                   help="comma-separated mini prompt sets to probe, e.g. target,target-implicit,other-objects "
+                        "(default: target, synonyms and the other objects, or the other styles for a style)")
     args = p.parse_args(argv)
 
     from bench.backbone import load_backbone
@@ -54,6 +58,8 @@ def main(argv: list[str] | None = None) -> None:
         request = ErasureRequest(targets=[args.target], preserve=[o for o in OBJECTS if o != args.target])
         sets = SETS
 
+    if args.sets:
+        sets = tuple(args.sets.split(","))
     sampler = MINI_SAMPLER if args.guidance is None else dataclasses.replace(MINI_SAMPLER, guidance=args.guidance)
 
     def show(tag: str, result: dict, seconds: float = 0.0) -> None:

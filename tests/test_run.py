@@ -24,7 +24,7 @@ SMOKE = {
     "sampler": {"name": "ddim", "steps": 8, "guidance": 5.0},
     "batch_size": 16,
 }
-TASK_SETS = ["target", "target-synonyms", "other-objects", "other-styles", "in-prompt", "general"]
+TASK_SETS = ["target", "target-synonyms", "target-implicit", "other-objects", "other-styles", "in-prompt", "general"]
 
 
 def cli(*args, cwd=None, timeout=600):
@@ -168,3 +168,22 @@ def test_a_unit_samples_all_its_tasks_in_full_batches_once(tmp_path, monkeypatch
     assert records["task"].nunique() == len(TASK_SETS) and n_images == len(records)
     assert sum(batches) == n_images  # every image sampled once, none again when a task reads its share
     assert len(batches) == math.ceil(n_images / SMOKE["batch_size"])  # not one short batch per task
+
+
+@pytest.mark.parametrize("target", ["circle", "red", "striped"])
+def test_implicit_set_leaves_the_targets_attribute_out(target):
+    """``target-implicit`` names the two other attributes of the world but never the target's kind (nor its
+    synonyms or indirect phrasing), so whatever the model draws there for that attribute is its own default."""
+    from bench.mini.prompts import world
+
+    w = world()
+    kind = w.kind_of(target)
+    words_of_kind = {"object": w.objects, "colour": w.colours, "style": w.styles}[kind]
+    banned = set(words_of_kind) | {s for c in words_of_kind for s in w.synonyms.get(c, [])}
+    banned |= {w.indirect[c] for c in words_of_kind if c in w.indirect}
+    df = build_set("target-implicit", target)
+    assert len(df) >= 12 and df["prompt_id"].is_unique and (df["target"] == target).all()
+    assert (df["target_attribute"] == kind).all()
+    for prompt in df["prompt"]:
+        assert not any(f" {b} " in f" {prompt} " for b in banned), prompt
+        assert prompt.split()[0] == "a" and len(prompt.split()) >= 2

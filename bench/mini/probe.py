@@ -2,8 +2,9 @@
 
 ``probe(backbone, "circle")`` samples the mini-quick prompt sets for a target and returns the
 suite's figures: ``erasure_rate`` (target prompts), ``synonym_erasure_rate`` (synonyms and
-indirect phrasings), ``other_object_accuracy``, ``other_style_accuracy``, ``in_prompt_accuracy``
-and ``general_accuracy``; ``n_<name>`` gives each sample count. It uses the same prompt sets,
+indirect phrasings), ``implicit_erasure_rate`` (captions that leave the target out),
+``other_object_accuracy``, ``other_style_accuracy``, ``in_prompt_accuracy`` and
+``general_accuracy``; ``n_<name>`` gives each sample count. It uses the same prompt sets,
 seeds, sampler and classifier as ``erasebench run`` with the ``mini-quick`` suite.
 """
 
@@ -20,6 +21,7 @@ from bench.mini.prompts import build_set
 SETS = {
     "target": "erasure_rate",
     "target-synonyms": "synonym_erasure_rate",
+    "target-implicit": "implicit_erasure_rate",
     "other-objects": "other_object_accuracy",
     "other-styles": "other_style_accuracy",
     "in-prompt": "in_prompt_accuracy",
