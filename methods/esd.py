@@ -24,6 +24,11 @@ start guidance 3, 50 DDIM steps. Details:
 - The teacher and student are evaluated at the noise level x_t actually has (the DDIM timestep
   of step t); the official scripts use ``t/ddim_steps * 1000``, which mismatches x_t's level.
 - ESD erases toward the unconditional prediction; ``request.anchor`` is not used.
+
+On the mini world the two variants split as the paper says: ESD-x erases the circle from prompts that
+name it (0.00 -> 0.42 in the default run), ESD-u does not (0.00) but removes the circle the model draws
+unasked for captions that name no object (``target-implicit``, the world's I2P: 0.42 -> 0.83 erasure with
+other objects and styles at 1.00; tests/test_methods_finetune.py).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 - Each method shows its paper's effect: the target's erasure rate rises above the unedited
   model's (measured here, never a fixed figure: the mini weights are re-exported as they train)
-  while other objects keep their accuracy within a stated margin.
+  while other objects keep their accuracy within a stated margin. ESD-u, meant for global concepts,
+  shows it on the captions that do not name the target (``target-implicit``, the world's I2P).
 - The shared loop shows its progress, stops on a budget, checkpoints, and a resumed run ends
   with exactly the weights of an uninterrupted one.
 - A trained edit saves only its edited component (safetensors) and reloads to the same model.
@@ -247,8 +248,20 @@ def unedited(mini, probe_fn):
 # erasure comes only with the damage. A likely reason, not isolated: the concept's share of the noise
 # prediction is small here (on the frozen model's circle trajectories mean (eps(x_t, c) - eps(x_t, ""))^2 is
 # 1e-4 to 2e-3 against eps^2 ~ 1), and Adam moves every non-cross-attention weight by about lr per step whatever
-# its gradient's size. A strict xfail, so the day it works the test says so. (SalUn passes since its mini default spends its 48 steps on 48 images, not 96.)
+# its gradient's size. A strict xfail, so the day it works the test says so. What ESD-u is meant for, removing a
+# concept the prompt does not name (its paper's I2P evaluation), it does on the mini world: see the
+# target-implicit test at the end of this file. (SalUn passes since its mini default spends its 48 steps on 48 images, not 96.)
 KNOWN_NO_EFFECT = {"esd-u"}
+
+
+_DEFAULT_EDITS: dict = {}
+
+
+def default_edit(mini, name: str):
+    """The method's edit of the mini model with its mini defaults, trained once per module (tests share it)."""
+    if name not in _DEFAULT_EDITS:
+        _DEFAULT_EDITS[name] = get_method(name, {"progress": False}).apply(mini, REQUEST)
+    return _DEFAULT_EDITS[name]
 
 
 @pytest.mark.parametrize("name", [
@@ -258,11 +271,31 @@ KNOWN_NO_EFFECT = {"esd-u"}
 def test_erases_the_target_and_keeps_other_objects(mini, probe_fn, unedited, name):
     if unedited["erasure_rate"] > 1 - ERASURE_GAIN:
         pytest.skip(f"the unedited mini model hardly draws {TARGET!r} (erasure rate {unedited['erasure_rate']:.2f})")
-    method = get_method(name, {"progress": False})  # the mini defaults
-    edited = method.apply(mini, REQUEST)
+    edited = default_edit(mini, name)
     after = probe_fn(edited)
     report = {k: (round(unedited[k], 3), round(after[k], 3)) for k in ("erasure_rate", "synonym_erasure_rate",
                                                                      "other_object_accuracy")}
     assert after["erasure_rate"] >= unedited["erasure_rate"] + ERASURE_GAIN, report
     margin = MARGINS.get(name, OTHER_MARGIN)
     assert after["other_object_accuracy"] >= unedited["other_object_accuracy"] - margin, report
+
+
+def test_esd_u_erases_the_target_from_captions_that_do_not_ask_for_it(mini):
+    """ESD-u's claim (its paper evaluates it on I2P, prompts that never name nudity): fine-tuning the
+    non-cross-attention weights removes a concept the model draws unasked. On the mini world's
+    ``target-implicit`` captions ("a green", "a striped red") the unedited model draws its default object, a
+    circle, in about 60 % of images. ESD-u with its mini defaults, trained on the circle prompts, should
+    remove it there while other objects and styles keep their accuracy (it does not erase prompts that name
+    the circle: the strict xfail above). Measured: implicit erasure 0.42 -> 0.83, other objects 1.00 -> 1.00,
+    other styles 1.00 -> 1.00 (24 / 28 / 24 images)."""
+    from bench.mini.probe import probe
+
+    sets = ("target-implicit", "other-objects", "other-styles")
+    before = probe(mini, TARGET, sets=sets, images_per_prompt=2)
+    if before["implicit_erasure_rate"] > 1 - 2 * ERASURE_GAIN:
+        pytest.skip(f"the unedited model seldom draws {TARGET!r} unasked ({1 - before['implicit_erasure_rate']:.0%})")
+    after = probe(default_edit(mini, "esd-u"), TARGET, sets=sets, images_per_prompt=2)
+    print(f"\nesd-u on target-implicit: none={before} edited={after}")
+    assert after["implicit_erasure_rate"] >= before["implicit_erasure_rate"] + 2 * ERASURE_GAIN, (before, after)
+    for key in ("other_object_accuracy", "other_style_accuracy"):
+        assert after[key] >= before[key] - OTHER_MARGIN, (key, before, after)
