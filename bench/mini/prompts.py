@@ -39,6 +39,21 @@ CONCEPT_CAPTIONS = {
     "nudity": "{concept}",
     "identity": "{concept}",
 }
+def concept_contexts(kind: str) -> list[str]:
+    """World captions with a ``{}`` slot for a concept of ``kind``: the contexts the world names a concept
+    in (an object: "a red {}", "a striped blue {}"), for methods that need many prompts showing a concept
+    (ConceptPrune's concept / reference prompts; the official code's "a {target} in a {scene}")."""
+    w = world()
+    colours, styles, objects = w.colours, w.styles, w.objects
+    if kind == "object":
+        return [f"a {c} {{}}" for c in colours] + [f"a {s} {c} {{}}" for s, c in zip(styles, colours[1:] + colours[:1])]
+    if kind == "colour":
+        return [f"a {{}} {o}" for o in objects] + [f"a {s} {{}} {o}" for s, o in zip(styles, objects[1:])]
+    if kind == "style":
+        return [f"a {{}} {o}" for o in objects] + [f"a {{}} {c} {o}" for c, o in zip(colours, objects[1:])]
+    raise ValueError(f"the mini world has no {kind!r} concepts (object, colour or style)")
+
+
 MINI_SETS = ("adherence", "target", "target-synonyms", "target-implicit", "other-objects", "other-styles", "in-prompt", "general")
 
 
