@@ -329,3 +329,26 @@ def test_conceptprune_prunes_only_the_chosen_modules(mini):
     assert method.stats["pruned_weights"] > 0
     with pytest.raises(ValueError, match="unknown conceptprune modules"):
         get_method("conceptprune", {"modules": "attn"}).apply(mini, _request())
+
+
+def test_conceptprune_prompts_and_mini_preset(mini):
+    """References delete the concept from each concept prompt (the official get_prompts) or replace it; on the
+    mini model the preset puts the world's captions in place of the paper's templates, unless preset paper."""
+    from methods.conceptprune import MINI_PRESET, ConceptPruneConfig, resolve_config
+
+    request = ErasureRequest(targets=["circle"], preserve=["square", "star"], target_prompts=["a red circle"])
+    paper = get_method("conceptprune", {"templates": ["a photo of a {}"]})
+    assert paper.prompt_pairs(request, "circle") == (["a red circle", "a photo of a circle"], ["a red", "a photo of a"])
+    swap = get_method("conceptprune", {"templates": ["a photo of a {}"], "reference": "replace"})
+    assert swap.prompt_pairs(request, "circle")[1] == ["a red", "a photo of a square"]  # anchor "", then preserve
+
+    used = resolve_config(ConceptPruneConfig(), mini, "object")
+    assert (used.skill_ratio, used.timesteps, used.sampling_steps) == (MINI_PRESET["skill_ratio"],
+                                                                       MINI_PRESET["timesteps"], 25)
+    assert "a red {}" in used.templates and all("{}" in t for t in used.templates)
+    kept = resolve_config(ConceptPruneConfig(preset="paper"), mini, "object")
+    assert kept == ConceptPruneConfig(preset="paper") and kept.skill_ratio == 0.01
+    explicit = resolve_config(ConceptPruneConfig(skill_ratio=0.2), mini, "object")
+    assert explicit.skill_ratio == 0.2 and explicit.timesteps == MINI_PRESET["timesteps"]  # a caller's value wins
+    sd_like = type("B", (), {"kind": "sd"})()
+    assert resolve_config(ConceptPruneConfig(), sd_like, "object") == ConceptPruneConfig()
