@@ -27,7 +27,7 @@ start guidance 3, 50 DDIM steps. Details:
 
 On the mini world the two variants split as the paper says: ESD-x erases the circle from prompts that
 name it (0.00 -> 0.42 in the default run), ESD-u does not (0.00) but removes the circle the model draws
-unasked for captions that name no object (``target-implicit``, the world's I2P: 0.42 -> 0.83 erasure with
+unasked for captions that name no object (``target-implicit``, the world's I2P: 0.46 -> 0.92 erasure with
 other objects and styles at 1.00; tests/test_methods_finetune.py).
 """
 

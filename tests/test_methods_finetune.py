@@ -284,9 +284,9 @@ def test_esd_u_erases_the_target_from_captions_that_do_not_ask_for_it(mini):
     """ESD-u's claim (its paper evaluates it on I2P, prompts that never name nudity): fine-tuning the
     non-cross-attention weights removes a concept the model draws unasked. On the mini world's
     ``target-implicit`` captions ("a green", "a striped red") the unedited model draws its default object, a
-    circle, in about 60 % of images. ESD-u with its mini defaults, trained on the circle prompts, should
+    circle, in about half of its images. ESD-u with its mini defaults, trained on the circle prompts, should
     remove it there while other objects and styles keep their accuracy (it does not erase prompts that name
-    the circle: the strict xfail above). Measured: implicit erasure 0.42 -> 0.83, other objects 1.00 -> 1.00,
+    the circle: the strict xfail above). Measured: implicit erasure 0.46 -> 0.92, other objects 1.00 -> 1.00,
     other styles 1.00 -> 1.00 (24 / 28 / 24 images)."""
     from bench.mini.probe import probe
 

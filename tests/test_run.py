@@ -187,3 +187,6 @@ def test_implicit_set_leaves_the_targets_attribute_out(target):
     for prompt in df["prompt"]:
         assert not any(f" {b} " in f" {prompt} " for b in banned), prompt
         assert prompt.split()[0] == "a" and len(prompt.split()) >= 2
+    # one for one with the target prompts, the target word deleted
+    named = build_set("target", target)["prompt"].tolist()
+    assert df["prompt"].tolist() == [" ".join(w for w in p.split() if w != target) for p in named]

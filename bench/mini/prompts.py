@@ -9,12 +9,12 @@ Sets (``T`` is the target, of kind object, colour or style):
 - ``adherence``: every full caption "a {style} {colour} {object}" (288 prompts).
 - ``target``: prompts that name T directly.
 - ``target-synonyms``: T's synonyms and its indirect phrasing (never naming it).
-- ``target-implicit``: captions that leave T's attribute out (no object named for an object target, no
-  colour for a colour, no style for a style): the mini world's I2P, prompts that do not ask for T, on
-  which a model may still draw T as its default. The shipped model draws a circle for most object-less
-  captions ("a green": 12 of 16 images), so this set measures whether an erasure also removes a concept
-  the prompt never names, which an edit keyed on the target's words (UCE, a negative prompt's opposite)
-  may not.
+- ``target-implicit``: the ``target`` prompts with T deleted ("a red circle" -> "a red"): no object is
+  named for an object target, no colour for a colour, no style for a style. The mini world's I2P:
+  prompts that do not ask for T, on which a model may still draw T as its default (the shipped model
+  draws a circle for most object-less captions, "a green": 12 of 16 images). It measures whether an
+  erasure also removes a concept the prompt never names, which an edit keyed on the target's words
+  (UCE) may not.
 - ``other-objects`` / ``other-styles``: prompts for every other object / style, expecting it.
 - ``in-prompt``: two-object prompts "a c1 T and a c2 O" (both orders), expecting O to be drawn.
 - ``general``: full captions over concepts other than T, expecting all three attributes.
@@ -107,17 +107,9 @@ def build_set(name: str, target: str | None, n_general: int = 24, seed: int = 0)
         else:
             objs = rng.sample(objects, 4)
             rows += [_row(f"a {syn} {o}") for syn in words for o in objs]
-    elif name == "target-implicit":
-        # the two other attributes, alone and together; the target's slot is left empty
-        if kind == "object":
-            rows += [_row(f"a {c}") for c in colours]
-            rows += [_row(f"a {s} {c}") for s, c in zip(styles, rng.sample(colours, len(colours)))]
-        elif kind == "colour":
-            rows += [_row(f"a {o}") for o in objects]
-            rows += [_row(f"a {s} {o}") for s, o in zip(styles, rng.sample(objects, len(styles)))]
-        else:
-            rows += [_row(f"a {c} {o}") for c, o in zip(colours, rng.sample(objects, len(colours)))]
-            rows += [_row(f"a {o}") for o in rng.sample(objects, len(colours))]
+    elif name == "target-implicit":  # the target prompts with the target deleted, one for one
+        for prompt in build_set("target", target, n_general, seed)["prompt"]:
+            rows.append(_row(" ".join(w for w in prompt.split() if w != target)))
     elif name == "other-objects":
         for o in others_obj:
             for c in rng.sample([c for c in colours if c != target], 2):
