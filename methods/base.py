@@ -51,6 +51,21 @@ class MethodConfig:
     """Base of every method's typed config. Subclasses hold the paper's defaults."""
 
 
+def with_mini_preset(config: MethodConfig, backbone: Backbone, preset: dict[str, Any]) -> MethodConfig:
+    """``config`` with a method's mini-world preset applied, for a config with a ``preset`` field
+    (``"auto"``: on the mini model only, to the fields still at their paper default, so a caller's value
+    wins; ``"mini"``: everywhere and to every listed field; ``"paper"``: never)."""
+    mode = config.preset
+    if not (mode == "mini" or (mode == "auto" and backbone.kind == "mini")):
+        return config
+    defaults = type(config)()
+    values = dataclasses.asdict(config)
+    for key, value in preset.items():
+        if mode == "mini" or values[key] == getattr(defaults, key):
+            values[key] = value
+    return type(config)(**values)
+
+
 class Method:
     """A concept-editing method. Subclasses set ``name``, ``config_class``, ``family`` and implement ``apply``."""
 

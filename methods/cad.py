@@ -48,7 +48,7 @@ from bench.attribution import (
 )
 from bench.backbone import Backbone
 from bench.mini.prompts import CONCEPT_CAPTIONS
-from methods.base import ErasureRequest, Method, MethodConfig, register_method
+from methods.base import ErasureRequest, Method, MethodConfig, register_method, with_mini_preset
 
 # Attribution prompt per concept kind (cad.md 6.6); "identity" is an extrapolation (not in the code).
 PROMPT_TEMPLATES = {
@@ -115,15 +115,7 @@ def resolve_config(config: CADConfig, backbone: Backbone, objective: str = "eras
     """The config actually used: the mini preset (:data:`MINI_PRESET` and the objective's
     :data:`MINI_SELECTION`) replaces fields still at their paper default (preset auto; every field with
     preset mini)."""
-    use_mini = config.preset == "mini" or (config.preset == "auto" and backbone.kind == "mini")
-    if not use_mini:
-        return config
-    defaults = CADConfig()
-    values = dataclasses.asdict(config)
-    for key, value in {**MINI_PRESET, **MINI_SELECTION[objective]}.items():
-        if config.preset == "mini" or values[key] == getattr(defaults, key):
-            values[key] = value
-    return CADConfig(**values)
+    return with_mini_preset(config, backbone, {**MINI_PRESET, **MINI_SELECTION[objective]})
 
 
 class _CAD(Method):

@@ -42,7 +42,6 @@ model for the fields left at these defaults; ``"paper"`` keeps them everywhere.
 
 from __future__ import annotations
 
-import dataclasses
 import re
 import time
 from dataclasses import dataclass, field
@@ -53,7 +52,7 @@ import torch
 from bench.attribution import select_parameters
 from bench.backbone import Backbone
 from bench.generate import SamplerConfig, denoise, image_seed, initial_noise
-from methods.base import ErasureRequest, Method, MethodConfig, register_method
+from methods.base import ErasureRequest, Method, MethodConfig, register_method, with_mini_preset
 from methods.uce import record_edit
 
 DEFAULT_TEMPLATES = ["a {}", "a photo of a {}", "an image of a {}", "a picture of a {}"]
@@ -162,17 +161,11 @@ MINI_PRESET: dict[str, Any] = {"sampling_steps": 25, "guidance": 5.0, "timesteps
 def resolve_config(config: ConceptPruneConfig, backbone: Backbone, kind: str) -> ConceptPruneConfig:
     """The config actually used: on the mini model (preset auto) or with preset mini, :data:`MINI_PRESET` and the
     world's contexts as templates replace the fields still at their paper default (every field with preset mini)."""
-    use_mini = config.preset == "mini" or (config.preset == "auto" and backbone.kind == "mini")
-    if not use_mini:
+    if config.preset == "paper" or (config.preset == "auto" and backbone.kind != "mini"):
         return config
     from bench.mini.prompts import concept_contexts
 
-    defaults = ConceptPruneConfig()
-    values = dataclasses.asdict(config)
-    for key, value in {**MINI_PRESET, "templates": concept_contexts(kind)}.items():
-        if config.preset == "mini" or values[key] == getattr(defaults, key):
-            values[key] = value
-    return ConceptPruneConfig(**values)
+    return with_mini_preset(config, backbone, {**MINI_PRESET, "templates": concept_contexts(kind)})
 
 
 @register_method

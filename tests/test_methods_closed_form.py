@@ -53,7 +53,7 @@ KNOWN_NO_EFFECT = {"conceptprune", "negative-prompt"}
 # Mini-world settings where a paper default makes no sense at this size (see each module's docstring).
 MINI_PARAMS = {
     "uce": {},
-    "rece": {"epochs": 2},  # 5 rounds also erased other objects on the mini model (accuracy 0.86 -> 0.43)
+    "rece": {},  # its mini preset: 2 epochs (5 also erased other objects, accuracy 0.86 -> 0.43; methods/rece.py)
     "mace-cfr": {"lamb": 1.0, "templates": ["a {}", "a red {}", "a photo of a {}", "a striped blue {}"]},
     "conceptprune": {},  # its mini preset (world captions as contexts, 25-step sampling, skill ratio 0.02)
     "sld": {},  # its mini defaults
@@ -352,3 +352,21 @@ def test_conceptprune_prompts_and_mini_preset(mini):
     assert explicit.skill_ratio == 0.2 and explicit.timesteps == MINI_PRESET["timesteps"]  # a caller's value wins
     sd_like = type("B", (), {"kind": "sd"})()
     assert resolve_config(ConceptPruneConfig(), sd_like, "object") == ConceptPruneConfig()
+
+
+def test_mini_presets_apply_on_the_mini_model_only_and_a_callers_value_wins(mini):
+    """RECE's epochs (the shared ``with_mini_preset`` rule): auto uses the mini preset on the mini model for
+    fields left at the paper default, paper keeps the paper's, an explicit value is kept, mini forces it."""
+    from methods.base import with_mini_preset
+    from methods.rece import MINI_PRESET, RECEConfig
+
+    assert get_method("rece").apply(mini, _request()).edits[-1]["method"] == "rece"
+    for params, epochs in (({}, MINI_PRESET["epochs"]), ({"preset": "paper"}, 5), ({"epochs": 4}, 4)):
+        method = get_method("rece", params)
+        method.apply(mini, _request())
+        assert method.stats["epochs"] == epochs, params
+    sd_like = type("B", (), {"kind": "sd"})()
+    assert with_mini_preset(RECEConfig(), sd_like, MINI_PRESET) == RECEConfig()
+    assert with_mini_preset(RECEConfig(epochs=4, preset="mini"), sd_like, MINI_PRESET).epochs == MINI_PRESET["epochs"]
+    assert get_method("rece").fingerprint()["mini_preset"] == MINI_PRESET
+    assert "mini_preset" not in get_method("rece", {"preset": "paper"}).fingerprint()
