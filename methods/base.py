@@ -51,17 +51,21 @@ class MethodConfig:
     """Base of every method's typed config. Subclasses hold the paper's defaults."""
 
 
+def uses_mini_preset(config: MethodConfig, backbone: Backbone) -> bool:
+    """Whether a config with a ``preset`` field takes its method's mini-world preset on ``backbone``:
+    ``"mini"`` always, ``"auto"`` on the mini model, ``"paper"`` never."""
+    return config.preset == "mini" or (config.preset == "auto" and backbone.kind == "mini")
+
+
 def with_mini_preset(config: MethodConfig, backbone: Backbone, preset: dict[str, Any]) -> MethodConfig:
-    """``config`` with a method's mini-world preset applied, for a config with a ``preset`` field
-    (``"auto"``: on the mini model only, to the fields still at their paper default, so a caller's value
-    wins; ``"mini"``: everywhere and to every listed field; ``"paper"``: never)."""
-    mode = config.preset
-    if not (mode == "mini" or (mode == "auto" and backbone.kind == "mini")):
+    """``config`` with a method's mini-world preset applied (see :func:`uses_mini_preset`): with ``"auto"``
+    to the fields still at their paper default, so a caller's value wins; with ``"mini"`` to every listed field."""
+    if not uses_mini_preset(config, backbone):
         return config
     defaults = type(config)()
     values = dataclasses.asdict(config)
     for key, value in preset.items():
-        if mode == "mini" or values[key] == getattr(defaults, key):
+        if config.preset == "mini" or values[key] == getattr(defaults, key):
             values[key] = value
     return type(config)(**values)
 
@@ -75,6 +79,7 @@ class Method:
     config_class: ClassVar[type[MethodConfig]] = MethodConfig
     multi_concept: ClassVar[bool] = True  # can erase several targets in one request
     erases: ClassVar[bool] = True  # False for methods that strengthen a concept (not in the default erasure run)
+    mini_preset: ClassVar[dict[str, Any]] = {}  # fields applied by with_mini_preset; part of the fingerprint
 
     def __init__(self, config: MethodConfig | None = None, **params: Any):
         if config is not None and params:
@@ -92,7 +97,10 @@ class Method:
             )
 
     def fingerprint(self) -> dict:
-        return {"method": self.name, "config": dataclasses.asdict(self.config)}
+        out = {"method": self.name, "config": dataclasses.asdict(self.config)}
+        if self.mini_preset and getattr(self.config, "preset", "paper") != "paper":
+            out["mini_preset"] = dict(self.mini_preset)  # a changed mini preset is another edit
+        return out
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.config})"

@@ -31,8 +31,9 @@ embeddings), or ``xattn-kv`` (both).
 On the mini model (:data:`MINI_PRESET`) it does what its paper's I2P evaluation shows, not what its
 object evaluation shows: pruning the circle's skilled FF weights removes the circle the model draws
 unasked for captions that name no object (``target-implicit``, 24 images: erasure 0.46 -> 0.71, other
-objects 1.00 -> 0.96, other styles 1.00 -> 1.00; general captions 0.98 -> 0.90 of 48), while prompts that name the circle still draw it (erasure 0.00 at every skill ratio,
-module choice and reference tried; tests/test_methods_closed_form.py).
+objects 1.00 -> 0.96, other styles 1.00 -> 1.00; general captions 0.98 -> 0.90 of 48), while prompts
+that name the circle still draw it (erasure 0.00 at every skill ratio, module choice and reference
+tried; tests/test_methods_closed_form.py).
 
 Defaults (the paper and our reference notes): ``skill_ratio=0.01``, ``timesteps=9`` (the first
 steps of a 50-step schedule), ``threshold=0.5``, sampling with 50 DDIM steps and guidance 7.5 (the
@@ -52,7 +53,7 @@ import torch
 from bench.attribution import select_parameters
 from bench.backbone import Backbone
 from bench.generate import SamplerConfig, denoise, image_seed, initial_noise
-from methods.base import ErasureRequest, Method, MethodConfig, register_method, with_mini_preset
+from methods.base import ErasureRequest, Method, MethodConfig, register_method, uses_mini_preset, with_mini_preset
 from methods.uce import record_edit
 
 DEFAULT_TEMPLATES = ["a {}", "a photo of a {}", "an image of a {}", "a picture of a {}"]
@@ -161,7 +162,7 @@ MINI_PRESET: dict[str, Any] = {"sampling_steps": 25, "guidance": 5.0, "timesteps
 def resolve_config(config: ConceptPruneConfig, backbone: Backbone, kind: str) -> ConceptPruneConfig:
     """The config actually used: on the mini model (preset auto) or with preset mini, :data:`MINI_PRESET` and the
     world's contexts as templates replace the fields still at their paper default (every field with preset mini)."""
-    if config.preset == "paper" or (config.preset == "auto" and backbone.kind != "mini"):
+    if not uses_mini_preset(config, backbone):  # the world's contexts exist for the world's kinds only
         return config
     from bench.mini.prompts import concept_contexts
 
@@ -176,12 +177,7 @@ class ConceptPrune(Method):
     config_class = ConceptPruneConfig
     multi_concept = True
     edited_components = ("unet",)
-
-    def fingerprint(self) -> dict:
-        out = super().fingerprint()
-        if self.config.preset != "paper":  # a changed mini preset is another edit
-            out["mini_preset"] = dict(MINI_PRESET)
-        return out
+    mini_preset = MINI_PRESET
 
     def prompt_pairs(self, request: ErasureRequest, target: str,
                      config: ConceptPruneConfig | None = None) -> tuple[list[str], list[str]]:

@@ -247,7 +247,7 @@ def unedited(mini, probe_fn):
 # 3e-4 / 4e-4 / 5e-4: erasure 0.00 / 0.04 / 0.17 / 0.67 with other objects 0.96 / 0.89 / 0.54 / 0.50: the
 # erasure comes only with the damage. A likely reason, not isolated: the concept's share of the noise
 # prediction is small here (on the frozen model's circle trajectories mean (eps(x_t, c) - eps(x_t, ""))^2 is
-# 1e-4 to 2e-3 against eps^2 ~ 1), and Adam moves every non-cross-attention weight by about lr per step whatever
+# 6e-5 to 2e-3 against eps^2 ~ 1, benchmarks/cfg_gap.py), and Adam moves every non-cross-attention weight by about lr per step whatever
 # its gradient's size. A strict xfail, so the day it works the test says so. What ESD-u is meant for, removing a
 # concept the prompt does not name (its paper's I2P evaluation), it does on the mini world: see the
 # target-implicit test at the end of this file. (SalUn passes since its mini default spends its 48 steps on 48 images, not 96.)

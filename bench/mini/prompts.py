@@ -12,7 +12,8 @@ Sets (``T`` is the target, of kind object, colour or style):
 - ``target-implicit``: the ``target`` prompts with T deleted ("a red circle" -> "a red"): no object is
   named for an object target, no colour for a colour, no style for a style. The mini world's I2P:
   prompts that do not ask for T, on which a model may still draw T as its default (the shipped model
-  draws a circle for most object-less captions, "a green": 12 of 16 images). It measures whether an
+  draws a circle for about half of the object-less captions: erasure 0.46 in
+  ``benchmarks/mini_method_probe.py --ref --sets target-implicit``). It measures whether an
   erasure also removes a concept the prompt never names, which an edit keyed on the target's words
   (UCE) may not.
 - ``other-objects`` / ``other-styles``: prompts for every other object / style, expecting it.
@@ -39,6 +40,8 @@ CONCEPT_CAPTIONS = {
     "nudity": "{concept}",
     "identity": "{concept}",
 }
+
+
 def concept_contexts(kind: str) -> list[str]:
     """World captions with a ``{}`` slot for a concept of ``kind``: the contexts the world names a concept
     in (an object: "a red {}", "a striped blue {}"), for methods that need many prompts showing a concept
@@ -46,7 +49,8 @@ def concept_contexts(kind: str) -> list[str]:
     w = world()
     colours, styles, objects = w.colours, w.styles, w.objects
     if kind == "object":
-        return [f"a {c} {{}}" for c in colours] + [f"a {s} {c} {{}}" for s, c in zip(styles, colours[1:] + colours[:1])]
+        shifted = colours[1:] + colours[:1]
+        return [f"a {c} {{}}" for c in colours] + [f"a {s} {c} {{}}" for s, c in zip(styles, shifted)]
     if kind == "colour":
         return [f"a {{}} {o}" for o in objects] + [f"a {s} {{}} {o}" for s, o in zip(styles, objects[1:])]
     if kind == "style":
@@ -54,7 +58,8 @@ def concept_contexts(kind: str) -> list[str]:
     raise ValueError(f"the mini world has no {kind!r} concepts (object, colour or style)")
 
 
-MINI_SETS = ("adherence", "target", "target-synonyms", "target-implicit", "other-objects", "other-styles", "in-prompt", "general")
+MINI_SETS = ("adherence", "target", "target-synonyms", "target-implicit", "other-objects", "other-styles", "in-prompt",
+             "general")
 
 
 @lru_cache(maxsize=1)
@@ -109,7 +114,7 @@ def build_set(name: str, target: str | None, n_general: int = 24, seed: int = 0)
             rows += [_row(f"a {syn} {o}") for syn in words for o in objs]
     elif name == "target-implicit":  # the target prompts with the target deleted, one for one
         for prompt in build_set("target", target, n_general, seed)["prompt"]:
-            rows.append(_row(" ".join(w for w in prompt.split() if w != target)))
+            rows.append(_row(" ".join(word for word in prompt.split() if word != target)))
     elif name == "other-objects":
         for o in others_obj:
             for c in rng.sample([c for c in colours if c != target], 2):
