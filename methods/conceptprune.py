@@ -149,13 +149,11 @@ class ConceptPruneConfig(MethodConfig):
 # The mini model samples with 25 DDIM steps at guidance 5 (its first 5 steps are the paper's first 9 of 50), its
 # FF layers are 384-512 wide (1 % would be 3-5 inputs a row), and it only saw world captions, so the concept
 # prompts are the world's contexts (bench.mini.prompts.concept_contexts: "a red {}", "a striped blue {}").
-# Chosen from a sweep (circle, 24 images a set, on a first draft of the implicit captions with another
-# style/colour pairing; none: implicit erasure 0.42, other objects 1.00, styles 1.00):
-# skill ratio 0.02 / 0.05 / 0.1 x timesteps 5 / 10 x reference delete / replace: named-prompt erasure 0.00
-# everywhere, implicit erasure 0.50-0.75 (delete, 5 steps: 0.54 / 0.71 / 0.71), other objects 0.96-1.00, other
-# styles 0.83-1.00 (delete, 5 steps: 1.00 / 0.96 / 0.88). On the final captions, delete, 5 steps, skill ratio
-# 0.02 / 0.03 / 0.05 (3.6k / 5.4k / 9.1k weights pruned): implicit erasure 0.71 each (none 0.46), but general
-# accuracy (all three attributes right, 48 images) 0.90 / 0.83 / 0.77 (none 0.98): the smallest ratio.
+# Chosen from `benchmarks/mini_method_probe.py --ref --sets target,target-implicit,other-objects,other-styles,general
+# 'conceptprune:{"skill_ratio":0.02}' ...` (circle, 24 images a set, 48 general): skill ratio 0.02 / 0.05 / 0.1
+# (5 timesteps, references deleted) -> named-prompt erasure 0.00 / 0.00 / 0.00, implicit erasure 0.71 / 0.71 /
+# 0.63 (none 0.46), other objects 0.96 each (none 1.00), other styles 1.00 / 0.88 / 0.88 (none 1.00), general
+# accuracy 0.90 / 0.77 / 0.73 (none 0.98): the smallest ratio.
 MINI_PRESET: dict[str, Any] = {"sampling_steps": 25, "guidance": 5.0, "timesteps": 5, "skill_ratio": 0.02}
 
 
