@@ -76,11 +76,13 @@ class RECEConfig(MethodConfig):
     preset: Literal["auto", "paper", "mini"] = "auto"  # auto: MINI_PRESET on the mini model
 
 
-# Each round erases one more regenerating embedding, and on the mini model each also costs utility: circle,
-# 24 images a set (epochs 0 is the UCE edit alone), epochs 0 / 1 / 2 / 3 / 5: erasure 0.29 / 0.42 / 0.67 / 0.58 /
-# 0.29, other objects 1.00 / 1.00 / 1.00 / 1.00 / 0.82, general accuracy (all three attributes right, 48 images)
-# 0.98 / 0.88 / 0.83 / 0.77 / 0.27. The regulariser is not what fails: reg_scale 0.1 / 1.0 at 5 epochs gave
-# general accuracy 0.13 / 0.02.
+# Each round erases one more regenerating embedding, and on the mini model each also costs utility. Circle, all
+# other objects preserved, 24 images a set (48 general), `benchmarks/mini_method_probe.py --sets
+# target,other-objects,general 'rece:{"epochs":1}' ... 'rece:{"preset":"paper"}'` (epochs 0 is the UCE edit
+# alone; the paper's 5 needs preset paper, since a value equal to the paper default is not the caller's):
+# epochs 0 / 1 / 2 / 3 / 5 -> erasure 0.21 / 0.42 / 0.71 / 0.67 / 0.29, other objects 1.00 throughout, general
+# accuracy (all three attributes right) 0.98 / 0.88 / 0.79 / 0.79 / 0.33. A larger regulariser does not save
+# 5 epochs (reg_scale 0.1: erasure 0.42, general 0.17).
 MINI_PRESET: dict = {"epochs": 2}
 
 
