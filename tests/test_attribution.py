@@ -20,6 +20,7 @@ from bench.attribution import (
     select_parameters,
 )
 from bench.backbone import load_backbone
+from tests.sd_fixtures import tiny_sd  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="module")
@@ -191,6 +192,33 @@ def test_edit_save_reload_and_undo(mini, erase_run, tmp_path):
     assert b.fingerprint() == original
     with pytest.raises(ValueError, match="no original values"):
         AblationEdit(dict(edit.indices), dict(edit.shapes)).undo(b)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_sd_backbone_scores_like_fp32_and_edits_in_place(tiny_sd, dtype):  # noqa: F811
+    """The GPU path (a half-precision SD checkpoint) on the CPU: sampling in half, gradients in an fp32 copy.
+
+    The scores must agree with the fp32 run (same seed), the half UNet must stay half and untouched, and
+    the edit must zero and restore its weights in the half UNet bit for bit.
+    """
+    cfg = AttributionConfig(timesteps=8, batch_size=8)
+    ref = attribute(load_backbone(str(tiny_sd), dtype="float32"), "a photo of the thing", cfg)
+    half = load_backbone(str(tiny_sd), dtype=dtype)
+    before = half.fingerprint()
+    att = attribute(half, "a photo of the thing", cfg)
+    assert half.fingerprint() == before and next(half.unet.parameters()).dtype == getattr(torch, dtype)
+    x = torch.cat([s.flatten() for s in ref.scores.values()])
+    y = torch.cat([att.scores[n].flatten() for n in ref.scores])
+    assert y.dtype == torch.float32 and torch.isfinite(y).all()
+    assert torch.corrcoef(torch.stack([x, y]))[0, 1] > 0.99
+    k = len(x) // 100
+    assert len(set(x.topk(k).indices.tolist()) & set(y.topk(k).indices.tolist())) / k > 0.9
+    edit = att.select("layer", 0.01)
+    edit.apply(half.unet)
+    params = dict(half.unet.named_parameters())
+    assert all((params[n].detach().flatten()[i] == 0).all() for n, i in edit.indices.items())
+    edit.undo(half.unet)
+    assert half.fingerprint() == before
 
 
 def test_attribution_save_load_roundtrip(erase_run, tmp_path):
