@@ -81,12 +81,6 @@ class FinetuneMethod(Method):
 
     def __init__(self, config: FinetuneConfig | None = None, **params: Any):
         super().__init__(config, **params)
-        if config is None:
-            self.explicit = set(params)
-        else:  # a config object: the fields that differ from the class defaults count as explicit
-            default = self.config_class()
-            self.explicit = {f.name for f in dataclasses.fields(config)
-                             if getattr(config, f.name) != getattr(default, f.name)}
         self.stats: dict[str, Any] = {}
 
     def effective_config(self, backbone: Backbone) -> FinetuneConfig:

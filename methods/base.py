@@ -57,17 +57,28 @@ def uses_mini_preset(config: MethodConfig, backbone: Backbone) -> bool:
     return config.preset == "mini" or (config.preset == "auto" and backbone.kind == "mini")
 
 
-def with_mini_preset(config: MethodConfig, backbone: Backbone, preset: dict[str, Any]) -> MethodConfig:
+def with_mini_preset(config: MethodConfig, backbone: Backbone, preset: dict[str, Any],
+                     explicit: set[str] | None = None) -> MethodConfig:
     """``config`` with a method's mini-world preset applied (see :func:`uses_mini_preset`): with ``"auto"``
-    to the fields still at their paper default, so a caller's value wins; with ``"mini"`` to every listed field."""
+    to the fields the caller did not set, so a caller's value wins; with ``"mini"`` to every listed field.
+
+    ``explicit``: the fields the caller set (:attr:`Method.explicit`), also those set to the paper's own
+    value. Without it, a field counts as the caller's when it differs from the paper default."""
     if not uses_mini_preset(config, backbone):
         return config
-    defaults = type(config)()
     values = dataclasses.asdict(config)
+    if explicit is None:
+        explicit = explicit_fields(config)
     for key, value in preset.items():
-        if config.preset == "mini" or values[key] == getattr(defaults, key):
+        if config.preset == "mini" or key not in explicit:
             values[key] = value
     return type(config)(**values)
+
+
+def explicit_fields(config: MethodConfig) -> set[str]:
+    """The fields of a config object that differ from its class defaults (the caller's, as far as can be told)."""
+    default = type(config)()
+    return {f.name for f in dataclasses.fields(config) if getattr(config, f.name) != getattr(default, f.name)}
 
 
 class Method:
@@ -85,6 +96,9 @@ class Method:
         if config is not None and params:
             raise TypeError("pass either a config object or keyword parameters, not both")
         self.config = config if config is not None else build_config(self.config_class, params, self.name)
+        # the fields the caller set: keyword parameters as passed (a paper value too), else those of the config
+        # object that differ from the defaults; mini presets and mini defaults never override them
+        self.explicit: set[str] = set(params) if config is None else explicit_fields(config)
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
         raise NotImplementedError
@@ -99,7 +113,9 @@ class Method:
     def fingerprint(self) -> dict:
         out = {"method": self.name, "config": dataclasses.asdict(self.config)}
         if self.mini_preset and getattr(self.config, "preset", "paper") != "paper":
-            out["mini_preset"] = dict(self.mini_preset)  # a changed mini preset is another edit
+            # a changed mini preset is another edit
+            out["mini_preset"] = {k: v for k, v in self.mini_preset.items()
+                                  if self.config.preset == "mini" or k not in self.explicit}
         return out
 
     def __repr__(self) -> str:

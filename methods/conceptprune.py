@@ -157,14 +157,16 @@ class ConceptPruneConfig(MethodConfig):
 MINI_PRESET: dict[str, Any] = {"sampling_steps": 25, "guidance": 5.0, "timesteps": 5, "skill_ratio": 0.02}
 
 
-def resolve_config(config: ConceptPruneConfig, backbone: Backbone, kind: str) -> ConceptPruneConfig:
+def resolve_config(config: ConceptPruneConfig, backbone: Backbone, kind: str,
+                   explicit: set[str] | None = None) -> ConceptPruneConfig:
     """The config actually used: on the mini model (preset auto) or with preset mini, :data:`MINI_PRESET` and the
-    world's contexts as templates replace the fields still at their paper default (every field with preset mini)."""
+    world's contexts as templates replace the fields the caller did not set (``explicit``; every field with
+    preset mini)."""
     if not uses_mini_preset(config, backbone):  # the world's contexts exist for the world's kinds only
         return config
     from bench.mini.prompts import concept_contexts
 
-    return with_mini_preset(config, backbone, {**MINI_PRESET, "templates": concept_contexts(kind)})
+    return with_mini_preset(config, backbone, {**MINI_PRESET, "templates": concept_contexts(kind)}, explicit)
 
 
 @register_method
@@ -196,7 +198,7 @@ class ConceptPrune(Method):
         """Several targets: one mask per target (its own prompts vs references), pruned as a union
         (the official ``multi_concept_union.py``)."""
         self.check_request(request)
-        cfg = resolve_config(self.config, backbone, request.kind)
+        cfg = resolve_config(self.config, backbone, request.kind, self.explicit)
         if cfg.timesteps < 1:
             raise ValueError("conceptprune needs timesteps >= 1")
         start = time.perf_counter()

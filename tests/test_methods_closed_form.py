@@ -364,7 +364,9 @@ def test_mini_presets_apply_on_the_mini_model_only_and_a_callers_value_wins(mini
     from methods.rece import MINI_PRESET, RECEConfig
 
     assert get_method("rece").apply(mini, _request()).edits[-1]["method"] == "rece"
-    for params, epochs in (({}, MINI_PRESET["epochs"]), ({"preset": "paper"}, 5), ({"epochs": 4}, 4)):
+    # a caller's value wins also when it is the paper's own (5): it was passed, so it is not a default
+    cases = (({}, MINI_PRESET["epochs"]), ({"preset": "paper"}, 5), ({"epochs": 4}, 4), ({"epochs": 5}, 5))
+    for params, epochs in cases:
         method = get_method("rece", params)
         method.apply(mini, _request())
         assert method.stats["epochs"] == epochs, params
@@ -373,3 +375,5 @@ def test_mini_presets_apply_on_the_mini_model_only_and_a_callers_value_wins(mini
     assert with_mini_preset(RECEConfig(epochs=4, preset="mini"), sd_like, MINI_PRESET).epochs == MINI_PRESET["epochs"]
     assert get_method("rece").fingerprint()["mini_preset"] == MINI_PRESET
     assert "mini_preset" not in get_method("rece", {"preset": "paper"}).fingerprint()
+    assert get_method("rece", {"epochs": 5}).fingerprint() != get_method("rece").fingerprint()
+    assert with_mini_preset(RECEConfig(epochs=5), mini, MINI_PRESET, explicit={"epochs"}).epochs == 5
