@@ -231,11 +231,14 @@ def _trajectory_samples(backbone: Backbone, prompt: str, cfg: AttributionConfig,
 
 
 def build_samples(backbone: Backbone, prompts: str | list[str], config: AttributionConfig | None = None,
-                  reference: Backbone | None = None, unet: nn.Module | None = None) -> ObjectiveSamples:
+                  reference: Backbone | None = None, unet: nn.Module | None = None,
+                  images: torch.Tensor | None = None) -> ObjectiveSamples:
     """Draw the Monte-Carlo samples of J for ``prompts`` (several prompts: J is summed over them).
 
     erase: latents from ``backbone``'s own trajectories. amplify: concept images from ``reference``
-    (default ``backbone``; pass the original model when ``backbone`` is an edited one, for recall).
+    (default ``backbone``; pass the original model when ``backbone`` is an edited one, for recall), or
+    the given ``images`` ([N, 3, H, W] in [0, 1]; real images of the concept, the official code's
+    ``--real_data``), used for every prompt.
     ``unet`` (default ``backbone.unet``) computes the erase target (the fp32 copy when the backbone is half).
     """
     cfg = config or AttributionConfig()
@@ -256,14 +259,17 @@ def build_samples(backbone: Backbone, prompts: str | list[str], config: Attribut
                     n = x[sl].shape[0]
                     target[sl] = unet(x[sl], t[sl], anchor.expand(n, -1, -1)).sample.float()
         else:
-            ref = reference or backbone
-            image_prompt = cfg.image_prompt or prompt
-            seeds = [image_seed(f"cad-amplify:{image_prompt}", k, cfg.seed) for k in range(cfg.n_images)]
-            images, _ = generate(ref, [image_prompt] * cfg.n_images, seeds,
-                                 SamplerConfig("ddim", cfg.image_steps, cfg.image_guidance, 0.0),
-                                 batch_size=cfg.batch_size, model_fingerprint="cad-amplify", progress=False)
+            concept_images = images
+            if concept_images is None:
+                ref = reference or backbone
+                image_prompt = cfg.image_prompt or prompt
+                seeds = [image_seed(f"cad-amplify:{image_prompt}", k, cfg.seed) for k in range(cfg.n_images)]
+                concept_images, _ = generate(ref, [image_prompt] * cfg.n_images, seeds,
+                                             SamplerConfig("ddim", cfg.image_steps, cfg.image_guidance, 0.0),
+                                             batch_size=cfg.batch_size, model_fingerprint="cad-amplify",
+                                             progress=False)
             with torch.no_grad():
-                z0 = backbone.encode_images(images).float()
+                z0 = backbone.encode_images(concept_images).float()
             _, grid = _grid(backbone, cfg.timesteps, 1.0)
             scheduler = make_scheduler(backbone, SamplerConfig("ddim", cfg.timesteps, 1.0))
             x_list, t_list, e_list = [], [], []
@@ -280,6 +286,31 @@ def build_samples(backbone: Backbone, prompts: str | list[str], config: Attribut
         idx.append(torch.full((len(x),), p, dtype=torch.long))
     return ObjectiveSamples(cfg.objective, torch.cat(xs), torch.cat(ts), cond, torch.cat(idx).to(cond.device),
                             torch.cat(targets), anchor)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def load_concept_images(folder: str | Path, size: int, limit: int | None = None) -> torch.Tensor:
+    """Real images of a concept from a folder (the official code's ``--real_data``), as [N, 3, size, size] in
+    [0, 1]: sorted by file name, the first ``limit``, centre-cropped to a square and resized (bicubic)."""
+    from PIL import Image
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"concept image folder not found: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:limit]
+    if not files:
+        raise ValueError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    out = []
+    for path in files:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            side = min(im.size)
+            left, top = (im.width - side) // 2, (im.height - side) // 2
+            im = im.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
+            out.append(torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(size, size, 3))
+    return torch.stack(out).permute(0, 3, 1, 2).float() / 255.0
 
 
 # --------------------------------------------------------------------------- J and its gradient
@@ -405,11 +436,13 @@ class Attribution:
 
 
 def attribute(backbone: Backbone, prompts: str | list[str], config: AttributionConfig | None = None,
-              reference: Backbone | None = None, return_samples: bool = False, **overrides):
+              reference: Backbone | None = None, return_samples: bool = False, images: torch.Tensor | None = None,
+              **overrides):
     """Score every selected component of ``backbone.unet`` for the concept shown by ``prompts``.
 
     ``reference``: amplify only, the backbone whose images define the concept (default ``backbone``);
-    pass the original model when attributing on an edited one (recall). Keyword ``overrides`` replace
+    pass the original model when attributing on an edited one (recall). ``images``: amplify only, real
+    images of the concept ([N, 3, H, W] in [0, 1]) instead of generated ones. Keyword ``overrides`` replace
     fields of ``config``. The backbone is not modified (``requires_grad`` flags are restored); a half
     precision UNet is copied to fp32 for the gradient passes. Returns an :class:`Attribution` (and the
     :class:`ObjectiveSamples` when ``return_samples``).
@@ -424,7 +457,7 @@ def attribute(backbone: Backbone, prompts: str | list[str], config: AttributionC
         unet = copy.deepcopy(unet).float()
     counter = PassCounter(backbone.unet, unet, reference.unet if reference is not None else None)
     with counter:
-        samples = build_samples(backbone, prompts, cfg, reference=reference, unet=unet)
+        samples = build_samples(backbone, prompts, cfg, reference=reference, unet=unet, images=images)
         params = select_parameters(unet, cfg.selector)
         grads, J = objective_gradients(unet, samples, params, cfg.batch_size, counter)
     scores = {n: (params[n].detach().float() * g).cpu() for n, g in grads.items()}

@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--timesteps", type=int, default=10)
     ap.add_argument("--n-images", type=int, default=16, help="the model's own concept images")
     ap.add_argument("--image-guidance", type=float, default=5.0)
+    ap.add_argument("--images", choices=("model", "world"), default="model",
+                    help="concept images: the model's own samples, or renders of the world (real images)")
     ap.add_argument("--probe-guidance", type=float, default=1.0)
     ap.add_argument("--images-per-prompt", type=int, default=4)
     ap.add_argument("--out", type=Path, default=Path("runs/cad/amplify_weak.json"))
@@ -56,7 +58,17 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [{"setting": "none", **measure()}]
     cfg = AttributionConfig(objective="amplify", timesteps=args.timesteps, n_images=args.n_images, image_steps=25,
                             image_guidance=args.image_guidance, selector=args.selector)
-    att = attribute(backbone, f"a {args.concept}", cfg, reference=backbone)
+    images = None
+    if args.images == "world":
+        import random
+
+        from bench.mini.world import MiniWorld
+
+        world = MiniWorld.load()
+        rng = random.Random(0)
+        obj = world.objects.index(args.concept)
+        images = world.render([world.sample_scene(rng, object=obj) for _ in range(args.n_images)])
+    att = attribute(backbone, f"a {args.concept}", cfg, reference=backbone, images=images)
     for gran, ratio in parse_grid(args.grid):
         edit = att.select(gran, ratio)
         edit.apply(backbone.unet)

@@ -17,7 +17,7 @@ fresh trajectory per timestep (``faithful``), sampling guidance 3.0, anchor "". 
 
 On the mini world those defaults select nothing (fan-in 96..512, so floor(0.001 * fan_in) = 0 everywhere).
 With ``preset="auto"`` (the default) a mini backbone uses :data:`MINI_PRESET` and the objective's
-:data:`MINI_SELECTION` for every field still at its paper default; ``preset="paper"`` keeps the paper values
+:data:`MINI_SELECTION` for every field the caller did not set; ``preset="paper"`` keeps the paper values
 (and fails with a message saying which ratio would select something), ``preset="mini"`` forces the mini
 values. The mini values were chosen with ``benchmarks/cad_sweep.py`` (numbers in ``MINI_PRESET_NOTE``). One
 of them departs from the paper's component choice: on the mini model CAD-Erase scores and zeroes the
@@ -29,6 +29,8 @@ Multi-concept requests (an extension, not the paper's): J is summed over the tar
 Recall (amplify an erased model): the concept images must come from the ORIGINAL model; in a run the
 method receives the original backbone, otherwise set ``image_model`` (e.g. "mini") or call
 :func:`bench.attribution.attribute` with ``reference=``.
+Real images (the official README's recipe for objects, ``--real_data``): ``image_folder``, a folder of images
+of the concept; the first ``n_images`` are used, centre-cropped and resized to the model's image size.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from bench.attribution import (
     AttributionConfig,
     attribute,
     check_selectable,
+    load_concept_images,
     select_parameters,
 )
 from bench.backbone import Backbone
@@ -76,6 +79,7 @@ class CADConfig(MethodConfig):
     image_guidance: float = 7.5  # amplify: CFG of those images
     image_steps: int = 50  # amplify: DDIM steps of those images
     image_model: str = ""  # amplify: model that draws the concept images ("" = the backbone given to apply)
+    image_folder: str = ""  # amplify: real images of the concept instead (the code's --real_data), n_images of them
     batch_size: int = 16
     preset: Literal["auto", "paper", "mini"] = "auto"
 
@@ -111,11 +115,12 @@ MINI_PRESET_NOTE = (
 )
 
 
-def resolve_config(config: CADConfig, backbone: Backbone, objective: str = "erase") -> CADConfig:
+def resolve_config(config: CADConfig, backbone: Backbone, objective: str = "erase",
+                   explicit: set[str] | None = None) -> CADConfig:
     """The config actually used: the mini preset (:data:`MINI_PRESET` and the objective's
-    :data:`MINI_SELECTION`) replaces fields still at their paper default (preset auto; every field with
-    preset mini)."""
-    return with_mini_preset(config, backbone, {**MINI_PRESET, **MINI_SELECTION[objective]})
+    :data:`MINI_SELECTION`) replaces the fields the caller did not set (``explicit``; preset auto; every
+    field with preset mini)."""
+    return with_mini_preset(config, backbone, {**MINI_PRESET, **MINI_SELECTION[objective]}, explicit)
 
 
 class _CAD(Method):
@@ -149,7 +154,7 @@ class _CAD(Method):
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
         self.check_request(request)
-        config = resolve_config(self.config, backbone, self.objective)
+        config = resolve_config(self.config, backbone, self.objective, self.explicit)
         # fail before the (expensive) attribution when the rule cannot select anything
         shapes = {n: tuple(p.shape) for n, p in select_parameters(backbone.unet, config.selector).items()}
         check_selectable(shapes, config.granularity, config.ratio, config.count)
@@ -160,7 +165,11 @@ class _CAD(Method):
             from bench.backbone import load_backbone
 
             reference = load_backbone(config.image_model, device=backbone.device, dtype=backbone.dtype)
-        att = attribute(edited, prompts, self.attribution_config(config, request), reference=reference)
+        images = None
+        if self.objective == "amplify" and config.image_folder:
+            images = load_concept_images(config.image_folder, backbone.image_size, config.n_images)
+        att = attribute(edited, prompts, self.attribution_config(config, request), reference=reference,
+                        images=images)
         t0 = time.perf_counter()
         edit = att.select(config.granularity, config.ratio, config.count)
         edit.apply(edited.unet)

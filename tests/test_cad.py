@@ -160,3 +160,42 @@ def test_cad_amplify_method_defaults(mini):
     assert method.attribution.objective == "amplify"
     assert dataclasses.asdict(method.config)["timesteps"] == 2
     assert edited.edits[-1]["method"] == "cad-amplify" and method.stats["components_zeroed"] > 0
+
+
+def test_cad_amplify_reads_real_concept_images_from_a_folder(mini, tmp_path):
+    """``image_folder`` (the official --real_data): the concept images are read, not generated, so every UNet
+    forward pass is a gradient pass; they are centre-cropped and resized to the model's image size."""
+    import random
+
+    from PIL import Image
+
+    from bench.attribution import load_concept_images
+    from bench.mini.world import MiniWorld
+
+    world = MiniWorld.load()
+    rng = random.Random(0)
+    renders = world.render([world.sample_scene(rng, object=world.objects.index("crescent")) for _ in range(4)])
+    for k, img in enumerate(renders):
+        pixels = (img.permute(1, 2, 0) * 255).round().byte().numpy()
+        Image.fromarray(pixels).save(tmp_path / f"{k:02d}.png")
+    wide = torch.zeros(3, 32, 48)
+    wide[:, :, 8:40] = renders[0]  # a wide image: its centre square is the render
+    Image.fromarray((wide.permute(1, 2, 0) * 255).round().byte().numpy()).save(tmp_path / "99-wide.png")
+
+    loaded = load_concept_images(tmp_path, 32)
+    assert loaded.shape == (5, 3, 32, 32) and loaded.min() >= 0 and loaded.max() <= 1
+    assert (loaded[0] - renders[0]).abs().max() <= 1 / 255 + 1e-6
+    assert (loaded[4] - loaded[0]).abs().max() <= 1 / 255 + 1e-6  # centre crop of the wide one
+
+    method = get_method("cad-amplify", {"timesteps": 2, "n_images": 4, "image_folder": str(tmp_path)})
+    method.apply(mini, ErasureRequest(["crescent"]))
+    assert method.attribution.stats["samples"] == 4 * 2
+    assert method.stats["unet_forward"] == method.stats["unet_backward"]  # nothing was sampled
+    generated = get_method("cad-amplify", {"timesteps": 2, "n_images": 4, "image_steps": 3})
+    generated.apply(mini, ErasureRequest(["crescent"]))
+    assert generated.stats["unet_forward"] > generated.stats["unet_backward"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        load_concept_images(tmp_path / "empty", 32)
+    with pytest.raises(FileNotFoundError):
+        load_concept_images(tmp_path / "missing", 32)
