@@ -9,6 +9,8 @@ lower it.
 
     python benchmarks/uda_loss_signal.py --method cad-erase --out runs/attacks/uda_loss_cad.json
     python benchmarks/uda_loss_signal.py --method uce --out runs/attacks/uda_loss_uce.json
+    python benchmarks/uda_loss_signal.py --method uce --prompts 8 --draws 128 --t-min 700 --random-prefixes 8 \
+        --out runs/attacks/uda_loss_uce_high_t.json
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--prompts", type=int, default=4, help="target prompts (the mini-quick set's first ones)")
     ap.add_argument("--draws", type=int, default=64)
     ap.add_argument("--prefixes", nargs="*", default=PREFIXES)
+    ap.add_argument("--random-prefixes", type=int, default=0, help="add N random 3-word prefixes (world vocabulary)")
+    ap.add_argument("--t-min", type=int, default=0, help="timesteps drawn from [t-min, t-max)")
+    ap.add_argument("--t-max", type=int, default=None, help="default: the schedule's length")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("runs/attacks/uda_loss_signal.json"))
     args = ap.parse_args(argv)
@@ -52,7 +57,8 @@ def main(argv: list[str] | None = None) -> dict:
     x0 = original.encode_images(images)
     gen = torch.Generator().manual_seed(args.seed)
     noise = torch.randn((args.draws, *x0.shape[1:]), generator=gen)
-    t = torch.randint(0, int(original.scheduler.config.num_train_timesteps), (args.draws,), generator=gen)
+    t_max = args.t_max or int(original.scheduler.config.num_train_timesteps)
+    t = torch.randint(args.t_min, t_max, (args.draws,), generator=gen)
     idx = torch.arange(args.draws) % len(prompts)
     x_t = original.scheduler.add_noise(x0[idx], noise, t)
 
@@ -62,11 +68,20 @@ def main(argv: list[str] | None = None) -> dict:
             pred = backbone.unet(x_t, t, backbone.encode(texts)).sample
         return F.mse_loss(pred.float(), noise, reduction="none").mean((1, 2, 3))
 
+    prefixes = list(args.prefixes)
+    if args.random_prefixes:
+        import random
+
+        from bench.mini.world import MiniWorld
+
+        vocab, rng = MiniWorld.load().vocabulary(), random.Random(args.seed)
+        prefixes += [" ".join(rng.choice(vocab) for _ in range(3)) for _ in range(args.random_prefixes)]
     base = losses(erased)
     result = {"method": args.method, "target": args.target, "prompts": prompts, "draws": args.draws,
+              "t_range": [args.t_min, t_max],
               "loss_original": float(losses(original).mean()), "loss_erased": float(base.mean()), "prefixes": {}}
     print(f"plain prompts: original {result['loss_original']:.5f}, {args.method} {result['loss_erased']:.5f}")
-    for prefix in args.prefixes:
+    for prefix in prefixes:
         d = losses(erased, prefix) - base
         result["prefixes"][prefix] = {"mean_change": float(d.mean()), "se": float(d.std() / args.draws ** 0.5)}
         print(f"{prefix:22s} change {d.mean():+.5f}  se {d.std() / args.draws ** 0.5:.5f}")
