@@ -2,12 +2,16 @@
 
 Every object is drawn reliably at the sampler's guidance, so the weak setting is the weakest object
 (crescent) sampled WITHOUT guidance. The amplify attribution is computed once per selector from the
-model's own concept images; each selection is applied, probed (target and other-object prompts,
+model's own concept images (``--images world``: renders of the world, the real images of the official
+README's object recipe); each selection is applied, probed (target and other-object prompts,
 ``--images-per-prompt`` each, at ``--probe-guidance``) and undone. The `none` row is measured in the
-same run.
+same run, and for each selection the first-order prediction of the change of J (= minus the denoising loss on
+the attribution's own samples) against the change measured on those samples.
 
     python benchmarks/cad_amplify_weak.py --selector ff --grid "layer:0.003,0.01,0.03" \
         --n-images 16 --image-guidance 5 --out runs/cad/amplify_weak_ff.json
+    python benchmarks/cad_amplify_weak.py --images world --n-images 32 \
+        --grid "layer:0.001,0.003,0.01,0.03;global:0.00002" --out runs/cad/amplify_weak_world.json
     python benchmarks/cad_amplify_weak.py --selector xattn-kv --grid "layer:0.005,0.02,0.05;global:0.02,0.05,0.1" \
         --n-images 32 --image-guidance 7.5 --out runs/cad/amplify_weak_xkv.json
 """
@@ -27,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 def main(argv: list[str] | None = None) -> dict:
     from cad_sweep import parse_grid
 
-    from bench.attribution import AttributionConfig, attribute
+    from bench.attribution import AttributionConfig, attribute, objective_value
     from bench.backbone import load_backbone
     from bench.mini.probe import MINI_SAMPLER, probe
 
@@ -68,16 +72,23 @@ def main(argv: list[str] | None = None) -> dict:
         rng = random.Random(0)
         obj = world.objects.index(args.concept)
         images = world.render([world.sample_scene(rng, object=obj) for _ in range(args.n_images)])
-    att = attribute(backbone, f"a {args.concept}", cfg, reference=backbone, images=images)
+    att, samples = attribute(backbone, f"a {args.concept}", cfg, reference=backbone, images=images,
+                             return_samples=True)
+    j0 = objective_value(backbone.unet, samples)
     for gran, ratio in parse_grid(args.grid):
         edit = att.select(gran, ratio)
+        # first-order prediction of the change of J = -denoising loss when the selection is zeroed, and the change
+        predicted = -sum(float(att.scores[n].flatten()[i].sum()) for n, i in edit.indices.items())
         edit.apply(backbone.unet)
         try:
-            rows.append({"setting": f"{gran}:{ratio}", "zeroed": edit.n_selected, **measure()})
+            measured = objective_value(backbone.unet, samples) - j0
+            rows.append({"setting": f"{gran}:{ratio}", "zeroed": edit.n_selected, "J": j0,
+                         "predicted_dJ": predicted, "measured_dJ": measured, **measure()})
         finally:
             edit.undo(backbone.unet)
     for r in rows:
-        print(f"{r['setting']:14s} presence {r['presence']:.3f}  other objects {r['other_object_accuracy']:.3f}",
+        dj = f"  dJ predicted {r['predicted_dJ']:+.0f} measured {r['measured_dJ']:+.0f}" if "J" in r else ""
+        print(f"{r['setting']:14s} presence {r['presence']:.3f}  other objects {r['other_object_accuracy']:.3f}{dj}",
               flush=True)
     result = {"config": vars(args) | {"out": str(args.out)}, "attribution": att.stats, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
