@@ -78,9 +78,12 @@ def prunable_layers(unet: torch.nn.Module, modules: str = "ff") -> list[tuple[st
 
 def activation_norms(
     backbone: Backbone, prompts: list[str], seeds: list[int], sampler: SamplerConfig, timesteps: int,
-    modules: str = "ff",
+    modules: str = "ff", batch_size: int = 16,
 ) -> dict[str, torch.Tensor]:
-    """Per scored layer, ``[timesteps, d_in]`` column norms of the L2-row-normalised input activations."""
+    """Per scored layer, ``[timesteps, d_in]`` column norms of the L2-row-normalised input activations.
+
+    The squared norms are sums over every activation row (token, CFG branch and prompt), so sampling
+    ``batch_size`` prompts at a time gives the same sums as one at a time (up to float rounding)."""
     layers = prunable_layers(backbone.unet, modules)
     sq = {name: torch.zeros(timesteps, layer.in_features, dtype=torch.float64) for name, layer in layers}
     step = {"t": -1}
@@ -101,10 +104,11 @@ def activation_norms(
     handles = [backbone.unet.register_forward_pre_hook(on_unet)]
     handles += [layer.register_forward_pre_hook(make_hook(name)) for name, layer in layers]
     try:
-        for prompt, seed in zip(prompts, seeds):
+        for start in range(0, len(prompts), batch_size):
+            batch, batch_seeds = prompts[start:start + batch_size], seeds[start:start + batch_size]
             step["t"] = -1
-            denoise(backbone, [prompt], initial_noise(backbone, [seed]), sampler, negative_prompts=[""],
-                    stop_step=timesteps, hooks=[])
+            denoise(backbone, batch, initial_noise(backbone, batch_seeds), sampler,
+                    negative_prompts=[""] * len(batch), stop_step=timesteps, hooks=[])
     finally:
         for h in handles:
             h.remove()

@@ -334,6 +334,20 @@ def test_conceptprune_prunes_only_the_chosen_modules(mini):
         get_method("conceptprune", {"modules": "attn"}).apply(mini, _request())
 
 
+def test_conceptprune_activation_norms_do_not_depend_on_the_batch(mini):
+    """The column norms are sums over every activation row, so a batch of prompts gives one-at-a-time's sums."""
+    from methods.conceptprune import activation_norms
+
+    prompts = ["a red circle", "a blue square", "a striped green star"]
+    sampler = SamplerConfig("ddim", 5, 5.0)
+    one = activation_norms(mini, prompts, [1, 2, 3], sampler, 3, batch_size=1)
+    batched = activation_norms(mini, prompts, [1, 2, 3], sampler, 3, batch_size=16)
+    assert one.keys() == batched.keys() and all(v.shape[0] == 3 for v in one.values())
+    for name in one:
+        torch.testing.assert_close(batched[name], one[name], rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(one[name], activation_norms(mini, prompts[:1], [1], sampler, 3)[name])
+
+
 def test_conceptprune_prompts_and_mini_preset(mini):
     """References delete the concept from each concept prompt (the official get_prompts) or replace it; on the
     mini model the preset puts the world's captions in place of the paper's templates, unless preset paper."""
