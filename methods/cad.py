@@ -120,7 +120,12 @@ def resolve_config(config: CADConfig, backbone: Backbone, objective: str = "eras
     """The config actually used: the mini preset (:data:`MINI_PRESET` and the objective's
     :data:`MINI_SELECTION`) replaces the fields the caller did not set (``explicit``; preset auto; every
     field with preset mini)."""
-    return with_mini_preset(config, backbone, {**MINI_PRESET, **MINI_SELECTION[objective]}, explicit)
+    return with_mini_preset(config, backbone, mini_preset_for(objective), explicit)
+
+
+def mini_preset_for(objective: str) -> dict:
+    """The mini preset of an objective: :data:`MINI_PRESET` and its :data:`MINI_SELECTION`."""
+    return {**MINI_PRESET, **MINI_SELECTION[objective]}
 
 
 class _CAD(Method):
@@ -198,6 +203,7 @@ class CADErase(_CAD):
     name = "cad-erase"
     description = "CAD-Erase: zero the FF weights with the largest positive attribution w*dJ/dw (arXiv 2412.02542)"
     objective = "erase"
+    mini_preset = mini_preset_for("erase")
 
 
 @register_method
@@ -206,3 +212,4 @@ class CADAmplify(_CAD):
     description = "CAD-Amplify: zero the FF weights with the most negative attribution under -denoising loss"
     objective = "amplify"
     erases = False
+    mini_preset = mini_preset_for("amplify")

@@ -53,6 +53,13 @@ def test_config_has_paper_defaults_and_a_mini_preset(mini):
     assert resolve_config(CADConfig(preset="paper"), mini) == CADConfig(preset="paper")
     with pytest.raises(ValueError, match="unknown parameter"):
         get_method("cad-erase", {"ratios": 0.1})
+    # the preset is part of the method's fingerprint (a changed preset is another edit), less the caller's fields
+    assert get_method("cad-erase").fingerprint()["mini_preset"] == {**MINI_PRESET, **MINI_SELECTION["erase"]}
+    assert get_method("cad-amplify").fingerprint()["mini_preset"]["selector"] == MINI_SELECTION["amplify"]["selector"]
+    assert "ratio" not in get_method("cad-erase", {"ratio": 0.001}).fingerprint()["mini_preset"]
+    assert resolve_config(get_method("cad-erase", {"ratio": 0.001}).config, mini, "erase",
+                          explicit={"ratio"}).ratio == 0.001  # the paper value, passed, is the caller's
+    assert "mini_preset" not in get_method("cad-erase", {"preset": "paper"}).fingerprint()
 
 
 def test_paper_ratio_on_mini_fails_fast_with_a_usable_ratio(mini):
