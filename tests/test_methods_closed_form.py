@@ -344,7 +344,7 @@ def test_conceptprune_activation_norms_do_not_depend_on_the_batch(mini):
     batched = activation_norms(mini, prompts, [1, 2, 3], sampler, 3, batch_size=16)
     assert one.keys() == batched.keys() and all(v.shape[0] == 3 for v in one.values())
     for name in one:
-        torch.testing.assert_close(batched[name], one[name], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(batched[name], one[name], rtol=1e-4, atol=1e-5)  # batched float32 matmuls round differently
     assert not torch.allclose(one[name], activation_norms(mini, prompts[:1], [1], sampler, 3)[name])
 
 
