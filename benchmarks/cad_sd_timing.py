@@ -42,35 +42,25 @@ SD14_TEXT = dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, 
                  projection_dim=768, hidden_act="quick_gelu")
 SD14_VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=512, norm_num_groups=32,
                 down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
-TINY_UNET = dict(
-    sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=32, attention_head_dim=8, norm_num_groups=16)
-TINY_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, projection_dim=32)
-TINY_VAE = dict(block_out_channels=(16, 32), layers_per_block=1, sample_size=16, norm_num_groups=16,
-                down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2)
-
-
 def build_random_sd(folder: Path, shape: str, device: str, seed: int = 0) -> Path:
-    """A diffusers SD folder with random weights of the given shape, saved (safetensors, fp16 for sd14)."""
+    """A diffusers SD folder with random weights: SD 1.4's shapes saved in fp16, or the tests' tiny model."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from tests.sd_fixtures import build_tokenizer
+    from tests.sd_fixtures import build_tiny_sd, build_tokenizer
 
-    unet_cfg, text_cfg, vae_cfg = (SD14_UNET, SD14_TEXT, SD14_VAE) if shape == "sd14" else (TINY_UNET, TINY_TEXT,
-                                                                                             TINY_VAE)
-    save_dtype = torch.float16 if shape == "sd14" else torch.float32
+    if shape == "tiny":
+        return build_tiny_sd(folder, seed)
     torch.manual_seed(seed)
     tok = build_tokenizer(folder / "tokenizer")
     with torch.device(device):  # initialise on the accelerator: an 860 M UNet initialises slowly on a CPU
         text_encoder = CLIPTextModel(CLIPTextConfig(
             vocab_size=49408, max_position_embeddings=77, bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **text_cfg))
-        unet = UNet2DConditionModel(**unet_cfg)
-        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, **vae_cfg)
+            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **SD14_TEXT))
+        unet = UNet2DConditionModel(**SD14_UNET)
+        vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, **SD14_VAE)
     for module, name in ((text_encoder, "text_encoder"), (unet, "unet"), (vae, "vae")):
-        module.to(save_dtype).save_pretrained(folder / name, safe_serialization=True)
+        module.to(torch.float16).save_pretrained(folder / name, safe_serialization=True)
     DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                   set_alpha_to_one=False, steps_offset=1).save_pretrained(folder / "scheduler")
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
