@@ -5,7 +5,8 @@ ViT-L/14-shaped text encoder, the KL VAE; a byte-level tokenizer) in a local fol
 ``load_backbone(folder, device, dtype)`` as a real checkpoint would be, and runs the attribution engine
 (bench/attribution.py) with the paper's defaults per (dtype, objective, mode): a 50-step DDIM grid, one
 latent per timestep, sampling guidance 3.0; amplify on ``--n-images`` concept images (the paper: 50).
-Records wall time, peak accelerator memory and UNet passes; then zeroes the paper's selection (row,
+Records wall time, peak memory (``bench.runner.PeakMemory``: the CUDA allocator's peak, or RSS growth on
+a CPU) and UNet passes; then zeroes the paper's selection (row,
 ``--ratio`` 0.001), samples images from the edited half-precision UNet, and undoes the edit. Random weights give
 the real cost, not meaningful scores. A warm-up attribution (2 timesteps) runs first for each dtype.
 
@@ -31,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.sd_fixture
 from bench.attribution import AttributionConfig, attribute  # noqa: E402
 from bench.backbone import load_backbone  # noqa: E402
 from bench.generate import SamplerConfig, generate  # noqa: E402
+from bench.runner import PeakMemory  # noqa: E402
 
 # diffusers' UNet2DConditionModel config of CompVis/stable-diffusion-v1-4 (860 M parameters)
 SD14_UNET = dict(
@@ -70,16 +72,6 @@ def build_random_sd(folder: Path, shape: str, device: str, seed: int = 0) -> Pat
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _reset_peak(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def _peak_gib(device: torch.device) -> float | None:
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -124,13 +116,13 @@ def main(argv: list[str] | None = None) -> dict:
             cfg = AttributionConfig(objective=objective, mode=mode if mode != "-" else "faithful",
                                     timesteps=args.timesteps, n_images=args.n_images, image_steps=args.image_steps,
                                     batch_size=args.batch_size)
-            _reset_peak(device)
             _sync(device)
-            att = attribute(backbone, args.prompt, cfg)
-            _sync(device)
+            with PeakMemory(device) as memory:
+                att = attribute(backbone, args.prompt, cfg)
+                _sync(device)
             atts[(objective, mode)] = att
             row = {"dtype": dtype, "objective": objective, "mode": mode, "unet_parameters": n_params,
-                   "load_seconds": round(load_seconds, 1), "peak_gib": _peak_gib(device),
+                   "load_seconds": round(load_seconds, 1), "peak_gib": memory.peak_mb / 1024,
                    "n_images": args.n_images if objective == "amplify" else None,
                    "finite_scores": all(bool(torch.isfinite(s).all()) for s in att.scores.values()),
                    **{k: (round(v, 2) if isinstance(v, float) else v) for k, v in att.stats.items()}}
@@ -143,18 +135,18 @@ def main(argv: list[str] | None = None) -> dict:
         edit.apply(backbone.unet)
         _sync(device)
         apply_seconds = time.perf_counter() - t0
-        _reset_peak(device)
         t0 = time.perf_counter()
-        images, _ = generate(backbone, [args.prompt] * args.edit_images, list(range(args.edit_images)),
-                             SamplerConfig("ddim", 50, 7.5), batch_size=args.edit_images, model_fingerprint="t",
-                             progress=False)
-        _sync(device)
+        with PeakMemory(device) as memory:
+            images, _ = generate(backbone, [args.prompt] * args.edit_images, list(range(args.edit_images)),
+                                 SamplerConfig("ddim", 50, 7.5), batch_size=args.edit_images, model_fingerprint="t",
+                                 progress=False)
+            _sync(device)
         gen_seconds = time.perf_counter() - t0
         edit.undo(backbone.unet)
         restored = all(torch.equal(before[n], p) for n, p in backbone.unet.named_parameters() if n in before)
         row = {"dtype": dtype, "step": "edit", "components_zeroed": edit.n_selected,
                "apply_seconds": round(apply_seconds, 3), "images": args.edit_images,
-               "generate_seconds_50_steps": round(gen_seconds, 2), "peak_gib": _peak_gib(device),
+               "generate_seconds_50_steps": round(gen_seconds, 2), "peak_gib": memory.peak_mb / 1024,
                "images_finite": bool(torch.isfinite(images).all()), "undo_restores_bit_for_bit": restored}
         result["runs"].append(row)
         print(json.dumps(row), flush=True)
