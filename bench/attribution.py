@@ -45,11 +45,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import nn
 
 from bench.backbone import Backbone
-from bench.generate import SamplerConfig, denoise, generate, image_seed, make_scheduler
+from bench.generate import SamplerConfig, denoise, from_uint8, generate, image_seed, make_scheduler
 
 OBJECTIVES = ("erase", "amplify")
 MODES = ("faithful", "fast")
@@ -308,9 +309,8 @@ def load_concept_images(folder: str | Path, size: int, limit: int | None = None)
             im = im.convert("RGB")
             side = min(im.size)
             left, top = (im.width - side) // 2, (im.height - side) // 2
-            im = im.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)
-            out.append(torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(size, size, 3))
-    return torch.stack(out).permute(0, 3, 1, 2).float() / 255.0
+            out.append(np.asarray(im.crop((left, top, left + side, top + side)).resize((size, size), Image.BICUBIC)))
+    return from_uint8(np.stack(out))
 
 
 # --------------------------------------------------------------------------- J and its gradient
