@@ -66,13 +66,14 @@ def with_mini_preset(config: MethodConfig, backbone: Backbone, preset: dict[str,
     value. Without it, a field counts as the caller's when it differs from the paper default."""
     if not uses_mini_preset(config, backbone):
         return config
-    values = dataclasses.asdict(config)
-    if explicit is None:
-        explicit = explicit_fields(config)
-    for key, value in preset.items():
-        if config.preset == "mini" or key not in explicit:
-            values[key] = value
-    return type(config)(**values)
+    explicit = explicit_fields(config) if explicit is None else explicit
+    return dataclasses.replace(config, **preset_overrides(config, preset, explicit))
+
+
+def preset_overrides(config: MethodConfig, preset: dict[str, Any], explicit: set[str]) -> dict[str, Any]:
+    """The fields of ``preset`` that replace the config's: all with preset ``"mini"``, else those not in
+    ``explicit`` (the caller's fields)."""
+    return {k: v for k, v in preset.items() if config.preset == "mini" or k not in explicit}
 
 
 def explicit_fields(config: MethodConfig) -> set[str]:
@@ -114,8 +115,7 @@ class Method:
         out = {"method": self.name, "config": dataclasses.asdict(self.config)}
         if self.mini_preset and getattr(self.config, "preset", "paper") != "paper":
             # a changed mini preset is another edit
-            out["mini_preset"] = {k: v for k, v in self.mini_preset.items()
-                                  if self.config.preset == "mini" or k not in self.explicit}
+            out["mini_preset"] = preset_overrides(self.config, self.mini_preset, self.explicit)
         return out
 
     def __repr__(self) -> str:
