@@ -216,8 +216,9 @@ def test_method_erases_target_on_mini(mini, reference, name):
 
 
 # Measured on the mini world's target-implicit captions (24 images; none 0.46, other objects 1.00, other styles
-# 1.00): negative-prompt 1.00 (0.96, 0.88), conceptprune 0.71 (0.96, 1.00).
-IMPLICIT_EFFECT = ("negative-prompt", "conceptprune")
+# 1.00): negative-prompt 1.00 (0.96, 0.88), conceptprune 0.71 (0.96, 1.00). The gain each must show: the
+# negative prompt keeps the bar it had before ConceptPrune joined this test.
+IMPLICIT_EFFECT = {"negative-prompt": 2 * MIN_ERASURE_GAIN, "conceptprune": MIN_ERASURE_GAIN}
 
 
 @pytest.mark.parametrize("name", IMPLICIT_EFFECT)
@@ -236,7 +237,7 @@ def test_removes_the_target_from_captions_that_do_not_ask_for_it(mini, name):
     method, edited = _edit(mini, name)
     after = probe(edited, TARGET, sets=sets, images_per_prompt=2)
     print(f"\n{name} on target-implicit: none={before} edited={after} stats={method.stats}")
-    assert after["implicit_erasure_rate"] >= before["implicit_erasure_rate"] + MIN_ERASURE_GAIN, (before, after)
+    assert after["implicit_erasure_rate"] >= before["implicit_erasure_rate"] + IMPLICIT_EFFECT[name], (before, after)
     for key in ("other_object_accuracy", "other_style_accuracy"):
         assert after[key] >= before[key] - MAX_OTHER_DROP, (key, before, after)
 
