@@ -254,14 +254,18 @@ def unedited(mini, probe_fn):
 KNOWN_NO_EFFECT = {"esd-u"}
 
 
-_DEFAULT_EDITS: dict = {}
+@pytest.fixture(scope="module")
+def default_edit(mini):
+    """``default_edit(name)``: the method's edit of the mini model with its mini defaults, trained once per
+    module (the tests share it)."""
+    edits: dict = {}
 
+    def edit(name: str):
+        if name not in edits:
+            edits[name] = get_method(name, {"progress": False}).apply(mini, REQUEST)
+        return edits[name]
 
-def default_edit(mini, name: str):
-    """The method's edit of the mini model with its mini defaults, trained once per module (tests share it)."""
-    if name not in _DEFAULT_EDITS:
-        _DEFAULT_EDITS[name] = get_method(name, {"progress": False}).apply(mini, REQUEST)
-    return _DEFAULT_EDITS[name]
+    return edit
 
 
 NAMED_XFAIL = "no erasure of the named circle without damage on the mini model (it goes where unnamed: last test)"
@@ -271,10 +275,10 @@ NAMED_XFAIL = "no erasure of the named circle without damage on the mini model (
     pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=NAMED_XFAIL))
     if n in KNOWN_NO_EFFECT else n for n in FINETUNE
 ])
-def test_erases_the_target_and_keeps_other_objects(mini, probe_fn, unedited, name):
+def test_erases_the_target_and_keeps_other_objects(probe_fn, unedited, default_edit, name):
     if unedited["erasure_rate"] > 1 - ERASURE_GAIN:
         pytest.skip(f"the unedited mini model hardly draws {TARGET!r} (erasure rate {unedited['erasure_rate']:.2f})")
-    edited = default_edit(mini, name)
+    edited = default_edit(name)
     after = probe_fn(edited)
     report = {k: (round(unedited[k], 3), round(after[k], 3)) for k in ("erasure_rate", "synonym_erasure_rate",
                                                                      "other_object_accuracy")}
@@ -283,7 +287,7 @@ def test_erases_the_target_and_keeps_other_objects(mini, probe_fn, unedited, nam
     assert after["other_object_accuracy"] >= unedited["other_object_accuracy"] - margin, report
 
 
-def test_esd_u_erases_the_target_from_captions_that_do_not_ask_for_it(mini):
+def test_esd_u_erases_the_target_from_captions_that_do_not_ask_for_it(mini, default_edit):
     """ESD-u's claim (its paper evaluates it on I2P, prompts that never name nudity): fine-tuning the
     non-cross-attention weights removes a concept the model draws unasked. On the mini world's
     ``target-implicit`` captions ("a green", "a striped red") the unedited model draws its default object, a
@@ -297,7 +301,7 @@ def test_esd_u_erases_the_target_from_captions_that_do_not_ask_for_it(mini):
     before = probe(mini, TARGET, sets=sets, images_per_prompt=2)
     if before["implicit_erasure_rate"] > 1 - 2 * ERASURE_GAIN:
         pytest.skip(f"the unedited model seldom draws {TARGET!r} unasked ({1 - before['implicit_erasure_rate']:.0%})")
-    after = probe(default_edit(mini, "esd-u"), TARGET, sets=sets, images_per_prompt=2)
+    after = probe(default_edit("esd-u"), TARGET, sets=sets, images_per_prompt=2)
     print(f"\nesd-u on target-implicit: none={before} edited={after}")
     assert after["implicit_erasure_rate"] >= before["implicit_erasure_rate"] + 2 * ERASURE_GAIN, (before, after)
     for key in ("other_object_accuracy", "other_style_accuracy"):
