@@ -16,7 +16,7 @@ from methods.base import METHODS, ErasureRequest, Method, MethodConfig, get_meth
 
 # Import every method module so its @register_method runs.
 for _info in pkgutil.iter_modules(__path__):
-    if _info.name != "base" and not _info.name.startswith("_"):
+    if _info.name not in ("base", "recipes") and not _info.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_info.name}")
 
 __all__ = ["METHODS", "ErasureRequest", "Method", "MethodConfig", "get_method", "register_method"]

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from bench.backbone import Backbone
 from bench.registry import Registry
+from methods.recipes import Recipe
 
 CONCEPT_KINDS = ("object", "style", "colour", "nudity", "identity")
 
@@ -92,6 +93,7 @@ class Method:
     multi_concept: ClassVar[bool] = True  # can erase several targets in one request
     erases: ClassVar[bool] = True  # False for methods that strengthen a concept (not in the default erasure run)
     mini_preset: ClassVar[dict[str, Any]] = {}  # fields applied by with_mini_preset; part of the fingerprint
+    recipes: ClassVar[dict[str, Recipe]] = {}  # Stable Diffusion recipe per concept kind (methods.recipes)
 
     def __init__(self, config: MethodConfig | None = None, **params: Any):
         if config is not None and params:
