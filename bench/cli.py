@@ -5,6 +5,7 @@
     erasebench report RUN_DIR... [--format md|csv|latex|html] [--output FILE]
     erasebench attribute --model M --concept C [--anchor A] [--objective erase|amplify] --out FILE
     erasebench compare BASE_RUN NEW_RUN [--tolerance 0.02] [--json]
+    erasebench show method NAME --kind KIND [--model sd|mini] [--json]
 
 Bad input exits with status 2 and one line per problem on stderr, and writes nothing.
 """
@@ -115,7 +116,7 @@ EXTRA_COMMANDS: dict[str, Callable] = {}
 
 
 def _register_extras() -> None:
-    for module in ("bench.attribution_cli", "leaderboard.compare"):
+    for module in ("bench.attribution_cli", "leaderboard.compare", "bench.show_cli"):
         try:
             mod = __import__(module, fromlist=["register_cli"])
         except ModuleNotFoundError as exc:

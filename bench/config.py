@@ -45,6 +45,10 @@ class MethodSpec(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     label: str | None = None  # the row name when one method appears with several settings
     edit: str | None = None  # a folder saved by Backbone.save_edit: load it instead of applying the method
+    # the recipe's prompt sets replaced for this method ("{concept}" is the target); None: the recipe's
+    anchor: str | None = None
+    preserve: list[str] | None = None
+    target_prompts: list[str] | None = None
 
     @property
     def row_name(self) -> str:

@@ -147,6 +147,38 @@ def infer_kind(backbone: Backbone, target: str) -> str:
     return "nudity" if target.lower() in ("nudity", "naked", "nude") else "object"
 
 
+def build_request(config: RunConfig, spec, method, target: str, backbone: Backbone):
+    """The method instance and request of one (method, target) unit, with the recipe of the target's kind.
+
+    The kind is the config's ``kind`` or inferred from the target. On Stable Diffusion the method's recipe for
+    that kind (or the nearest, :mod:`methods.recipes`) gives its prompt sets and config fields; on the mini
+    world its mini preset applies instead. The run config's ``anchor``/``preserve`` (when given) and the
+    method's own ``anchor``/``preserve``/``target_prompts`` replace the recipe's; ``params`` win over the
+    recipe's fields. The returned method carries the resolved recipe in its fingerprint (and so in the
+    manifest and the saved edit). Raises ConfigError (one line) for a prompt file that cannot be found.
+    """
+    from bench.suites import SuiteError
+    from methods.base import ErasureRequest
+    from methods.recipes import materialise, override, recipe_for_model
+
+    kind = config.kind or infer_kind(backbone, target)
+    recipe = recipe_for_model(method.recipes, kind, backbone.kind)
+    given = config.model_fields_set
+    recipe = override(recipe, anchor=config.anchor if "anchor" in given else None,
+                      preserve=config.preserve if "preserve" in given else None, where="run config")
+    recipe = override(recipe, anchor=spec.anchor, preserve=spec.preserve, target_prompts=spec.target_prompts,
+                      where=f"run config: methods ({spec.row_name})")
+    try:
+        recipe = materialise(recipe, [target], config.data_dir)
+        unit = method.with_recipe(recipe)
+    except (SuiteError, ValueError) as exc:
+        raise ConfigError(f"methods: {spec.row_name}: target {target}: {exc}") from None
+    request = ErasureRequest(
+        targets=[target], anchor=recipe.anchor or "", preserve=list(recipe.preserve or ()), kind=kind,
+        seed=config.seed, target_prompts=None if recipe.target_prompts is None else list(recipe.target_prompts))
+    return unit, request
+
+
 def edited_backbone(base: Backbone, row: str, spec, method, request, store: RunStore) -> tuple[Backbone, dict]:
     """Apply a method (or reload its saved edit). Returns the backbone and its cost record."""
     from methods.base import ErasureRequest  # noqa: F401
@@ -264,6 +296,8 @@ def evaluate(evaluator: Evaluator, items: pd.DataFrame, images: torch.Tensor, ba
 
 def run(config: RunConfig, out: str | Path, progress: bool = True) -> Path:
     """Run a benchmark config into the directory ``out`` (resuming what is already there)."""
+    from methods.recipes import recipe_record
+
     resolved = resolve(config)
     store = RunStore(out)
     previous = store.read_manifest()
@@ -273,7 +307,14 @@ def run(config: RunConfig, out: str | Path, progress: bool = True) -> Path:
     device = torch.device(config.device)
     base = load_backbone(config.model, device=device, dtype=config.dtype)
     base_fp = base.fingerprint()
+    if not progress:  # --quiet: the methods' own training bars too
+        for _, _, m in resolved.methods:
+            if hasattr(m.config, "progress"):
+                m.config.progress = False
+    # one method instance and request per (method, target): the recipe of the target's kind, resolved up front
+    units = {(row, t): build_request(config, spec, m, t, base) for row, spec, m in resolved.methods for t in config.targets}
     method_fps = {row: m.fingerprint() for row, _, m in resolved.methods}
+    method_fps.update({f"{row}__{t}": m.fingerprint() for (row, t), (m, _) in units.items()})
     if previous is not None:  # resuming: the same config must also mean the same weights and method settings
         stale = [] if previous.get("model", {}).get("fingerprint") == base_fp else [f"model {config.model}"]
         stale += [row for row, fp in method_fps.items() if previous.get("methods", {}).get(row) not in (None, fp)]
@@ -289,6 +330,7 @@ def run(config: RunConfig, out: str | Path, progress: bool = True) -> Path:
             "packages": package_versions(),
             "model": {"name": config.model, "fingerprint": base_fp, "kind": base.kind},
             "methods": method_fps,
+            "recipes": {f"{row}__{t}": recipe_record(m.recipe) for (row, t), (m, _) in units.items()},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         })
     cache = ImageCache(config.cache_dir or store.images_dir)
@@ -301,20 +343,13 @@ def run(config: RunConfig, out: str | Path, progress: bool = True) -> Path:
             store.update_manifest(evaluators={task.evaluator: evaluators[key].provenance()})
         return evaluators[key]
 
-    from methods.base import ErasureRequest
-
-    if not progress:  # --quiet: the methods' own training bars too
-        for _, _, m in resolved.methods:
-            if hasattr(m.config, "progress"):
-                m.config.progress = False
-    units = [(row, spec, m, t) for row, spec, m in resolved.methods for t in config.targets]
-    for row, spec, method, target in tqdm(units, desc="methods x targets", disable=not progress):
+    specs = {row: spec for row, spec, _ in resolved.methods}
+    for (row, target), (method, request) in tqdm(units.items(), desc="methods x targets", disable=not progress):
+        spec = specs[row]
         todo = [task for task in resolved.suite.tasks if not store.has_unit(row, target, task.name)]
         attack_tasks = [f"attack-{a.name}" for a in resolved.attacks]
         if not todo and all(store.has_unit(row, target, t) for t in attack_tasks):
             continue
-        request = ErasureRequest(targets=[target], anchor=config.anchor, preserve=list(config.preserve),
-                                 kind=config.kind or infer_kind(base, target), seed=config.seed)
         edited, cost = edited_backbone(base, row, spec, method, request, store)
         fingerprint = base_fp if edited is base else edited.fingerprint()
         manifest_edit = {"fingerprint": fingerprint, **cost}

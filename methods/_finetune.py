@@ -90,6 +90,12 @@ class FinetuneMethod(Method):
         overrides = {k: v for k, v in self.mini_defaults.items() if k not in self.explicit}
         return dataclasses.replace(self.config, **overrides)
 
+    def config_for(self, model_kind: str) -> FinetuneConfig:
+        """:meth:`effective_config` for a model kind ("sd" or "mini"), as ``erasebench show method`` prints it."""
+        if model_kind != "mini" or not self.config.use_mini_defaults:
+            return self.config
+        return dataclasses.replace(self.config, **{k: v for k, v in self.mini_defaults.items() if k not in self.explicit})
+
     def fingerprint(self) -> dict:
         out = super().fingerprint()
         out["config"].pop("progress", None)  # display only: a --quiet resume is the same edit

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from bench.backbone import Backbone
 from bench.registry import Registry
-from methods.recipes import Recipe
+from methods.recipes import Recipe, recipe_record
 
 CONCEPT_KINDS = ("object", "style", "colour", "nudity", "identity")
 
@@ -94,6 +94,11 @@ class Method:
     erases: ClassVar[bool] = True  # False for methods that strengthen a concept (not in the default erasure run)
     mini_preset: ClassVar[dict[str, Any]] = {}  # fields applied by with_mini_preset; part of the fingerprint
     recipes: ClassVar[dict[str, Recipe]] = {}  # Stable Diffusion recipe per concept kind (methods.recipes)
+    # Part of the fingerprint: raise it with every change to the method's code that changes the edit it makes,
+    # so that edits saved before the change are never reused as if they were the same.
+    algorithm_version: ClassVar[str] = "1"
+    # Config fields that cut a method's iteration counts to a few, for tests/test_conformance_sd.py only.
+    conformance_overrides: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config: MethodConfig | None = None, **params: Any):
         if config is not None and params:
@@ -102,6 +107,7 @@ class Method:
         # the fields the caller set: keyword parameters as passed (a paper value too), else those of the config
         # object that differ from the defaults; mini presets and mini defaults never override them
         self.explicit: set[str] = set(params) if config is None else explicit_fields(config)
+        self.recipe: Recipe | None = None  # the resolved recipe of one unit (with_recipe); part of the fingerprint
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
         raise NotImplementedError
@@ -113,11 +119,39 @@ class Method:
                 f"{', '.join(request.targets)}); run it once per target"
             )
 
+    def config_for(self, model_kind: str) -> MethodConfig:
+        """The config this method runs with on a model of ``model_kind`` ("sd" or "mini") before any recipe:
+        the mini preset's fields (:func:`preset_overrides`) replace the config's on the mini model (preset auto)
+        or everywhere (preset mini). A method whose ``apply`` resolves more than its preset overrides this."""
+        preset = getattr(self.config, "preset", "paper")
+        if self.mini_preset and (preset == "mini" or (preset == "auto" and model_kind == "mini")):
+            return dataclasses.replace(self.config, **preset_overrides(self.config, self.mini_preset, self.explicit))
+        return self.config
+
+    def with_recipe(self, recipe: Recipe) -> Method:
+        """A new instance of this method for one unit: ``recipe.params`` set the config fields the caller did
+        not set (:attr:`explicit` wins), and ``recipe`` (materialised: literal prompts) joins the fingerprint.
+        ``self`` is not changed. Raises ValueError for a recipe field the config does not have."""
+        fields = {f.name for f in dataclasses.fields(self.config)}
+        unknown = sorted(set(recipe.params) - fields)
+        if unknown:
+            raise ValueError(f"recipe {self.name}/{recipe.kind}: unknown config field(s) {', '.join(unknown)}; "
+                             f"valid: {', '.join(sorted(fields))}")
+        hints = typing.get_type_hints(type(self.config))
+        params = {k: _coerce(v, hints.get(k)) for k, v in recipe.params.items() if k not in self.explicit}
+        clone = type(self)(config=dataclasses.replace(self.config, **params))
+        clone.explicit = set(self.explicit)
+        clone.recipe = recipe
+        return clone
+
     def fingerprint(self) -> dict:
-        out = {"method": self.name, "config": dataclasses.asdict(self.config)}
+        out = {"method": self.name, "algorithm_version": self.algorithm_version,
+               "config": dataclasses.asdict(self.config)}
         if self.mini_preset and getattr(self.config, "preset", "paper") != "paper":
             # a changed mini preset is another edit
             out["mini_preset"] = preset_overrides(self.config, self.mini_preset, self.explicit)
+        if self.recipe is not None:  # the prompts and params this unit received (without the sources' wording)
+            out["recipe"] = recipe_record(self.recipe, sources=False)
         return out
 
     def __repr__(self) -> str:

@@ -1,0 +1,129 @@
+"""``erasebench show method NAME --kind KIND --model sd|mini [--json]``: the values a method runs with.
+
+The fully resolved config of one method for one concept kind, as a run resolves it (:func:`show_method`):
+on Stable Diffusion (``--model sd``) the method's paper recipe for that kind (or the nearest one, with a
+note), on the mini world (``--model mini``) its mini preset. With ``--json``, one JSON object::
+
+    {"method": ..., "kind": ..., "model": ..., "note": ...,
+     "config": {field: value, ..., "anchor": ..., "preserve": [...], "target_prompts": [...] | null,
+                "preserve_file": {...} | null},
+     "sources": {field: where the value comes from}}
+
+Without ``--json``, the same as a table (field, value, source). Prompt templates keep ``{concept}`` unless
+``--target`` names one. A recipe's public ``preserve_file`` is read from ``--data-dir`` or the prompt cache
+(never downloaded here); when it is in neither, ``preserve`` holds the recipe's short set and ``missing``
+says which file a run would fetch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from methods.recipes import CONCEPT, materialise, recipe_for_model, recipe_record
+
+PROMPT_FIELDS = ("anchor", "preserve", "target_prompts", "preserve_file")
+
+
+def show_method(name: str, kind: str, model: str = "sd", target: str | None = None,
+                data_dir: str | Path | None = None) -> dict[str, Any]:
+    """The resolved fields of method ``name`` for concept ``kind`` on ``model`` ("sd" or "mini") and the
+    source of each (see the module docstring for the shape)."""
+    import methods  # noqa: F401  (registers the methods)
+    from bench.suites import SuiteError
+    from methods.base import CONCEPT_KINDS, METHODS
+
+    if model not in ("sd", "mini"):
+        raise ValueError(f"unknown model {model!r}; valid: sd, mini")
+    if kind not in CONCEPT_KINDS:
+        raise ValueError(f"unknown concept kind {kind!r}; valid: {', '.join(CONCEPT_KINDS)}")
+    cls = METHODS.get(name)
+    recipe = recipe_for_model(cls.recipes, kind, model)
+    missing = None
+    try:
+        resolved = materialise(recipe, [target or CONCEPT], data_dir, download=False)
+    except SuiteError as exc:  # the long public set is fetched at run time; show the recipe's short set
+        missing = str(exc)
+        resolved = materialise(dataclasses.replace(recipe, preserve_file=None), [target or CONCEPT])
+    base = cls()
+    start = base.config_for(model)  # the mini preset on the mini world (where the recipe has no params)
+    method = cls(config=start).with_recipe(resolved)
+    record = recipe_record(resolved)
+    config = {**_plain(dataclasses.asdict(method.config)), **{k: record[k] for k in PROMPT_FIELDS}}
+    config_class = type(base.config)
+    preset_owner = next((f"{c.__module__}.{c.__name__}.{attr}" for c in cls.__mro__
+                         for attr in ("mini_preset", "mini_defaults") if vars(c).get(attr)), "mini preset")
+    sources = {}
+    for f in dataclasses.fields(method.config):
+        if f.name in resolved.params:
+            sources[f.name] = resolved.sources.get(f.name, f"{kind} recipe (no source given)")
+        elif getattr(start, f.name) != getattr(base.config, f.name):
+            sources[f.name] = preset_owner
+        else:
+            sources[f.name] = f"{config_class.__module__}.{config_class.__name__} default"
+    for field in PROMPT_FIELDS:
+        if record[field] is None:
+            sources[field] = "not in the recipe: the method's own default"
+        else:
+            sources[field] = resolved.sources.get(field, f"{kind} recipe (no source given)")
+    out = {"method": name, "kind": kind, "model": model, "note": resolved.note, "config": config,
+           "sources": sources}
+    if missing:
+        out["missing"] = missing
+    return out
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def format_table(shown: dict[str, Any]) -> str:
+    """``show_method``'s result as a readable table: field, value, source."""
+    rows = [("field", "value", "source")]
+    rows += [(k, _cell(v), shown["sources"].get(k, "")) for k, v in shown["config"].items()]
+    widths = [max(len(r[i]) for r in rows) for i in range(2)]
+    lines = [f"{shown['method']}: {shown['kind']} on {shown['model']}"]
+    if shown.get("note"):
+        lines.append(f"note: {shown['note']}")
+    if shown.get("missing"):
+        lines.append(f"not read here (fetched at run time): {shown['missing']}")
+    lines.append("")
+    for i, (field, value, source) in enumerate(rows):
+        lines.append(f"{field.ljust(widths[0])}  {value.ljust(widths[1])}  {source}".rstrip())
+        if i == 0:
+            lines.append(f"{'-' * widths[0]}  {'-' * widths[1]}  {'-' * 6}")
+    return "\n".join(lines)
+
+
+def _cell(value: Any, width: int = 48) -> str:
+    """One value on one line: a list as its length and first items, anything cut at ``width`` characters."""
+    if isinstance(value, list):
+        text = f"[{len(value)}] " + "; ".join(str(v) for v in value) if value else "[]"
+    else:
+        text = json.dumps(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def cmd_show(args) -> int:
+    from bench.cli import CLIError
+
+    try:
+        shown = show_method(args.name, args.kind, args.model, target=args.target, data_dir=args.data_dir)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    print(json.dumps(shown, indent=2) if args.json else format_table(shown))
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    p = subparsers.add_parser("show", help="show the resolved config of a method for a concept kind")
+    p.add_argument("what", choices=["method"])
+    p.add_argument("name", help="a registered method (erasebench list methods)")
+    p.add_argument("--kind", required=True, choices=["nudity", "object", "style", "identity", "colour"])
+    p.add_argument("--model", choices=["sd", "mini"], default="sd")
+    p.add_argument("--target", default=None, help="fill the prompt templates with this concept")
+    p.add_argument("--data-dir", default=None, help="local copies of public prompt files (like a run's data_dir)")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of a table")
+    p.set_defaults(func=cmd_show)
