@@ -93,6 +93,7 @@ class Method:
     multi_concept: ClassVar[bool] = True  # can erase several targets in one request
     erases: ClassVar[bool] = True  # False for methods that strengthen a concept (not in the default erasure run)
     mini_preset: ClassVar[dict[str, Any]] = {}  # fields applied by with_mini_preset; part of the fingerprint
+    edited_components: ClassVar[tuple[str, ...]] = ("unet",)  # the backbone modules apply() may change (and saves)
     recipes: ClassVar[dict[str, Recipe]] = {}  # Stable Diffusion recipe per concept kind (methods.recipes)
     # Part of the fingerprint: raise it with every change to the method's code that changes the edit it makes,
     # so that edits saved before the change are never reused as if they were the same.
