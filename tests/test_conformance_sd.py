@@ -93,6 +93,12 @@ def base(tiny_sd) -> Backbone:  # noqa: F811
 
 
 @pytest.fixture(scope="module")
+def fresh(tiny_sd) -> Backbone:  # noqa: F811
+    """A second load of the folder from disk, for reloading saved edits (the runner copies it before use)."""
+    return load_backbone(str(tiny_sd))
+
+
+@pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     """Stand-ins for every public prompt file a registered recipe reads, under the file's own name."""
     folder = tmp_path_factory.mktemp("prompt-files")
@@ -114,7 +120,7 @@ CASES = [(name, kind) for name in METHODS.names() for kind in KINDS]
 
 
 @pytest.mark.parametrize(("name", "kind"), CASES, ids=[f"{n}-{k}" for n, k in CASES])
-def test_method_conforms_on_stable_diffusion(base, tiny_sd, data_dir, tmp_path, name, kind):  # noqa: F811
+def test_method_conforms_on_stable_diffusion(base, fresh, tiny_sd, data_dir, tmp_path, name, kind):  # noqa: F811
     cls = METHODS.get(name)
     target = TARGETS[kind]
     spec = MethodSpec(name=name, params=cut(cls))
@@ -136,12 +142,13 @@ def test_method_conforms_on_stable_diffusion(base, tiny_sd, data_dir, tmp_path, 
     images = images_of(edited)
     assert torch.isfinite(images).all()
 
-    # the saved edit (the runner's cache) onto a freshly loaded model: the same images, bit for bit
-    fresh = load_backbone(str(tiny_sd))
+    # the saved edit (the runner's cache) onto a model loaded from disk again: the same images, bit for bit
+    untouched = weights(fresh)
     reloaded, cost = edited_backbone(fresh, spec.row_name, spec, unit, request, store)
     if cls.family in ("closed-form", "fine-tuning"):
         assert cost == {}, "the saved edit was not reused"
     assert torch.equal(images_of(reloaded), images)
+    assert changed_components(untouched, fresh) == set()
 
     # the fingerprint follows the recipe and the algorithm version
     fp = unit.fingerprint()
