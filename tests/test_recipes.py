@@ -219,7 +219,8 @@ def test_show_bad_input_exits_2_with_one_line(capsys):
 
 
 def test_every_registered_recipe_is_well_formed():
-    """Each recipe's kind is its key, its params are config fields, and each prompt set names a source."""
+    """Each recipe's kind is its key, its params are config fields, each value names a source, and a public
+    preserve file has a url to fetch it from."""
     for name in METHODS.names():
         cls = METHODS.get(name)
         fields = {f for f in cls.config_class.__dataclass_fields__}
@@ -229,6 +230,10 @@ def test_every_registered_recipe_is_well_formed():
             given = [f for f in ("target_prompts", "anchor", "preserve", "preserve_file") if getattr(recipe, f) is not None]
             missing = [f for f in [*recipe.params, *given] if f not in recipe.sources]
             assert not missing, f"{name}/{kind}: no source for {missing}"
+            if recipe.preserve_file is not None:  # a run must be able to fetch it (or read it from data_dir)
+                spec = recipe.preserve_file
+                assert spec.url or known_url(spec.name), (
+                    f"{name}/{kind}: preserve_file {spec.name} has no url and no suite names one; set PromptFile.url")
 
 
 def test_yaml_methods_take_per_method_prompt_sets(tmp_path):
