@@ -56,7 +56,7 @@ import torch
 from bench.backbone import Backbone
 from methods.base import ErasureRequest, Method, MethodConfig, register_method, with_mini_preset
 from methods.recipes import PromptFile, Recipe
-from methods.uce import edit_projections, record_edit
+from methods.uce import edit_projections, gram_rows, record_edit
 
 OBJECT_TEMPLATES = [
     "{} in a photo", "{} in a snapshot", "A snapshot of {}", "A photograph showcasing {}", "An illustration of {}",
@@ -190,22 +190,6 @@ RECIPES = {
     ),
 }
 
-
-def gram_rows(backbone: Backbone, prompts: list[str], chunk: int = 64) -> torch.Tensor:
-    """Rows ``R`` with ``R^T R = sum over prompts and token rows of c c^T``, accumulated ``chunk`` prompts at a time.
-
-    The UCE solve only needs that sum, so a square root of it (``diag(sqrt(s)) V^T`` of its eigen-decomposition)
-    stands for any number of preserve prompts with ``d`` rows."""
-    d = backbone.text_encoder.config.hidden_size
-    if not prompts:
-        return torch.zeros(0, d, device=backbone.device)
-    gram = torch.zeros(d, d, dtype=torch.float64, device=backbone.device)
-    with torch.no_grad():
-        for start in range(0, len(prompts), chunk):
-            rows = backbone.encode(prompts[start:start + chunk]).double().flatten(0, 1)
-            gram += rows.T @ rows
-    s, v = torch.linalg.eigh(gram)
-    return (s.clamp_min(0).sqrt()[:, None] * v.T).float()
 
 
 @register_method

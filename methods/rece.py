@@ -50,6 +50,7 @@ from methods.uce import (
     UCEConfig,
     cross_attention_projections,
     full_rows,
+    gram_rows,
     record_edit,
     uce_closed_form,
 )
@@ -192,7 +193,7 @@ class RECE(Method):
         targets = full_rows(edited, list(request.targets))  # [T * L, D]
         guides = full_rows(edited, [guide] * len(request.targets))
         preserve = [""] + [p for p in request.preserve if p not in request.targets]
-        keep = full_rows(edited, preserve)
+        keep = gram_rows(edited, preserve)  # as rows of its Gram matrix: a long retain set fits in memory
         self.stats = {"epochs": cfg.epochs}
         score = EpochScorer(edited, cfg, request) if cfg.keep_best else None
         best = (score(), 0, [layer.weight.detach().clone() for layer in layers]) if score else None
