@@ -80,6 +80,9 @@ IMAGE_PROMPT_TEMPLATES = {
 _REPO = "mail-research/CAD-attribution4diffusion @ 18b257e"
 _ERASE_SRC = {
     "ratio": f"{_REPO}, benchmarking/utils.py ablate_model (ratio 0.001 per row)",
+    "granularity": f"{_REPO}, benchmarking/utils.py ablate_model (k = int(ratio * fan_in) per output row)",
+    "samples": f"{_REPO}, compute_positive_neurons.py (n_est = 1, hard-coded)",
+    "mode": f"{_REPO}, compute_positive_neurons.py (a fresh trajectory per timestep)",
     "selector": f"{_REPO}, benchmarking/utils.py ablate_model (2-D 'ff' weights)",
     "timesteps": f"{_REPO}, compute_positive_neurons.py (50 DDIM timesteps, one trajectory each)",
     "guidance": f"{_REPO}, compute_positive_neurons.py (guidance 3.0)",
@@ -97,7 +100,9 @@ def _cad_recipe(kind: str, prompt: str, image_prompt: str) -> Recipe:
         sources={**_ERASE_SRC,
                  "prompt_template": f"{_REPO}, compute_positive_neurons.py / README.md (cad.md 1.2)",
                  "image_prompt": f"{_REPO}, compute_negative_neurons.py (cad.md 1.3)",
-                 "n_images": f"{_REPO}, compute_negative_neurons.py (10 x 5 images, PNDM 50 steps, CFG 7.5)"},
+                 "n_images": f"{_REPO}, compute_negative_neurons.py (10 x 5 images, PNDM 50 steps, CFG 7.5)",
+                 "image_guidance": f"{_REPO}, compute_negative_neurons.py (CFG 7.5)",
+                 "image_steps": f"{_REPO}, compute_negative_neurons.py (50 steps)"},
         note="amplify's images are sampled with DDIM (official PNDM); the VAE scaling bug of the official code is "
              "fixed" + ("; identity prompts are an extrapolation (not in the code)" if kind == "identity" else ""),
     )

@@ -84,6 +84,7 @@ def _esd_recipe(kind: str, note: str = "") -> Recipe:
         sources={"iterations": f"{_SCRIPT} (--iterations 1000)", "lr": f"{_SCRIPT} (--lr 1e-5)",
                  "negative_guidance": f"{_SCRIPT} (--negative_guidance 1)",
                  "start_guidance": f"{_SCRIPT} (--start_guidance 3)", "ddim_steps": f"{_SCRIPT} (--ddim_steps 50)",
+                 "batch_size": f"{_SCRIPT} (one prompt, one x_t per iteration)",
                  "sample_from": f"{_SCRIPT} (x_t sampled from the model being trained)",
                  "variant": "Gandikota et al. ICCV 2023, Sec. 4: ESD-x for styles, ESD-u for nudity and objects"},
         note="; ".join(filter(None, [note, "x_t is scored at its own timestep (the script: t/ddim_steps * 1000)"])),

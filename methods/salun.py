@@ -112,6 +112,8 @@ RECIPES = {
             "alpha": f"{_REPO}, SD/README.md (random_label.py --alpha 0.5)",
             "epochs": f"{_REPO}, SD/README.md (random_label.py --epochs 5)",
             "lr": f"{_REPO}, SD/README.md (random_label.py --lr 1e-5)",
+            "batch_size": f"{_REPO}, SD/train-scripts/random_label.py (--batch_size default 8)",
+            "mask_guidance": f"{_REPO}, SD/train-scripts/generate_mask.py (--c_guidance 7.5)",
             "mask_ratio": f"{_REPO}, SD/README.md (mask with_0.5.pt)",
             "train_method": f"{_REPO}, SD/README.md (--train_method full)",
         },
