@@ -40,8 +40,9 @@ that name the circle still draw it (erasure 0.00 at every skill ratio, module ch
 tried; tests/test_methods_closed_form.py).
 
 Defaults (the paper and our reference notes): ``skill_ratio=0.01``, ``timesteps=9`` (the first
-steps of a 50-step schedule), ``threshold=0.5``, sampling with 50 DDIM steps and guidance 7.5 (the
-SD pipeline defaults the official code runs). ``preset="auto"`` uses :data:`MINI_PRESET` on the mini
+steps of a 50-step schedule), ``threshold=0.5``, sampling with 50 steps at guidance 7.5 (the SD
+pipeline's defaults, which the official code runs with the pipeline's own PNDM scheduler and seed 0;
+here DDIM and a seed per prompt). The official code runs SD v1.5 (``configs/wanda_config.yaml``). ``preset="auto"`` uses :data:`MINI_PRESET` on the mini
 model for the fields left at these defaults; ``"paper"`` keeps them everywhere.
 """
 

@@ -16,8 +16,9 @@ Two variants, which differ only in which UNet parameters train:
 - ``esd-u``: everything except cross-attention (and the time embedding and output layers, as in
   the official ``noxattn``): global concepts such as nudity.
 
-Defaults (paper and rohitgandikota/erasing): 1000 iterations, Adam lr 1e-5, batch 1, eta 1,
-start guidance 3, 50 DDIM steps. Details:
+Defaults (paper and rohitgandikota/erasing @ b8aeab6, ``train-scripts/train-esd.py``, the code behind
+the ICCV numbers): 1000 iterations, Adam lr 1e-5, batch 1, eta 1, start guidance 3, 50 DDIM steps. The
+repository's current ``esd_sd.py`` (@ 25613d2) defaults to 200 iterations, lr 5e-5, eta 2. Details:
 - ``sample_from="edited"`` (the official code) draws x_t from the model being fine-tuned;
   ``"frozen"`` draws them from theta* instead, which lets a pool of trajectories be sampled once
   (``trajectory_pool`` per prompt) and reused: much cheaper; the mini defaults do this.
