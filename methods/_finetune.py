@@ -185,20 +185,22 @@ def ddim_timesteps(backbone: Backbone, steps: int) -> torch.Tensor:
 
 @torch.no_grad()
 def sample_until(backbone: Backbone, prompts: list[str], noise: torch.Tensor, steps: int, guidance: float,
-                 stop_step: int, precision: str = "fp32") -> torch.Tensor:
+                 stop_step: int, precision: str = "fp32", negative_prompt: str = "") -> torch.Tensor:
     """DDIM-sample ``prompts`` from ``noise`` with CFG and return the latents *before* step ``stop_step``.
 
-    Those latents sit at noise level ``ddim_timesteps(backbone, steps)[stop_step]``.
+    Those latents sit at noise level ``ddim_timesteps(backbone, steps)[stop_step]``. ``negative_prompt``
+    replaces the empty prompt of the unconditional branch (CA's nudity recipe samples its anchor images so).
     """
     sampler = SamplerConfig("ddim", steps=steps, guidance=guidance, precision=precision)
     if stop_step <= 0:
         return noise * make_scheduler(backbone, sampler).init_noise_sigma
-    return denoise(backbone, prompts, noise, sampler, negative_prompts=[""] * len(prompts), stop_step=stop_step, hooks=[])
+    return denoise(backbone, prompts, noise, sampler, negative_prompts=[negative_prompt] * len(prompts),
+                   stop_step=stop_step, hooks=[])
 
 
 @torch.no_grad()
 def sample_latents(backbone: Backbone, prompts: list[str], gen: torch.Generator, steps: int, guidance: float,
-                   batch_size: int = 64, precision: str = "fp32") -> torch.Tensor:
+                   batch_size: int = 64, precision: str = "fp32", negative_prompt: str = "") -> torch.Tensor:
     """Fully sample one latent per prompt (the "generated training images" of CA and SalUn).
 
     The noise of all prompts is drawn first, so the samples do not depend on ``batch_size``.
@@ -207,7 +209,7 @@ def sample_latents(backbone: Backbone, prompts: list[str], gen: torch.Generator,
     out = []
     for start in range(0, len(prompts), batch_size):
         out.append(sample_until(backbone, prompts[start:start + batch_size], noise[start:start + batch_size], steps,
-                                guidance, stop_step=steps, precision=precision))
+                                guidance, stop_step=steps, precision=precision, negative_prompt=negative_prompt))
     return torch.cat(out)
 
 

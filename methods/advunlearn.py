@@ -22,8 +22,11 @@ Defaults (OPTML-Group/AdvUnlearn, train-scripts/AdvUnlearn.py and its README com
 iterations, Adam lr 1e-5 on all encoder layers and the final layer norm (``text_encoder_full``),
 eta 1, start guidance 3, 50 DDIM steps; attack: 1 prefix token on the word embeddings, 30 steps
 at lr 1e-3, refreshed every iteration after 200 warm-up iterations; retain: "reg" with weight 0.3
-and 5 retain prompts per step (the COCO object prompts there; here ``request.preserve``, or the
-empty prompt when none). Expensive (hours on SD): mind ``max_steps`` / ``max_minutes``.
+and 5 retain prompts per step, drawn from ``request.preserve`` (the empty prompt when none). The
+nudity recipe (:attr:`AdvUnlearn.recipes`) is the README command: the retain set is the official
+``data/prompts/train/coco_object_retain.csv`` (243 "a photo of {object}" prompts, fetched at run
+time) and the attack starts from a random prefix. Expensive (hours on SD): mind ``max_steps`` /
+``max_minutes``.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import torch.nn.functional as F
 from bench.backbone import Backbone
 from methods import _finetune as ft
 from methods.base import ErasureRequest, register_method
+from methods.recipes import PromptFile, Recipe
 
 
 @dataclass
@@ -72,6 +76,31 @@ MINI_DEFAULTS: dict[str, Any] = {
     "warmup_iter": 20,
     "adv_prompt_update_step": 5,
     "trajectory_pool": 16,
+}
+
+
+_REPO = "OPTML-Group/AdvUnlearn @ 9d23124"
+RECIPES = {
+    "nudity": Recipe(
+        kind="nudity",
+        params={"iterations": 1000, "lr": 1e-5, "component": "all", "attack_step": 30, "attack_init": "random",
+                "retain_loss_w": 0.3, "retain_batch": 5, "warmup_iter": 200, "adv_prompt_num": 1},
+        preserve_file=PromptFile("coco_object_retain.csv", column="prompt"),
+        sources={
+            "iterations": f"{_REPO}, train-scripts/AdvUnlearn.py (--iterations default 1000)",
+            "lr": f"{_REPO}, train-scripts/AdvUnlearn.py (--lr default 1e-5)",
+            "component": f"{_REPO}, README.md (--train_method text_encoder_full)",
+            "attack_step": f"{_REPO}, README.md (--attack_step 30)",
+            "attack_init": f"{_REPO}, README.md (--attack_init random; the argparse default is latest)",
+            "retain_loss_w": f"{_REPO}, README.md (--retain_train reg --retain_loss_w 0.3)",
+            "retain_batch": f"{_REPO}, train-scripts/AdvUnlearn.py (--retain_batch default 5)",
+            "warmup_iter": f"{_REPO}, train-scripts/AdvUnlearn.py (--warmup_iter default 200)",
+            "adv_prompt_num": f"{_REPO}, train-scripts/AdvUnlearn.py (--adv_prompt_num default 1)",
+            "preserve_file": f"{_REPO}, README.md (--dataset_retain coco_object: "
+                             "data/prompts/train/coco_object_retain.csv)",
+        },
+        note="the retain prompts are drawn at random with replacement (official: without, reset when seen)",
+    ),
 }
 
 
@@ -118,6 +147,7 @@ class PrefixPrompt:
 class AdvUnlearn(ft.FinetuneMethod):
     name = "advunlearn"
     description = "AdvUnlearn: adversarial ESD training of the text encoder with a retain regulariser (Zhang et al. 2024)"
+    recipes = RECIPES
     config_class = AdvUnlearnConfig
     mini_defaults = MINI_DEFAULTS
     edited_components = ("text_encoder",)

@@ -1,28 +1,39 @@
 """CA — Concept Ablation (Kumari et al., "Ablating Concepts in Text-to-Image Diffusion Models", ICCV 2023).
 
 Map the distribution of the target concept onto an anchor concept's. The model-based variant
-(the paper's default, eq. 3) generates images of the anchor with the frozen model, noises them
-and trains the target prompt's prediction to match the frozen model's anchor-prompt prediction:
+(the paper's default, eq. 3) generates images of the anchor with the unedited model, noises them
+and trains the target prompt's prediction to match the anchor prompt's prediction of the model
+being trained, taken under no-grad (``model_pred_anchor`` in the official ``diffusers/train.py``):
 
-    L = E_{x ~ p(x | c_anchor), t, eps} || eps_theta(x_t, c_target, t) - sg(eps_theta*(x_t, c_anchor, t)) ||^2
+    L = E_{x ~ p(x | c_anchor), t, eps} || eps_theta(x_t, c_target, t) - sg(eps_theta(x_t, c_anchor, t)) ||^2
 
 with (c_target, c_anchor) a pair of prompts that differ only in the concept ("a photo of a grumpy
 cat" / "a photo of a cat"). Optional prior preservation adds the ordinary denoising loss on the
 anchor images under their own prompts (``prior_loss_weight``).
 
-Defaults (paper and nupurkmr9/concept-ablation): cross-attention ``to_k``/``to_v`` train
-(``parameter_group="cross-attn"``; "full-weight" trains the whole UNet); 200 anchor images
-(1000 in the paper) sampled with 50 steps at guidance 6; 100 steps (the official diffusers
-script; 2 GPUs x batch 4) at lr 2e-6 scaled by the total batch (``--scale_lr``: 2e-6 x 8).
+Prompts. Two ways, as the official code has them per concept type:
 
-Prompts: the request's ``target_prompts`` (or the concept word itself) are the target prompts;
-their anchor prompts replace the target word by ``request.anchor`` (default "", which maps the
-concept onto what the prompt's remaining words draw).
+* ``anchor_prompts`` empty (objects): the request's ``target_prompts`` (or the concept word) are
+  the target prompts; their anchor prompts replace the target word by ``request.anchor``;
+* ``anchor_prompts`` given (styles, nudity): these are the captions of the anchor images, and each
+  target prompt wraps its caption with the concept by one of ``target_templates`` (``{prompt}`` the
+  caption, ``{concept}`` the target), as ``CustomDiffusionDataset.__getprompt__`` of the official
+  ``diffusers/utils.py`` does ("{prompt}, in the style of {concept}").
+
+Defaults (nupurkmr9/concept-ablation @ c11fb1b, ``diffusers/train.py`` and ``diffusers/README.md``):
+cross-attention ``to_k``/``to_v`` train (``parameter_group="cross-attn"``; "attn" all attention
+projections, the nudity recipe; "full-weight" the whole UNet); AdamW with weight decay 1e-2
+(``--adam_weight_decay``); 1000 anchor images (``--num_class_images``) sampled with 25 steps at
+guidance 6 (the script uses DPM-Solver; we sample with DDIM); 100 steps at lr 2e-6 scaled by the total
+batch (``--scale_lr``: 2e-6 x 4 per GPU x 2 GPUs = 1.6e-5; x2 more with prior preservation).
+Per-kind values are in :attr:`ConceptAblation.recipes`. Not reproduced: the random-resize
+augmentation with its loss mask (the recipes here all run ``--noaug`` or use the full image) and the
+horizontal flip.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -31,19 +42,24 @@ import torch.nn.functional as F
 from bench.backbone import Backbone
 from methods import _finetune as ft
 from methods.base import ErasureRequest, register_method
+from methods.recipes import Recipe
 
 
 @dataclass
 class CAConfig(ft.FinetuneConfig):
-    iterations: int = 100
-    lr: float = 1.6e-5  # 2e-6 x total batch 8 (scale_lr)
+    iterations: int = 100  # --max_train_steps (README: style and object)
+    lr: float = 1.6e-5  # 2e-6 x total batch 8 (--scale_lr; 4 per GPU x 2 GPUs)
     batch_size: int = 8
-    parameter_group: Literal["cross-attn", "full-weight"] = "cross-attn"
-    num_anchor_images: int = 200
-    sample_steps: int = 50
+    weight_decay: float = 1e-2  # AdamW, --adam_weight_decay (train.py)
+    parameter_group: Literal["cross-attn", "attn", "full-weight"] = "cross-attn"
+    num_anchor_images: int = 1000  # --num_class_images (train.py default)
+    sample_steps: int = 25  # the anchor images: num_inference_steps=25, guidance_scale=6.0 (train.py)
     sample_guidance: float = 6.0
+    sample_negative_prompt: str = ""  # "{concept}" is replaced; the nudity recipe's caption_target
     prior_preservation: bool = False
     prior_loss_weight: float = 1.0
+    anchor_prompts: list[str] = field(default_factory=list)  # captions of the anchor images (see module docstring)
+    target_templates: list[str] = field(default_factory=list)  # "{prompt}" + "{concept}": a caption made a target prompt
 
 
 MINI_DEFAULTS: dict[str, Any] = {
@@ -56,15 +72,123 @@ MINI_DEFAULTS: dict[str, Any] = {
     "num_anchor_images": 64,
     "sample_steps": 25,
     "sample_guidance": 5.0,
+    # Adam without weight decay, as the mini figures above were measured (the AdamW fix is an SD default)
+    "weight_decay": 0.0,
+}
+
+# Captions of anchor images, in our words (the official code reads ~200 LAION captions from
+# assets/finetune_prompts/people.txt and painting.txt; they are not vendored here).
+PEOPLE_CAPTIONS = (
+    "a portrait of a woman standing in a garden", "a man sitting on a park bench", "a young girl smiling at the camera",
+    "a boy playing on the beach", "a group of friends laughing together", "an elderly man reading a newspaper",
+    "a woman walking down a city street", "a child holding a red balloon", "a couple dancing at a wedding",
+    "a man jogging along a river", "a mother and her daughter cooking dinner", "a teenager with headphones on a bus",
+    "a woman doing yoga in a bright studio", "a father carrying his son on his shoulders",
+    "a person lying on the grass in the sun", "a bodybuilder posing on a stage",
+)
+PAINTING_CAPTIONS = (
+    "a painting of a harbour at dusk", "an oil painting of a vase of flowers",
+    "a landscape painting with mountains and a lake", "a painting of a village street in the rain",
+    "a portrait painting of an old fisherman", "a painting of a wheat field under a cloudy sky",
+    "a still life painting of fruit on a table", "a painting of a bridge over a river",
+    "a painting of a woman reading by a window", "a painting of boats on a calm sea",
+    "a painting of a night sky over a small town", "a painting of a forest path in autumn",
+)
+OBJECT_PROMPTS = (
+    "a photo of a {concept}", "a {concept} on a wooden table", "a {concept} in a garden", "a close-up photo of a {concept}",
+    "a {concept} next to a window", "a {concept} in a living room", "a {concept} on a city street",
+    "a drawing of a {concept}",
+)
+_REPO = "nupurkmr9/concept-ablation @ c11fb1b"
+_README = f"{_REPO}, diffusers/README.md"
+_TRAIN = f"{_REPO}, diffusers/train.py"
+_UTILS = f"{_REPO}, diffusers/utils.py (CustomDiffusionDataset.__getprompt__)"
+
+RECIPES = {
+    "nudity": Recipe(
+        kind="nudity",
+        params={
+            "parameter_group": "attn", "iterations": 400, "lr": 6.4e-5, "batch_size": 8,
+            "prior_preservation": True, "prior_loss_weight": 1.0, "num_anchor_images": 1000,
+            "sample_steps": 25, "sample_guidance": 6.0, "sample_negative_prompt": "{concept}, nsfw",
+            "anchor_prompts": list(PEOPLE_CAPTIONS),
+            "target_templates": ["{concept}, nsfw, {prompt}", "in {concept}, nsfw style, {prompt}",
+                                 "{prompt}, {concept}, nsfw"],
+        },
+        sources={
+            "parameter_group": f"{_README} (nudity: --parameter_group attn)",
+            "iterations": f"{_README} (nudity: --max_train_steps=400)",
+            "lr": f"{_README} + {_TRAIN} (--learning_rate 4e-6 x batch 4 x 2 GPUs x 2 for prior preservation)",
+            "batch_size": f"{_README} (--train_batch_size=4 on 2 GPUs)",
+            "prior_preservation": f"{_README} (--with_prior_preservation)",
+            "prior_loss_weight": f"{_TRAIN} (--prior_loss_weight default 1.0)",
+            "sample_guidance": f"{_TRAIN} (class images: guidance_scale=6.0)",
+            "num_anchor_images": f"{_TRAIN} (--num_class_images default 1000)",
+            "sample_steps": f"{_TRAIN} (class images: 25 steps, guidance 6.0)",
+            "sample_negative_prompt": f"{_TRAIN} (nudity: negative_prompt = caption_target 'nudity, nsfw')",
+            "anchor_prompts": "our own person captions; official: assets/finetune_prompts/people.txt (LAION)",
+            "target_templates": f"{_UTILS} (nudity: three ways to add caption_target 'nudity, nsfw')",
+        },
+        note="anchor captions are 16 written here instead of the 203 LAION captions of people.txt; DDIM instead of "
+             "DPM-Solver for the anchor images; no horizontal flip",
+    ),
+    "style": Recipe(
+        kind="style",
+        params={
+            "parameter_group": "cross-attn", "iterations": 100, "lr": 1.6e-5, "batch_size": 8,
+            "num_anchor_images": 1000, "sample_steps": 25, "sample_guidance": 6.0,
+            "anchor_prompts": list(PAINTING_CAPTIONS),
+            # r = 1 and r = 2 of the official code are the same form: it is drawn with probability 2/3
+            "target_templates": ["{prompt}, in the style of {concept}", "in {concept}'s style, {prompt}",
+                                 "in {concept}'s style, {prompt}"],
+        },
+        anchor="painting",
+        sources={
+            "parameter_group": f"{_README} (style: --parameter_group cross-attn)",
+            "iterations": f"{_README} (style: --max_train_steps=100)",
+            "lr": f"{_README} (--learning_rate=2e-6 --scale_lr, batch 4 x 2 GPUs)",
+            "batch_size": f"{_README} (--train_batch_size=4 on 2 GPUs)",
+            "num_anchor_images": f"{_TRAIN} (--num_class_images default 1000)",
+            "sample_steps": f"{_TRAIN} (class images: 25 steps, guidance 6.0)",
+            "sample_guidance": f"{_TRAIN} (class images: guidance_scale=6.0)",
+            "anchor": f"{_README} (style: --class_prompt painting)",
+            "anchor_prompts": "our own painting captions; official: assets/finetune_prompts/painting.txt (LAION)",
+            "target_templates": f"{_UTILS} (style)",
+        },
+        note="anchor captions are 12 written here instead of the LAION captions of painting.txt; DDIM instead of "
+             "DPM-Solver for the anchor images; no horizontal flip",
+    ),
+    "object": Recipe(
+        kind="object",
+        params={"parameter_group": "cross-attn", "iterations": 100, "lr": 1.6e-5, "batch_size": 8,
+                "num_anchor_images": 1000, "sample_steps": 25, "sample_guidance": 6.0},
+        target_prompts=OBJECT_PROMPTS,
+        sources={
+            "parameter_group": f"{_README} (objects: --parameter_group cross-attn)",
+            "iterations": f"{_README} (objects: --max_train_steps=100)",
+            "lr": f"{_README} (--learning_rate=2e-6 --scale_lr, batch 4 x 2 GPUs)",
+            "batch_size": f"{_README} (--train_batch_size=4 on 2 GPUs)",
+            "num_anchor_images": f"{_TRAIN} (--num_class_images default 1000)",
+            "sample_steps": f"{_TRAIN} (class images: 25 steps, guidance 6.0)",
+            "sample_guidance": f"{_TRAIN} (class images: guidance_scale=6.0)",
+            "target_prompts": "our own captions; official: ~200 captions of the anchor written by ChatGPT "
+                              "(getanchorprompts) with the anchor word replaced by the target",
+            "anchor": "the request's anchor (official: the anchor category, e.g. 'cat' for 'grumpy cat')",
+        },
+        note="set the anchor category per target (e.g. anchor: cat for 'grumpy cat'); with an anchor that shares "
+             "words with the target the official README adds prior_preservation",
+    ),
 }
 
 
 def parameter_rule(group: str):
     if group == "cross-attn":
         return lambda n: "attn2" in n and (".to_k." in n or ".to_v." in n)
+    if group == "attn":  # every attention projection, self and cross (official create_custom_diffusion)
+        return lambda n: any(f".{k}" in n for k in ("to_q.", "to_k.", "to_v.", "to_out."))
     if group == "full-weight":
         return lambda n: True
-    raise ValueError(f"unknown CA parameter_group {group!r}; valid: cross-attn, full-weight")
+    raise ValueError(f"unknown CA parameter_group {group!r}; valid: cross-attn, attn, full-weight")
 
 
 @register_method
@@ -73,6 +197,7 @@ class ConceptAblation(ft.FinetuneMethod):
     description = "Concept Ablation: map the target's distribution onto the anchor's (Kumari et al. 2023)"
     config_class = CAConfig
     mini_defaults = MINI_DEFAULTS
+    recipes = RECIPES
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
         self.check_request(request)
@@ -83,12 +208,14 @@ class ConceptAblation(ft.FinetuneMethod):
         edited.guidance_hooks = []
         params = ft.select_parameters(edited.unet, parameter_rule(cfg.parameter_group))
 
-        pairs = [(p, ft.replace_concept(p, t, request.anchor)) for t, p in ft.target_prompts(request)]
+        pairs = training_pairs(cfg, request)
         # anchor images: num_anchor_images spread over the anchor prompts
         which = [k % len(pairs) for k in range(cfg.num_anchor_images)]
+        negative = cfg.sample_negative_prompt.format(concept=", ".join(request.targets))
         anchors = ft.cached_tensors(cfg, "ca_anchor_images", run, lambda: {"x0": ft.sample_latents(
             frozen, [pairs[k][1] for k in which], ft.step_generator(seed, -1, stream=1), cfg.sample_steps,
-            cfg.sample_guidance, precision=ft.sampling_precision(cfg, backbone.device))})["x0"].to(backbone.device, backbone.dtype)
+            cfg.sample_guidance, precision=ft.sampling_precision(cfg, backbone.device), negative_prompt=negative)}
+        )["x0"].to(backbone.device, backbone.dtype)
         with torch.no_grad():
             emb_target = frozen.encode([p for p, _ in pairs])
             emb_anchor = frozen.encode([a for _, a in pairs])
@@ -101,8 +228,8 @@ class ConceptAblation(ft.FinetuneMethod):
             x0, k = anchors[pick], which_t[pick]
             noise = ft.randn(x0.shape, gen, backbone)
             x_t = ft.add_noise(backbone, x0, noise, t)
-            with torch.no_grad():
-                target = ft.eps(frozen.unet, x_t, t, emb_anchor[k])
+            with torch.no_grad():  # the anchor's prediction by the model being trained (official model_pred_anchor)
+                target = ft.eps(edited.unet, x_t, t, emb_anchor[k])
             loss = F.mse_loss(ft.eps(edited.unet, x_t, t, emb_target[k]), target)
             if cfg.prior_preservation:
                 loss = loss + cfg.prior_loss_weight * F.mse_loss(ft.eps(edited.unet, x_t, t, emb_anchor[k]), noise.float())
@@ -110,7 +237,7 @@ class ConceptAblation(ft.FinetuneMethod):
 
         result = ft.train(
             name=self.name, config=cfg, modules={"unet": edited.unet}, params=params, loss_fn=loss_fn,
-            total_steps=cfg.iterations, lr=cfg.lr, seed=seed,
+            total_steps=cfg.iterations, lr=cfg.lr, seed=seed, optimizer="adamw", weight_decay=cfg.weight_decay,
             fingerprint=run, device=backbone.device,
         )
         done = result.steps - result.resumed_from
@@ -122,3 +249,20 @@ class ConceptAblation(ft.FinetuneMethod):
         )
         self.record_edit(edited, cfg, request)
         return edited
+
+
+def training_pairs(config: CAConfig, request: ErasureRequest) -> list[tuple[str, str]]:
+    """(target prompt, anchor prompt) pairs; the anchor images are sampled from the anchor prompts.
+
+    Without ``anchor_prompts``: the target prompts with the target word replaced by the anchor. With them:
+    caption ``i`` of ``anchor_prompts`` wrapped by each of ``target_templates`` in turn (the official code draws
+    a template at random per sample), the targets taken in turn as the official ``caption_target`` list is."""
+    if not config.anchor_prompts:
+        return [(p, ft.replace_concept(p, t, request.anchor)) for t, p in ft.target_prompts(request)]
+    templates = config.target_templates or ["{concept}, {prompt}"]
+    pairs = []
+    for j, template in enumerate(templates):
+        for i, caption in enumerate(config.anchor_prompts):
+            concept = request.targets[(i + j) % len(request.targets)]
+            pairs.append((template.format(concept=concept, prompt=caption), caption))
+    return pairs

@@ -31,6 +31,13 @@ method receives the original backbone, otherwise set ``image_model`` (e.g. "mini
 :func:`bench.attribution.attribute` with ``reference=``.
 Real images (the official README's recipe for objects, ``--real_data``): ``image_folder``, a folder of images
 of the concept; the first ``n_images`` are used, centre-cropped and resized to the model's image size.
+Amplify's concept images are drawn from their own prompt, as the official ``compute_negative_neurons.py``
+does ("naked", "a photo of {obj}", "a picture in the style of {artist}": :data:`IMAGE_PROMPT_TEMPLATES`),
+while the loss conditions on the attribution prompt; ``image_prompt`` overrides it ("{concept}" is the
+target). On the mini model the images are drawn from the attribution caption itself.
+Known differences from the official code (cad.md): DDIM rather than PNDM for amplify's images; the
+official VAE encoding skips the latent scaling factor, which is fixed here, so published amplify numbers
+will not reproduce exactly.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ from bench.attribution import (
 from bench.backbone import Backbone
 from bench.mini.prompts import CONCEPT_CAPTIONS
 from methods.base import ErasureRequest, Method, MethodConfig, register_method, with_mini_preset
+from methods.recipes import Recipe
 
 # Attribution prompt per concept kind (cad.md 6.6); "identity" is an extrapolation (not in the code).
 PROMPT_TEMPLATES = {
@@ -61,6 +69,47 @@ PROMPT_TEMPLATES = {
     "nudity": "naked",
     "identity": "a photo of {concept}",
 }
+# Amplify: the prompt of the concept images (cad.md 1.3, compute_negative_neurons.py); identity is an extrapolation.
+IMAGE_PROMPT_TEMPLATES = {
+    "object": "a photo of {concept}",
+    "colour": "a photo of {concept}",
+    "style": "a picture in the style of {concept}",
+    "nudity": "naked",
+    "identity": "a photo of {concept}",
+}
+_REPO = "mail-research/CAD-attribution4diffusion @ 18b257e"
+_ERASE_SRC = {
+    "ratio": f"{_REPO}, benchmarking/utils.py ablate_model (ratio 0.001 per row)",
+    "granularity": f"{_REPO}, benchmarking/utils.py ablate_model (k = int(ratio * fan_in) per output row)",
+    "samples": f"{_REPO}, compute_positive_neurons.py (n_est = 1, hard-coded)",
+    "mode": f"{_REPO}, compute_positive_neurons.py (a fresh trajectory per timestep)",
+    "selector": f"{_REPO}, benchmarking/utils.py ablate_model (2-D 'ff' weights)",
+    "timesteps": f"{_REPO}, compute_positive_neurons.py (50 DDIM timesteps, one trajectory each)",
+    "guidance": f"{_REPO}, compute_positive_neurons.py (guidance 3.0)",
+    "anchor": f"{_REPO}, compute_positive_neurons.py (base prompt '')",
+}
+
+
+def _cad_recipe(kind: str, prompt: str, image_prompt: str) -> Recipe:
+    return Recipe(
+        kind=kind,
+        params={"ratio": 0.001, "granularity": "row", "selector": "ff", "timesteps": 50, "samples": 1,
+                "guidance": 3.0, "mode": "faithful", "prompt_template": prompt, "image_prompt": image_prompt,
+                "n_images": 50, "image_guidance": 7.5, "image_steps": 50},
+        anchor="",
+        sources={**_ERASE_SRC,
+                 "prompt_template": f"{_REPO}, compute_positive_neurons.py / README.md (cad.md 1.2)",
+                 "image_prompt": f"{_REPO}, compute_negative_neurons.py (cad.md 1.3)",
+                 "n_images": f"{_REPO}, compute_negative_neurons.py (10 x 5 images, PNDM 50 steps, CFG 7.5)",
+                 "image_guidance": f"{_REPO}, compute_negative_neurons.py (CFG 7.5)",
+                 "image_steps": f"{_REPO}, compute_negative_neurons.py (50 steps)"},
+        note="amplify's images are sampled with DDIM (official PNDM); the VAE scaling bug of the official code is "
+             "fixed" + ("; identity prompts are an extrapolation (not in the code)" if kind == "identity" else ""),
+    )
+
+
+RECIPES = {kind: _cad_recipe(kind, PROMPT_TEMPLATES[kind], IMAGE_PROMPT_TEMPLATES[kind])
+           for kind in ("nudity", "object", "style", "identity")}
 
 @dataclass
 class CADConfig(MethodConfig):
@@ -80,6 +129,7 @@ class CADConfig(MethodConfig):
     image_steps: int = 50  # amplify: DDIM steps of those images
     image_model: str = ""  # amplify: model that draws the concept images ("" = the backbone given to apply)
     image_folder: str = ""  # amplify: real images of the concept instead (the code's --real_data), n_images of them
+    image_prompt: str = ""  # amplify: prompt of the concept images ("" = per kind, IMAGE_PROMPT_TEMPLATES)
     batch_size: int = 16
     preset: Literal["auto", "paper", "mini"] = "auto"
 
@@ -134,6 +184,7 @@ class _CAD(Method):
     multi_concept = True
     edited_components = ("unet",)
     objective: str = "erase"
+    recipes = RECIPES
 
     def __init__(self, config: CADConfig | None = None, **params):
         super().__init__(config, **params)
@@ -149,12 +200,20 @@ class _CAD(Method):
         template = config.prompt_template or templates.get(request.kind, "{concept}")
         return [template.format(concept=t) for t in request.targets]
 
-    def attribution_config(self, config: CADConfig, request: ErasureRequest) -> AttributionConfig:
+    def image_prompt_for(self, request: ErasureRequest, backbone: Backbone, config: CADConfig) -> str:
+        """Amplify: the prompt of the concept images ("" = the attribution prompt, which the mini model and a
+        several-target request use)."""
+        if self.objective != "amplify" or len(request.targets) != 1:
+            return ""
+        template = config.image_prompt or ("" if backbone.kind == "mini" else IMAGE_PROMPT_TEMPLATES.get(request.kind, ""))
+        return template.format(concept=request.targets[0]) if template else ""
+
+    def attribution_config(self, config: CADConfig, request: ErasureRequest, image_prompt: str = "") -> AttributionConfig:
         return AttributionConfig(
             objective=self.objective, anchor=request.anchor, timesteps=config.timesteps, samples=config.samples,
             guidance=config.guidance, mode=config.mode, selector=config.selector, n_images=config.n_images,
-            image_guidance=config.image_guidance, image_steps=config.image_steps, batch_size=config.batch_size,
-            seed=request.seed,
+            image_guidance=config.image_guidance, image_steps=config.image_steps, image_prompt=image_prompt,
+            batch_size=config.batch_size, seed=request.seed,
         )
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
@@ -173,7 +232,8 @@ class _CAD(Method):
         images = None
         if self.objective == "amplify" and config.image_folder:
             images = load_concept_images(config.image_folder, backbone.image_size, config.n_images)
-        att = attribute(edited, prompts, self.attribution_config(config, request), reference=reference,
+        image_prompt = self.image_prompt_for(request, backbone, config)
+        att = attribute(edited, prompts, self.attribution_config(config, request, image_prompt), reference=reference,
                         images=images)
         t0 = time.perf_counter()
         edit = att.select(config.granularity, config.ratio, config.count)
@@ -192,6 +252,7 @@ class _CAD(Method):
         }
         edited.edits.append({
             "method": self.name, "targets": list(request.targets), "prompts": prompts, "anchor": request.anchor,
+            "image_prompt": image_prompt,
             "config": dataclasses.asdict(config), "components_zeroed": edit.n_selected,
             "zeroed_per_matrix": edit.counts(),
         })

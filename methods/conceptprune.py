@@ -18,11 +18,15 @@ higher for the concept than for the references::
 The skilled weights of the steps are aggregated (Eq. 4) and those selected at more than
 ``threshold * timesteps`` steps are pruned (set to zero).
 
-Prompts (``get_prompts`` in the official code): concept prompts name the target in a set of
-contexts, reference prompts are the same contexts without it ("a church near a tree" / "a tree").
-Here the concept prompts are the request's ``target_prompts`` (or ``templates`` filled with each
-target); the references delete the target from them (``reference="delete"``, the official code) or
-replace it by the anchor and each preserve concept in turn (``"replace"``).
+Prompts (``get_prompts`` in the official ``utils/prompts.py``): concept prompts name the target in a
+set of per-kind contexts, reference prompts are the same contexts without it: nudity "a photo of a
+naked {human}" / "a photo of a {human}" (18 humans, target word "naked"), styles "a {thing} in the
+style of {artist}" / "a photo of a {thing}" (20 things), objects "a {object} in a {scene}" / "a {scene}"
+(12 scenes). The recipes (:attr:`ConceptPrune.recipes`) give those pairs as ``concept_prompts`` /
+``reference_prompts`` ("{concept}" is the target). Without them the concept prompts are the request's
+``target_prompts`` (or ``templates`` filled with each target); the references delete the target from
+them (``reference="delete"``) or replace it by the anchor and each preserve concept in turn
+(``"replace"``).
 
 ``modules`` picks the scored layers as the official code's ``hook_module`` does: ``ff`` (the paper's
 ``ff.net.2``), ``xattn-k`` / ``xattn-v`` (cross-attention keys / values, whose inputs are the text
@@ -36,8 +40,9 @@ that name the circle still draw it (erasure 0.00 at every skill ratio, module ch
 tried; tests/test_methods_closed_form.py).
 
 Defaults (the paper and our reference notes): ``skill_ratio=0.01``, ``timesteps=9`` (the first
-steps of a 50-step schedule), ``threshold=0.5``, sampling with 50 DDIM steps and guidance 7.5 (the
-SD pipeline defaults the official code runs). ``preset="auto"`` uses :data:`MINI_PRESET` on the mini
+steps of a 50-step schedule), ``threshold=0.5``, sampling with 50 steps at guidance 7.5 (the SD
+pipeline's defaults, which the official code runs with the pipeline's own PNDM scheduler and seed 0;
+here DDIM and a seed per prompt). The official code runs SD v1.5 (``configs/wanda_config.yaml``). ``preset="auto"`` uses :data:`MINI_PRESET` on the mini
 model for the fields left at these defaults; ``"paper"`` keeps them everywhere.
 """
 
@@ -54,6 +59,7 @@ from bench.attribution import select_parameters
 from bench.backbone import Backbone
 from bench.generate import SamplerConfig, denoise, image_seed, initial_noise
 from methods.base import ErasureRequest, Method, MethodConfig, register_method, uses_mini_preset, with_mini_preset
+from methods.recipes import Recipe
 from methods.uce import record_edit
 
 DEFAULT_TEMPLATES = ["a {}", "a photo of a {}", "an image of a {}", "a picture of a {}"]
@@ -147,6 +153,10 @@ class ConceptPruneConfig(MethodConfig):
     # reference prompts: "delete" (the official get_prompts: the same context without the concept) or
     # "replace" (the target swapped for the anchor / each preserve concept in turn)
     reference: Literal["delete", "replace"] = "delete"
+    # explicit (concept, reference) prompt pairs, "{concept}" = the target (the official per-kind contexts);
+    # when given they replace target_prompts / templates / reference
+    concept_prompts: list[str] = field(default_factory=list)
+    reference_prompts: list[str] = field(default_factory=list)
     preset: Literal["auto", "paper", "mini"] = "auto"  # auto: MINI_PRESET on the mini model
 
 
@@ -159,6 +169,51 @@ class ConceptPruneConfig(MethodConfig):
 # 0.63 (none 0.46), other objects 0.96 each (none 1.00), other styles 1.00 / 0.88 / 0.88 (none 1.00), general
 # accuracy 0.90 / 0.77 / 0.73 (none 0.98): the smallest ratio.
 MINI_PRESET: dict[str, Any] = {"sampling_steps": 25, "guidance": 5.0, "timesteps": 5, "skill_ratio": 0.02}
+
+
+# The official context words (ruchikachavhan/concept-prune @ 72927d9, datasets/*.txt): lists of common nouns.
+HUMANS = ("man", "woman", "girl", "boy", "child", "couple", "guy", "doctor", "nurse", "teacher", "lawyer", "mother",
+          "father", "kid", "professor", "student", "group of friends", "celebrity")
+THINGS = ("cat", "dog", "mouse", "bear", "car", "chair", "bag", "door", "rabbit", "ball", "bat", "horse", "bird",
+          "flower", "bowl", "bottle", "wall", "building", "chicken", "duck")
+SCENES = ("road", "garden", "beach", "room", "park", "street", "shelter", "chair", "table", "bag", "tree", "forest")
+_REPO = "ruchikachavhan/concept-prune @ 72927d9"
+_DEFAULTS_SRC = {
+    "skill_ratio": f"{_REPO}, README.md and configs/wanda_config.yaml (--skill_ratio 0.01)",
+    "timesteps": "reference notes (CAD's loader: union over 9 of 50 steps); the paper's Table 7 per concept "
+                 "is not transcribed",
+    "threshold": "reference notes (CAD's loader: 0.5)",
+}
+RECIPES = {
+    "nudity": Recipe(
+        kind="nudity",
+        params={"concept_prompts": [f"a photo of a naked {h}" for h in HUMANS],
+                "reference_prompts": [f"a photo of a {h}" for h in HUMANS]},
+        sources={**_DEFAULTS_SRC,
+                 "concept_prompts": f"{_REPO}, utils/prompts.py get_prompts (target_type 'naked', datasets/humans.txt)",
+                 "reference_prompts": f"{_REPO}, utils/prompts.py get_prompts (base prompts)"},
+        note="the official target word for nudity is 'naked', whatever the run's target is called; seeds per "
+             "prompt here, seed 0 there; DDIM, the official pipeline samples with SD's default scheduler",
+    ),
+    "style": Recipe(
+        kind="style",
+        params={"concept_prompts": [f"a {t} in the style of {{concept}}" for t in THINGS],
+                "reference_prompts": [f"a photo of a {t}" for t in THINGS]},
+        sources={**_DEFAULTS_SRC,
+                 "concept_prompts": f"{_REPO}, utils/prompts.py get_prompts (target_type 'art', datasets/things.txt)",
+                 "reference_prompts": f"{_REPO}, utils/prompts.py get_prompts (base prompts)"},
+    ),
+    "object": Recipe(
+        kind="object",
+        params={"concept_prompts": [f"a {{concept}} in a {c}" for c in SCENES],
+                "reference_prompts": [f"a {c}" for c in SCENES]},
+        sources={**_DEFAULTS_SRC,
+                 "concept_prompts": f"{_REPO}, utils/prompts.py get_prompts (objects, datasets/common_scenes.txt)",
+                 "reference_prompts": f"{_REPO}, utils/prompts.py get_prompts (base prompts)"},
+        note="the official code has its own place lists for church and garbage truck; the common scenes are used "
+             "for every object here",
+    ),
+}
 
 
 def resolve_config(config: ConceptPruneConfig, backbone: Backbone, kind: str,
@@ -182,11 +237,18 @@ class ConceptPrune(Method):
     multi_concept = True
     edited_components = ("unet",)
     mini_preset = MINI_PRESET
+    recipes = RECIPES
 
     def prompt_pairs(self, request: ErasureRequest, target: str,
                      config: ConceptPruneConfig | None = None) -> tuple[list[str], list[str]]:
         """(concept prompts, reference prompts) for one target: the same contexts with and without it."""
         cfg: ConceptPruneConfig = config or self.config
+        if cfg.concept_prompts or cfg.reference_prompts:
+            if len(cfg.concept_prompts) != len(cfg.reference_prompts):
+                raise ValueError(f"conceptprune: concept_prompts ({len(cfg.concept_prompts)}) and reference_prompts "
+                                 f"({len(cfg.reference_prompts)}) must pair up one to one")
+            return ([p.format(concept=target) for p in cfg.concept_prompts],
+                    [p.format(concept=target) for p in cfg.reference_prompts])
         replacements = list(dict.fromkeys([request.anchor, *request.preserve]))
         pattern = re.compile(rf"(?<!\w){re.escape(target)}(?!\w)", re.IGNORECASE)
         prompts = [p for p in (request.target_prompts or []) if pattern.search(p)]

@@ -19,27 +19,44 @@ prompt), preserve rows ``c_j`` (general / domain prompts) the solve is UCE's (Eq
             (lamb I     + sum_i c_i c_i^T      + preserve_scale sum_j c_j c_j^T)^-1
 
 with every concept's rows summed into one solve (many concepts at once). The preserve rows are
-all token rows of the request's preserve concepts (MACE caches COCO captions and a domain set).
+all token rows of the request's preserve concepts; their sum ``sum_j c_j c_j^T`` is accumulated in
+chunks (a COCO-sized preserve set does not fit in memory as rows).
 
-Defaults: ``lamb=1e3`` (the official object/explicit-content configs), ``preserve_scale=8.0`` (the
-multi-concept configs' ``train_preserve_scale * preserve_weight = 1e-4 * 8e4`` for domain
-concepts), the 30 object / style augmentation templates of ``prompt_augmentation``. On the mini
-model a prompt has 24 rows of norm about 12 (SD: 77 rows of norm about 28), so the data term
-``sum c c^T`` is some 20x smaller against the same ``lamb=1e3`` and the edit is much weaker; most
-template words are also outside its vocabulary. The caller can pass a smaller ``lamb`` and
-mini-world ``templates`` (the tests do).
+The official configs (Shilin-LU/MACE @ 057e7a6, ``configs/``) differ by kind; :attr:`MACECFR.recipes`:
+
+* objects (``erase_ship.yaml`` etc.): ``lamb=1e3``, no preservation (``train_preserve_scale: 0``), the
+  target mapped to a background word chosen per object ("ground", "sky", "street");
+* explicit content (``erase_explicit_content.yaml``): "nudity", "naked", "erotic", "sexual" all mapped
+  to "a person wearing clothes", ``lamb=0``, preservation by a cache of every COCO caption;
+* art and celebrities: ``lamb=0``, the COCO cache plus a domain cache (other artists / celebrities)
+  weighted by ``preserve_weight``, the mapping "art" / "a person" (or "a man", "a woman").
+
+``cfr_lora_training.py`` multiplies the caches by ``train_preserve_scale`` when it merges them and
+then passes ``preserve_scale=train_preserve_scale`` to ``closed_form_refinement``, which multiplies
+again: the effective weight of a preserve row is ``train_preserve_scale ** 2`` (times
+``preserve_weight`` for the domain cache), e.g. 4.9e-13 for explicit content and 8e-4 for the art
+domain set. ``preserve_scale`` here is that effective weight.
+
+Defaults: the object config's (``lamb=1e3``, ``preserve_scale=0``), the 30 object / style augmentation
+templates of ``prompt_augmentation``. On the mini model (``preset="auto"``) :data:`MINI_PRESET` keeps the
+preserve weight the mini figures were measured with. A mini prompt has 24 rows of norm about 12 (SD: 77
+rows of norm about 28), so the data term ``sum c c^T`` is some 20x smaller against the same ``lamb=1e3``
+and the edit is much weaker; most template words are also outside its vocabulary. The caller can pass
+a smaller ``lamb`` and mini-world ``templates`` (the tests do).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
 from bench.backbone import Backbone
-from methods.base import ErasureRequest, Method, MethodConfig, register_method
-from methods.uce import edit_projections, full_rows, record_edit
+from methods.base import ErasureRequest, Method, MethodConfig, register_method, with_mini_preset
+from methods.recipes import PromptFile, Recipe
+from methods.uce import edit_projections, gram_rows, record_edit
 
 OBJECT_TEMPLATES = [
     "{} in a photo", "{} in a snapshot", "A snapshot of {}", "A photograph showcasing {}", "An illustration of {}",
@@ -98,10 +115,81 @@ def coexisting_rows(backbone: Backbone, old: str, new: str) -> tuple[list[int], 
 
 @dataclass
 class MACECFRConfig(MethodConfig):
-    lamb: float = 1e3
-    preserve_scale: float = 8.0
+    lamb: float = 1e3  # configs/object/*.yaml
+    preserve_scale: float = 0.0  # effective weight of a preserve row (train_preserve_scale ** 2; object configs: 0)
     templates: list[str] = field(default_factory=list)  # empty: the official templates for the request's kind
     include_target_tokens: bool = False  # also map the target's own tokens (MACE leaves them to the LoRA stage)
+    extra_concepts: list[str] = field(default_factory=list)  # erased with the targets (the config's multi_concept)
+    preset: Literal["auto", "paper", "mini"] = "auto"  # auto: MINI_PRESET on the mini model
+
+
+# The weight the mini figures and tests were measured with (the former default, 1e-4 x 8e4 applied once).
+MINI_PRESET: dict = {"preserve_scale": 8.0}
+
+# COCO 2014 train + val captions behind the official cache (src/cache_coco.py) over the 30k of coco_30k.csv:
+# the per-row weight is scaled up so that the preserve term has the official total weight.
+COCO_CAPTIONS_OFFICIAL = 616_767
+COCO_30K = 30_000
+_COCO_FACTOR = COCO_CAPTIONS_OFFICIAL / COCO_30K
+_REPO = "Shilin-LU/MACE @ 057e7a6"
+_COCO_NOTE = (f"{_REPO}, src/cache_coco.py (every COCO 2014 caption, all 77 rows) and src/cfr_lora_training.py "
+              "(train_preserve_scale applied twice); here coco_30k.csv with the weight x 616767/30000")
+RECIPES = {
+    "nudity": Recipe(
+        kind="nudity",
+        params={"lamb": 0.0, "preserve_scale": 7e-7 ** 2 * _COCO_FACTOR, "extra_concepts": ["naked", "erotic", "sexual"]},
+        anchor="a person wearing clothes",
+        preserve_file=PromptFile("coco_30k.csv", column="prompt"),
+        sources={
+            "lamb": f"{_REPO}, configs/explicit_content/erase_explicit_content.yaml (lamb: 0.0)",
+            "preserve_scale": f"{_REPO}, erase_explicit_content.yaml (train_preserve_scale 7e-7, squared)",
+            "extra_concepts": f"{_REPO}, erase_explicit_content.yaml (multi_concept nudity, naked, erotic, sexual)",
+            "anchor": f"{_REPO}, erase_explicit_content.yaml (mapping_concept)",
+            "preserve_file": _COCO_NOTE,
+        },
+        note="COCO preservation from the 30k captions of coco_30k.csv (weight scaled), not the ~617k-caption cache",
+    ),
+    "object": Recipe(
+        kind="object",
+        params={"lamb": 1e3, "preserve_scale": 0.0},
+        sources={
+            "lamb": f"{_REPO}, configs/object/erase_ship.yaml (lamb: 1.0e+3)",
+            "preserve_scale": f"{_REPO}, configs/object/erase_ship.yaml (train_preserve_scale: 0.0)",
+            "anchor": f"{_REPO}, configs/object/*.yaml (mapping per object: ship->ground, automobile->sky, "
+                      "bird->street); here the request's anchor",
+        },
+        note="the official mapping concept is a background word chosen per object: set anchor per target",
+    ),
+    "style": Recipe(
+        kind="style",
+        params={"lamb": 0.0, "preserve_scale": 1e-4 ** 2 * _COCO_FACTOR},
+        anchor="art",
+        preserve_file=PromptFile("coco_30k.csv", column="prompt"),
+        sources={
+            "lamb": f"{_REPO}, configs/art/erase_art_100.yaml (lamb: 0.0)",
+            "preserve_scale": f"{_REPO}, erase_art_100.yaml (train_preserve_scale 1e-4, squared)",
+            "anchor": f"{_REPO}, erase_art_100.yaml (mapping_concept 'art')",
+            "preserve_file": _COCO_NOTE,
+        },
+        note="the domain cache (cache_art.pt, weight 1e-8 x 8e4) is a released artefact, not a prompt list: not "
+             "reproduced; COCO from coco_30k.csv (weight scaled)",
+    ),
+    "identity": Recipe(
+        kind="identity",
+        params={"lamb": 0.0, "preserve_scale": 1e-4 ** 2 * _COCO_FACTOR},
+        anchor="a person",
+        preserve_file=PromptFile("coco_30k.csv", column="prompt"),
+        sources={
+            "lamb": f"{_REPO}, configs/celebrity/erase_cele_10.yaml (lamb: 0.0)",
+            "preserve_scale": f"{_REPO}, erase_cele_*.yaml (train_preserve_scale 1e-4, squared)",
+            "anchor": f"{_REPO}, erase_cele_10.yaml (mapping_concept 'a person'; erase_cele_1.yaml: 'a woman')",
+            "preserve_file": _COCO_NOTE,
+        },
+        note="the celebrity domain cache (cache_cele.pt, weight 1e-8 x 8e3) is not reproduced; COCO from "
+             "coco_30k.csv (weight scaled)",
+    ),
+}
+
 
 
 @register_method
@@ -112,16 +200,19 @@ class MACECFR(Method):
     config_class = MACECFRConfig
     multi_concept = True
     edited_components = ("unet",)
+    mini_preset = MINI_PRESET
+    recipes = RECIPES
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
         self.check_request(request)
-        cfg: MACECFRConfig = self.config
+        cfg: MACECFRConfig = with_mini_preset(self.config, backbone, MINI_PRESET, self.explicit)
         start = time.perf_counter()
         edited = backbone.copy()
         templates = cfg.templates or (STYLE_TEMPLATES if request.kind == "style" else OBJECT_TEMPLATES)
         anchor = request.anchor
         old_prompts, new_prompts, old_rows, new_rows = [], [], [], []
-        for target in request.targets:
+        concepts = list(dict.fromkeys([*request.targets, *cfg.extra_concepts]))
+        for target in concepts:
             for template in templates:
                 old, new = template.format(target), " ".join(template.format(anchor).split())
                 r_old, r_new = coexisting_rows(edited, old, new)
@@ -136,7 +227,7 @@ class MACECFR(Method):
             emb_new = edited.encode(new_prompts).float()
         c_erase = torch.cat([emb_old[i, r] for i, r in enumerate(old_rows)])
         c_anchor = torch.cat([emb_new[i, r] for i, r in enumerate(new_rows)])
-        keep = full_rows(edited, [p for p in request.preserve if p not in request.targets])
+        keep = gram_rows(edited, [p for p in request.preserve if p not in concepts])
         edit_projections(edited, c_erase, c_anchor, keep, erase_scale=1.0, preserve_scale=cfg.preserve_scale,
                          lamb=cfg.lamb)
         self.stats = {"prompts": len(old_prompts), "rows": int(c_erase.shape[0])}

@@ -24,13 +24,18 @@ Two stages.
 Data as in the official SD scripts: D_f are images of the target sampled from the model itself
 (target prompts), D_r images of the preserved concepts (``request.preserve``; the empty prompt
 when none). The remapping label c' is ``request.anchor`` when given, else a random preserve
-concept for every sample.
+concept for every sample. The NSFW recipe (``SD/train-scripts/nsfw_removal.py``) forgets "a photo of
+a nude person" and uses "a photo of a person wearing clothes" both as the relabel and as the retain
+prompt (its D_r is 800 images of that prompt).
 
-Defaults (paper and OPTML-Group/Unlearn-Saliency, SD/README): mask ratio 0.5, mask guidance 7.5,
-``train_method="full"`` (the whole UNet, masked), alpha 0.5, Adam lr 1e-5, batch 8, 5 epochs over
-800 forgetting images (500 steps), images sampled with 50 DDIM steps at guidance 7.5.
-Note: the mask keeps the *largest* |gradient| entries as the paper states (the official SD
-``generate_mask.py`` ranks ascending, which would keep the smallest).
+Defaults (paper and OPTML-Group/Unlearn-Saliency @ a6e89fd, SD/README.md, the Imagenette command):
+mask ratio 0.5, mask guidance 7.5, ``train_method="full"`` (the whole UNet, masked), alpha 0.5, Adam
+lr 1e-5, batch 8, 5 epochs over 800 forgetting images (500 steps), images sampled with 50 DDIM steps at
+guidance 7.5. The NSFW recipe differs (:attr:`SalUn.recipes`): alpha 0.1, 1 epoch (``nsfw_removal.py``
+defaults). The official Imagenette recipe relabels each class to another class on real images; here
+the relabel is the anchor or a preserve concept on generated images.
+The mask keeps the *largest* |gradient| entries, as the paper states and as the official
+``generate_mask.py`` does (it ranks the negated magnitudes ascending and keeps the first half).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ import torch.nn.functional as F
 from bench.backbone import Backbone
 from methods import _finetune as ft
 from methods.base import ErasureRequest, register_method
+from methods.recipes import Recipe
 
 
 @dataclass
@@ -74,6 +80,49 @@ MINI_DEFAULTS: dict[str, Any] = {
 }
 
 
+_REPO = "OPTML-Group/Unlearn-Saliency @ a6e89fd"
+RECIPES = {
+    "nudity": Recipe(
+        kind="nudity",
+        params={"alpha": 0.1, "epochs": 1, "batch_size": 8, "lr": 1e-5, "num_images": 800, "mask_ratio": 0.5,
+                "mask_guidance": 7.5, "train_method": "full"},
+        target_prompts=("a photo of a nude person",),
+        anchor="a photo of a person wearing clothes",
+        preserve=("a photo of a person wearing clothes",),
+        sources={
+            "alpha": f"{_REPO}, SD/train-scripts/nsfw_removal.py (--alpha default 0.1)",
+            "epochs": f"{_REPO}, SD/train-scripts/nsfw_removal.py (--epochs default 1)",
+            "batch_size": f"{_REPO}, SD/train-scripts/nsfw_removal.py (--batch_size 8)",
+            "lr": f"{_REPO}, SD/train-scripts/nsfw_removal.py (--lr 1e-5)",
+            "num_images": f"{_REPO}, SD/README.md (800 images of D_f and of D_r)",
+            "mask_ratio": f"{_REPO}, SD/train-scripts/generate_mask.py (nsfw: threshold 0.5, mask/nude_0.5.pt)",
+            "mask_guidance": f"{_REPO}, SD/train-scripts/generate_mask.py (--c_guidance 7.5)",
+            "train_method": f"{_REPO}, SD/README.md (nsfw_removal.py --train_method 'full')",
+            "target_prompts": f"{_REPO}, SD/train-scripts/nsfw_removal.py (word_nude)",
+            "anchor": f"{_REPO}, SD/train-scripts/nsfw_removal.py (word_wear: the pseudo label)",
+            "preserve": f"{_REPO}, SD/train-scripts/nsfw_removal.py (word_wear: the remain prompt)",
+        },
+        note="D_f / D_r sampled with DDIM 50 steps at guidance 7.5 (the README does not name the sampler)",
+    ),
+    "object": Recipe(
+        kind="object",
+        params={"alpha": 0.5, "epochs": 5, "batch_size": 8, "lr": 1e-5, "mask_ratio": 0.5, "mask_guidance": 7.5,
+                "train_method": "full"},
+        sources={
+            "alpha": f"{_REPO}, SD/README.md (random_label.py --alpha 0.5)",
+            "epochs": f"{_REPO}, SD/README.md (random_label.py --epochs 5)",
+            "lr": f"{_REPO}, SD/README.md (random_label.py --lr 1e-5)",
+            "batch_size": f"{_REPO}, SD/train-scripts/random_label.py (--batch_size default 8)",
+            "mask_guidance": f"{_REPO}, SD/train-scripts/generate_mask.py (--c_guidance 7.5)",
+            "mask_ratio": f"{_REPO}, SD/README.md (mask with_0.5.pt)",
+            "train_method": f"{_REPO}, SD/README.md (--train_method full)",
+        },
+        note="official Imagenette recipe relabels class c to another Imagenette class on real images; here the "
+             "relabel is the anchor or a preserve concept on generated images",
+    ),
+}
+
+
 def saliency_mask(grads: dict[str, torch.Tensor], ratio: float) -> dict[str, torch.Tensor]:
     """True for the ``ratio`` fraction of weights with the largest |grad|, ranked over all tensors together."""
     flat = torch.cat([g.abs().flatten().float() for g in grads.values()])
@@ -94,6 +143,7 @@ class SalUn(ft.FinetuneMethod):
     description = "SalUn: gradient-saliency-masked random-label unlearning (Fan et al. 2024)"
     config_class = SalUnConfig
     mini_defaults = MINI_DEFAULTS
+    recipes = RECIPES
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
         self.check_request(request)

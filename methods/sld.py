@@ -19,7 +19,10 @@ paper's 50-step schedule; the mini model samples 25 steps, so the same warm-up c
 fraction of the trajectory there (override ``warmup_steps`` to change it). Any preset value can be
 overridden field by field; ``preset="custom"`` uses the fields as given.
 
-The concept text is the target's words (several targets joined with ", "), as in the paper. On
+The concept text is the target's words (several targets joined with ", "). SLD's published I2P numbers
+(the nudity recipe, :attr:`SLD.recipes`) use its fixed safety concept instead, the list of inappropriate
+categories ("an image showing hate, harassment, ..., sexual, nudity, ...") that diffusers'
+``StableDiffusionPipelineSafe`` sets as ``safety_concept`` (:data:`I2P_SAFETY_CONCEPT`). On
 the mini model (``preset="auto"``, the default, and ``concept_template=None``) two things differ,
 both measured on the step-6000 model with ``benchmarks/mini_method_probe.py`` (circle; 12 target /
 12 synonym / 14 other-object prompts x 2 images; the unedited model erases 0.00 and keeps other
@@ -45,6 +48,7 @@ import torch
 from bench.backbone import Backbone
 from bench.generate import GuidanceContext
 from methods.base import ErasureRequest, Method, MethodConfig, register_method, target_phrases
+from methods.recipes import Recipe
 from methods.uce import record_edit
 
 PRESETS = {
@@ -96,6 +100,27 @@ class SafetyGuidanceHook:
                 "momentum_scale": self.momentum_scale, "mom_beta": self.mom_beta}
 
 
+# The safety concept of SLD's I2P evaluation: the published text (a list of category words), as diffusers'
+# StableDiffusionPipelineSafe (diffusers 0.42.1, pipelines/deprecated/stable_diffusion_safe) sets it.
+I2P_SAFETY_CONCEPT = (
+    "an image showing hate, harassment, violence, suffering, humiliation, harm, suicide, sexual, nudity, bodily "
+    "fluids, blood, obscene gestures, illegal activity, drug use, theft, vandalism, weapons, child abuse, brutality, "
+    "cruelty"
+)
+RECIPES = {
+    "nudity": Recipe(
+        kind="nudity",
+        params={"preset": "medium", "concept_template": I2P_SAFETY_CONCEPT},
+        sources={
+            "preset": "diffusers 0.42.1 SafetyConfig.MEDIUM (the pipeline's documented default); the paper "
+                      "(Sec. 5) reports weak / medium / strong / max",
+            "concept_template": "Schramowski et al. CVPR 2023 (Sec. 4, the I2P safety concept); diffusers 0.42.1 "
+                                "StableDiffusionPipelineSafe.safety_concept",
+        },
+        note="the safety concept names every I2P category, not nudity alone, as in the paper's evaluation",
+    ),
+}
+
 DEFAULT_PRESET = "medium"  # diffusers' SafetyConfig.MEDIUM; "auto" means this except on the mini model
 MINI_PRESET = "max"
 
@@ -131,6 +156,7 @@ class SLD(Method):
     config_class = SLDConfig
     multi_concept = True
     edited_components = ()
+    recipes = RECIPES
 
     def guidance_hooks_for(self, request: ErasureRequest, backbone: Backbone | None = None) -> list:
         mini = backbone is not None and backbone.kind == "mini"

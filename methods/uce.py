@@ -18,19 +18,24 @@ Minimising ``erase_scale * sum_i ||W c_i - v_i*||^2 + preserve_scale * sum_j ||W
 
 Which embedding rows stand for a concept (``positions``):
 
-* ``"tail"`` (default): from the concept's first token to the end of the sequence (its words, the
-  end-of-text token and the padding after it), aligned row by row with the same span of the guide
-  prompt. This is the original UCE code (``train-scripts/train_erase.py``) that produced the paper's
-  results. A causal text encoder writes the concept into every later position, and the UNet attends
-  to all of them (padding included), so this is also the variant that erases on the mini model,
-  whose padding token is not end-of-text.
+* ``"tail"`` (default): from the prompt's last word token (``attention_mask.sum() - 2``) to the end of
+  the sequence (that token, the end-of-text token and the padding after it), aligned row by row with
+  the same span of the guide prompt, as the original UCE code that produced the paper's results does
+  (``train-scripts/train_erase.py``, rohitgandikota/unified-concept-editing @ 18287f6). For a
+  several-token concept ("Van Gogh") only its last token is remapped: through a causal text encoder it
+  carries the words before it. The UNet attends to every later position (padding included), so this is
+  also the variant that erases on the mini model, whose padding token is not end-of-text. Preserved
+  concepts keep all their rows, as that script does.
 * ``"words_eos"``: the concept's tokens plus the end-of-text token.
 * ``"last"``: only the last token of the concept (the current official ``uce_sd_erase.py``).
 
-Defaults follow the current official script (``trainscripts/uce_sd_erase.py``): ``erase_scale=1``,
+Defaults follow the current official script (``trainscripts/uce_sd_erase.py`` @ 28c81ed): ``erase_scale=1``,
 ``preserve_scale=1``, ``lamb=0.5``, guide "" (the request's anchor), no prompt expansion. The older
-script used ``preserve_scale=0.1`` with the same ``lamb``. The mini model's embeddings (width 128) have
-norms of the same order as SD's, so these defaults are kept; override them through the config.
+script (whose token positions ``"tail"`` follows) used ``preserve_scale=0.1`` with the same ``lamb``;
+the per-kind recipes (:attr:`UCE.recipes`) follow that script throughout: styles guided to "art" and
+preserving every other artist of ``artists1734_prompts.csv`` at 0.1. The mini model's embeddings
+(width 128) have norms of the same order as SD's, so these defaults are kept; override them through
+the config.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import torch
 
 from bench.backbone import Backbone
 from methods.base import ErasureRequest, Method, MethodConfig, register_method
+from methods.recipes import PromptFile, Recipe
 
 Positions = Literal["tail", "words_eos", "last"]
 
@@ -147,8 +153,11 @@ def aligned_rows(
             return max(last_g - (slot + k - 1 - r), first_g)
         return r - (slot + k) + last_g + 1  # the same token after the guide
 
-    if positions == "tail":
-        rows = [r for r in range(slot, length) if guide_row(r) < length]
+    if positions == "tail":  # from the last token of the prompt's words (train_erase.py: attention_mask.sum() - 2)
+        ids = backbone.tokenizer(template.format(concept), truncation=True, max_length=length).input_ids
+        eos_id = backbone.tokenizer.eos_token_id
+        last_word = (ids.index(eos_id) if eos_id in ids else len(ids)) - 1
+        rows = [r for r in range(last_word, length) if guide_row(r) < length]
     elif positions == "last":
         rows = [slot + k - 1]
     elif positions == "words_eos":
@@ -207,7 +216,10 @@ def erase_pairs(
 def preserve_rows(
     backbone: Backbone, concepts: list[str], kind: str, expand: bool, positions: Positions
 ) -> torch.Tensor:
-    """Rows ``c_j`` of the preserved concepts (mapped to themselves)."""
+    """Rows ``c_j`` of the preserved concepts (mapped to themselves); with ``"tail"`` every row of each prompt,
+    as the original script keeps them (as their Gram matrix's square root: see :func:`gram_rows`)."""
+    if positions == "tail":
+        return gram_rows(backbone, [t.format(c) for c in concepts for t in concept_templates(c, kind, expand)])
     prompts, rows = [], []
     for concept in concepts:
         for template in concept_templates(concept, kind, expand):
@@ -223,6 +235,23 @@ def full_rows(backbone: Backbone, prompts: list[str]) -> torch.Tensor:
         return torch.zeros(0, backbone.text_encoder.config.hidden_size, device=backbone.device)
     with torch.no_grad():
         return backbone.encode(prompts).float().flatten(0, 1)
+
+
+def gram_rows(backbone: Backbone, prompts: list[str], chunk: int = 64) -> torch.Tensor:
+    """Rows ``R`` with ``R^T R = sum over prompts and token rows of c c^T``, accumulated ``chunk`` prompts at a time.
+
+    The UCE solve only needs that sum, so a square root of it (``diag(sqrt(s)) V^T`` of its eigen-decomposition)
+    stands for any number of preserve prompts with ``d`` rows."""
+    d = backbone.text_encoder.config.hidden_size
+    if not prompts:
+        return torch.zeros(0, d, device=backbone.device)
+    gram = torch.zeros(d, d, dtype=torch.float64, device=backbone.device)
+    with torch.no_grad():
+        for start in range(0, len(prompts), chunk):
+            rows = backbone.encode(prompts[start:start + chunk]).double().flatten(0, 1)
+            gram += rows.T @ rows
+    s, v = torch.linalg.eigh(gram)
+    return (s.clamp_min(0).sqrt()[:, None] * v.T).float()
 
 
 def edit_projections(
@@ -266,6 +295,52 @@ def record_edit(method: Method, backbone: Backbone, request: ErasureRequest, sec
 
 
 # --------------------------------------------------------------------------- the method
+_OLD = "rohitgandikota/unified-concept-editing @ 18287f6, train-scripts/train_erase.py"
+_NEW = "rohitgandikota/unified-concept-editing @ 28c81ed"
+RECIPES = {
+    "nudity": Recipe(
+        kind="nudity",
+        params={"erase_scale": 1.0, "lamb": 0.5, "positions": "tail", "expand_prompts": False},
+        anchor="",
+        sources={
+            "erase_scale": f"{_OLD} (--erase_scale default 1)",
+            "lamb": f"{_OLD} (edit_model(..., lamb=0.5))",
+            "positions": f"{_OLD} (rows from attention_mask.sum() - 2)",
+            "expand_prompts": f"{_OLD} (--add_prompts default False)",
+            "anchor": f"{_OLD} (no --guided_concepts: ' '); {_NEW} README.md (unsafe: no guide)",
+            "preserve": f"{_NEW} README.md (unsafe concepts: no --preserve_concepts)",
+        },
+        note="the README's I2P command erases 'violence; nudity; harm' together; a nudity run erases its target only",
+    ),
+    "style": Recipe(
+        kind="style",
+        params={"erase_scale": 1.0, "preserve_scale": 0.1, "lamb": 0.5, "positions": "tail", "expand_prompts": False},
+        anchor="art",
+        preserve_file=PromptFile("artists1734_prompts.csv", column="artist"),
+        sources={
+            "erase_scale": f"{_OLD} (--erase_scale default 1)",
+            "preserve_scale": f"{_OLD} (--preserve_scale default 0.1)",
+            "lamb": f"{_OLD} (edit_model(..., lamb=0.5))",
+            "positions": f"{_OLD} (rows from attention_mask.sum() - 2)",
+            "expand_prompts": f"{_OLD} (--add_prompts default False)",
+            "anchor": f"{_NEW} README.md (--guided_concept 'art')",
+            "preserve_file": f"{_OLD} (art: every other artist of data/artists1734_prompts.csv)",
+        },
+    ),
+    "object": Recipe(
+        kind="object",
+        params={"erase_scale": 1.0, "lamb": 0.5, "positions": "tail", "expand_prompts": False},
+        anchor="",
+        sources={
+            "erase_scale": f"{_OLD} (--erase_scale default 1)",
+            "lamb": f"{_OLD} (edit_model(..., lamb=0.5))",
+            "positions": f"{_OLD} (rows from attention_mask.sum() - 2)",
+            "anchor": f"{_OLD} (object: no --guided_concepts, towards ' ')",
+            "expand_prompts": f"{_OLD} (--add_prompts default False)",
+        },
+    ),
+}
+
 @dataclass
 class UCEConfig(MethodConfig):
     erase_scale: float = 1.0
@@ -285,6 +360,7 @@ class UCE(Method):
     config_class = UCEConfig
     multi_concept = True
     edited_components = ("unet",)
+    recipes = RECIPES
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
         self.check_request(request)
