@@ -138,7 +138,8 @@ RECIPES = {
         params={"epochs": 1, "reg_scale": 1e-3, "preserve_scale": 0.1, "lamb": 0.1, "erase_scale": 1.0,
                 "uce_erase_scale": 1.0, "uce_preserve_scale": 0.1, "uce_lamb": 0.5},
         anchor="art",
-        preserve_file=PromptFile("artists1734_prompts.csv", column="artist"),
+        preserve_file=PromptFile("artists1734_prompts.csv", column="artist",
+                                  url="https://raw.githubusercontent.com/rohitgandikota/unified-concept-editing/HEAD/data/artists1734_prompts.csv"),
         sources={
             "epochs": f"{_REPO}, scripts/art.sh (--epochs 1; 5 at {_FIRST})",
             "reg_scale": f"{_REPO}, scripts/art.sh (--regular_scale 1e-3)",
@@ -150,7 +151,8 @@ RECIPES = {
             "uce_lamb": "rohitgandikota/unified-concept-editing @ 18287f6, train-scripts/train_erase.py (lamb=0.5)",
             "anchor": f"{_REPO}, scripts/art.sh (--guided_concepts art)",
             "preserve_file": f"{_REPO}, train_artists.py (retain: '' + every other artist of "
-                             "dataset/artists1734_prompts.csv)",
+                             "dataset/artists1734_prompts.csv; the same file is fetched from UCE's data/ folder, where it "
+                             "is published)",
         },
         note="the art script selects no epoch (it runs one)",
     ),

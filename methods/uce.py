@@ -316,7 +316,8 @@ RECIPES = {
         kind="style",
         params={"erase_scale": 1.0, "preserve_scale": 0.1, "lamb": 0.5, "positions": "tail", "expand_prompts": False},
         anchor="art",
-        preserve_file=PromptFile("artists1734_prompts.csv", column="artist"),
+        preserve_file=PromptFile("artists1734_prompts.csv", column="artist",
+                                  url="https://raw.githubusercontent.com/rohitgandikota/unified-concept-editing/HEAD/data/artists1734_prompts.csv"),
         sources={
             "erase_scale": f"{_OLD} (--erase_scale default 1)",
             "preserve_scale": f"{_OLD} (--preserve_scale default 0.1)",
