@@ -195,7 +195,7 @@ EXTRA_COMMANDS: dict[str, Callable] = {}
 
 
 def _register_extras() -> None:
-    for module in ("bench.attribution_cli", "leaderboard.compare"):
+    for module in ("bench.attribution_cli", "leaderboard.compare", "bench.fetch", "leaderboard.export"):
         try:
             mod = __import__(module, fromlist=["register_cli"])
         except ModuleNotFoundError as exc:

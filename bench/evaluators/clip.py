@@ -166,6 +166,15 @@ class CLIPEvaluator(Evaluator):
         self._class_cache: dict[tuple, torch.Tensor] = {}
         self._version = open_clip.__version__
 
+    @classmethod
+    def weight_sources(cls, model: str = "ViT-B-32", pretrained: str = "openai", model_config: Any = None,
+                       **params: Any) -> list:
+        import open_clip
+
+        if model_config is not None or not open_clip.get_pretrained_cfg(model, pretrained):
+            return []  # a custom checkpoint: only the user has it (the evaluator names it when missing)
+        return [open_clip_source(model, pretrained, CLIP_FILES)]
+
     # ------------------------------------------------------------------ embeddings
     @torch.no_grad()
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:

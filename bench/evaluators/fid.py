@@ -167,6 +167,10 @@ class FIDEvaluator(Evaluator):
             raise FileNotFoundError(f"{self.name}: reference image folder {reference} not found "
                                     "(give a folder of real images, or reference: unedited)")
 
+    @classmethod
+    def weight_sources(cls, **params: Any) -> list:
+        return [weight_source()]
+
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> np.ndarray:
         out = []

@@ -74,6 +74,10 @@ class LPIPSEvaluator(Evaluator):
 
         self._version = torchmetrics.__version__
 
+    @classmethod
+    def weight_sources(cls, net: str = "alex", **params: Any) -> list:
+        return [weight_source(net)] if net in BACKBONES else []
+
     @torch.no_grad()
     def distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         out = []

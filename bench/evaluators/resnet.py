@@ -44,7 +44,7 @@ def weight_source(variant: str = DEFAULT_VARIANT) -> WeightSource:
     """The ResNet-50 file: torchvision's ``ResNet50_Weights.<variant>`` (any local name of RESNET_FILES also counts)."""
     src = torchvision_source("resnet50-imagenet", "ResNet50_Weights", variant)
     return WeightSource(src.evaluator, src.description, (*src.filenames, *(f for f in RESNET_FILES if f not in src.filenames)),
-                        src.origin, src.cached, src.download)
+                        src.origin, src.cached, src.download, src.cache_location)
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -80,6 +80,10 @@ class ResNet50ImageNet(Evaluator):
         self.crop, self.batch_size = int(crop), int(batch_size)
         self.mean = torch.tensor(MEAN, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(STD, device=self.device).view(1, 3, 1, 1)
+
+    @classmethod
+    def weight_sources(cls, variant: str = DEFAULT_VARIANT, **params: Any) -> list:
+        return [weight_source(variant)]
 
     @torch.no_grad()
     def logits(self, images: torch.Tensor) -> torch.Tensor:

@@ -68,6 +68,7 @@ class WeightSource:
     origin: str
     cached: Callable[[], Path | None]
     download: Callable[[], Path]
+    cache_location: str = ""  # where the library keeps the file (for the "missing" line)
 
     def local(self, value: str | Path | None = None) -> Path | None:
         """Steps 1-2: the param ``weights`` or ``$ERASEBENCH_WEIGHTS`` (raises when ``value`` is given but holds no file)."""
@@ -87,7 +88,8 @@ class WeightSource:
         """One line: what is missing and where to put it."""
         also = f" or {self.filenames[1]}" if len(self.filenames) > 1 else ""
         return (f"{self.evaluator}: {self.description}: put {self.filenames[0]}{also} (from {self.origin}) under "
-                f"$ERASEBENCH_WEIGHTS ({weights_root()}) or let the library cache it"
+                f"$ERASEBENCH_WEIGHTS ({weights_root()})"
+                f"{' or at ' + self.cache_location if self.cache_location else ''}"
                 f"{' (' + reason + ')' if reason else ''}")
 
     def resolve(self, value: str | Path | None = None, download: bool = True) -> Path:
@@ -128,7 +130,7 @@ def torchvision_source(evaluator: str, weights_enum: str, variant: str, extra_na
         return torch_hub_file(member.url)
 
     return WeightSource(evaluator, f"torchvision {weights_enum}.{variant}", (name, f"{stem}.safetensors", *extra_names),
-                        member.url, cached, download)
+                        member.url, cached, download, str(torch_hub_file(member.url)))
 
 
 # --------------------------------------------------------------------------- open_clip
@@ -161,7 +163,13 @@ def open_clip_source(model: str, pretrained: str, filenames: tuple[str, ...]) ->
     def download() -> Path:
         return Path(oc.download_pretrained(cfg))
 
-    return WeightSource("clip", f"open_clip {model} ({pretrained})", filenames, origin, cached, download)
+    if hub:
+        from huggingface_hub import constants
+
+        location = f"{constants.HF_HUB_CACHE} (hf download {os.path.split(hub)[0]})"
+    else:
+        location = str(Path(os.path.expanduser("~/.cache/clip")) / Path(cfg.get("url", "")).name)
+    return WeightSource("clip", f"open_clip {model} ({pretrained})", filenames, origin, cached, download, location)
 
 
 # --------------------------------------------------------------------------- FID Inception (torch-fidelity)
@@ -180,4 +188,4 @@ def fid_inception_source(evaluator: str, filenames: tuple[str, ...]) -> WeightSo
         return torch_hub_file(URL_INCEPTION_V3)
 
     return WeightSource(evaluator, "FID Inception-v3 (TF 2015-12-05, torch-fidelity)", filenames, URL_INCEPTION_V3,
-                        cached, download)
+                        cached, download, str(torch_hub_file(URL_INCEPTION_V3)))
