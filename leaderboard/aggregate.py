@@ -225,6 +225,7 @@ def higher_is_better(metric: str, role: str) -> bool | None:
     if role == "cost":
         return COST_DIRECTIONS.get(metric)
     try:
+        import bench.evaluators  # noqa: F401  (evaluator modules register their set metrics: fid, kid, mini_fd)
         from bench.metrics import METRICS
 
         if metric in METRICS:
