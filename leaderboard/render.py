@@ -175,8 +175,6 @@ def render_csv(board: Leaderboard, detail: bool = False, columns: str | list[str
     """
     table = board.table()
     keep = set(board.columns() if detail and not columns else select_columns(board, detail, columns))
-    if not detail and not columns and EDIT_TIME in board.columns():
-        keep.add(EDIT_TIME)
     flat = pd.DataFrame(index=table.index)
     for role, task, metric, fld in table.columns:
         if (role, task, metric) not in keep:

@@ -24,14 +24,15 @@ def test_export_loads_back_with_datasets(small_run, tmp_path, capsys):
     ds = tmp_path / "ds"
     assert main(["export", str(small_run), "--out", str(ds), "--images", "1"]) == 0
     assert "hf upload" in capsys.readouterr().out
-    summary = load_dataset(str(ds), "summary", split="train").to_pandas()
+    cache = tmp_path / "hf-datasets"  # offline, datasets would otherwise reuse a cached folder of the same name
+    summary = load_dataset(str(ds), "summary", split="train", cache_dir=str(cache)).to_pandas()
     expected = pd.DataFrame(json.loads((small_run / "summary.json").read_text())["rows"])
     key = ["method", "target", "task", "metric"]
     got = summary.drop(columns="run").sort_values(key).reset_index(drop=True)
     pd.testing.assert_frame_equal(got[expected.columns], expected.sort_values(key).reset_index(drop=True),
                                   check_dtype=False)
     assert set(summary["run"]) == {"run"}
-    records = load_dataset(str(ds), "records", split="train").to_pandas()
+    records = load_dataset(str(ds), "records", split="train", cache_dir=str(cache)).to_pandas()
     run_records = pd.read_parquet(small_run / "records.parquet")
     assert len(records) == len(run_records)
     assert (records.groupby(["method", "task"]).size() == run_records.groupby(["method", "task"]).size()).all()
