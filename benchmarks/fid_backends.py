@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 
-
 LEGACY_COMMIT = "1f55a94"
 
 
