@@ -1,8 +1,9 @@
 """The ``erasebench`` command: a thin layer over :func:`bench.run` and the leaderboard.
 
     erasebench list methods|suites|evaluators|attacks|metrics
-    erasebench run [--config FILE] [--out DIR]
-    erasebench report RUN_DIR... [--format md|csv|latex|html] [--output FILE]
+    erasebench run [--config FILE] [--model M] [--methods M...] [--targets T...] [--suite S] [--tier T]
+                   [--device D] [--images-per-prompt K] [--seed S] [--batch-size B] ... [--out DIR]
+    erasebench report RUN_DIR... [--format md|csv|latex|html] [--detail | --columns C,...] [--output FILE]
     erasebench attribute --model M --concept C [--anchor A] [--objective erase|amplify] --out FILE
     erasebench compare BASE_RUN NEW_RUN [--tolerance 0.02] [--json]
     erasebench show method NAME --kind KIND [--model sd|mini] [--json]
@@ -57,16 +58,83 @@ def cmd_list(args) -> int:
 
 
 # --------------------------------------------------------------------------- run
-def cmd_run(args) -> int:
-    from bench.config import load_config
-    from bench.runner import run
+# The config fields that `run` takes as flags: (flag, RunConfig field, argparse kwargs). Each flag
+# overrides the field of --config (or of the defaults); lists replace, they do not extend.
+RUN_FLAGS: list[tuple[str, str, dict]] = [
+    ("--model", "model", {"help": "'mini', a local diffusers folder or a hub id"}),
+    ("--methods", "methods", {"nargs": "+", "metavar": "METHOD",
+                              "help": "method names with their defaults (erasebench list methods)"}),
+    ("--targets", "targets", {"nargs": "+", "metavar": "TARGET", "help": "concepts to erase"}),
+    ("--kind", "kind", {"help": "object | style | colour | nudity | identity (default: inferred)"}),
+    ("--anchor", "anchor", {"help": "the concept a target is mapped to (methods that take one)"}),
+    ("--preserve", "preserve", {"nargs": "+", "metavar": "CONCEPT", "help": "concepts to keep"}),
+    ("--suite", "suite", {"help": "evaluation suite (erasebench list suites)"}),
+    ("--tier", "tier", {"help": "smoke | standard | full, where the suite defines them"}),
+    ("--device", "device", {"help": "cpu | cuda | cuda:N | mps"}),
+    ("--dtype", "dtype", {"help": "float32 | float16 | bfloat16"}),
+    ("--images-per-prompt", "images_per_prompt", {"type": str, "metavar": "K"}),
+    ("--seed", "seed", {"type": str, "help": "run seed (image seeds derive from prompt id, sample index, seed)"}),
+    ("--batch-size", "batch_size", {"type": str, "metavar": "B"}),
+    ("--data-dir", "data_dir", {"help": "local copies of public prompt files (offline use)"}),
+    ("--cache-dir", "cache_dir", {"help": "image cache shared between runs (default: DIR/images)"}),
+]
 
-    config = load_config(args.config)
+
+def flag_overrides(args: argparse.Namespace) -> dict:
+    """The config fields given as flags, as the YAML would hold them (``--methods a b`` -> ``[{name: a}, {name: b}]``)."""
+    out = {}
+    for _flag, field, _ in RUN_FLAGS:
+        value = getattr(args, field, None)
+        if value is None:
+            continue
+        out[field] = [{"name": m} for m in value] if field == "methods" else value
+    return out
+
+
+def resolve_run_config(config_path: Path | None, overrides: dict):
+    """``--config`` (or the defaults) with the flags applied, validated as one config.
+
+    A bad flag gets the line a bad YAML key gets, naming the flag: ``--seed: Input should be a valid integer``.
+    """
+    from pydantic import ValidationError
+
+    from bench.config import ConfigError, RunConfig, format_validation_error, load_config
+
+    flag_of = {field: flag for flag, field, _ in RUN_FLAGS}
+    try:  # the flags alone (every other field has a default): errors name the flag, not the file
+        RunConfig.model_validate(overrides)
+    except ValidationError as exc:
+        lines = []
+        for line in format_validation_error(exc, "flags").splitlines():
+            _, loc, msg = line.split(": ", 2)
+            field, _, rest = loc.partition(".")
+            lines.append(f"{flag_of.get(field, field)}{'[' + rest + ']' if rest else ''}: {msg}")
+        raise ConfigError("\n".join(lines)) from None
+    base = load_config(config_path)
+    if not overrides:
+        return base
+    merged = {**base.model_dump(mode="json", exclude_unset=True), **overrides}
+    try:
+        return RunConfig.model_validate(merged)
+    except ValidationError as exc:  # pragma: no cover - both parts were valid on their own
+        raise ConfigError(format_validation_error(exc, str(config_path or "flags"))) from None
+
+
+def cmd_run(args) -> int:
+    from bench.runner import run
+    from leaderboard import load_runs, render
+
+    config = resolve_run_config(args.config, flag_overrides(args))
     out = args.out or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
     t0 = time.perf_counter()
     path = run(config, out, progress=not args.quiet)
+    board = load_runs([path])
+    print(render(board, "md"))
+    page = Path(path) / "report.html"
+    render(board, "html", output=page, title=f"erasebench: {Path(path).name}")
     print(f"run finished in {time.perf_counter() - t0:.1f} s: {path}")
-    print(f"report: erasebench report {path}")
+    print(f"report page: {page}")
+    print(f"full table: erasebench report {path} --detail")
     return 0
 
 
@@ -78,7 +146,12 @@ def cmd_report(args) -> int:
         if not (Path(run_dir) / "summary.json").exists():
             raise CLIError(f"{run_dir}: no summary.json (not a finished erasebench run)")
     board = load_runs(args.runs)
-    text = render(board, args.format, output=args.output)
+    if args.format == "html" and (args.detail or args.columns):
+        raise CLIError("--detail/--columns choose text-table columns; the html page always shows every column")
+    try:
+        text = render(board, args.format, output=args.output, detail=args.detail, columns=args.columns)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
     if args.output is None:
         print(text)
     else:
@@ -97,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a benchmark (default: the mini world's quick benchmark)")
     p.add_argument("--config", type=Path, default=None, help="run config (YAML); default: mini-quick on the mini model")
     p.add_argument("--out", type=Path, default=None, help="run directory (resumed if it exists)")
+    for flag, field, kwargs in RUN_FLAGS:
+        p.add_argument(flag, dest=field, default=None, **kwargs)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_run)
 
@@ -104,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", type=Path)
     p.add_argument("--format", choices=["md", "csv", "latex", "html"], default="md")
     p.add_argument("--output", type=Path, default=None)
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--detail", action="store_true",
+                       help="every metric of every task, and the cost figures in a table of their own")
+    group.add_argument("--columns", default=None, metavar="C,...",
+                       help="columns by role, task, metric or task/metric (comma-separated)")
     p.set_defaults(func=cmd_report)
 
     for _name, register in EXTRA_COMMANDS.items():
@@ -116,7 +196,7 @@ EXTRA_COMMANDS: dict[str, Callable] = {}
 
 
 def _register_extras() -> None:
-    for module in ("bench.attribution_cli", "leaderboard.compare", "bench.show_cli"):
+    for module in ("bench.attribution_cli", "leaderboard.compare", "bench.show_cli", "bench.fetch", "leaderboard.export"):
         try:
             mod = __import__(module, fromlist=["register_cli"])
         except ModuleNotFoundError as exc:

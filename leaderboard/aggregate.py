@@ -21,6 +21,13 @@ without one uses the ``none`` row of another run on the board (and the board say
 
 When two runs hold the same (method, target, task, metric) with the same figures, the entry
 appears once; with different figures, the rows are kept apart as ``method [run]``.
+
+The *compact* view (:meth:`Leaderboard.headline_columns`, the default of ``erasebench report``)
+keeps one column per task, its headline metric (the first metric the task reports, except a
+supporting one such as an attack's ``pre_asr``), plus the edit time; :meth:`Leaderboard.columns`
+is the full set and :meth:`Leaderboard.cost_columns` the cost counters. Only scores and the
+resources a user pays for (time, memory) carry a direction; counters (``resumed_from``,
+``trained_parameters``...) have none.
 """
 
 from __future__ import annotations
@@ -41,6 +48,13 @@ RATIO_METRICS = frozenset({"accuracy", "clip_score"})
 # Record columns and target words that mark an image as unsafe to show unblurred.
 UNSAFE_COLUMNS = ("unsafe", "nsfw", "nudity_flag")
 NUDITY_WORDS = ("nudity", "nude", "naked", "nsfw", "sexual", "i2p")
+# Metrics that give context to a task's headline, never the headline itself when the task has another
+# (an attack task reports ``pre_asr``, the attack success before attacking, beside its ``asr``).
+SUPPORTING_METRICS = frozenset({"pre_asr"})
+# The cost column of the compact table: the wall-clock time of the edit (bench.runner.edited_backbone).
+EDIT_TIME = ("cost", "edit", "edit_seconds")
+# Cost figures with a direction (what a user pays); every other cost figure is a counter without one.
+COST_DIRECTIONS = {"edit_seconds": False, "peak_memory_mb": False}
 
 
 @dataclass
@@ -58,13 +72,38 @@ class Leaderboard:
     runs: list[RunInfo]
     notes: list[str] = field(default_factory=list)
     _records: pd.DataFrame | None = field(default=None, repr=False)
+    _task_order: dict[str, int] | None = field(default=None, repr=False)
 
     # ------------------------------------------------------------------ views
     def columns(self) -> list[tuple[str, str, str]]:
-        """(role, task, metric) in table order: by role, then in order of first appearance."""
+        """(role, task, metric) in table order: by role, then in the order of the runs' suites
+        (tasks no suite lists, e.g. attacks, after them), then in order of first appearance."""
         seen = dict.fromkeys(zip(self.figures["role"], self.figures["task"], self.figures["metric"]))
         rank = {r: i for i, r in enumerate(ROLES)}
-        return sorted(seen, key=lambda c: rank.get(c[0], len(ROLES)))  # sort is stable: appearance order within a role
+        if self._task_order is None:
+            self._task_order = suite_task_order(self.runs)
+        order = self._task_order
+        return sorted(seen, key=lambda c: (rank.get(c[0], len(ROLES)), order.get(c[1], len(order))))  # stable
+
+    def score_columns(self) -> list[tuple[str, str, str]]:
+        """:meth:`columns` without the cost figures."""
+        return [c for c in self.columns() if c[0] != "cost"]
+
+    def cost_columns(self) -> list[tuple[str, str, str]]:
+        """The cost figures (edit time, memory, the methods' counters) in order of appearance."""
+        return [c for c in self.columns() if c[0] == "cost"]
+
+    def headline_columns(self) -> list[tuple[str, str, str]]:
+        """The compact table: per (role, task) one metric, then the edit time when the board has it.
+
+        The headline of a task is the first metric it reports that is not in ``SUPPORTING_METRICS``
+        (or the first, when all are); the suite lists a task's main metric first.
+        """
+        by_task: dict[tuple[str, str], list[tuple[str, str, str]]] = {}
+        for c in self.score_columns():
+            by_task.setdefault((c[0], c[1]), []).append(c)
+        out = [next((c for c in cs if c[2] not in SUPPORTING_METRICS), cs[0]) for cs in by_task.values()]
+        return out + ([EDIT_TIME] if EDIT_TIME in self.columns() else [])
 
     def rows(self) -> list[tuple[str, str]]:
         """(method, target): for each target, the reference row first, then the methods in order of appearance."""
@@ -181,10 +220,12 @@ def _isnan(x) -> bool:
 
 
 def higher_is_better(metric: str, role: str) -> bool | None:
-    """The metric's direction from ``bench.metrics.METRICS``; cost figures are lower-is-better."""
+    """The metric's direction from ``bench.metrics.METRICS``; for cost figures ``COST_DIRECTIONS``
+    (time and memory are lower-is-better, counters have no direction: None)."""
     if role == "cost":
-        return False
+        return COST_DIRECTIONS.get(metric)
     try:
+        import bench.evaluators  # noqa: F401  (evaluator modules register their set metrics: fid, kid, mini_fd)
         from bench.metrics import METRICS
 
         if metric in METRICS:
@@ -192,6 +233,24 @@ def higher_is_better(metric: str, role: str) -> bool | None:
     except ImportError:  # pragma: no cover
         pass
     return None
+
+
+def suite_task_order(runs: list[RunInfo]) -> dict[str, int]:
+    """Task name -> position in the suites the runs name in their manifests (unknown suites add nothing)."""
+    order: dict[str, int] = {}
+    for run in runs:
+        name = run.manifest.get("suite")
+        if not name:
+            continue
+        try:
+            from bench.suites import SuiteError, load_suite
+
+            tasks = [t.name for t in load_suite(name).tasks]
+        except (ImportError, SuiteError, OSError):
+            continue
+        for t in tasks:
+            order.setdefault(t, len(order))
+    return order
 
 
 def run_labels(paths: list[Path]) -> list[str]:

@@ -1,6 +1,12 @@
 """Renderers of a :class:`~leaderboard.aggregate.Leaderboard`: Markdown, CSV, LaTeX (booktabs), HTML.
 
-    render(board, "md" | "csv" | "latex" | "html", output=None, **options) -> str
+    render(board, "md" | "csv" | "latex" | "html", output=None, detail=False, columns=None, **options) -> str
+
+The text formats are *compact* by default: one column per task (its headline metric, see
+:meth:`~leaderboard.aggregate.Leaderboard.headline_columns`), grouped by role, plus the edit
+time. ``detail=True`` gives every score column and, in Markdown and LaTeX, the cost figures in a
+table of their own (CSV keeps them as columns of its one table); ``columns="efficacy,general/mini_fd"``
+picks columns by role, task, metric or ``task/metric``. The HTML page always holds everything.
 
 Every cell shows the figure, its 95 % interval and (when the column's sample counts differ) its
 n, with the value relative to the ``none`` row beside it: ``Δ`` for a difference, ``%`` for a
@@ -16,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from leaderboard.aggregate import FIELDS, ROLES, Leaderboard
+from leaderboard.aggregate import EDIT_TIME, FIELDS, ROLES, Leaderboard
 
 FORMATS = ("md", "csv", "latex", "html")
 
@@ -49,7 +55,33 @@ def fmt_n(n: float) -> str:
 
 def column_label(col: tuple[str, str, str]) -> str:
     role, task, metric = col
+    if col == EDIT_TIME:
+        return "edit time (s)"
     return f"{task}/{metric}"
+
+
+Column = tuple[str, str, str]
+
+
+def select_columns(board: Leaderboard, detail: bool = False, columns: str | list[str] | None = None) -> list[Column]:
+    """The score columns a text table shows: the compact set, every score column (``detail``), or
+    those named in ``columns`` (comma-separated or a list; each a role, a task, a metric or ``task/metric``).
+
+    Raises ValueError naming a selector that matches no column, with the valid names.
+    """
+    if columns:
+        wanted = [w.strip() for w in (columns.split(",") if isinstance(columns, str) else columns) if w.strip()]
+        every = board.columns()
+        out: list[Column] = []
+        for w in wanted:
+            hits = [c for c in every if w in (c[0], c[1], c[2], f"{c[1]}/{c[2]}")]
+            if not hits:
+                valid = sorted({c[0] for c in every} | {f"{c[1]}/{c[2]}" for c in every})
+                raise ValueError(f"--columns: {w!r} names no column; valid: {', '.join(valid)}")
+            out += [c for c in hits if c not in out]
+        rank = {c: i for i, c in enumerate(every)}
+        return sorted(out, key=rank.__getitem__)
+    return board.score_columns() if detail else board.headline_columns()
 
 
 def column_n(board: Leaderboard, col: tuple[str, str, str]) -> int | None:
@@ -59,9 +91,9 @@ def column_n(board: Leaderboard, col: tuple[str, str, str]) -> int | None:
     return int(ns[0]) if len(ns) == 1 else None
 
 
-def cells(board: Leaderboard) -> tuple[list[tuple[str, str, str]], list[tuple[str, str]], dict]:
-    """(columns, rows, {(row, col): figure dict})."""
-    cols, rows = board.columns(), board.rows()
+def cells(board: Leaderboard, cols: list[Column] | None = None) -> tuple[list[Column], list[tuple[str, str]], dict]:
+    """(columns, rows, {(row, col): figure dict}); ``cols`` default: every column of the board."""
+    cols, rows = (board.columns() if cols is None else cols), board.rows()
     lookup = {}
     for rec in board.figures.to_dict("records"):
         lookup[((rec["method"], rec["target"]), (rec["role"], rec["task"], rec["metric"]))] = rec
@@ -81,15 +113,20 @@ def cell_text(rec: dict | None, show_n: bool, ci_sep: str = ", ") -> str:
 
 
 def direction_mark(board: Leaderboard, col: tuple[str, str, str]) -> str:
-    hib = board.figures[board.figures["metric"] == col[2]]["higher_is_better"].iloc[0]
+    """↑ or ↓ where the metric has a direction, else "" (cost counters, unregistered metrics)."""
+    f = board.figures
+    hib = f[(f["role"] == col[0]) & (f["metric"] == col[2])]["higher_is_better"].iloc[0]
     if hib is None or (isinstance(hib, float) and math.isnan(hib)):
         return ""
     return "↑" if bool(hib) else "↓"
 
 
-def legend(board: Leaderboard) -> list[str]:
+def legend(board: Leaderboard, compact: bool = False) -> list[str]:
     lines = ["Cells: value [95 % bootstrap interval] (relative to the `none` row of the same target: "
              "Δ = difference, % = ratio). ↑/↓: higher/lower is better. n: images (or edits for cost)."]
+    if compact:
+        lines.append("One column per task (its headline metric); `erasebench report --detail` shows every "
+                     "metric and the cost figures.")
     return lines + [f"Note: {n}" for n in board.notes]
 
 
@@ -98,29 +135,50 @@ def _md_escape(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-def render_markdown(board: Leaderboard) -> str:
-    cols, rows, lookup = cells(board)
+def _markdown_table(board: Leaderboard, cols: list[Column], role_prefix: bool = True) -> list[str]:
+    cols, rows, lookup = cells(board, cols)
+    rows = [r for r in rows if any((r, c) in lookup for c in cols)]
     ns = {c: column_n(board, c) for c in cols}
     header = ["method", "target"]
     for c in cols:
         n = f" (n={ns[c]})" if ns[c] is not None else ""
-        header.append(f"{c[0]}: {column_label(c)} {direction_mark(board, c)}{n}".replace("  ", " "))
+        head = f"{c[0]}: {column_label(c)}" if role_prefix else column_label(c)
+        header.append(f"{head} {direction_mark(board, c)}{n}".replace("  ", " "))
     out = ["| " + " | ".join(_md_escape(h) for h in header) + " |",
            "|" + "---|" * 2 + "---:|" * len(cols)]
     for r in rows:
         line = [r[0], r[1]] + [cell_text(lookup.get((r, c)), show_n=ns[c] is None) for c in cols]
         out.append("| " + " | ".join(_md_escape(x) for x in line) + " |")
+    return out
+
+
+def render_markdown(board: Leaderboard, detail: bool = False, columns: str | list[str] | None = None) -> str:
+    """The compact leaderboard (default), every score column (``detail``) or the ``columns`` chosen;
+    with ``detail`` the cost figures follow in a table of their own."""
+    cols = select_columns(board, detail, columns)
+    out = _markdown_table(board, cols)
+    cost = board.cost_columns()
+    if detail and not columns and cost:
+        out += ["", "Cost of each edit (time, memory and the method's own counters; n: edits):", ""]
+        out += _markdown_table(board, cost, role_prefix=False)
     out.append("")
-    out.extend(legend(board))
+    out.extend(legend(board, compact=not detail and not columns))
     return "\n".join(out) + "\n"
 
 
 # --------------------------------------------------------------------------- CSV
-def render_csv(board: Leaderboard) -> str:
-    """One row per (method, target); per column ``role/task/metric.<field>`` for the raw figure and the relative one."""
+def render_csv(board: Leaderboard, detail: bool = False, columns: str | list[str] | None = None) -> str:
+    """One row per (method, target); per column ``role/task/metric.<field>`` for the raw figure and the relative one.
+
+    Compact by default (the headline columns and the edit time); ``detail``: every column, the cost
+    figures included (a CSV holds one table).
+    """
     table = board.table()
+    keep = set(board.columns() if detail and not columns else select_columns(board, detail, columns))
     flat = pd.DataFrame(index=table.index)
     for role, task, metric, fld in table.columns:
+        if (role, task, metric) not in keep:
+            continue
         name = f"{role}/{task}/{metric}"
         if role == "cost" and fld.startswith("rel"):
             continue  # cost has no reference row
@@ -160,8 +218,20 @@ def _latex_cell(rec: dict | None, show_n: bool) -> str:
     return text
 
 
-def render_latex(board: Leaderboard) -> str:
-    cols, rows, lookup = cells(board)
+def render_latex(board: Leaderboard, detail: bool = False, columns: str | list[str] | None = None) -> str:
+    """A booktabs tabular of the compact leaderboard (default) or of every score column (``detail``,
+    then a second tabular of the cost figures) or of the ``columns`` chosen."""
+    text = _latex_table(board, select_columns(board, detail, columns))
+    cost = board.cost_columns()
+    if detail and not columns and cost:
+        text += "\n% cost of each edit (time, memory and the method's own counters; n: edits)\n"
+        text += _latex_table(board, cost)
+    return text
+
+
+def _latex_table(board: Leaderboard, cols: list[Column]) -> str:
+    cols, rows, lookup = cells(board, cols)
+    rows = [r for r in rows if any((r, c) in lookup for c in cols)]
     ns = {c: column_n(board, c) for c in cols}
     lines = [r"% requires \usepackage{booktabs}", r"\begin{tabular}{ll" + "r" * len(cols) + "}", r"\toprule"]
     # role group header with \cmidrule under each group
@@ -198,20 +268,23 @@ def render_latex(board: Leaderboard) -> str:
 
 
 # --------------------------------------------------------------------------- dispatch
-def render(board: Leaderboard, fmt: str = "md", output: str | Path | None = None, **options) -> str:
+def render(board: Leaderboard, fmt: str = "md", output: str | Path | None = None, detail: bool = False,
+           columns: str | list[str] | None = None, **options) -> str:
     """Render ``board`` as ``fmt`` (md, csv, latex, html); write it to ``output`` too when given.
 
-    HTML options: ``show_unsafe`` (default False: images flagged unsafe are blurred),
-    ``max_images`` (per method and task in the image grids), ``title``.
+    Text formats: compact by default, ``detail`` for every column (and the cost table), ``columns``
+    to choose (see :func:`select_columns`). HTML (always the full table) options: ``show_unsafe``
+    (default False: images flagged unsafe are blurred), ``max_images`` (per method and task in the
+    image grids), ``title``.
     """
     if options and fmt != "html":
         raise TypeError(f"format {fmt!r} takes no options (got {', '.join(options)})")
     if fmt == "md":
-        text = render_markdown(board)
+        text = render_markdown(board, detail, columns)
     elif fmt == "csv":
-        text = render_csv(board)
+        text = render_csv(board, detail, columns)
     elif fmt == "latex":
-        text = render_latex(board)
+        text = render_latex(board, detail, columns)
     elif fmt == "html":
         from leaderboard.html import render_html
 
@@ -225,4 +298,4 @@ def render(board: Leaderboard, fmt: str = "md", output: str | Path | None = None
     return text
 
 
-__all__ = ["FIELDS", "FORMATS", "ROLES", "render", "render_csv", "render_latex", "render_markdown"]
+__all__ = ["FIELDS", "FORMATS", "ROLES", "render", "render_csv", "render_latex", "render_markdown", "select_columns"]

@@ -117,12 +117,12 @@ def build_random_resnet50(folder: str | Path, seed: int = 0) -> Path:
 
 def build_random_fid_inception(folder: str | Path, seed: int = 0) -> Path:
     """Random weights in the layout of pt_inception-2015-12-05 (the FID Inception, 1008 classes)."""
-    from bench.evaluators.fid import FIDInceptionV3
+    from torchvision.models.inception import Inception3  # the FID Inception's tensors and names
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    net = FIDInceptionV3()
+    net = Inception3(num_classes=1008, aux_logits=False, init_weights=False)
     with torch.no_grad():  # random BN statistics keep activations finite and varied
         for m in net.modules():
             if isinstance(m, torch.nn.BatchNorm2d):

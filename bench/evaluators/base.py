@@ -34,6 +34,12 @@ class Evaluator:
     def provenance(self) -> dict:
         return {"name": self.name}
 
+    @classmethod
+    def weight_sources(cls, **params: Any) -> list:
+        """The weight files (:class:`bench.evaluators.weights.WeightSource`) this evaluator would load
+        with ``params``, for ``erasebench fetch``; none for evaluators whose weights ship with a package."""
+        return []
+
 
 EVALUATORS: Registry[type[Evaluator]] = Registry("evaluator", entry_point_group="erasebench.evaluators")
 

@@ -1,13 +1,14 @@
-"""``clip``: open_clip zero-shot classification and CLIP score, from a local checkpoint.
+"""``clip``: open_clip zero-shot classification and CLIP score.
 
 Params:
 - ``model``: an open_clip model config name (default ``ViT-B-32``), or ``model_config``: a config
   dict (or a JSON file) for a model open_clip does not list (tests use a tiny one);
-- ``pretrained``: the tag the weights come from (``openai``, ``laion2b_s34b_b79k``...), recorded
-  in the provenance and used in the "not found" hint;
+- ``pretrained``: the open_clip pretrained tag (``openai``, ``laion2b_s34b_b79k``...): without a
+  local file, open_clip's own download fetches it into the Hugging Face cache
+  (:mod:`bench.evaluators.weights`); recorded in the provenance;
 - ``weights``: the checkpoint file (``.safetensors`` preferred; ``.bin``/``.pth`` are read with
   ``weights_only``) or a folder holding it (an HF snapshot folder works); default: found under
-  ``$ERASEBENCH_WEIGHTS`` (``~/.cache/erasebench/weights``);
+  ``$ERASEBENCH_WEIGHTS`` (``~/.cache/erasebench/weights``), else the tag's file;
 - ``scale``: CLIP score = ``scale * cos(image, prompt)``; 100 (default) gives the usual ~31 for
   ViT-B/32 (MACE, WhenAreConceptsErased), 1 the raw cosine ~0.31 (AdvUnlearn's "/100");
 - zero-shot: ``classes`` (a list, or ``{label_space: list}``) or the item column
@@ -22,7 +23,6 @@ space: ``clip_pred``, ``correct`` (pred == label), ``target_present`` (pred == e
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 import bench.prompts  # name matching shared with the prompt sources
 from bench.evaluators.base import Evaluator, register_evaluator, sha256_file
+from bench.evaluators.weights import WeightsNotFoundError, open_clip_source, weights_root
 
 DEFAULT_TEMPLATES = ["a photo of a {}."]
 CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin",
@@ -39,15 +40,7 @@ _SHA_CACHE: dict[tuple[str, float, int], str] = {}
 
 
 # --------------------------------------------------------------------------- shared helpers
-class WeightsNotFoundError(FileNotFoundError):
-    """An evaluator's weight file is missing; the message names it on one line."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-def weights_root() -> Path:
-    return Path(os.environ.get("ERASEBENCH_WEIGHTS", Path.home() / ".cache" / "erasebench" / "weights")).expanduser()
+__all__ = ["CLIPEvaluator", "WeightsNotFoundError", "file_sha256", "load_state_dict", "locate_weights", "weights_root"]
 
 
 def locate_weights(value: str | Path | None, filenames: tuple[str, ...], evaluator: str, hint: str = "") -> Path:
@@ -119,7 +112,7 @@ match_name = bench.prompts.match_name
 @register_evaluator
 class CLIPEvaluator(Evaluator):
     name = "clip"
-    description = "open_clip zero-shot classifier (target_present/correct) and CLIP score, from a local checkpoint"
+    description = "open_clip zero-shot classifier (target_present/correct) and CLIP score (open_clip pretrained tags)"
 
     def __init__(self, device="cpu", model: str = "ViT-B-32", pretrained: str = "openai", weights: str | None = None,
                  model_config: dict | str | None = None, scale: float = 100.0, classes: Any = None,
@@ -129,10 +122,11 @@ class CLIPEvaluator(Evaluator):
 
         self.model_name, self.pretrained, self.scale = model, pretrained, float(scale)
         self.classes, self.templates, self.batch_size = classes, templates, int(batch_size)
-        self.weights_path = locate_weights(
-            weights, CLIP_FILES, "clip",
-            hint=f"it is the open_clip checkpoint of {model} ({pretrained}), e.g. open_clip_model.safetensors of its "
-                 "HuggingFace repository")
+        if model_config is None and open_clip.get_pretrained_cfg(model, pretrained):
+            # a listed model and tag: a local file, else open_clip's own download into the HF cache
+            self.weights_path = open_clip_source(model, pretrained, CLIP_FILES).resolve(weights)
+        else:  # a custom architecture or an unlisted tag: its checkpoint is local
+            self.weights_path = locate_weights(weights, CLIP_FILES, "clip")
         config, preprocess = None, {}
         if model_config is not None:
             config = json.loads(Path(model_config).read_text()) if isinstance(model_config, (str, Path)) else dict(model_config)
@@ -151,7 +145,9 @@ class CLIPEvaluator(Evaluator):
         else:
             if model not in open_clip.list_models():
                 raise ValueError(f"clip: unknown open_clip model config {model!r} (give model_config for a custom one)")
-            net = open_clip.create_model(model, pretrained=None, device="cpu")
+            # the tag's activation, as open_clip.create_model(model, pretrained=tag) sets it (openai: QuickGELU)
+            quick_gelu = bool((open_clip.get_pretrained_cfg(model, pretrained) or {}).get("quick_gelu", False))
+            net = open_clip.create_model(model, pretrained=None, device="cpu", force_quick_gelu=quick_gelu)
             self.tokenizer = open_clip.get_tokenizer(model)
         try:
             open_clip.load_checkpoint(net, str(self.weights_path))
@@ -169,6 +165,15 @@ class CLIPEvaluator(Evaluator):
         self.std = torch.tensor(std, device=self.device).view(1, 3, 1, 1)
         self._class_cache: dict[tuple, torch.Tensor] = {}
         self._version = open_clip.__version__
+
+    @classmethod
+    def weight_sources(cls, model: str = "ViT-B-32", pretrained: str = "openai", model_config: Any = None,
+                       **params: Any) -> list:
+        import open_clip
+
+        if model_config is not None or not open_clip.get_pretrained_cfg(model, pretrained):
+            return []  # a custom checkpoint: only the user has it (the evaluator names it when missing)
+        return [open_clip_source(model, pretrained, CLIP_FILES)]
 
     # ------------------------------------------------------------------ embeddings
     @torch.no_grad()

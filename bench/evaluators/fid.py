@@ -1,18 +1,21 @@
 """``fid`` / ``kid``: Inception-v3 features for the set metrics ``fid`` and ``kid``.
 
-torchmetrics' FID/KID need ``torch-fidelity`` and download its Inception weights, so this module
-builds the same network itself (the TF "2015-12-05" Inception-v3 used by every FID
-implementation: torchvision blocks with the FID pooling variants, 1008 classes) and reads its
-weights from a local file: ``pt_inception-2015-12-05-6726825d.pth`` (pytorch-fid) or
-``weights-inception-2015-12-05-6726825d.pth`` (torch-fidelity; same tensors and names), or a
-``.safetensors`` conversion. Images are quantised to uint8, resized to 299x299 with TF1-style
-bilinear interpolation (as torch-fidelity does) and scaled to [-1, 1].
+The network is torchmetrics' ``NoTrainInceptionV3`` (torch-fidelity's ``inception-v3-compat``: the
+TF "2015-12-05" Inception-v3 every FID implementation uses, 1008 classes) with torch-fidelity's
+TF1-style bilinear resize (``antialias=False``), so features match torch-fidelity and
+``torchmetrics.image.fid.FrechetInceptionDistance(..., antialias=False)``. Its weights come from a
+local file when there is one (param ``weights``, the file or its folder, else
+``$ERASEBENCH_WEIGHTS``): ``weights-inception-2015-12-05-6726825d.pth`` (torch-fidelity) or
+``pt_inception-2015-12-05-6726825d.pth`` (pytorch-fid; same tensors and names); else torch-fidelity
+downloads them into the torch hub cache (:mod:`bench.evaluators.weights`). Up to issue 21 this
+module rebuilt the network by hand; ``benchmarks/fid_backends.py`` found the two bit-identical on
+shared weights (all feature sizes, 32-299 px inputs) at the same speed, so the copy went. Images
+are quantised to uint8 (rounded) before the network, as a saved PNG would be.
 
-Params: ``weights`` (the file or its folder; default ``$ERASEBENCH_WEIGHTS``), ``feature_dim``
-(2048 = pool3, the standard; 768, 192 or 64 as in torchmetrics), ``reference``: ``unedited``
-(default: the unedited model's image for the same prompt and seed, as HUB's FID_SD) or a folder
-of real images (e.g. COCO val; its features are cached under ``$ERASEBENCH_CACHE/fid``),
-``kid_subset_size`` (1000) and ``kid_subsets`` (100).
+Params: ``feature_dim`` (2048 = pool3, the standard; 768, 192 or 64 as in torchmetrics),
+``reference``: ``unedited`` (default: the unedited model's image for the same prompt and seed, as
+HUB's FID_SD) or a folder of real images (e.g. COCO val; its features are cached under
+``$ERASEBENCH_CACHE/fid``), ``kid_subset_size`` (1000) and ``kid_subsets`` (100).
 
 Per-image records hold the features (``fid_features``, and ``fid_ref_features`` with
 ``reference: unedited``) as float32 bytes, so the set metrics, their bootstrap intervals and a
@@ -30,116 +33,25 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
-from torchvision.models.inception import (
-    BasicConv2d,
-    Inception3,
-    InceptionA,
-    InceptionAux,
-    InceptionB,
-    InceptionC,
-    InceptionD,
-    InceptionE,
-)
 
 from bench.evaluators.base import Evaluator, register_evaluator
-from bench.evaluators.clip import file_sha256, load_state_dict, locate_weights
+from bench.evaluators.clip import file_sha256
+from bench.evaluators.weights import WeightSource, fid_inception_source
 from bench.metrics import Metric, register_metric
 
-INCEPTION_FILES = ("pt_inception-2015-12-05-6726825d.pth", "weights-inception-2015-12-05-6726825d.pth",
-                   "pt_inception-2015-12-05-6726825d.safetensors", "weights-inception-2015-12-05-6726825d.safetensors")
+INCEPTION_FILES = ("weights-inception-2015-12-05-6726825d.pth", "pt_inception-2015-12-05-6726825d.pth")
 FEATURE_DIMS = (64, 192, 768, 2048)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
-# --------------------------------------------------------------------------- the FID Inception
-class _FIDInceptionA(InceptionA):
-    def _forward(self, x):
-        b1 = self.branch1x1(x)
-        b5 = self.branch5x5_2(self.branch5x5_1(x))
-        b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
-        bp = self.branch_pool(F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False))
-        return [b1, b5, b3, bp]
+def weight_source() -> WeightSource:
+    """The FID Inception file: torch-fidelity's release, cached by torch hub."""
+    return fid_inception_source("fid", INCEPTION_FILES)
 
 
-class _FIDInceptionC(InceptionC):
-    def _forward(self, x):
-        b1 = self.branch1x1(x)
-        b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
-        bd = x
-        for layer in (self.branch7x7dbl_1, self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4,
-                      self.branch7x7dbl_5):
-            bd = layer(bd)
-        bp = self.branch_pool(F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False))
-        return [b1, b7, bd, bp]
-
-
-class _FIDInceptionE(InceptionE):
-    """Mixed_7b pools with an average that ignores padding; Mixed_7c (``max_pool``) with a max."""
-
-    max_pool = False
-
-    def _forward(self, x):
-        b1 = self.branch1x1(x)
-        b3 = self.branch3x3_1(x)
-        b3 = torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1)
-        bd = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
-        bd = torch.cat([self.branch3x3dbl_3a(bd), self.branch3x3dbl_3b(bd)], 1)
-        if self.max_pool:
-            pooled = F.max_pool2d(x, kernel_size=3, stride=1, padding=1)
-        else:
-            pooled = F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False)
-        return [b1, b3, bd, self.branch_pool(pooled)]
-
-
-class _FIDInceptionEMax(_FIDInceptionE):
-    max_pool = True
-
-
-class FIDInceptionV3(Inception3):
-    """Inception-v3 in the layout of the FID weight files; ``features(x, dim)`` gives pooled features."""
-
-    def __init__(self):
-        super().__init__(num_classes=1008, aux_logits=False, init_weights=False,
-                         inception_blocks=[BasicConv2d, _FIDInceptionA, InceptionB, _FIDInceptionC,
-                                           InceptionD, _FIDInceptionE, InceptionAux])
-        self.Mixed_7c = _FIDInceptionEMax(2048)
-
-    def features(self, x: torch.Tensor, dim: int = 2048) -> torch.Tensor:
-        """x: [N, 3, 299, 299] in [-1, 1] -> [N, dim]."""
-        x = self.maxpool1(self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x))))
-        if dim == 64:
-            return F.adaptive_avg_pool2d(x, 1).flatten(1)
-        x = self.maxpool2(self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x)))
-        if dim == 192:
-            return F.adaptive_avg_pool2d(x, 1).flatten(1)
-        for name in ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e"):
-            x = getattr(self, name)(x)
-        if dim == 768:
-            return F.adaptive_avg_pool2d(x, 1).flatten(1)
-        x = self.Mixed_7c(self.Mixed_7b(self.Mixed_7a(x)))
-        return F.adaptive_avg_pool2d(x, 1).flatten(1)
-
-
-def _tf1_resize_axis(x: torch.Tensor, out: int, axis: int) -> torch.Tensor:
-    """TF1 ``resize_bilinear`` (align_corners=False, no half-pixel centres) along one axis."""
-    n = x.shape[axis]
-    src = torch.arange(out, dtype=torch.float64, device=x.device) * (n / out)
-    i0 = src.floor().long().clamp(max=n - 1)
-    i1 = (i0 + 1).clamp(max=n - 1)
-    w = (src - i0.double()).to(x.dtype)
-    shape = [1] * x.ndim
-    shape[axis] = out
-    w = w.view(shape)
-    return x.index_select(axis, i0) * (1 - w) + x.index_select(axis, i1) * w
-
-
-def inception_input(images: torch.Tensor) -> torch.Tensor:
-    """[N, 3, H, W] in [0, 1] -> uint8 grid -> 299x299 (TF1 bilinear) -> [-1, 1]."""
-    x = (images.float().clamp(0, 1) * 255).round()
-    if x.shape[-2:] != (299, 299):
-        x = _tf1_resize_axis(_tf1_resize_axis(x, 299, 2), 299, 3)
-    return (x - 128) / 128
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[N, 3, H, W] in [0, 1] -> uint8, rounded (what a saved PNG holds)."""
+    return (images.float().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
 # --------------------------------------------------------------------------- math
@@ -228,7 +140,7 @@ for _m in (Metric("fid", False, on_set=_fid_on_set,
 @register_evaluator
 class FIDEvaluator(Evaluator):
     name = "fid"
-    description = "Inception-v3 (FID weights) features for the set metrics fid and kid"
+    description = "torchmetrics/torch-fidelity FID Inception-v3 features for the set metrics fid and kid"
 
     def __init__(self, device="cpu", weights: str | None = None, feature_dim: int = 2048,
                  reference: str = "unedited", kid_subset_size: int = 1000, kid_subsets: int = 100,
@@ -238,17 +150,15 @@ class FIDEvaluator(Evaluator):
             raise ValueError(f"{self.name}: feature_dim {feature_dim} is not one of {FEATURE_DIMS}")
         self.feature_dim, self.batch_size = int(feature_dim), int(batch_size)
         self.kid_subset_size, self.kid_subsets = int(kid_subset_size), int(kid_subsets)
-        self.weights_path = locate_weights(
-            weights, INCEPTION_FILES, self.name,
-            hint="it is the FID Inception of pytorch-fid's release 'fid_weights' (or torch-fidelity's "
-                 "weights-inception-2015-12-05-6726825d.pth)")
-        net = FIDInceptionV3()
-        sd = load_state_dict(self.weights_path)
-        missing, unexpected = net.load_state_dict(sd, strict=False)
-        missing = [k for k in missing if not k.startswith("AuxLogits")]
-        if missing:
-            raise RuntimeError(f"{self.name}: {self.weights_path} is not an FID Inception state dict "
-                               f"(missing {len(missing)} tensors, e.g. {missing[0]})")
+        self.weights_path = weight_source().resolve(weights)
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
+        try:
+            net = NoTrainInceptionV3(name="inception-v3-compat", features_list=[str(self.feature_dim)],
+                                     feature_extractor_weights_path=str(self.weights_path), antialias=False)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{self.name}: {self.weights_path} is not an FID Inception state dict: "
+                               f"{str(exc).splitlines()[0]}") from exc
         self.net = net.to(self.device).eval().requires_grad_(False)
         self.reference = reference
         self.needs_reference = reference == "unedited"
@@ -257,12 +167,16 @@ class FIDEvaluator(Evaluator):
             raise FileNotFoundError(f"{self.name}: reference image folder {reference} not found "
                                     "(give a folder of real images, or reference: unedited)")
 
+    @classmethod
+    def weight_sources(cls, **params: Any) -> list:
+        return [weight_source()]
+
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> np.ndarray:
         out = []
         for i in range(0, len(images), self.batch_size):
-            x = inception_input(images[i : i + self.batch_size].to(self.device))
-            out.append(self.net.features(x, self.feature_dim).float().cpu())
+            x = to_uint8(images[i : i + self.batch_size].to(self.device))
+            out.append(self.net(x).reshape(len(x), -1).float().cpu())
         return torch.cat(out).numpy().astype(np.float32)
 
     def score(self, images: torch.Tensor, items: list[dict], references: torch.Tensor | None = None) -> list[dict]:
@@ -305,8 +219,12 @@ class FIDEvaluator(Evaluator):
         return self._ref
 
     def provenance(self) -> dict:
-        return {"name": self.name, "model": "inception-v3 (TF 2015-12-05, FID)", "weights": self.weights_path.name,
-                "weights_sha256": file_sha256(self.weights_path), "version": f"erasebench fid ({torch.__version__})",
+        import torch_fidelity
+        import torchmetrics
+
+        return {"name": self.name, "model": "inception-v3-compat (TF 2015-12-05, FID)", "weights": self.weights_path.name,
+                "weights_sha256": file_sha256(self.weights_path),
+                "version": f"torchmetrics {torchmetrics.__version__}, torch-fidelity {torch_fidelity.__version__}",
                 "feature_dim": self.feature_dim, "reference": self.reference}
 
 

@@ -1,11 +1,13 @@
 """``lpips``: LPIPS distance to the unedited model's image for the same prompt and seed.
 
 torchmetrics' LPIPS network (``_NoTrainLpips``) with its linear calibration layers (shipped
-inside torchmetrics) and the torchvision backbone read from a local file instead of downloaded:
-``alexnet-owt-7be5be79.pth`` (``net: alex``, the default), ``vgg16-397923af.pth`` (``vgg``) or
-``squeezenet1_1-b8a52dc0.pth`` (``squeeze``); a ``.safetensors`` conversion also works. Only the
-``features.*`` tensors are used. Images under 64 px are upsampled to 64 first. Param ``weights``: the file or its folder (default
-``$ERASEBENCH_WEIGHTS``).
+inside torchmetrics) and the torchvision ImageNet backbone: ``alexnet-owt-7be5be79.pth`` (``net:
+alex``, the default), ``vgg16-397923af.pth`` (``vgg``) or ``squeezenet1_1-b8a52dc0.pth``
+(``squeeze``), fetched by torchvision's weights API (``<Net>_Weights.IMAGENET1K_V1``, the file
+LPIPS v0.1 uses) into the torch hub cache unless found locally: param ``weights`` (the file or its
+folder; a ``.safetensors`` conversion also works), else ``$ERASEBENCH_WEIGHTS``
+(:mod:`bench.evaluators.weights`). Only the ``features.*`` tensors are used. Images under 64 px
+are upsampled to 64 first.
 
 Record column: ``lpips`` (lower = closer to the unedited image).
 """
@@ -20,20 +22,27 @@ import torch
 import torch.nn.functional as F
 
 from bench.evaluators.base import Evaluator, register_evaluator
-from bench.evaluators.clip import file_sha256, load_state_dict, locate_weights
+from bench.evaluators.clip import file_sha256, load_state_dict
+from bench.evaluators.weights import WeightSource, torchvision_source
 
 MIN_SIZE = 64
-BACKBONES = {
-    "alex": ("alexnet", ("alexnet-owt-7be5be79.pth", "alexnet-owt-7be5be79.safetensors", "alexnet.safetensors")),
-    "vgg": ("vgg16", ("vgg16-397923af.pth", "vgg16-397923af.safetensors", "vgg16.safetensors")),
-    "squeeze": ("squeezenet1_1", ("squeezenet1_1-b8a52dc0.pth", "squeezenet1_1-b8a52dc0.safetensors")),
+BACKBONES = {  # net -> (torchvision builder, weights enum, extra local file names)
+    "alex": ("alexnet", "AlexNet_Weights", ("alexnet.safetensors",)),
+    "vgg": ("vgg16", "VGG16_Weights", ("vgg16.safetensors",)),
+    "squeeze": ("squeezenet1_1", "SqueezeNet1_1_Weights", ()),
 }
+
+
+def weight_source(net: str = "alex") -> WeightSource:
+    """The LPIPS backbone file: torchvision's ``<Net>_Weights.IMAGENET1K_V1``."""
+    _, enum, extra = BACKBONES[net]
+    return torchvision_source("lpips", enum, "IMAGENET1K_V1", extra)
 
 
 @register_evaluator
 class LPIPSEvaluator(Evaluator):
     name = "lpips"
-    description = "LPIPS (torchmetrics network, local backbone weights) to the unedited model's image"
+    description = "LPIPS (torchmetrics network, torchvision backbone weights) to the unedited model's image"
     needs_reference = True
 
     def __init__(self, device="cpu", net: str = "alex", weights: str | None = None, batch_size: int = 32,
@@ -44,10 +53,9 @@ class LPIPSEvaluator(Evaluator):
         import torchvision
         from torchmetrics.functional.image import lpips as tm_lpips
 
-        tv_name, files = BACKBONES[net]
+        tv_name = BACKBONES[net][0]
         self.net_name, self.batch_size = net, int(batch_size)
-        self.weights_path = locate_weights(weights, files, "lpips",
-                                           hint=f"it is torchvision's {tv_name} ImageNet weight file")
+        self.weights_path = weight_source(net).resolve(weights)
         # pnet_rand: build the backbone without downloading; the linear layers come from torchmetrics
         model = tm_lpips._NoTrainLpips(net=net, pretrained=True, pnet_rand=True)
         features = getattr(torchvision.models, tv_name)(weights=None).features
@@ -65,6 +73,10 @@ class LPIPSEvaluator(Evaluator):
         import torchmetrics
 
         self._version = torchmetrics.__version__
+
+    @classmethod
+    def weight_sources(cls, net: str = "alex", **params: Any) -> list:
+        return [weight_source(net)] if net in BACKBONES else []
 
     @torch.no_grad()
     def distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -5,10 +5,13 @@ top-1 prediction is c's id. Imagenette: tench 0, English springer 217, cassette 
 chain saw 491, church 497, French horn 566, garbage truck 569, gas pump 571, golf ball 574,
 parachute 701.
 
-Params: ``weights``: the torchvision state dict (``resnet50-11ad3fa6.pth`` = IMAGENET1K_V2, or
-``resnet50-0676ba61.pth`` = IMAGENET1K_V1; a ``.safetensors`` conversion also works) or a folder
-holding it (default ``$ERASEBENCH_WEIGHTS``); ``resize`` (232 for V2, 256 for V1; default: by file
-name), ``crop`` 224.
+Params: ``variant``: the torchvision weights (``IMAGENET1K_V2``, default, or ``IMAGENET1K_V1``),
+fetched by torchvision's weights API (``ResNet50_Weights.<variant>.get_state_dict``) into the torch
+hub cache unless a local file is found: ``weights``, the torchvision state dict
+(``resnet50-11ad3fa6.pth`` = IMAGENET1K_V2, or ``resnet50-0676ba61.pth`` = IMAGENET1K_V1; a
+``.safetensors`` conversion also works) or a folder holding it, else ``$ERASEBENCH_WEIGHTS``
+(:mod:`bench.evaluators.weights`); ``resize`` (232 for V2, 256 for V1; default: by file name),
+``crop`` 224.
 
 Items: ``label`` (an Imagenette class name, or an ImageNet id) -> ``correct``; ``erase_target``
 -> ``target_present``. Record columns also hold ``resnet_top1`` (id), ``resnet_top1_name`` (when
@@ -22,7 +25,8 @@ from typing import Any
 import torch
 
 from bench.evaluators.base import Evaluator, register_evaluator
-from bench.evaluators.clip import file_sha256, load_state_dict, locate_weights, norm_name, resize_center_crop
+from bench.evaluators.clip import file_sha256, load_state_dict, norm_name, resize_center_crop
+from bench.evaluators.weights import WeightSource, torchvision_source
 
 IMAGENETTE = {
     "tench": 0, "english springer": 217, "cassette player": 482, "chain saw": 491, "church": 497,
@@ -33,6 +37,14 @@ ALIASES = {"springer": 217, "english springer spaniel": 217, "cassette": 482, "c
 ID_NAMES = {v: k for k, v in IMAGENETTE.items()}
 RESNET_FILES = ("resnet50-11ad3fa6.pth", "resnet50-0676ba61.pth", "resnet50-11ad3fa6.safetensors",
                 "resnet50-0676ba61.safetensors", "resnet50.safetensors", "resnet50.pth")
+DEFAULT_VARIANT = "IMAGENET1K_V2"  # torchvision's recommended ResNet50_Weights.DEFAULT
+
+
+def weight_source(variant: str = DEFAULT_VARIANT) -> WeightSource:
+    """The ResNet-50 file: torchvision's ``ResNet50_Weights.<variant>`` (any local name of RESNET_FILES also counts)."""
+    src = torchvision_source("resnet50-imagenet", "ResNet50_Weights", variant)
+    return WeightSource(src.evaluator, src.description, (*src.filenames, *(f for f in RESNET_FILES if f not in src.filenames)),
+                        src.origin, src.cached, src.download, src.cache_location)
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
@@ -49,16 +61,14 @@ def imagenet_id(name: Any) -> int | None:
 @register_evaluator
 class ResNet50ImageNet(Evaluator):
     name = "resnet50-imagenet"
-    description = "torchvision ResNet-50 ImageNet top-1 (Imagenette classes), weights from a local file"
+    description = "torchvision ResNet-50 ImageNet top-1 (Imagenette classes), torchvision weights API"
 
-    def __init__(self, device="cpu", weights: str | None = None, resize: int | None = None, crop: int = 224,
-                 batch_size: int = 32, **params: Any):
-        super().__init__(device, weights=weights, resize=resize, crop=crop, **params)
+    def __init__(self, device="cpu", weights: str | None = None, variant: str = DEFAULT_VARIANT,
+                 resize: int | None = None, crop: int = 224, batch_size: int = 32, **params: Any):
+        super().__init__(device, weights=weights, variant=variant, resize=resize, crop=crop, **params)
         from torchvision.models import resnet50
 
-        self.weights_path = locate_weights(
-            weights, RESNET_FILES, "resnet50-imagenet",
-            hint="it is torchvision's ResNet50_Weights.IMAGENET1K_V2 download (or IMAGENET1K_V1: resnet50-0676ba61.pth)")
+        self.weights_path = weight_source(variant).resolve(weights)
         net = resnet50(weights=None)
         try:
             net.load_state_dict(load_state_dict(self.weights_path))
@@ -70,6 +80,10 @@ class ResNet50ImageNet(Evaluator):
         self.crop, self.batch_size = int(crop), int(batch_size)
         self.mean = torch.tensor(MEAN, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(STD, device=self.device).view(1, 3, 1, 1)
+
+    @classmethod
+    def weight_sources(cls, variant: str = DEFAULT_VARIANT, **params: Any) -> list:
+        return [weight_source(variant)]
 
     @torch.no_grad()
     def logits(self, images: torch.Tensor) -> torch.Tensor:
