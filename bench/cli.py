@@ -7,6 +7,8 @@
     erasebench attribute --model M --concept C [--anchor A] [--objective erase|amplify] --out FILE
     erasebench compare BASE_RUN NEW_RUN [--tolerance 0.02] [--json]
     erasebench show method NAME --kind KIND [--model sd|mini] [--json]
+    erasebench fetch --suite S [--tier T] [--offline]             # evaluator weights a run will need
+    erasebench export RUN... --out DIR                             # a Hugging Face dataset folder
 
 Bad input exits with status 2 and one line per problem on stderr, and writes nothing.
 """
