@@ -1,7 +1,8 @@
 """The ``erasebench`` command: a thin layer over :func:`bench.run` and the leaderboard.
 
     erasebench list methods|suites|evaluators|attacks|metrics
-    erasebench run [--config FILE] [--out DIR]
+    erasebench run [--config FILE] [--out DIR] [--shard I/N]
+    erasebench submit --config FILE --out DIR --shards N [--partition P ...]
     erasebench report RUN_DIR... [--format md|csv|latex|html] [--output FILE]
     erasebench attribute --model M --concept C [--anchor A] [--objective erase|amplify] --out FILE
     erasebench compare BASE_RUN NEW_RUN [--tolerance 0.02] [--json]
@@ -58,12 +59,19 @@ def cmd_list(args) -> int:
 # --------------------------------------------------------------------------- run
 def cmd_run(args) -> int:
     from bench.config import load_config
+    from bench.distributed import ShardError, parse_shard
     from bench.runner import run
 
     config = load_config(args.config)
+    try:
+        shard = parse_shard(args.shard) if args.shard else None
+    except ShardError as exc:
+        raise CLIError(str(exc)) from None
+    if shard is not None and args.out is None:
+        raise CLIError("--shard needs --out: every shard must write into the same run directory")
     out = args.out or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
     t0 = time.perf_counter()
-    path = run(config, out, progress=not args.quiet)
+    path = run(config, out, progress=not args.quiet, shard=shard)
     print(f"run finished in {time.perf_counter() - t0:.1f} s: {path}")
     print(f"report: erasebench report {path}")
     return 0
@@ -97,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", type=Path, default=None, help="run config (YAML); default: mini-quick on the mini model")
     p.add_argument("--out", type=Path, default=None, help="run directory (resumed if it exists)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="run part I of N (0-based), e.g. one task of a job array; all parts share --out")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", help="render a leaderboard table from run directories")
@@ -115,7 +125,7 @@ EXTRA_COMMANDS: dict[str, Callable] = {}
 
 
 def _register_extras() -> None:
-    for module in ("bench.attribution_cli", "leaderboard.compare"):
+    for module in ("bench.attribution_cli", "leaderboard.compare", "bench.distributed"):
         try:
             mod = __import__(module, fromlist=["register_cli"])
         except ModuleNotFoundError as exc:
