@@ -297,7 +297,7 @@ def test_three_shards_through_submitit_give_the_one_process_results(config_path,
     assert len(jobs) == 3
     wait(jobs)
     assert_same_run(out, reference)
-    assert sorted(p.name for p in (out / "logs").glob("*.json")) == [f"shard{i}of3-rank0.json" for i in range(3)]
+    assert sorted(p.name for p in (out / "logs").glob("*.json")) == [f"shard{i}of3.json" for i in range(3)]
 
 
 def test_a_different_config_into_a_run_directory_is_refused(config_path, reference, tmp_path):
