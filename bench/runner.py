@@ -459,75 +459,80 @@ def run(config: RunConfig, out: str | Path, progress: bool = True, shard: tuple[
     log, log_handler = _worker_log(store, worker)
     log.info("worker %s (%d of %d) pid %d on %s, device %s, %d threads", worker.name, worker.index, worker.count,
              os.getpid(), socket.gethostname(), device, torch.get_num_threads())
-    t_start = time.perf_counter()
-    cache = ImageCache(config.cache_dir or store.images_dir)
-    evaluators: dict[str, Evaluator] = {}
+    try:
+        t_start = time.perf_counter()
+        cache = ImageCache(config.cache_dir or store.images_dir)
+        evaluators: dict[str, Evaluator] = {}
 
-    def evaluator_for(task: Task) -> Evaluator:
-        key = f"{task.evaluator}:{sorted(task.evaluator_params.items())}"
-        if key not in evaluators:
-            evaluators[key] = EVALUATORS.get(task.evaluator)(device=device, **task.evaluator_params)
-            store.update_manifest(evaluators={task.evaluator: evaluators[key].provenance()})
-        return evaluators[key]
+        def evaluator_for(task: Task) -> Evaluator:
+            key = f"{task.evaluator}:{sorted(task.evaluator_params.items())}"
+            if key not in evaluators:
+                evaluators[key] = EVALUATORS.get(task.evaluator)(device=device, **task.evaluator_params)
+                store.update_manifest(evaluators={task.evaluator: evaluators[key].provenance()})
+            return evaluators[key]
 
-    if not progress or worker.count > 1:  # --quiet, or one aggregate bar: the methods' own bars off too
-        for _, _, m in resolved.methods:
-            if hasattr(m.config, "progress"):
-                m.config.progress = False
-    inner_progress = progress and worker.count == 1
-    plan = plan_run(resolved, base)
-    if worker.index == 0:
-        for target, names in plan.empty_tasks.items():  # nothing to measure (e.g. a two-object probe of a style)
-            for row, _, _ in resolved.methods:
-                for name in names:
-                    if not store.has_unit(row, target, name):
-                        store.write_unit(row, target, name, pd.DataFrame({"method": [], "target": [], "task": []}))
-    tasks = {t.name: t for t in resolved.suite.tasks}
-    edits = UnitEdits(base, base_fp, resolved, store, log)
-    todo = [item for item in assigned(plan.items, worker) if not _item_done(store, item)]
-    log.info("%d work items of %d in the plan are mine, %d to do", len(assigned(plan.items, worker)),
-             len(plan.items), len(todo))
-    busy, waited = 0.0, 0.0
-    with AggregateProgress(plan.items, lambda item: _item_done(store, item),
-                           enabled=progress and worker.shows_progress) as bar:
-        while todo:
-            deferred = []
-            for item in todo:
-                got = edits.get(item.row, item.target)
-                if got is None:  # another worker is computing this unit's edit: take other work meanwhile
-                    deferred.append(item)
-                    continue
-                edited, fingerprint = got
-                t0 = time.perf_counter()
-                if item.attack is None:
-                    _run_part(item, plan, store, resolved, base, base_fp, edited, fingerprint, cache, tasks,
-                              evaluator_for, inner_progress)
-                else:
-                    _run_attack(item, store, resolved, base, base_fp, edited, fingerprint, evaluator_for,
-                                inner_progress)
-                busy += time.perf_counter() - t0
-                log.info("done %s in %.1f s", item.label, time.perf_counter() - t0)
-                bar.refresh()
-            if deferred and len(deferred) == len(todo):
-                log.info("waiting for edits held by other workers: %s",
-                         ", ".join(sorted({f"{i.row}/{i.target}" for i in deferred})))
-                time.sleep(1.0)
-                waited += 1.0
-            todo = deferred
-        missing = _run_complete(store, resolved)
-        if not missing:
-            with FileLock(store.locks_dir / "finalize.lock"):
-                _write_summary(store, resolved, evaluator_for)
-            log.info("wrote %s", store.summary_path)
-        else:
-            log.info("my work is done; %d units wait for other workers (the last one writes the summary)",
-                     len(missing))
-    stats = {"worker": worker.name, "pid": os.getpid(), "host": socket.gethostname(), "items": len(plan.items),
-             "busy_seconds": busy + edits.busy_seconds, "waited_seconds": waited,
-             "wall_seconds": time.perf_counter() - t_start, "wrote_summary": not missing}
-    atomic_write_json(store.root / "logs" / f"{worker.name}.json", stats)
-    log.removeHandler(log_handler)
-    log_handler.close()
+        if not progress or worker.count > 1:  # --quiet, or one aggregate bar: the methods' own bars off too
+            for _, _, m in resolved.methods:
+                if hasattr(m.config, "progress"):
+                    m.config.progress = False
+        inner_progress = progress and worker.count == 1
+        plan = plan_run(resolved, base)
+        if worker.index == 0:
+            for target, names in plan.empty_tasks.items():  # nothing to measure (e.g. a two-object probe of a style)
+                for row, _, _ in resolved.methods:
+                    for name in names:
+                        if not store.has_unit(row, target, name):
+                            store.write_unit(row, target, name, pd.DataFrame({"method": [], "target": [], "task": []}))
+        tasks = {t.name: t for t in resolved.suite.tasks}
+        edits = UnitEdits(base, base_fp, resolved, store, log)
+        todo = [item for item in assigned(plan.items, worker) if not _item_done(store, item)]
+        log.info("%d work items of %d in the plan are mine, %d to do", len(assigned(plan.items, worker)),
+                 len(plan.items), len(todo))
+        busy, waited = 0.0, 0.0
+        with AggregateProgress(plan.items, lambda item: _item_done(store, item),
+                               enabled=progress and worker.shows_progress) as bar:
+            while todo:
+                deferred = []
+                for item in todo:
+                    got = edits.get(item.row, item.target)
+                    if got is None:  # another worker is computing this unit's edit: take other work meanwhile
+                        deferred.append(item)
+                        continue
+                    edited, fingerprint = got
+                    t0 = time.perf_counter()
+                    if item.attack is None:
+                        _run_part(item, plan, store, resolved, base, base_fp, edited, fingerprint, cache, tasks,
+                                  evaluator_for, inner_progress)
+                    else:
+                        _run_attack(item, store, resolved, base, base_fp, edited, fingerprint, evaluator_for,
+                                    inner_progress)
+                    busy += time.perf_counter() - t0
+                    log.info("done %s in %.1f s", item.label, time.perf_counter() - t0)
+                    bar.refresh()
+                if deferred and len(deferred) == len(todo):
+                    log.info("waiting for edits held by other workers: %s",
+                             ", ".join(sorted({f"{i.row}/{i.target}" for i in deferred})))
+                    time.sleep(1.0)
+                    waited += 1.0
+                todo = deferred
+            missing = _run_complete(store, resolved)
+            if not missing:
+                with FileLock(store.locks_dir / "finalize.lock"):
+                    _write_summary(store, resolved, evaluator_for)
+                log.info("wrote %s", store.summary_path)
+            else:
+                log.info("my work is done; %d units wait for other workers (the last one writes the summary)",
+                         len(missing))
+        stats = {"worker": worker.name, "pid": os.getpid(), "host": socket.gethostname(), "items": len(plan.items),
+                 "busy_seconds": busy + edits.busy_seconds, "waited_seconds": waited,
+                 "wall_seconds": time.perf_counter() - t_start, "wrote_summary": not missing}
+        atomic_write_json(store.root / "logs" / f"{worker.name}.json", stats)
+    except BaseException:
+        log.exception("worker %s stopped by an error", worker.name)
+        raise
+    finally:
+        log.removeHandler(log_handler)
+        log_handler.close()
     return store.root
 
 
