@@ -566,9 +566,12 @@ def _run_part(item: WorkItem, plan: RunPlan, store: RunStore, resolved: Resolved
               progress: bool) -> None:
     """Sample, score and write one part of a unit's images; merge each task whose parts are all written."""
     row, target, batch_size = item.row, item.target, resolved.config.batch_size
-    planned = plan.slices[(target, item.part)]
+    # a part cut short by a kill may have written some of its tasks, and those may be merged already
+    todo = [name for name in item.tasks if not store.has_unit(row, target, name)
+            and not _part_path(store, row, target, name, item.part).exists()]
+    planned = {name: plan.slices[(target, item.part)][name] for name in todo}
     sampled = unit_images(edited, fingerprint, planned, resolved, cache, f"{row}/generate" if progress else False)
-    for name in item.tasks:
+    for name in todo:
         task = tasks[name]
         items, images = sampled[name]
         evaluator = evaluator_for(task)
