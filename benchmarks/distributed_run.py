@@ -11,8 +11,7 @@ Modes, each into a fresh run directory, with the same config:
 Per mode: the wall time (start-up included), each worker's ``busy_seconds`` (editing, sampling and
 scoring), ``waited_seconds`` (waiting for an edit another worker held) and ``wall_seconds`` from
 ``<run>/logs/<worker>.json``, and whether the summary (timing rows left out) and every image equal
-those of ``1x2``. Default config: mini-quick, tier smoke, 8 DDIM steps, the reference row, UCE and the
-negative prompt, batch 16.
+those of ``1x2``. Default config: ``DEFAULT_CONFIG`` and ``SMALL_SUITE`` below.
 
 On a GPU node (not run here; the lent machine, when there is one, has one GPU):
 
@@ -36,14 +35,32 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+# The default: mini-quick's first, specificity and utility tasks, 5 prompts each, 4 DDIM steps, the reference
+# row, UCE (an edit computed once, loaded by the others) and the negative prompt (hooks), batch 4:
+# 15 images and 4 work items per unit. Small enough to time three ways on a busy 2-core machine.
+SMALL_SUITE = {
+    "name": "distributed-bench",
+    "description": "mini-quick trimmed for benchmarks/distributed_run.py",
+    "model": "mini",
+    "sampler": {"name": "ddim", "steps": 4, "guidance": 5.0, "precision": "fp32"},
+    "images_per_prompt": 1,
+    "tiers": {"smoke": {"images_per_prompt": 1, "max_prompts": 5, "attacks": []}},
+    "tasks": [
+        {"name": "target", "role": "efficacy", "prompts": {"source": "mini", "set": "target"},
+         "evaluator": "mini-classifier", "metrics": ["erasure_rate"]},
+        {"name": "other-objects", "role": "specificity", "prompts": {"source": "mini", "set": "other-objects"},
+         "evaluator": "mini-classifier", "metrics": ["accuracy"]},
+        {"name": "general", "role": "utility", "prompts": {"source": "mini", "set": "general", "n_general": 8},
+         "evaluator": "mini-classifier", "metrics": ["accuracy", "mini_fd"]},
+    ],
+}
 DEFAULT_CONFIG = {
     "model": "mini",
-    "suite": "mini-quick",
+    "suite": "SMALL_SUITE",  # replaced by the path of SMALL_SUITE written next to the config
     "tier": "smoke",
     "methods": [{"name": "none"}, {"name": "uce"}, {"name": "negative-prompt"}],
     "targets": ["circle"],
-    "sampler": {"name": "ddim", "steps": 8, "guidance": 5.0, "precision": "fp32"},
-    "batch_size": 16,
+    "batch_size": 4,
 }
 TIMING = {"edit_seconds", "peak_memory_mb", "load_seconds", "attack_seconds"}
 
@@ -92,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeat", type=int, default=1)
     args = p.parse_args(argv)
 
-    config = yaml.safe_load(args.config.read_text()) if args.config else dict(DEFAULT_CONFIG)
+    config = yaml.safe_load(args.config.read_text()) if args.config else json.loads(json.dumps(DEFAULT_CONFIG))
     if args.device:
         config["device"] = args.device
     results: dict = {"config": config, "nproc": args.nproc, "cores": args.cores, "runs": [],
@@ -101,6 +118,10 @@ def main(argv: list[str] | None = None) -> dict:
                      "load_average_start": os.getloadavg()}
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "config.yaml"
+        if config.get("suite") == "SMALL_SUITE":
+            (Path(tmp) / "suite.yaml").write_text(yaml.safe_dump(SMALL_SUITE))
+            config["suite"] = str(Path(tmp) / "suite.yaml")
+            results["suite"] = SMALL_SUITE
         cfg.write_text(yaml.safe_dump(config))
         for rep in range(args.repeat):
             reference = None

@@ -343,3 +343,21 @@ def test_a_process_killed_with_sigkill_resumes_without_loss_or_duplication(confi
         to_do.append(int(line.split(", ")[-1].split()[0]))
         plan = int(line.split(" work items of ")[1].split()[0])
     assert 0 < sum(to_do) < plan, f"the restart redid finished work (or had none left): {to_do} of {plan}"
+
+
+def test_the_plan_cuts_each_units_items_into_parts_of_batch_size_once(config_path):
+    from bench.backbone import load_backbone
+    from bench.config import load_config
+    from bench.runner import plan_run, resolve
+
+    resolved = resolve(load_config(config_path))
+    plan = plan_run(resolved, load_backbone("mini"))
+    parts = [item for item in plan.items if item.row == "uce"]
+    assert [item.part for item in parts] == list(range(len(parts)))
+    sizes = [sum(len(plan.slices[("circle", item.part)][t]) for t in item.tasks) for item in parts]
+    assert all(n == 2 for n in sizes[:-1]) and 1 <= sizes[-1] <= 2  # batch_size 2
+    for task in ("target", "general"):  # every item of a task in exactly one part, in order, with its seed
+        got = pd.concat([plan.slices[("circle", p)][task] for p in plan.task_parts[("circle", task)]])
+        assert got["seed"].tolist() == list(dict.fromkeys(got["seed"]))
+        assert len(got) == 3  # the smoke tier's max_prompts
+    assert plan.items == plan_run(resolved, load_backbone("mini")).items
