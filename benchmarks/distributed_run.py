@@ -114,7 +114,9 @@ def main(argv: list[str] | None = None) -> dict:
         config["device"] = args.device
     results: dict = {"config": config, "nproc": args.nproc, "cores": args.cores, "runs": [],
                      "note": "measured on a shared machine (other engineers' jobs ran at the same time): "
-                             "compare modes within one repeat, not across machines",
+                             "compare modes within one repeat, not across machines. same_*_as_first compares with "
+                             "the first mode; a mode with another thread count per process may differ in float "
+                             "rounding of a few pixels (1 vs 2 threads do), runs with equal threads are identical",
                      "load_average_start": os.getloadavg()}
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "config.yaml"
