@@ -5,6 +5,12 @@ suite -> tasks -> prompts x seeds -> generate (cached) -> evaluators -> records 
 
 Every input is validated before anything is written; the run directory is resumable (see
 ``bench.store``).
+
+A run is planned as work items (:func:`plan_run`: per (method, target) unit its images in parts of
+``batch_size``, then its attacks), done by one process or shared by many (:mod:`bench.distributed`):
+each worker does its items, an edit is computed once under a lock (:class:`UnitEdits`), part records
+are merged per task, and the worker that finishes last writes the summary (:func:`finalize` does it
+for a run whose workers are all gone).
 """
 
 from __future__ import annotations
