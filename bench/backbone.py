@@ -127,26 +127,44 @@ class Backbone:
                   info: dict | None = None) -> Path:
         """Save the edited components (safetensors) plus ``edit.json``; reload with ``load_backbone(base, edit=folder)``.
 
-        Written to a temporary folder first and renamed, so a killed save leaves no half edit.
+        Written into a temporary folder of its own (``.<name>.tmp-<pid>-<random>``, so two processes saving
+        at once never share one) and renamed into place, so a killed save leaves no half edit and a reader
+        sees the old edit or the new one, never a mix. An existing edit is first renamed aside (atomic), then
+        the new one renamed in, then the old one deleted; with two concurrent savers of one folder the
+        last rename wins and both calls return a complete edit.
         """
+        import errno
+        import os
+        import shutil
+        import uuid
+
         folder = Path(folder)
-        tmp = folder.with_name(folder.name + ".tmp")
-        if tmp.exists():
-            import shutil
-
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
-        for name in components:
-            module = getattr(self, name)
-            module.save_pretrained(tmp / name, safe_serialization=True)
-        meta = {"base": self.name, "components": list(components), "edits": self.edits, **(info or {})}
-        (tmp / "edit.json").write_text(json.dumps(meta, indent=2, default=str))
-        if folder.exists():
-            import shutil
-
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-        return folder
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        try:
+            tmp.mkdir()
+            for name in components:
+                module = getattr(self, name)
+                module.save_pretrained(tmp / name, safe_serialization=True)
+            meta = {"base": self.name, "components": list(components), "edits": self.edits, **(info or {})}
+            (tmp / "edit.json").write_text(json.dumps(meta, indent=2, default=str))
+            for _ in range(100):
+                try:
+                    os.rename(tmp, folder)  # atomic; fails if ``folder`` exists and is not empty
+                    return folder
+                except OSError as exc:
+                    if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                        raise
+                aside = folder.with_name(f".{folder.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+                try:
+                    os.rename(folder, aside)
+                except FileNotFoundError:  # another saver moved it first: try again
+                    continue
+                shutil.rmtree(aside, ignore_errors=True)
+            raise OSError(f"{folder}: could not replace the saved edit (other processes keep writing it)")
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Backbone:
         self.device = torch.device(device) if device is not None else self.device

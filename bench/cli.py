@@ -2,7 +2,8 @@
 
     erasebench list methods|suites|evaluators|attacks|metrics
     erasebench run [--config FILE] [--model M] [--methods M...] [--targets T...] [--suite S] [--tier T]
-                   [--device D] [--images-per-prompt K] [--seed S] [--batch-size B] ... [--out DIR]
+                   [--device D] [--images-per-prompt K] [--seed S] [--batch-size B] ... [--out DIR] [--shard I/N]
+    erasebench submit --config FILE --out DIR --shards N [--partition P ...]
     erasebench report RUN_DIR... [--format md|csv|latex|html] [--detail | --columns C,...] [--output FILE]
     erasebench attribute --model M --concept C [--anchor A] [--objective erase|amplify] --out FILE
     erasebench compare BASE_RUN NEW_RUN [--tolerance 0.02] [--json]
@@ -123,13 +124,23 @@ def resolve_run_config(config_path: Path | None, overrides: dict):
 
 
 def cmd_run(args) -> int:
+    from bench.distributed import ShardError, parse_shard
     from bench.runner import run
     from leaderboard import load_runs, render
 
     config = resolve_run_config(args.config, flag_overrides(args))
+    try:
+        shard = parse_shard(args.shard) if args.shard else None
+    except ShardError as exc:
+        raise CLIError(str(exc)) from None
+    if shard is not None and args.out is None:
+        raise CLIError("--shard needs --out: every shard must write into the same run directory")
     out = args.out or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
     t0 = time.perf_counter()
-    path = run(config, out, progress=not args.quiet)
+    path = run(config, out, progress=not args.quiet, shard=shard)
+    if not (Path(path) / "summary.json").exists():  # a shard or process that did not finish the run last
+        print(f"this part finished in {time.perf_counter() - t0:.1f} s: {path} (the last part writes the summary)")
+        return 0
     board = load_runs([path])
     print(render(board, "md"))
     page = Path(path) / "report.html"
@@ -175,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, field, kwargs in RUN_FLAGS:
         p.add_argument(flag, dest=field, default=None, **kwargs)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="run part I of N (0-based), e.g. one task of a job array; all parts share --out")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", help="render a leaderboard table from run directories")
@@ -198,7 +211,8 @@ EXTRA_COMMANDS: dict[str, Callable] = {}
 
 
 def _register_extras() -> None:
-    for module in ("bench.attribution_cli", "leaderboard.compare", "bench.show_cli", "bench.fetch", "leaderboard.export"):
+    for module in ("bench.attribution_cli", "leaderboard.compare", "bench.show_cli", "bench.fetch", "leaderboard.export",
+                   "bench.distributed"):
         try:
             mod = __import__(module, fromlist=["register_cli"])
         except ModuleNotFoundError as exc:

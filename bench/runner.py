@@ -5,11 +5,20 @@ suite -> tasks -> prompts x seeds -> generate (cached) -> evaluators -> records 
 
 Every input is validated before anything is written; the run directory is resumable (see
 ``bench.store``).
+
+A run is planned as work items (:func:`plan_run`: per (method, target) unit its images in parts of
+``batch_size``, then its attacks), done by one process or shared by many (:mod:`bench.distributed`):
+each worker does its items, an edit is computed once under a lock (:class:`UnitEdits`), part records
+are merged per task, and the worker that finishes last writes the summary (:func:`finalize` does it
+for a run whose workers are all gone).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -22,11 +31,13 @@ from tqdm.auto import tqdm
 
 from bench.backbone import Backbone, apply_saved_edit, load_backbone
 from bench.config import ConfigError, RunConfig
+from bench.distributed import AggregateProgress, assigned, worker_from_env
 from bench.evaluators import EVALUATORS, Evaluator
 from bench.generate import ImageCache, SamplerConfig, generate, image_seed, resolve_precision
+from bench.locks import FileLock
 from bench.metrics import METRICS, compute_metric
 from bench.registry import UnknownNameError
-from bench.store import RunStore, package_versions
+from bench.store import RunStore, atomic_write_json, package_versions
 from bench.suites import PromptContext, Suite, SuiteError, Task, build_prompts, load_suite
 
 DEFAULT_SAMPLER = {"name": "ddim", "steps": 25, "guidance": 5.0}
@@ -294,103 +305,386 @@ def evaluate(evaluator: Evaluator, items: pd.DataFrame, images: torch.Tensor, ba
     return pd.concat([items, scored.drop(columns=overlap)], axis=1)
 
 
-def run(config: RunConfig, out: str | Path, progress: bool = True) -> Path:
-    """Run a benchmark config into the directory ``out`` (resuming what is already there)."""
+# --------------------------------------------------------------------------- plan -> work items -> finalize
+@dataclass(frozen=True)
+class WorkItem:
+    """One piece of a run for one worker: part ``part`` of a unit's images (with their records), or one attack.
+
+    A unit is a (method row, target). Its images are the items of all its tasks in suite order, cut into
+    parts of ``batch_size`` items; the cut depends on the config only, never on the number of workers.
+    """
+
+    row: str
+    target: str
+    part: int = -1  # images: the part's index in the unit; -1 for an attack
+    tasks: tuple[str, ...] = ()  # images: the tasks with items in this part
+    attack: str | None = None  # attack: its name
+
+    @property
+    def label(self) -> str:
+        what = f"attack-{self.attack}" if self.attack else f"part {self.part}"
+        return f"{self.row}/{self.target} {what}"
+
+
+@dataclass
+class RunPlan:
+    """Every work item of a run, in order, and where each task's items are."""
+
+    items: list[WorkItem]
+    slices: dict[tuple[str, int], dict[str, pd.DataFrame]]  # (target, part) -> {task: its items in the part}
+    task_parts: dict[tuple[str, str], list[int]]  # (target, task) -> the parts holding the task's items
+    empty_tasks: dict[str, list[str]]  # target -> tasks without items (e.g. two-object probes of a style)
+
+
+def plan_run(resolved: ResolvedRun, base: Backbone) -> RunPlan:
+    """The run's work items: per unit its image parts, then its attacks. Every worker computes the same plan."""
+    config = resolved.config
+    slices: dict[tuple[str, int], dict[str, pd.DataFrame]] = {}
+    task_parts: dict[tuple[str, str], list[int]] = {}
+    parts_of: dict[str, list[tuple[int, tuple[str, ...]]]] = {}
+    empty_tasks: dict[str, list[str]] = {}
+    for target in config.targets:
+        ctx = PromptContext(target=target, backbone=base, seed=config.seed,
+                            data_dir=Path(config.data_dir) if config.data_dir else None)
+        planned = {task.name: task_items(build_prompts(task, ctx), task, resolved) for task in resolved.suite.tasks}
+        empty_tasks[target] = [name for name, items in planned.items() if items.empty]
+        positions = [(name, i) for name, items in planned.items() for i in range(len(items))]
+        parts_of[target] = []
+        for part, start in enumerate(range(0, len(positions), config.batch_size)):
+            chunk = positions[start : start + config.batch_size]
+            names = tuple(dict.fromkeys(name for name, _ in chunk))
+            slices[(target, part)] = {
+                name: planned[name].iloc[[i for n, i in chunk if n == name]].reset_index(drop=True) for name in names
+            }
+            for name in names:
+                task_parts.setdefault((target, name), []).append(part)
+            parts_of[target].append((part, names))
+    has_efficacy = any(t.role == "efficacy" for t in resolved.suite.tasks)
+    items = []
+    for row, _, _ in resolved.methods:
+        for target in config.targets:
+            items += [WorkItem(row, target, part=part, tasks=names) for part, names in parts_of[target]]
+            if has_efficacy:
+                items += [WorkItem(row, target, attack=a.name) for a in resolved.attacks]
+    return RunPlan(items, slices, task_parts, empty_tasks)
+
+
+def _part_path(store: RunStore, row: str, target: str, task: str, part: int) -> Path:
+    unit = store.unit_path(row, target, task)
+    return unit.parent / "parts" / f"{unit.stem}__p{part:05d}.parquet"
+
+
+def _item_done(store: RunStore, item: WorkItem) -> bool:
+    if item.attack is not None:
+        from bench.attacks.run import attack_task_name
+
+        return store.has_unit(item.row, item.target, attack_task_name(item.attack))
+    return all(store.has_unit(item.row, item.target, t) or _part_path(store, item.row, item.target, t, item.part).exists()
+               for t in item.tasks)
+
+
+def _run_complete(store: RunStore, resolved: ResolvedRun) -> list[str]:
+    """The units (method/target/task) that have no records yet; empty when the run is complete."""
+    from bench.attacks.run import attack_task_name
+
+    has_efficacy = any(t.role == "efficacy" for t in resolved.suite.tasks)
+    tasks = [t.name for t in resolved.suite.tasks]
+    tasks += [attack_task_name(a.name) for a in resolved.attacks] if has_efficacy else []
+    return [f"{row}/{target}/{task}" for row, _, _ in resolved.methods for target in resolved.config.targets
+            for task in tasks if not store.has_unit(row, target, task)]
+
+
+def _merge_task(store: RunStore, plan: RunPlan, row: str, target: str, task: str) -> bool:
+    """Merge a task's part records into its unit file once all parts are there (whoever sees that first)."""
+    if store.has_unit(row, target, task):
+        return True
+    paths = [_part_path(store, row, target, task, p) for p in plan.task_parts[(target, task)]]
+    if not all(p.exists() for p in paths):
+        return False
+    with FileLock(paths[0].parent / f"{store.unit_path(row, target, task).stem}.merge.lock"):
+        if not store.has_unit(row, target, task):
+            merged = pd.concat([pd.read_parquet(p) for p in paths], ignore_index=True)
+            store.write_unit(row, target, task, _parquet_safe(merged))
+        for p in paths:
+            p.unlink(missing_ok=True)
+    return True
+
+
+class UnitEdits:
+    """The edited backbone of each (method, target) unit, for one worker.
+
+    A saved edit (``edits/<row>__<target>/``) is loaded. A missing one is computed by the worker that
+    takes its lock and saved; a worker that finds the lock taken gets ``None`` and does other work
+    meanwhile. Inference-time methods (hooks, no weights to save) are set up by each worker.
+    The last unit's backbone is kept, so consecutive parts of a unit load it once.
+    """
+
+    def __init__(self, base: Backbone, base_fp: str, resolved: ResolvedRun, store: RunStore, log: logging.Logger,
+                 units: dict[tuple[str, str], tuple]):
+        self.base, self.base_fp, self.resolved, self.store, self.log = base, base_fp, resolved, store, log
+        self.units = units  # (row, target) -> (method with the unit's recipe, request): build_request
+        self.current: tuple[tuple[str, str], Backbone, str] | None = None
+        self.busy_seconds = 0.0
+
+    def get(self, row: str, target: str) -> tuple[Backbone, str] | None:
+        if self.current is not None and self.current[0] == (row, target):
+            return self.current[1], self.current[2]
+        spec = next(m[1] for m in self.resolved.methods if m[0] == row)
+        method, request = self.units[(row, target)]
+        if method.name == "none":
+            return self.base, self.base_fp
+        base, store = self.base, self.store
+        key = f"{row}__{target}"
+        saved = store.edit_dir(row, target)
+        components = tuple(getattr(method, "edited_components", ("unet",)))
+        t0 = time.perf_counter()
+        cost: dict | None = None  # set when this worker computed (or loaded a given) edit
+        if spec.edit:
+            edited = _attach_hooks(apply_saved_edit(base.copy(), spec.edit), method, request)
+            cost = {"load_seconds": time.perf_counter() - t0}
+        elif method.family == "inference-time" or not components:
+            edited, cost = self._compute(method, request)
+        elif (saved / "edit.json").exists():
+            edited = _attach_hooks(apply_saved_edit(base.copy(), saved), method, request)
+        else:
+            lock = FileLock(store.locks_dir / f"edit-{saved.name}.lock")
+            if not lock.try_acquire():
+                return None
+            try:
+                if (saved / "edit.json").exists():  # saved by another worker just before we took the lock
+                    edited = _attach_hooks(apply_saved_edit(base.copy(), saved), method, request)
+                else:
+                    self.log.info("computing edit %s", key)
+                    edited, cost = self._compute(method, request)
+                    edited.save_edit(saved, components=components, info={"method": method.fingerprint()})
+                    self.log.info("saved edit %s to %s", key, saved)
+            finally:
+                lock.release()
+        self.busy_seconds += time.perf_counter() - t0
+        fingerprint = edited.fingerprint()
+        if cost is not None and key not in (store.read_manifest() or {}).get("edits", {}):
+            store.update_manifest(edits={key: {"fingerprint": fingerprint, **cost}})  # the first worker's figures
+        self.current = ((row, target), edited, fingerprint)
+        return edited, fingerprint
+
+    def _compute(self, method, request) -> tuple[Backbone, dict]:
+        method.check_request(request)
+        t0 = time.perf_counter()
+        with PeakMemory(self.base.device) as mem:
+            edited = method.apply(self.base, request)
+        for module in (edited.unet, edited.text_encoder):  # as a reloaded edit is: no dropout, no grads
+            module.eval().requires_grad_(False)
+        return edited, {"edit_seconds": time.perf_counter() - t0, "peak_memory_mb": mem.peak_mb,
+                        **getattr(method, "stats", {})}
+
+
+def run(config: RunConfig, out: str | Path, progress: bool = True, shard: tuple[int, int] | None = None) -> Path:
+    """Run a benchmark config into the directory ``out`` (resuming what is already there).
+
+    Under ``torchrun`` / ``accelerate launch`` each process does its share, and with ``shard=(I, N)``
+    (``--shard I/N``) each job of an array does its part; see :mod:`bench.distributed`. The worker that
+    finishes the last work item writes ``summary.json``.
+    """
     from methods.recipes import recipe_record
 
+    worker = worker_from_env(shard)
     resolved = resolve(config)
     store = RunStore(out)
-    previous = store.read_manifest()
     config_dump = config.model_dump(mode="json")
-    if previous is not None and previous.get("config") != config_dump:
-        raise ConfigError(f"{out} holds a run of another config; give a new --out (or the same config to resume)")
-    device = torch.device(config.device)
+    device = worker.device(config.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    elif worker.local_world_size > 1:  # processes of one node share its cores
+        torch.set_num_threads(worker.cpu_threads())
     base = load_backbone(config.model, device=device, dtype=config.dtype)
     base_fp = base.fingerprint()
-    if not progress:  # --quiet: the methods' own training bars too
-        for _, _, m in resolved.methods:
-            if hasattr(m.config, "progress"):
-                m.config.progress = False
     # one method instance and request per (method, target): the recipe of the target's kind, resolved up front
     units = {(row, t): build_request(config, spec, m, t, base) for row, spec, m in resolved.methods for t in config.targets}
     method_fps = {row: m.fingerprint() for row, _, m in resolved.methods}
     method_fps.update({f"{row}__{t}": m.fingerprint() for (row, t), (m, _) in units.items()})
-    if previous is not None:  # resuming: the same config must also mean the same weights and method settings
-        stale = [] if previous.get("model", {}).get("fingerprint") == base_fp else [f"model {config.model}"]
-        stale += [row for row, fp in method_fps.items() if previous.get("methods", {}).get(row) not in (None, fp)]
-        if stale:
-            raise ConfigError(f"{out} was run with other weights or settings of: {', '.join(stale)} "
-                              "(changed defaults or a re-trained model); give a new --out")
     store.root.mkdir(parents=True, exist_ok=True)
-    if previous is None:
-        store.write_manifest({
-            "config": config_dump,
-            "suite": resolved.suite.name,
-            "sampler": dataclasses.asdict(resolved.sampler),
-            "packages": package_versions(),
-            "model": {"name": config.model, "fingerprint": base_fp, "kind": base.kind},
-            "methods": method_fps,
-            "recipes": {f"{row}__{t}": recipe_record(m.recipe) for (row, t), (m, _) in units.items()},
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        })
-    cache = ImageCache(config.cache_dir or store.images_dir)
+    with FileLock(store.locks_dir / "manifest.lock"):  # one of the run's processes writes the manifest
+        previous = store.read_manifest()
+        if previous is not None and previous.get("config") != config_dump:
+            raise ConfigError(f"{out} holds a run of another config; give a new --out (or the same config to resume)")
+        if previous is not None:  # resuming: the same config must also mean the same weights and method settings
+            stale = [] if previous.get("model", {}).get("fingerprint") == base_fp else [f"model {config.model}"]
+            stale += [row for row, fp in method_fps.items() if previous.get("methods", {}).get(row) not in (None, fp)]
+            if stale:
+                raise ConfigError(f"{out} was run with other weights or settings of: {', '.join(stale)} "
+                                  "(changed defaults or a re-trained model); give a new --out")
+        else:
+            store.write_manifest({
+                "config": config_dump,
+                "suite": resolved.suite.name,
+                "sampler": dataclasses.asdict(resolved.sampler),
+                "packages": package_versions(),
+                "model": {"name": config.model, "fingerprint": base_fp, "kind": base.kind},
+                "methods": method_fps,
+                "recipes": {f"{row}__{t}": recipe_record(m.recipe) for (row, t), (m, _) in units.items()},
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            })
+    log, log_handler = _worker_log(store, worker)
+    log.info("worker %s (%d of %d) pid %d on %s, device %s, %d threads", worker.name, worker.index, worker.count,
+             os.getpid(), socket.gethostname(), device, torch.get_num_threads())
+    try:
+        t_start = time.perf_counter()
+        cache = ImageCache(config.cache_dir or store.images_dir)
+        evaluators: dict[str, Evaluator] = {}
+
+        def evaluator_for(task: Task) -> Evaluator:
+            key = f"{task.evaluator}:{sorted(task.evaluator_params.items())}"
+            if key not in evaluators:
+                evaluators[key] = EVALUATORS.get(task.evaluator)(device=device, **task.evaluator_params)
+                store.update_manifest(evaluators={task.evaluator: evaluators[key].provenance()})
+            return evaluators[key]
+
+        if not progress or worker.count > 1:  # --quiet, or one aggregate bar: the methods' own bars off too
+            for m in [m for _, _, m in resolved.methods] + [m for m, _ in units.values()]:
+                if hasattr(m.config, "progress"):
+                    m.config.progress = False
+        inner_progress = progress and worker.count == 1
+        plan = plan_run(resolved, base)
+        if worker.index == 0:
+            for target, names in plan.empty_tasks.items():  # nothing to measure (e.g. a two-object probe of a style)
+                for row, _, _ in resolved.methods:
+                    for name in names:
+                        if not store.has_unit(row, target, name):
+                            store.write_unit(row, target, name, pd.DataFrame({"method": [], "target": [], "task": []}))
+        tasks = {t.name: t for t in resolved.suite.tasks}
+        edits = UnitEdits(base, base_fp, resolved, store, log, units)
+        todo = [item for item in assigned(plan.items, worker) if not _item_done(store, item)]
+        log.info("%d work items of %d in the plan are mine, %d to do", len(assigned(plan.items, worker)),
+                 len(plan.items), len(todo))
+        busy, waited = 0.0, 0.0
+        with AggregateProgress(plan.items, lambda item: _item_done(store, item),
+                               enabled=progress and worker.shows_progress) as bar:
+            while todo:
+                deferred = []
+                for item in todo:
+                    got = edits.get(item.row, item.target)
+                    if got is None:  # another worker is computing this unit's edit: take other work meanwhile
+                        deferred.append(item)
+                        continue
+                    edited, fingerprint = got
+                    t0 = time.perf_counter()
+                    if item.attack is None:
+                        _run_part(item, plan, store, resolved, base, base_fp, edited, fingerprint, cache, tasks,
+                                  evaluator_for, inner_progress)
+                    else:
+                        _run_attack(item, store, resolved, base, base_fp, edited, fingerprint, evaluator_for,
+                                    inner_progress)
+                    busy += time.perf_counter() - t0
+                    log.info("done %s in %.1f s", item.label, time.perf_counter() - t0)
+                    bar.refresh()
+                if deferred and len(deferred) == len(todo):
+                    log.info("waiting for edits held by other workers: %s",
+                             ", ".join(sorted({f"{i.row}/{i.target}" for i in deferred})))
+                    time.sleep(1.0)
+                    waited += 1.0
+                todo = deferred
+            missing = _run_complete(store, resolved)
+            if not missing:
+                with FileLock(store.locks_dir / "finalize.lock"):
+                    _write_summary(store, resolved, evaluator_for)
+                log.info("wrote %s", store.summary_path)
+            else:
+                log.info("my work is done; %d units wait for other workers (the last one writes the summary)",
+                         len(missing))
+        stats = {"worker": worker.name, "pid": os.getpid(), "host": socket.gethostname(), "items": len(plan.items),
+                 "busy_seconds": busy + edits.busy_seconds, "waited_seconds": waited,
+                 "wall_seconds": time.perf_counter() - t_start, "wrote_summary": not missing}
+        atomic_write_json(store.root / "logs" / f"{worker.name}.json", stats)
+    except BaseException:
+        log.exception("worker %s stopped by an error", worker.name)
+        raise
+    finally:
+        log.removeHandler(log_handler)
+        log_handler.close()
+    return store.root
+
+
+def finalize(config: RunConfig, out: str | Path) -> Path:
+    """Write ``summary.json`` (and ``records.parquet``) of a run whose workers have all finished."""
+    resolved = resolve(config)
+    store = RunStore(out)
+    missing = _run_complete(store, resolved)
+    if missing:
+        raise ConfigError(f"{out}: {len(missing)} units have no records yet (first: {missing[0]}); "
+                          "run the missing shards (or `erasebench run` with the same config) to finish it")
     evaluators: dict[str, Evaluator] = {}
 
     def evaluator_for(task: Task) -> Evaluator:
-        key = f"{task.evaluator}:{sorted(task.evaluator_params.items())}"
-        if key not in evaluators:
-            evaluators[key] = EVALUATORS.get(task.evaluator)(device=device, **task.evaluator_params)
-            store.update_manifest(evaluators={task.evaluator: evaluators[key].provenance()})
-        return evaluators[key]
+        return evaluators.setdefault(task.evaluator, EVALUATORS.get(task.evaluator)(
+            device=torch.device(config.device), **task.evaluator_params))
 
-    specs = {row: spec for row, spec, _ in resolved.methods}
-    for (row, target), (method, request) in tqdm(units.items(), desc="methods x targets", disable=not progress):
-        spec = specs[row]
-        todo = [task for task in resolved.suite.tasks if not store.has_unit(row, target, task.name)]
-        attack_tasks = [f"attack-{a.name}" for a in resolved.attacks]
-        if not todo and all(store.has_unit(row, target, t) for t in attack_tasks):
-            continue
-        edited, cost = edited_backbone(base, row, spec, method, request, store)
-        fingerprint = base_fp if edited is base else edited.fingerprint()
-        manifest_edit = {"fingerprint": fingerprint, **cost}
-        if cost or spec.edit:
-            store.update_manifest(edits={f"{row}__{target}": manifest_edit})
-        ctx = PromptContext(target=target, backbone=edited, seed=config.seed,
-                            data_dir=Path(config.data_dir) if config.data_dir else None)
-        planned = {task.name: task_items(build_prompts(task, ctx), task, resolved) for task in todo}
-        sampled = unit_images(edited, fingerprint, planned, resolved, cache, f"{row}/generate" if progress else False)
-        for task in todo:
-            if task.name not in sampled:  # e.g. a two-object probe for a style target: nothing to measure
-                store.write_unit(row, target, task.name, pd.DataFrame({"method": [], "target": [], "task": []}))
-                continue
-            items, images = sampled[task.name]
-            evaluator = evaluator_for(task)
-            references = None
-            if getattr(evaluator, "needs_reference", False):
-                _, references = item_images(base, base_fp, planned[task.name], resolved, cache,
-                                            f"none/{task.name}" if progress else False)
-            records = evaluate(evaluator, items, images, config.batch_size, references,
-                               desc=f"{row}/{task.name} score" if progress else False)
-            for position, (column, value) in enumerate(
-                (("method", row), ("target", target), ("task", task.name), ("role", task.role))
-            ):
-                if column in records:  # an item column of the same name (the mini sets carry `target`)
-                    records = records.drop(columns=column)
-                records.insert(position, column, value)
-            store.write_unit(row, target, task.name, _parquet_safe(records))
-        if resolved.attacks:
-            from bench.attacks.run import run_attacks
+    with FileLock(store.locks_dir / "finalize.lock"):
+        _write_summary(store, resolved, evaluator_for)
+    return store.root
 
-            efficacy = next((t for t in resolved.suite.tasks if t.role == "efficacy"), None)
-            if efficacy is not None:
-                run_attacks(store, resolved, row, target, edited, base, fingerprint, resolved.attacks,
-                            evaluator_for(efficacy), base_fingerprint=base_fp, progress=progress)
-        if edited is not base:
-            del edited
+
+def _write_summary(store: RunStore, resolved: ResolvedRun, evaluator_for) -> None:
     rows = summarize(store, resolved, evaluators_by_task={t.name: evaluator_for(t) for t in resolved.suite.tasks})
     store.write_summary(rows)
     store.consolidate()
-    return store.root
+
+
+def _run_part(item: WorkItem, plan: RunPlan, store: RunStore, resolved: ResolvedRun, base: Backbone, base_fp: str,
+              edited: Backbone, fingerprint: str, cache: ImageCache, tasks: dict[str, Task], evaluator_for,
+              progress: bool) -> None:
+    """Sample, score and write one part of a unit's images; merge each task whose parts are all written."""
+    row, target, batch_size = item.row, item.target, resolved.config.batch_size
+    # a part cut short by a kill may have written some of its tasks, and those may be merged already
+    todo = [name for name in item.tasks if not store.has_unit(row, target, name)
+            and not _part_path(store, row, target, name, item.part).exists()]
+    planned = {name: plan.slices[(target, item.part)][name] for name in todo}
+    sampled = unit_images(edited, fingerprint, planned, resolved, cache, f"{row}/generate" if progress else False)
+    for name in todo:
+        task = tasks[name]
+        items, images = sampled[name]
+        evaluator = evaluator_for(task)
+        references = None
+        if getattr(evaluator, "needs_reference", False):
+            _, references = item_images(base, base_fp, planned[name], resolved, cache,
+                                        f"none/{name}" if progress else False)
+        records = evaluate(evaluator, items, images, batch_size, references,
+                           desc=f"{row}/{name} score" if progress else False)
+        for position, (column, value) in enumerate(
+            (("method", row), ("target", target), ("task", name), ("role", task.role))
+        ):
+            if column in records:  # an item column of the same name (the mini sets carry `target`)
+                records = records.drop(columns=column)
+            records.insert(position, column, value)
+        path = _part_path(store, row, target, name, item.part)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        _parquet_safe(records).to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    for name in item.tasks:
+        _merge_task(store, plan, row, target, name)
+
+
+def _run_attack(item: WorkItem, store: RunStore, resolved: ResolvedRun, base: Backbone, base_fp: str,
+                edited: Backbone, fingerprint: str, evaluator_for, progress: bool) -> None:
+    from bench.attacks.run import run_attacks
+
+    efficacy = next(t for t in resolved.suite.tasks if t.role == "efficacy")
+    spec = next(a for a in resolved.attacks if a.name == item.attack)
+    run_attacks(store, resolved, item.row, item.target, edited, base, fingerprint, [spec], evaluator_for(efficacy),
+                base_fingerprint=base_fp, progress=progress)
+
+
+def _worker_log(store: RunStore, worker) -> tuple[logging.Logger, logging.Handler]:
+    """This worker's log file, ``<run>/logs/<worker>.log`` (appended to on resume)."""
+    path = store.root / "logs" / f"{worker.name}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log = logging.getLogger(f"erasebench.run.{store.root.resolve()}.{worker.name}")
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    log.addHandler(handler)
+    return log, handler
 
 
 def _parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
@@ -404,6 +698,10 @@ def _parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def summarize(store: RunStore, resolved: ResolvedRun, evaluators_by_task: dict[str, Evaluator]) -> list[dict]:
+    """The summary rows of a finished run, in config order (methods, targets, suite tasks, attacks, edit cost).
+
+    The order does not depend on which worker finished what first.
+    """
     records = store.all_records()
     rows: list[dict] = []
     tasks = {t.name: t for t in resolved.suite.tasks}
@@ -416,7 +714,7 @@ def summarize(store: RunStore, resolved: ResolvedRun, evaluators_by_task: dict[s
                 fig = compute_metric(metric, group, context=evaluators_by_task.get(task_name))
                 rows.append({"method": method, "target": target, "task": task_name, "role": task.role,
                              "metric": metric, **fig})
-    from bench.attacks.run import summarize_attacks
+    from bench.attacks.run import attack_task_name, summarize_attacks
 
     rows += summarize_attacks(store)
     edits = (store.read_manifest() or {}).get("edits", {})
@@ -426,4 +724,10 @@ def summarize(store: RunStore, resolved: ResolvedRun, evaluators_by_task: dict[s
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 rows.append({"method": method, "target": target, "task": "edit", "role": "cost", "metric": metric,
                              "value": float(value), "ci_low": float(value), "ci_high": float(value), "n": 1})
-    return rows
+    method_order = {row: i for i, (row, _, _) in enumerate(resolved.methods)}
+    target_order = {t: i for i, t in enumerate(resolved.config.targets)}
+    task_order = {name: i for i, name in enumerate(
+        [*tasks, *(attack_task_name(a.name) for a in resolved.attacks), "edit"])}
+    return sorted(rows, key=lambda r: (method_order.get(r["method"], len(method_order)), str(r["method"]),
+                                       target_order.get(r["target"], len(target_order)), str(r["target"]),
+                                       task_order.get(r["task"], len(task_order)), str(r["task"])))

@@ -90,14 +90,23 @@ class RunStore:
     def write_manifest(self, manifest: dict) -> None:
         atomic_write_json(self.manifest_path, manifest)
 
+    @property
+    def locks_dir(self) -> Path:
+        return self.root / "locks"
+
     def update_manifest(self, **sections: Any) -> None:
-        manifest = self.read_manifest() or {}
-        for key, value in sections.items():
-            if isinstance(value, dict) and isinstance(manifest.get(key), dict):
-                manifest[key].update(value)
-            else:
-                manifest[key] = value
-        self.write_manifest(manifest)
+        """Merge ``sections`` into the manifest: a read-modify-write under the manifest's lock, so updates
+        from the processes of one run (on one machine or many) are never lost."""
+        from bench.locks import FileLock
+
+        with FileLock(self.locks_dir / "manifest.lock"):
+            manifest = self.read_manifest() or {}
+            for key, value in sections.items():
+                if isinstance(value, dict) and isinstance(manifest.get(key), dict):
+                    manifest[key].update(value)
+                else:
+                    manifest[key] = value
+            self.write_manifest(manifest)
 
     # records
     def has_unit(self, method: str, target: str, task: str) -> bool:

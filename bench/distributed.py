@@ -1,0 +1,243 @@
+"""One benchmark run spread over processes (``torchrun`` / ``accelerate launch``) and machines (``--shard I/N``).
+
+Coordination is through the run directory only (no process group, no backend): every worker plans
+the same list of work items from the config, takes the ones assigned to it, and writes its results
+as files; locks (:mod:`bench.locks`) make sure an edit is computed once and a file is merged once.
+
+    torchrun --nproc_per_node 4 $(which erasebench) run --config C --out D     # 4 processes, one GPU each
+    accelerate launch --num_processes 4 $(which erasebench) run --config C --out D
+    erasebench run --config C --out D --shard 2/8                               # part 2 of 8 (a job array task)
+    erasebench submit --config C --out D --shards 8 --partition gpu             # the whole array, via submitit
+
+Workers: a process is worker ``shard * world_size + rank`` of ``shards * world_size`` (``rank`` and
+``world_size`` from torchrun's / accelerate's ``RANK`` and ``WORLD_SIZE``, ``1`` and ``0`` without them).
+Work item ``i`` of the plan belongs to worker ``i % count``. The plan does not depend on the
+number of workers, so neither do the images, the records or the summary.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+class ShardError(ValueError):
+    """A malformed ``--shard`` value or launcher environment."""
+
+
+@dataclass(frozen=True)
+class Worker:
+    """Who this process is in a run: its shard of the job array and its rank inside the shard."""
+
+    shard: int = 0
+    shards: int = 1
+    rank: int = 0  # torchrun / accelerate RANK inside this shard's launch
+    world_size: int = 1
+    local_rank: int = 0  # LOCAL_RANK: the GPU of this process on its node
+    local_world_size: int = 1
+
+    @property
+    def index(self) -> int:
+        return self.shard * self.world_size + self.rank
+
+    @property
+    def count(self) -> int:
+        return self.shards * self.world_size
+
+    @property
+    def name(self) -> str:
+        """File-name-safe id for this worker's log: ``rank1``, ``shard2of8``, ``shard2of8-rank1``."""
+        parts = []
+        if self.shards > 1:
+            parts.append(f"shard{self.shard}of{self.shards}")
+        if self.world_size > 1 or not parts:
+            parts.append(f"rank{self.rank}")
+        return "-".join(parts)
+
+    @property
+    def shows_progress(self) -> bool:
+        """The first process of each launch draws the one aggregate progress bar (a job array task has its own log)."""
+        return self.rank == 0
+
+    def owns(self, position: int) -> bool:
+        return position % self.count == self.index
+
+    def device(self, configured: str) -> torch.device:
+        """``cuda`` means this process's GPU (``cuda:LOCAL_RANK``) when a launcher started several per node."""
+        if configured == "cuda" and self.local_world_size > 1:
+            return torch.device("cuda", self.local_rank)
+        return torch.device(configured)
+
+    def cpu_threads(self, cores: int | None = None) -> int:
+        """This process's share of the CPU cores it may run on (processes of one node split them)."""
+        cores = cores or len(os.sched_getaffinity(0))
+        return max(1, cores // self.local_world_size)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N``."""
+    try:
+        index, count = (int(p) for p in str(text).split("/"))
+    except ValueError:
+        raise ShardError(f"--shard {text!r}: give I/N, e.g. --shard 0/4 (part I of N, counting from 0)") from None
+    if count < 1 or not 0 <= index < count:
+        raise ShardError(f"--shard {text!r}: I must be in 0..N-1 and N at least 1")
+    return index, count
+
+
+def worker_from_env(shard: tuple[int, int] | None = None, env: dict | None = None) -> Worker:
+    """This process's :class:`Worker` from ``--shard`` and the launcher's environment (torchrun, accelerate)."""
+    env = os.environ if env is None else env
+    index, count = shard or (0, 1)
+    try:
+        rank = int(env.get("RANK", 0))
+        world = int(env.get("WORLD_SIZE", 1))
+        local_rank = int(env.get("LOCAL_RANK", rank))
+        local_world = int(env.get("LOCAL_WORLD_SIZE", world))
+    except ValueError as exc:
+        raise ShardError(f"launcher environment: RANK/WORLD_SIZE/LOCAL_RANK must be integers ({exc})") from None
+    if world < 1 or not 0 <= rank < world:
+        raise ShardError(f"launcher environment: RANK={rank} is not in 0..WORLD_SIZE-1 (WORLD_SIZE={world})")
+    return Worker(shard=index, shards=count, rank=rank, world_size=world, local_rank=local_rank,
+                  local_world_size=max(1, local_world))
+
+
+def assigned(items: Sequence, worker: Worker) -> list:
+    """The items of a plan that belong to ``worker`` (round robin over the plan's order)."""
+    return [item for i, item in enumerate(items) if worker.owns(i)]
+
+
+class AggregateProgress:
+    """One progress bar over the work items of *all* workers (not one bar per process).
+
+    Shown by the first process of a launch; a background thread counts the finished items in the run
+    directory every ``interval`` seconds, so it moves when any worker finishes something.
+    """
+
+    def __init__(self, items: Sequence, is_done, enabled: bool = True, interval: float = 2.0,
+                 desc: str = "work items (all workers)"):
+        self.items, self.is_done, self.enabled, self.interval, self.desc = items, is_done, enabled, interval, desc
+        self._stop = threading.Event()
+        self._bar = None
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> AggregateProgress:
+        if self.enabled:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=len(self.items), desc=self.desc, unit="item")
+            self.refresh()
+            self._thread = threading.Thread(target=self._poll, name="erasebench-progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def refresh(self) -> None:
+        if self._bar is not None:
+            done = sum(1 for item in self.items if self.is_done(item))
+            self._bar.n = done
+            self._bar.refresh()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.refresh()
+
+    def __exit__(self, *exc) -> bool:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._bar is not None:
+            self.refresh()
+            self._bar.close()
+        return False
+
+
+# --------------------------------------------------------------------------- submitit
+def run_shard(config_path: str | None, out: str, shard: int, shards: int, threads: int | None = None) -> str:
+    """One job of a submitted array: ``erasebench run --config C --out D --shard shard/shards``."""
+    from bench.config import load_config
+    from bench.runner import run
+
+    if threads:
+        torch.set_num_threads(threads)
+    return str(run(load_config(config_path), out, progress=False, shard=(shard, shards)))
+
+
+def submit(config_path: str | Path | None, out: str | Path, shards: int, cluster: str | None = None,
+           partition: str | None = None, timeout_min: int = 240, gpus_per_node: int = 0,
+           cpus_per_task: int | None = None, mem_gb: int | None = None, account: str | None = None,
+           max_parallel: int | None = None):
+    """Submit the run as a job array of ``shards`` tasks through submitit; returns the jobs.
+
+    ``cluster``: ``"slurm"``, ``"local"`` (jobs as local processes, for testing) or ``None`` (SLURM where
+    ``sbatch`` exists, else local). Job logs go to ``out/submitit/``. The last task to finish writes
+    ``summary.json``; ``finalize(config, out)`` (or the same ``erasebench run`` again) writes it later.
+    """
+    import submitit
+
+    out = Path(out)
+    executor = submitit.AutoExecutor(folder=out / "submitit" / "%j", cluster=cluster)
+    params: dict = {"timeout_min": timeout_min, "name": f"erasebench-{out.name}"}
+    threads = None
+    if executor.cluster == "slurm":
+        params.update(slurm_partition=partition, slurm_account=account, gpus_per_node=gpus_per_node or None,
+                      cpus_per_task=cpus_per_task, mem_gb=mem_gb, slurm_array_parallelism=max_parallel or shards,
+                      tasks_per_node=1, nodes=1)
+    else:  # local processes share this machine's cores
+        threads = cpus_per_task or max(1, len(os.sched_getaffinity(0)) // shards)
+    executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
+    config = str(Path(config_path).resolve()) if config_path else None
+    return executor.map_array(run_shard, [config] * shards, [str(out.resolve())] * shards, list(range(shards)),
+                              [shards] * shards, [threads] * shards)
+
+
+def wait(jobs, poll: float = 2.0) -> list[str]:
+    """Wait for submitted jobs; re-raise the first failure with its job id."""
+    results = []
+    for job in jobs:
+        while not job.done():
+            time.sleep(poll)
+        results.append(job.result())
+    return results
+
+
+def cmd_submit(args) -> int:
+    from bench.cli import CLIError
+    from bench.config import load_config
+    from bench.runner import finalize, resolve
+
+    if args.shards < 1:
+        raise CLIError(f"--shards {args.shards}: give at least 1")
+    config = load_config(args.config)
+    resolve(config)  # every config error before any job is queued
+    jobs = submit(args.config, args.out, args.shards, cluster=args.cluster, partition=args.partition,
+                  timeout_min=args.timeout_min, gpus_per_node=args.gpus_per_node, cpus_per_task=args.cpus_per_task,
+                  mem_gb=args.mem_gb, account=args.account, max_parallel=args.max_parallel)
+    print(f"submitted {len(jobs)} jobs (array {jobs[0].job_id.split('_')[0]}); logs: {Path(args.out) / 'submitit'}")
+    if args.wait:
+        wait(jobs)
+        finalize(config, args.out)
+        print(f"run finished: {args.out}\nreport: erasebench report {args.out}")
+    return 0
+
+
+def register_cli(subparsers) -> None:
+    p = subparsers.add_parser("submit", help="submit a run as a job array (SLURM through submitit, or local)")
+    p.add_argument("--config", type=Path, default=None, help="run config (YAML); default: mini-quick on the mini model")
+    p.add_argument("--out", type=Path, required=True, help="run directory, on a filesystem every node sees")
+    p.add_argument("--shards", type=int, required=True, help="number of array tasks (each runs --shard I/N)")
+    p.add_argument("--cluster", choices=["slurm", "local"], default=None, help="default: slurm if sbatch exists")
+    p.add_argument("--partition", default=None)
+    p.add_argument("--account", default=None)
+    p.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per task (set device: cuda in the config)")
+    p.add_argument("--cpus-per-task", type=int, default=None)
+    p.add_argument("--mem-gb", type=int, default=None)
+    p.add_argument("--timeout-min", type=int, default=240)
+    p.add_argument("--max-parallel", type=int, default=None, help="array tasks running at once (default: all)")
+    p.add_argument("--wait", action="store_true", help="wait for the jobs, then write the summary here")
+    p.set_defaults(func=cmd_submit)
