@@ -5,6 +5,7 @@
     erasebench report RUN_DIR... [--format md|csv|latex|html] [--output FILE]
     erasebench attribute --model M --concept C [--anchor A] [--objective erase|amplify] --out FILE
     erasebench compare BASE_RUN NEW_RUN [--tolerance 0.02] [--json]
+    erasebench check RUN_DIR [--json]
 
 Bad input exits with status 2 and one line per problem on stderr, and writes nothing.
 """
@@ -12,6 +13,7 @@ Bad input exits with status 2 and one line per problem on stderr, and writes not
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -39,6 +41,7 @@ def _list(kind: str) -> list[tuple[str, str]]:
 
         return [(n, getattr(EVALUATORS.get(n), "description", "")) for n in EVALUATORS.names()]
     if kind == "metrics":
+        import bench.evaluators  # noqa: F401  (evaluators register their set metrics, e.g. mini_fd)
         from bench.metrics import METRICS
 
         return [(n, METRICS.get(n).description) for n in METRICS.names()]
@@ -57,10 +60,10 @@ def cmd_list(args) -> int:
 
 # --------------------------------------------------------------------------- run
 def cmd_run(args) -> int:
-    from bench.config import load_config
-    from bench.runner import run
+    from bench.config import RunConfig, read_config_file
+    from bench.runner import check_config, run
 
-    config = load_config(args.config)
+    config = RunConfig() if args.config is None else check_config(read_config_file(args.config), str(args.config))
     out = args.out or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
     t0 = time.perf_counter()
     path = run(config, out, progress=not args.quiet)
@@ -71,11 +74,32 @@ def cmd_run(args) -> int:
 
 # --------------------------------------------------------------------------- report
 def cmd_report(args) -> int:
+    from bench.store import DamagedFileError, RunStore
     from leaderboard import load_runs, render
 
+    problems = []
     for run_dir in args.runs:
         if not (Path(run_dir) / "summary.json").exists():
-            raise CLIError(f"{run_dir}: no summary.json (not a finished erasebench run)")
+            problems.append(f"{run_dir}: no summary.json (not a finished erasebench run)")
+            continue
+        store = RunStore(run_dir)
+        remedies = ((store.read_manifest, "restore it: a run's config cannot be known without its manifest"),
+                    (store.read_summary, "run `erasebench run` again with the run's config and --out to rebuild it"))
+        for read, remedy in remedies:  # verified: a damaged file is named, not parsed
+            try:
+                read()
+            except DamagedFileError as exc:
+                problems.append(f"{exc}; {remedy}")
+    output = args.output
+    if output is not None:
+        if output.is_dir():
+            problems.append(f"--output {output}: is a folder; give a file name (e.g. {output / ('board.' + args.format)})")
+        else:
+            parent = next(p for p in output.absolute().parents if p.exists())
+            if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+                problems.append(f"--output {output}: cannot write in {parent}; give a file in a folder you can write to")
+    if problems:
+        raise CLIError("\n".join(problems))
     board = load_runs(args.runs)
     text = render(board, args.format, output=args.output)
     if args.output is None:
@@ -115,7 +139,7 @@ EXTRA_COMMANDS: dict[str, Callable] = {}
 
 
 def _register_extras() -> None:
-    for module in ("bench.attribution_cli", "leaderboard.compare"):
+    for module in ("bench.attribution_cli", "leaderboard.compare", "bench.check_cli"):
         try:
             mod = __import__(module, fromlist=["register_cli"])
         except ModuleNotFoundError as exc:
@@ -132,11 +156,13 @@ def main(argv: list[str] | None = None) -> int:
     from bench.backbone import BackboneLoadError
     from bench.config import ConfigError
     from bench.registry import UnknownNameError
+    from bench.store import DamagedFileError
     from bench.suites import SuiteError
 
     try:
         return args.func(args)
-    except (CLIError, ConfigError, BackboneLoadError, SuiteError, UnknownNameError, FileNotFoundError) as exc:
+    except (CLIError, ConfigError, BackboneLoadError, SuiteError, UnknownNameError, FileNotFoundError,
+            DamagedFileError) as exc:
         for line in str(exc).splitlines() or [type(exc).__name__]:
             print(f"erasebench: error: {line}", file=sys.stderr)
         return EXIT_USAGE
