@@ -62,10 +62,10 @@ def check_config(data: Any, source: str = "config") -> RunConfig:
     Raises ConfigError with one line per problem."""
     from pydantic import ValidationError
 
-    from bench.config import RunConfig, format_validation_error, parse_config
+    from bench.config import RunConfig, format_validation_error
 
     if not isinstance(data, dict):
-        parse_config(data, source)  # raises: not a mapping
+        raise ConfigError(f"{source}: a run config is a YAML mapping, got {type(data).__name__}")
     try:
         config = RunConfig.model_validate(data)
     except ValidationError as exc:
