@@ -10,6 +10,7 @@
     erasebench show method NAME --kind KIND [--model sd|mini] [--json]
     erasebench fetch --suite S [--tier T] [--offline]             # evaluator weights a run will need
     erasebench export RUN... --out DIR                             # a Hugging Face dataset folder
+    erasebench check RUN_DIR [--json]                              # verify a run directory; runs nothing
 
 Bad input exits with status 2 and one line per problem on stderr, and writes nothing.
 """
@@ -17,6 +18,7 @@ Bad input exits with status 2 and one line per problem on stderr, and writes not
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -44,6 +46,7 @@ def _list(kind: str) -> list[tuple[str, str]]:
 
         return [(n, getattr(EVALUATORS.get(n), "description", "")) for n in EVALUATORS.names()]
     if kind == "metrics":
+        import bench.evaluators  # noqa: F401  (evaluators register their set metrics, e.g. mini_fd)
         from bench.metrics import METRICS
 
         return [(n, METRICS.get(n).description) for n in METRICS.names()]
@@ -95,13 +98,17 @@ def flag_overrides(args: argparse.Namespace) -> dict:
 
 
 def resolve_run_config(config_path: Path | None, overrides: dict):
-    """``--config`` (or the defaults) with the flags applied, validated as one config.
+    """``--config`` (or the defaults) with the flags applied, checked as one config before anything loads
+    (:func:`bench.runner.check_config`: the schema, then names, targets, edit folders, devices).
 
     A bad flag gets the line a bad YAML key gets, naming the flag: ``--seed: Input should be a valid integer``.
     """
+    import re
+
     from pydantic import ValidationError
 
-    from bench.config import ConfigError, RunConfig, format_validation_error, load_config
+    from bench.config import ConfigError, RunConfig, format_validation_error, read_config_file
+    from bench.runner import check_config
 
     flag_of = {field: flag for flag, field, _ in RUN_FLAGS}
     try:  # the flags alone (every other field has a default): errors name the flag, not the file
@@ -110,17 +117,15 @@ def resolve_run_config(config_path: Path | None, overrides: dict):
         lines = []
         for line in format_validation_error(exc, "flags").splitlines():
             _, loc, msg = line.split(": ", 2)
-            field, _, rest = loc.partition(".")
-            lines.append(f"{flag_of.get(field, field)}{'[' + rest + ']' if rest else ''}: {msg}")
+            field, rest = re.match(r"([A-Za-z_]+)(.*)", loc).groups()
+            lines.append(f"{flag_of.get(field, field)}{rest}: {msg}")
         raise ConfigError("\n".join(lines)) from None
-    base = load_config(config_path)
-    if not overrides:
-        return base
-    merged = {**base.model_dump(mode="json", exclude_unset=True), **overrides}
-    try:
-        return RunConfig.model_validate(merged)
-    except ValidationError as exc:  # pragma: no cover - both parts were valid on their own
-        raise ConfigError(format_validation_error(exc, str(config_path or "flags"))) from None
+    if config_path is None and not overrides:
+        return RunConfig()
+    data = read_config_file(config_path) if config_path is not None else {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{config_path}: a run config is a YAML mapping, got {type(data).__name__}")
+    return check_config({**data, **overrides}, str(config_path) if config_path is not None else "flags")
 
 
 def cmd_run(args) -> int:
@@ -153,11 +158,32 @@ def cmd_run(args) -> int:
 
 # --------------------------------------------------------------------------- report
 def cmd_report(args) -> int:
+    from bench.store import DamagedFileError, RunStore
     from leaderboard import load_runs, render
 
+    problems = []
     for run_dir in args.runs:
         if not (Path(run_dir) / "summary.json").exists():
-            raise CLIError(f"{run_dir}: no summary.json (not a finished erasebench run)")
+            problems.append(f"{run_dir}: no summary.json (not a finished erasebench run)")
+            continue
+        store = RunStore(run_dir)
+        remedies = ((store.read_manifest, "restore it: a run's config cannot be known without its manifest"),
+                    (store.read_summary, "run `erasebench run` again with the run's config and --out to rebuild it"))
+        for read, remedy in remedies:  # verified: a damaged file is named, not parsed
+            try:
+                read()
+            except DamagedFileError as exc:
+                problems.append(f"{exc}; {remedy}")
+    output = args.output
+    if output is not None:
+        if output.is_dir():
+            problems.append(f"--output {output}: is a folder; give a file name (e.g. {output / ('board.' + args.format)})")
+        else:
+            parent = next(p for p in output.absolute().parents if p.exists())
+            if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+                problems.append(f"--output {output}: cannot write in {parent}; give a file in a folder you can write to")
+    if problems:
+        raise CLIError("\n".join(problems))
     board = load_runs(args.runs)
     if args.format == "html" and (args.detail or args.columns):
         raise CLIError("--detail/--columns choose text-table columns; the html page always shows every column")
@@ -212,7 +238,7 @@ EXTRA_COMMANDS: dict[str, Callable] = {}
 
 def _register_extras() -> None:
     for module in ("bench.attribution_cli", "leaderboard.compare", "bench.show_cli", "bench.fetch", "leaderboard.export",
-                   "bench.distributed"):
+                   "bench.distributed", "bench.check_cli"):
         try:
             mod = __import__(module, fromlist=["register_cli"])
         except ModuleNotFoundError as exc:
@@ -229,11 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     from bench.backbone import BackboneLoadError
     from bench.config import ConfigError
     from bench.registry import UnknownNameError
+    from bench.store import DamagedFileError
     from bench.suites import SuiteError
 
     try:
         return args.func(args)
-    except (CLIError, ConfigError, BackboneLoadError, SuiteError, UnknownNameError, FileNotFoundError) as exc:
+    except (CLIError, ConfigError, BackboneLoadError, SuiteError, UnknownNameError, FileNotFoundError,
+            DamagedFileError) as exc:
         for line in str(exc).splitlines() or [type(exc).__name__]:
             print(f"erasebench: error: {line}", file=sys.stderr)
         return EXIT_USAGE

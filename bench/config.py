@@ -30,8 +30,22 @@ class ConfigError(ValueError):
     """An invalid run config; the message lists every problem, one per line."""
 
 
+# Every model rejects NaN and infinities: no number in a run config means anything as one.
+STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def _one_line_name(v: str | None, what: str) -> str | None:
+    if v is None:
+        return v
+    if not v.strip():
+        raise ValueError(f"{what} is empty")
+    if any(not ch.isprintable() for ch in v):
+        raise ValueError(f"{what} {v!r} holds a control character (a newline, a tab...); write it on one line")
+    return v
+
+
 class SamplerSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
     name: Literal["ddim", "dpm", "default"] = "ddim"
     steps: int = Field(25, ge=1, le=1000)
     guidance: float = Field(5.0, ge=0.0)
@@ -40,7 +54,7 @@ class SamplerSpec(BaseModel):
 
 
 class MethodSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
     label: str | None = None  # the row name when one method appears with several settings
@@ -50,19 +64,24 @@ class MethodSpec(BaseModel):
     preserve: list[str] | None = None
     target_prompts: list[str] | None = None
 
+    @field_validator("label")
+    @classmethod
+    def _label(cls, v: str | None) -> str | None:
+        return _one_line_name(v, "label")
+
     @property
     def row_name(self) -> str:
         return self.label or self.name
 
 
 class AttackSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
 
 
 class RunConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT
     model: str = "mini"
     seed: int = 0
     sampler: SamplerSpec | None = None  # default: the suite's sampler
@@ -93,12 +112,19 @@ class RunConfig(BaseModel):
     def _targets(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
 
+    @field_validator("targets")
+    @classmethod
+    def _target_names(cls, v: list[str]) -> list[str]:
+        for t in v:
+            _one_line_name(t, "target")
+        return v
+
 
 def format_validation_error(exc: ValidationError, source: str) -> str:
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"]
+        loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".") or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         lines.append(f"{source}: {loc}: {msg}")
@@ -116,17 +142,31 @@ def parse_config(data: Any, source: str = "config") -> RunConfig:
         raise ConfigError(format_validation_error(exc, source)) from None
 
 
-def load_config(path: str | Path | None) -> RunConfig:
-    if path is None:
-        return RunConfig()
+def read_config_file(path: str | Path) -> Any:
+    """The YAML data of a config file; ConfigError for a missing, unreadable, malformed or empty file."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
+    if not path.is_file():
+        raise ConfigError(f"{path}: not a file; give --config a YAML file")
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc})") from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
-    return parse_config(data, str(path))
+    if data is None:  # an empty file is a mistake, not a request for the default benchmark
+        raise ConfigError(f"{path}: the config is empty; write its keys (e.g. 'suite: mini-quick') "
+                          "or leave --config out to run the default benchmark")
+    return data
+
+
+def load_config(path: str | Path | None) -> RunConfig:
+    if path is None:
+        return RunConfig()
+    return parse_config(read_config_file(path), str(path))

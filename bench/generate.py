@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 from tqdm.auto import tqdm
 
 from bench.backbone import Backbone
@@ -208,7 +210,11 @@ def denoise(
 
 # --------------------------------------------------------------------------- cache
 class ImageCache:
-    """Content-addressed PNG store: ``root/ab/abcdef....png``, written atomically."""
+    """Content-addressed PNG store: ``root/ab/abcdef....png``, written atomically.
+
+    Each PNG carries the SHA-256 of its pixels (a ``tEXt`` chunk, :data:`PIXEL_SHA256`) kept at write time;
+    :meth:`get` verifies it and treats an unreadable or altered image as absent (a warning names it), so it is
+    generated again instead of being used or failing every rerun."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -220,16 +226,42 @@ class ImageCache:
         p = self.path(key)
         if not p.exists():
             return None
-        with Image.open(p) as im:
-            return np.asarray(im.convert("RGB"))
+        image, problem = read_checked_png(p)
+        if problem is not None:
+            logging.getLogger(__name__).warning("erasebench: warning: %s: damaged image (%s); generating it again",
+                                                p, problem)
+        return image
 
     def put(self, key: str, image: np.ndarray) -> Path:
         p = self.path(key)
         p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_suffix(f".{os.getpid()}.tmp")
-        Image.fromarray(image).save(tmp, format="PNG")
+        info = PngInfo()
+        info.add_text(PIXEL_SHA256, _pixel_sha256(np.ascontiguousarray(image)))
+        Image.fromarray(image).save(tmp, format="PNG", pnginfo=info)
         os.replace(tmp, p)
         return p
+
+
+PIXEL_SHA256 = "erasebench-pixels-sha256"  # PNG text key: SHA-256 of the uint8 pixels (with their shape)
+
+
+def _pixel_sha256(pixels: np.ndarray) -> str:
+    return hashlib.sha256(f"{pixels.shape}".encode() + pixels.tobytes()).hexdigest()
+
+
+def read_checked_png(path: Path) -> tuple[np.ndarray | None, str | None]:
+    """``(pixels [H,W,3] uint8, None)``, or ``(None, problem)`` when the PNG does not decode whole or its pixels
+    differ from the checksum it carries (images written before checksums carry none and are only decoded)."""
+    try:
+        with Image.open(path) as im:
+            pixels = np.asarray(im.convert("RGB"))
+            expected = im.info.get(PIXEL_SHA256)
+    except (OSError, SyntaxError, ValueError) as exc:  # truncated, not a PNG, a bad chunk
+        return None, str(exc) or type(exc).__name__
+    if expected is not None and _pixel_sha256(np.ascontiguousarray(pixels)) != expected:
+        return None, "its pixels differ from the checksum kept when it was written"
+    return pixels, None
 
 
 def image_key(model_fingerprint: str, prompt: str, negative_prompt: str, seed: int, sampler: SamplerConfig) -> str:

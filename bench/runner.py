@@ -15,6 +15,7 @@ for a run whose workers are all gone).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -37,7 +38,7 @@ from bench.generate import ImageCache, SamplerConfig, generate, image_seed, reso
 from bench.locks import FileLock
 from bench.metrics import METRICS, compute_metric
 from bench.registry import UnknownNameError
-from bench.store import RunStore, atomic_write_json, package_versions
+from bench.store import DamagedFileError, RunStore, atomic_write_json, package_versions
 from bench.suites import PromptContext, Suite, SuiteError, Task, build_prompts, load_suite
 
 DEFAULT_SAMPLER = {"name": "ddim", "steps": 25, "guidance": 5.0}
@@ -53,16 +54,92 @@ class ResolvedRun:
 
 
 def resolve(config: RunConfig) -> ResolvedRun:
-    """Check every name and parameter in the config; raise ConfigError listing all problems."""
-    import methods as methods_pkg  # noqa: F401  (registers the methods)
+    """Check every name and parameter in the config; raise ConfigError listing all problems.
 
-    errors: list[str] = []
+    Everything that needs no model is checked here, before a model loads or a file is written: names
+    (suite, tier, methods, attacks, evaluators, metrics), method parameters, saved edit folders, the
+    targets of a mini-world suite, the device, and that row and target names stay distinct as file names.
+    """
+    errors, resolved = _check(config)
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return resolved
+
+
+def check_config(data: Any, source: str = "config") -> RunConfig:
+    """Validate raw config data (the YAML mapping) in full: the schema and, for every part that passes it,
+    the checks of :func:`resolve`, so a config with a wrong type and an unknown method name reports both.
+    Raises ConfigError with one line per problem."""
+    from pydantic import ValidationError
+
+    from bench.config import RunConfig, format_validation_error
+
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a run config is a YAML mapping, got {type(data).__name__}")
     try:
-        suite = load_suite(config.suite).for_tier(config.tier)
-    except SuiteError as exc:
-        raise ConfigError(str(exc)) from None
-    from bench.config import MethodSpec
+        config = RunConfig.model_validate(data)
+    except ValidationError as exc:
+        errors = format_validation_error(exc, source).splitlines()
+        errors += _partial_check(data, exc, source)
+        raise ConfigError("\n".join(errors)) from None
+    errors, _ = _check(config)
+    if errors:
+        raise ConfigError("\n".join(f"{source}: {e}" for e in errors))
+    return config
+
+
+def _partial_check(data: dict, exc, source: str) -> list[str]:
+    """resolve()'s checks on the parts of ``data`` that passed the schema (bad keys and list items left out)."""
+    from pydantic import ValidationError
+
+    from bench.config import RunConfig
+
+    bad_keys: set[str] = set()
+    bad_items: dict[str, set[int]] = {"methods": set(), "attacks": set()}
+    for err in exc.errors():
+        loc = err["loc"]
+        if not loc:
+            return []
+        if loc[0] in bad_items and len(loc) > 1 and isinstance(loc[1], int):
+            bad_items[loc[0]].add(loc[1])
+        else:
+            bad_keys.add(str(loc[0]))
+    partial = {k: v for k, v in data.items() if k not in bad_keys}
+    index: dict[str, list[int]] = {}
+    for key, bad in bad_items.items():
+        if key in partial and isinstance(partial[key], list):
+            index[key] = [i for i in range(len(partial[key])) if i not in bad]
+            partial[key] = [partial[key][i] for i in index[key]]
+    try:
+        config = RunConfig.model_validate(partial)
+    except ValidationError:
+        return []
+    errors, _ = _check(config, skip=bad_keys, index=index)
+    return [f"{source}: {e}" for e in errors]
+
+
+def _check(config: RunConfig, skip: set[str] = frozenset(), index: dict[str, list[int]] | None = None,
+           ) -> tuple[list[str], ResolvedRun | None]:
+    """(every problem, the resolved run when there is none). ``skip``: top-level keys already reported (checks
+    that depend on them are left out); ``index``: the original positions of the list items checked."""
+    import methods as methods_pkg  # noqa: F401  (registers the methods)
+    from bench.attacks.run import check_attacks
+    from bench.config import AttackSpec, MethodSpec
+    from bench.store import safe_name
     from methods import METHODS
+
+    index = index or {}
+    errors: list[str] = []
+
+    def at(key: str, i: int) -> int:
+        return index[key][i] if key in index else i
+
+    suite = None
+    if not skip & {"suite", "tier"}:
+        try:
+            suite = load_suite(config.suite).for_tier(config.tier)
+        except SuiteError as exc:
+            errors.append(str(exc))
 
     if config.methods is not None:
         specs = config.methods
@@ -70,38 +147,132 @@ def resolve(config: RunConfig) -> ResolvedRun:
         specs = [MethodSpec(name=n) for n in
                  ["none", *(n for n in METHODS.names() if n != "none" and METHODS.get(n).erases)]]
     resolved = []
-    seen: set[str] = set()
-    for i, spec in enumerate(specs):
+    rows: dict[str, int] = {}
+    files: dict[str, tuple[int, str]] = {}
+    for j, spec in enumerate(specs):
+        i = at("methods", j)
+        row = spec.row_name
         try:
             method = METHODS.get(spec.name)(**spec.params)
         except (UnknownNameError, ValueError, TypeError) as exc:
             errors.append(f"methods[{i}]: {exc}")
-            continue
-        if spec.row_name in seen:
-            errors.append(f"methods[{i}]: row name {spec.row_name!r} appears twice (give one a 'label')")
-        seen.add(spec.row_name)
-        resolved.append((spec.row_name, spec, method))
-    for task in suite.tasks:
-        if task.evaluator not in EVALUATORS:
-            errors.append(f"suite {suite.name}: task {task.name}: unknown evaluator {task.evaluator!r}; "
-                          f"valid: {', '.join(EVALUATORS.names())}")
-        for m in task.metrics:
-            if m not in METRICS:
-                errors.append(f"suite {suite.name}: task {task.name}: unknown metric {m!r}; "
-                              f"valid: {', '.join(METRICS.names())}")
-    from bench.attacks.run import check_attacks
-    from bench.config import AttackSpec
+            method = None
+        if spec.edit is not None:
+            folder = Path(spec.edit)
+            if not folder.is_dir():
+                errors.append(f"methods[{i}].edit: folder {spec.edit!r} not found; give a folder saved by an "
+                              "earlier run (RUN/edits/<method>__<target>)")
+            elif not (folder / "edit.json").is_file():
+                errors.append(f"methods[{i}].edit: {spec.edit!r} is not a saved edit (no edit.json)")
+        if "__" in row:  # file names join method, target and task with "__"
+            errors.append(f"methods[{i}]: row name {row!r} contains '__'; give a 'label' without it")
+        if row in rows:
+            errors.append(f"methods[{i}]: row name {row!r} appears twice (give one a 'label')")
+        elif safe_name(row) in files:
+            k, other = files[safe_name(row)]
+            errors.append(f"methods[{i}]: row name {row!r} and methods[{k}] {other!r} both become the file name "
+                          f"{safe_name(row)!r}; give labels that differ in letters, digits, '.', '-' or '_'")
+        rows.setdefault(row, i)
+        files.setdefault(safe_name(row), (i, row))
+        if method is not None:
+            resolved.append((row, spec, method))
 
-    attack_specs = config.attacks if config.attacks is not None else [AttackSpec(**a) for a in suite.attacks]
-    errors += check_attacks(attack_specs)
-    if errors:
-        raise ConfigError("\n".join(errors))
+    if "targets" not in skip:
+        errors += _target_errors(config, suite, skip)
+
+    if suite is not None:
+        for task in suite.tasks:
+            if task.evaluator not in EVALUATORS:
+                errors.append(f"suite {suite.name}: task {task.name}: unknown evaluator {task.evaluator!r}; "
+                              f"valid: {', '.join(EVALUATORS.names())}")
+            for m in task.metrics:
+                if m not in METRICS:
+                    errors.append(f"suite {suite.name}: task {task.name}: unknown metric {m!r}; "
+                                  f"valid: {', '.join(METRICS.names())}")
+
+    attack_specs = []
+    if config.attacks is not None:
+        attack_specs = config.attacks
+        for err in check_attacks(attack_specs):
+            head, _, rest = err.partition(": ")
+            j = int(head.removeprefix("attacks[").removesuffix("]"))
+            errors.append(f"attacks[{at('attacks', j)}]: {rest}")
+    elif suite is not None:
+        attack_specs = [AttackSpec(**a) for a in suite.attacks]
+        errors += check_attacks(attack_specs)
+
+    if "device" not in skip:
+        errors += _device_errors(config.device)
+    for key in ("data_dir", "cache_dir"):
+        value = getattr(config, key)
+        if key not in skip and value is not None:
+            folder = Path(value)
+            if key == "data_dir" and not folder.is_dir():
+                errors.append(f"data_dir: folder {value!r} not found; give the folder with local copies of the "
+                              "prompt files")
+            elif folder.exists() and not folder.is_dir():
+                errors.append(f"{key}: {value!r} is a file, not a folder")
+
+    if errors or suite is None:
+        return errors, None
     sampler_spec = config.sampler.model_dump() if config.sampler else {**DEFAULT_SAMPLER, **suite.sampler}
     try:
         sampler_spec["precision"] = resolve_precision(sampler_spec.get("precision", "fp32"), config.device)
     except ValueError as exc:
-        raise ConfigError(f"suite {suite.name}: sampler: {exc}") from None
-    return ResolvedRun(config, suite, resolved, SamplerConfig(**sampler_spec), attacks=attack_specs)
+        return [f"suite {suite.name}: sampler: {exc}"], None
+    return [], ResolvedRun(config, suite, resolved, SamplerConfig(**sampler_spec), attacks=attack_specs)
+
+
+def _target_errors(config: RunConfig, suite: Suite | None, skip: set[str]) -> list[str]:
+    """Targets that would collide as file names, and, on the mini model, targets the mini world does not have
+    (when the suite builds its prompts from the target)."""
+    from bench.store import safe_name
+
+    errors, files = [], {}
+    for i, target in enumerate(config.targets):
+        other = files.setdefault(safe_name(target), (i, target))
+        if other[0] != i:
+            errors.append(f"targets[{i}]: {target!r} and targets[{other[0]}] {other[1]!r} "
+                          + ("appear twice" if other[1] == target else
+                             f"both become the file name {safe_name(target)!r}; give distinct targets"))
+    uses_target = suite is not None and any(
+        t.prompts.get("source") == "mini" and t.prompts.get("set", "adherence") != "adherence" for t in suite.tasks)
+    if config.model == "mini" and "model" not in skip and uses_target:
+        from bench.mini.world import MiniWorld
+
+        world = MiniWorld.load()
+        known = world.objects + world.colours + world.styles
+        for i, target in enumerate(config.targets):
+            if target not in known:
+                errors.append(f"targets[{i}]: the mini world has no concept {target!r}; valid: {', '.join(known)}")
+    return errors
+
+
+def _device_errors(device: str) -> list[str]:
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            return [f"device: {device!r} but this machine has no CUDA GPU (torch.cuda.is_available() is False); "
+                    "use device: cpu"]
+        index = device.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            return [f"device: {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                    f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})"]
+    if device == "mps" and not torch.backends.mps.is_available():
+        return ["device: 'mps' but MPS is not available on this machine; use device: cpu"]
+    return []
+
+
+def check_out_dir(out: Path) -> list[str]:
+    """Problems with a run directory to write into, found before any model loads."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        return [f"--out {out}: is a file, not a folder; give a new or existing run folder"]
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        return [f"--out {out}: cannot write in {existing}; give a folder you can write to"]
+    return []
 
 
 class PeakMemory:
@@ -463,7 +634,7 @@ class UnitEdits:
         self.busy_seconds += time.perf_counter() - t0
         fingerprint = edited.fingerprint()
         if cost is not None and key not in (store.read_manifest() or {}).get("edits", {}):
-            store.update_manifest(edits={key: {"fingerprint": fingerprint, **cost}})  # the first worker's figures
+            store.update_manifest(edits={key: {"method": row, "target": target, "fingerprint": fingerprint, **cost}})  # the first worker's figures
         self.current = ((row, target), edited, fingerprint)
         return edited, fingerprint
 
@@ -484,11 +655,41 @@ def run(config: RunConfig, out: str | Path, progress: bool = True, shard: tuple[
     Under ``torchrun`` / ``accelerate launch`` each process does its share, and with ``shard=(I, N)``
     (``--shard I/N``) each job of an array does its part; see :mod:`bench.distributed`. The worker that
     finishes the last work item writes ``summary.json``.
+    ``progress=False`` (``--quiet``) also silences the weight-loading bars of transformers and diffusers.
     """
+    with library_progress_bars(progress):
+        return _run(config, out, progress, shard)
+
+
+@contextlib.contextmanager
+def library_progress_bars(enabled: bool):
+    """transformers' and diffusers' progress bars (e.g. "Loading weights") off for the block when not
+    ``enabled``; their previous setting is restored afterwards."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    libs = [lib for lib in (transformers_logging, diffusers_logging) if hasattr(lib, "is_progress_bar_enabled")]
+    before = [lib.is_progress_bar_enabled() for lib in libs]
+    if not enabled:
+        for lib in libs:
+            lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, was in zip(libs, before):
+            lib.enable_progress_bar() if was else lib.disable_progress_bar()
+
+
+def _run(config: RunConfig, out: str | Path, progress: bool, shard: tuple[int, int] | None) -> Path:
     from methods.recipes import recipe_record
 
     worker = worker_from_env(shard)
     resolved = resolve(config)
+    problems = check_out_dir(Path(out))
+    if config.cache_dir:
+        problems += [p.replace("--out", "cache_dir") for p in check_out_dir(Path(config.cache_dir))]
+    if problems:
+        raise ConfigError("\n".join(problems))
     store = RunStore(out)
     config_dump = config.model_dump(mode="json")
     device = worker.device(config.device)
@@ -504,7 +705,11 @@ def run(config: RunConfig, out: str | Path, progress: bool = True, shard: tuple[
     method_fps.update({f"{row}__{t}": m.fingerprint() for (row, t), (m, _) in units.items()})
     store.root.mkdir(parents=True, exist_ok=True)
     with FileLock(store.locks_dir / "manifest.lock"):  # one of the run's processes writes the manifest
-        previous = store.read_manifest()
+        try:
+            previous = store.read_manifest()
+        except DamagedFileError as exc:
+            raise ConfigError(f"{exc}; the run's config cannot be checked against it: restore the file or give a "
+                              "new --out") from None
         if previous is not None and previous.get("config") != config_dump:
             raise ConfigError(f"{out} holds a run of another config; give a new --out (or the same config to resume)")
         if previous is not None:  # resuming: the same config must also mean the same weights and method settings
@@ -719,7 +924,8 @@ def summarize(store: RunStore, resolved: ResolvedRun, evaluators_by_task: dict[s
     rows += summarize_attacks(store)
     edits = (store.read_manifest() or {}).get("edits", {})
     for key, cost in edits.items():
-        method, target = key.split("__", 1)
+        # the edit names its row and target (row names never hold "__"; older manifests only have the key)
+        method, target = (cost["method"], cost["target"]) if "method" in cost else key.split("__", 1)
         for metric, value in cost.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 rows.append({"method": method, "target": target, "task": "edit", "role": "cost", "metric": metric,

@@ -9,11 +9,22 @@
 
 Every file is written to a temporary name and renamed, so a killed run leaves only whole files;
 started again, it skips the units whose records exist and regenerates no cached image.
+
+Integrity: the manifest, the summary and every record file get a SHA-256 kept at write time in a
+``<name>.sha256`` file beside them (``sha256sum -c`` reads it; it is written before the file it
+describes, so a whole file always has one). Reads verify it: a record file that is unreadable or
+differs from its checksum is reported by name and redone by the next ``erasebench run`` (a unit
+counts as done only when its file verifies); a damaged manifest or summary is a
+:class:`DamagedFileError` naming the file. Images carry their own pixel checksum
+(:class:`bench.generate.ImageCache`). ``erasebench check RUN`` verifies a whole run directory.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import logging
 import os
 import re
 import sys
@@ -28,18 +39,89 @@ PACKAGES = ("erasebench", "torch", "diffusers", "transformers", "open_clip_torch
             "pandas", "numpy", "safetensors")
 
 
+CHECKSUM_SUFFIX = ".sha256"
+log = logging.getLogger(__name__)
+
+
+class DamagedFileError(ValueError):
+    """A run-directory file that cannot be read or differs from the checksum kept when it was written."""
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path`` and rename it; the temporary file never outlives a failure."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=False, default=str).encode())
+    atomic_write_bytes(path, json_bytes(obj))
+
+
+def json_bytes(obj: Any) -> bytes:
+    return json.dumps(obj, indent=2, sort_keys=False, default=str).encode()
+
+
+# --------------------------------------------------------------------------- checksums
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def checksum_path(path: Path) -> Path:
+    """``records/x.parquet`` -> ``records/x.parquet.sha256``."""
+    path = Path(path)
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def write_checksummed(path: Path, data: bytes) -> None:
+    """Atomically write ``data`` and its SHA-256 (in ``sha256sum`` format, written first: a whole file always has
+    its checksum; a checksum whose file was never renamed into place describes nothing and is overwritten)."""
+    path = Path(path)
+    atomic_write_bytes(checksum_path(path), f"{sha256_hex(data)}  {path.name}\n".encode())
+    atomic_write_bytes(path, data)
+
+
+def read_verified(path: Path) -> bytes:
+    """The bytes of ``path``, checked against its ``.sha256`` when it has one (files of runs made before
+    checksums have none). Raises FileNotFoundError, or DamagedFileError naming the file."""
+    path = Path(path)
+    data = path.read_bytes()
+    sums = checksum_path(path)
+    if sums.exists():
+        text = sums.read_text(errors="replace").split()
+        expected = text[0] if text else ""
+        if sha256_hex(data) != expected:
+            raise DamagedFileError(f"{path}: damaged: its SHA-256 differs from the one kept when it was written "
+                                   f"({sums.name})")
+    return data
+
+
+def read_verified_json(path: Path) -> Any:
+    path = Path(path)
+    data = read_verified(path)
+    try:
+        return json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DamagedFileError(f"{path}: damaged: not valid JSON ({exc})") from None
+
+
+def read_verified_parquet(path: Path) -> pd.DataFrame:
+    path = Path(path)
+    data = read_verified(path)
+    try:
+        return pd.read_parquet(io.BytesIO(data))
+    except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ... for a truncated or garbled file
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DamagedFileError(f"{path}: damaged: not a readable parquet file ({first})") from None
 
 
 def package_versions() -> dict[str, str | None]:
@@ -59,6 +141,7 @@ def safe_name(text: str) -> str:
 class RunStore:
     def __init__(self, root: str | Path):
         self.root = Path(root)
+        self._reported: set[Path] = set()  # damaged files already warned about (once each)
 
     # paths
     @property
@@ -85,10 +168,16 @@ class RunStore:
 
     # manifest
     def read_manifest(self) -> dict | None:
-        return json.loads(self.manifest_path.read_text()) if self.manifest_path.exists() else None
+        """The manifest, or None when there is none; DamagedFileError (naming the file) when it is unreadable."""
+        if not self.manifest_path.exists():
+            return None
+        manifest = read_verified_json(self.manifest_path)
+        if not isinstance(manifest, dict):
+            raise DamagedFileError(f"{self.manifest_path}: damaged: not a JSON object")
+        return manifest
 
     def write_manifest(self, manifest: dict) -> None:
-        atomic_write_json(self.manifest_path, manifest)
+        write_checksummed(self.manifest_path, json_bytes(manifest))
 
     @property
     def locks_dir(self) -> Path:
@@ -110,33 +199,45 @@ class RunStore:
 
     # records
     def has_unit(self, method: str, target: str, task: str) -> bool:
-        return self.unit_path(method, target, task).exists()
+        """Whether the unit is done: its record file exists and verifies. A damaged one is reported (a warning
+        naming it) and counts as not done, so the run redoes it."""
+        path = self.unit_path(method, target, task)
+        if not path.exists():
+            return False
+        try:
+            read_verified_parquet(path)
+        except DamagedFileError as exc:
+            if path not in self._reported:
+                self._reported.add(path)
+                log.warning("erasebench: warning: %s; redoing the unit", exc)
+            return False
+        return True
 
     def write_unit(self, method: str, target: str, task: str, records: pd.DataFrame) -> Path:
         path = self.unit_path(method, target, task)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        records.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
+        buf = io.BytesIO()
+        records.to_parquet(buf, index=False)
+        write_checksummed(path, buf.getvalue())
         return path
 
     def read_unit(self, method: str, target: str, task: str) -> pd.DataFrame:
-        return pd.read_parquet(self.unit_path(method, target, task))
+        return read_verified_parquet(self.unit_path(method, target, task))
 
     def all_records(self) -> pd.DataFrame:
+        """Every record: the unit files, or the consolidated ``records.parquet`` when only it is there.
+        A damaged file raises DamagedFileError naming it."""
         if (self.root / "records.parquet").exists() and not self.records_dir.exists():
-            return pd.read_parquet(self.root / "records.parquet")
+            return read_verified_parquet(self.root / "records.parquet")
         parts = sorted(self.records_dir.glob("*.parquet")) if self.records_dir.exists() else []
         if not parts:
             return pd.DataFrame()
-        return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
+        return pd.concat([read_verified_parquet(p) for p in parts], ignore_index=True)
 
     def consolidate(self) -> Path:
         path = self.root / "records.parquet"
-        df = self.all_records()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
+        buf = io.BytesIO()
+        self.all_records().to_parquet(buf, index=False)
+        write_checksummed(path, buf.getvalue())
         return path
 
     # summary
@@ -145,9 +246,12 @@ class RunStore:
             missing = [k for k in SUMMARY_KEYS if k not in row]
             if missing:
                 raise ValueError(f"summary row lacks {missing}: {row}")
-        atomic_write_json(self.summary_path, {"rows": rows})
+        write_checksummed(self.summary_path, json_bytes({"rows": rows}))
 
     def read_summary(self) -> pd.DataFrame:
         if not self.summary_path.exists():
             raise FileNotFoundError(f"{self.root}: no summary.json (is this a finished erasebench run?)")
-        return pd.DataFrame(json.loads(self.summary_path.read_text())["rows"])
+        summary = read_verified_json(self.summary_path)
+        if not isinstance(summary, dict) or not isinstance(summary.get("rows"), list):
+            raise DamagedFileError(f"{self.summary_path}: damaged: not a summary ({{\"rows\": [...]}})")
+        return pd.DataFrame(summary["rows"])

@@ -188,10 +188,10 @@ def _key_text(col: pd.Series) -> pd.Series:
 
 
 def _summary(run: Path) -> pd.DataFrame | None:
-    path = Path(run) / "summary.json"
-    if not path.exists():
-        return None
-    return pd.DataFrame(json.loads(path.read_text())["rows"])
+    from bench.store import RunStore
+
+    store = RunStore(run)
+    return store.read_summary() if store.summary_path.exists() else None
 
 
 def metrics_to_compare(base_summary: pd.DataFrame | None, base_records: pd.DataFrame,
@@ -243,8 +243,8 @@ def compare_runs(base: str | Path, new: str | Path, tolerance: float = DEFAULT_T
     """Compare NEW against BASE image by image; see the module docstring for the verdicts."""
     from bench.metrics import METRICS
 
-    if tolerance < 0:
-        raise CompareError(f"tolerance must be >= 0 (got {tolerance})")
+    if not math.isfinite(tolerance) or tolerance < 0:  # NaN or inf would switch the gate off
+        raise CompareError(f"--tolerance must be a finite number >= 0 (got {tolerance})")
     if not 0 < confidence < 1:
         raise CompareError(f"confidence must be in (0, 1) (got {confidence})")
     base, new = Path(base), Path(new)
@@ -301,8 +301,9 @@ def compare_runs(base: str | Path, new: str | Path, tolerance: float = DEFAULT_T
 
 def _warn_on_manifests(base: Path, new: Path, notes: list[str]) -> None:
     def manifest(p: Path) -> dict:
-        f = p / "manifest.json"
-        return json.loads(f.read_text()) if f.exists() else {}
+        from bench.store import RunStore
+
+        return RunStore(p).read_manifest() or {}
 
     mb, mn = manifest(base), manifest(new)
     for key, get in (("suite", lambda m: m.get("suite")), ("seed", lambda m: (m.get("config") or {}).get("seed")),
@@ -316,10 +317,12 @@ def _warn_on_manifests(base: Path, new: Path, notes: list[str]) -> None:
 
 # --------------------------------------------------------------------------- CLI
 def cmd_compare(args) -> int:
+    from bench.store import DamagedFileError
+
     try:
         result = compare_runs(args.base, args.new, tolerance=args.tolerance, confidence=args.confidence,
                               resamples=args.resamples, seed=args.seed, allow_missing=args.allow_missing)
-    except CompareError as exc:  # bad input: the CLI's convention (status 2, one line per problem on stderr)
+    except (CompareError, DamagedFileError) as exc:  # bad input: status 2, one line per problem on stderr
         for line in str(exc).splitlines():
             print(f"erasebench: error: {line}", file=sys.stderr)
         return EXIT_USAGE

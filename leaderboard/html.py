@@ -185,13 +185,13 @@ def tradeoff_plot_png(board: Leaderboard) -> bytes | None:
                         color="#777" if ref else ("#c0392b" if front[i] else "#2c7fb8"), ecolor="#bbb",
                         elinewidth=1, capsize=2, markersize=6, zorder=3)
             ax.annotate(row["method"], (row["specificity"], row["efficacy"]), textcoords="offset points",
-                        xytext=(4, 4), fontsize=7)
+                        xytext=(4, 4), fontsize=7, parse_math=False)  # a label is text, never mathtext
         fs = s[front].sort_values("specificity", ascending=False)
         if len(fs) > 0:
             ax.step(fs["specificity"], fs["efficacy"], where="post", color="#c0392b", lw=1.2, alpha=0.8,
                     label="Pareto front", zorder=2)
             ax.legend(fontsize=7, loc="lower left")
-        ax.set_title(f"target: {target}", fontsize=9)
+        ax.set_title(f"target: {target}", fontsize=9, parse_math=False)
         ax.set_xlabel("specificity (relative to none)" if relative else "specificity", fontsize=8)
         ax.set_ylabel("efficacy (higher is better)", fontsize=8)
         ax.tick_params(labelsize=7)

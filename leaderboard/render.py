@@ -135,6 +135,15 @@ def _md_escape(text: str) -> str:
     return text.replace("|", "\\|")
 
 
+_MD_LABEL_SPECIAL = set("\\`*_[]<>|~$&")
+
+
+def md_label(text: str) -> str:
+    """A method or target label as literal Markdown text: the characters Markdown (and GitHub's math and HTML)
+    would interpret are backslash-escaped, so a label renders as written and cannot open a table cell."""
+    return "".join("\\" + ch if ch in _MD_LABEL_SPECIAL else ch for ch in str(text))
+
+
 def _markdown_table(board: Leaderboard, cols: list[Column], role_prefix: bool = True) -> list[str]:
     cols, rows, lookup = cells(board, cols)
     rows = [r for r in rows if any((r, c) in lookup for c in cols)]
@@ -147,8 +156,9 @@ def _markdown_table(board: Leaderboard, cols: list[Column], role_prefix: bool = 
     out = ["| " + " | ".join(_md_escape(h) for h in header) + " |",
            "|" + "---|" * 2 + "---:|" * len(cols)]
     for r in rows:
-        line = [r[0], r[1]] + [cell_text(lookup.get((r, c)), show_n=ns[c] is None) for c in cols]
-        out.append("| " + " | ".join(_md_escape(x) for x in line) + " |")
+        line = [md_label(r[0]), md_label(r[1])]
+        line += [_md_escape(cell_text(lookup.get((r, c)), show_n=ns[c] is None)) for c in cols]
+        out.append("| " + " | ".join(line) + " |")
     return out
 
 

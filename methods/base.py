@@ -10,6 +10,7 @@ A method never modifies the backbone it is given: it edits ``backbone.copy()``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -176,10 +177,17 @@ def build_config(config_class: type[MethodConfig], params: dict[str, Any], owner
         try:
             values[key] = _coerce(value, expected)
         except (TypeError, ValueError):
-            errors.append(f"{key}={value!r} is not {expected}")
+            finite = " (a finite number)" if _has_nonfinite(value) else ""
+            errors.append(f"{key}={value!r} is not {expected}{finite}")
     if errors:
         raise ValueError(f"bad parameter(s) for {owner or config_class.__name__}: {'; '.join(errors)}")
     return config_class(**values)
+
+
+def _has_nonfinite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    return isinstance(value, (list, tuple)) and any(_has_nonfinite(v) for v in value)
 
 
 def _coerce(value: Any, expected: Any) -> Any:
@@ -208,6 +216,8 @@ def _coerce(value: Any, expected: Any) -> Any:
         (inner, *_) = typing.get_args(expected) or (None,)
         return origin(_coerce(v, inner) for v in value)
     if expected is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):  # NaN or an infinity: no method parameter means anything as one
+            raise ValueError(value)
         return float(value)
     if expected is int and isinstance(value, int) and not isinstance(value, bool):
         return value
