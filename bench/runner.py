@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from bench.backbone import Backbone, apply_saved_edit, load_backbone
+from bench.backbone import Backbone, apply_saved_edit, load_backbone, resolve_attention
 from bench.config import ConfigError, RunConfig
 from bench.evaluators import EVALUATORS, Evaluator
 from bench.generate import ImageCache, SamplerConfig, generate, image_seed, resolve_precision
@@ -88,6 +88,7 @@ def resolve(config: RunConfig) -> ResolvedRun:
     sampler_spec = config.sampler.model_dump() if config.sampler else {**DEFAULT_SAMPLER, **suite.sampler}
     try:
         sampler_spec["precision"] = resolve_precision(sampler_spec.get("precision", "fp32"), config.device)
+        sampler_spec["attention"] = resolve_attention(sampler_spec.get("attention", "auto"), config.device, "sampling")
     except ValueError as exc:
         raise ConfigError(f"suite {suite.name}: sampler: {exc}") from None
     return ResolvedRun(config, suite, resolved, SamplerConfig(**sampler_spec), attacks=attack_specs)
@@ -286,6 +287,9 @@ def run(config: RunConfig, out: str | Path, progress: bool = True) -> Path:
             "config": config_dump,
             "suite": resolved.suite.name,
             "sampler": dataclasses.asdict(resolved.sampler),
+            # the attention processors per use (bench.backbone.ATTENTION_BY_DEVICE); sampling's is in every image key
+            "attention": {"sampling": resolved.sampler.attention,
+                          "gradients": resolve_attention("auto", device, "gradients")},
             "packages": package_versions(),
             "model": {"name": config.model, "fingerprint": base_fp, "kind": base.kind},
             "methods": method_fps,
