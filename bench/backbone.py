@@ -36,9 +36,9 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 # scaled_dot_product_attention, diffusers' default) and ``math`` (``AttnProcessor``: baddbmm, softmax,
 # bmm). They compute the same function and round differently, so the sampling choice is part of an
 # image's cache key (``bench.generate.image_key``). Chosen per device type and per use by measurement:
-# - CPU sampling: sdpa. Side by side in one process on 2 cores (benchmarks/generate_vs_diffusers.py,
-#   benchmarks/results/generate_vs_diffusers_cpu.json), sdpa sampled faster than math on the mini model
-#   and on an SD-shaped model.
+# - CPU sampling: sdpa. Side by side in one process, one thread (benchmarks/generate_vs_diffusers.py,
+#   benchmarks/results/generate_vs_diffusers_cpu_fp32.json), 16 images x 5 DDIM steps took 4.7-5.3 CPU s
+#   with sdpa against 6.5-7.0 with math on an SD-shaped model, and 1.39 against 1.40-1.56 on the mini model.
 # - CPU gradients: math (its backward was several times faster than SDPA's on CPU when the mini model
 #   was trained, bench/mini/train.py); load_backbone leaves it set for the methods that train.
 # - CUDA: sdpa for both (diffusers' default; flash / memory-efficient kernels).
