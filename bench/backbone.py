@@ -12,9 +12,11 @@ expensive edit runs once.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,13 +24,64 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, SchedulerMixin, UNet2DConditionModel
-from diffusers.models.attention_processor import AttnProcessor
+from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from transformers import AutoTokenizer, CLIPTextModel, PreTrainedTokenizerBase
 
 MINI_MODEL_DIR = Path(__file__).resolve().parent / "mini" / "weights" / "model"
 MARKER = "erasebench.json"
 COMPONENTS = ("unet", "text_encoder", "tokenizer", "scheduler", "vae")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+# Attention: diffusers' two stock processors, ``sdpa`` (``AttnProcessor2_0``, torch's
+# scaled_dot_product_attention, diffusers' default) and ``math`` (``AttnProcessor``: baddbmm, softmax,
+# bmm). They compute the same function and round differently, so the sampling choice is part of an
+# image's cache key (``bench.generate.image_key``). Chosen per device type and per use by measurement:
+# - CPU sampling: sdpa. Side by side in one process, one thread (benchmarks/generate_vs_diffusers.py,
+#   benchmarks/results/generate_vs_diffusers_cpu_fp32.json), 16 images x 5 DDIM steps took 4.7-5.3 CPU s
+#   with sdpa against 6.5-7.0 with math on an SD-shaped model, and 1.39 against 1.40-1.56 on the mini model.
+# - CPU gradients: math (its backward was several times faster than SDPA's on CPU when the mini model
+#   was trained, bench/mini/train.py); load_backbone leaves it set for the methods that train.
+# - CUDA: sdpa for both (diffusers' default; flash / memory-efficient kernels).
+ATTENTION = {"sdpa": AttnProcessor2_0, "math": AttnProcessor}
+ATTENTION_BY_DEVICE = {
+    "cpu": {"sampling": "sdpa", "gradients": "math"},
+    "cuda": {"sampling": "sdpa", "gradients": "sdpa"},
+}
+
+
+def resolve_attention(attention: str, device: torch.device | str, use: str = "sampling") -> str:
+    """``auto`` -> the measured choice for ``device``'s type and ``use`` (sampling | gradients); others unchanged."""
+    if attention == "auto":
+        return ATTENTION_BY_DEVICE.get(torch.device(device).type, {}).get(use, "sdpa")
+    if attention not in ATTENTION:
+        raise ValueError(f"unknown attention {attention!r}; valid: auto, {', '.join(ATTENTION)}")
+    return attention
+
+
+def attention_of(unet: torch.nn.Module) -> str | None:
+    """The stock processor every attention layer of ``unet`` uses (``sdpa``/``math``), or None if mixed/custom."""
+    kinds = {type(p) for p in unet.attn_processors.values()}
+    names = [name for name, cls in ATTENTION.items() if kinds == {cls}]
+    return names[0] if names else None
+
+
+@contextlib.contextmanager
+def using_attention(unet: torch.nn.Module, attention: str) -> Iterator[None]:
+    """Run a block with ``unet``'s stock attention processors set to ``attention``, then restore them.
+
+    Layers with any other (custom) processor are left as they are.
+    """
+    before = unet.attn_processors
+    stock = tuple(ATTENTION.values())
+    target = ATTENTION[attention]
+    if all(isinstance(p, target) or not isinstance(p, stock) for p in before.values()):
+        yield
+        return
+    unet.set_attn_processor({k: target() if isinstance(p, stock) else p for k, p in before.items()})
+    try:
+        yield
+    finally:
+        unet.set_attn_processor(before)
 
 
 class BackboneLoadError(RuntimeError):
@@ -266,9 +319,8 @@ def load_backbone(
     for module in (backbone.unet, backbone.text_encoder, backbone.vae):
         if module is not None:
             module.to(device, torch_dtype).eval().requires_grad_(False)
-    if device.type == "cpu":
-        # The math attention processor is several times faster than SDPA (esp. backward) on CPU.
-        backbone.unet.set_attn_processor(AttnProcessor())
+    # the attention for gradients (the methods that train); sampling switches to its own (using_attention)
+    backbone.unet.set_attn_processor(ATTENTION[resolve_attention("auto", device, "gradients")]())
     return backbone
 
 
@@ -293,6 +345,5 @@ def apply_saved_edit(backbone: Backbone, edit: str | Path) -> Backbone:
         module = cls.from_pretrained(folder / name, use_safetensors=True, torch_dtype=backbone.dtype)
         setattr(backbone, name, module.to(backbone.device).eval().requires_grad_(False))
     backbone.edits = list(meta.get("edits", []))
-    if backbone.device.type == "cpu":
-        backbone.unet.set_attn_processor(AttnProcessor())
+    backbone.unet.set_attn_processor(ATTENTION[resolve_attention("auto", backbone.device, "gradients")]())
     return backbone

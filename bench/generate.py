@@ -15,6 +15,7 @@ prediction at every step without touching weights.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -29,7 +30,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from tqdm.auto import tqdm
 
-from bench.backbone import Backbone
+from bench.backbone import Backbone, resolve_attention, using_attention
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ class SamplerConfig:
     # images). On a CPU with AVX512-BF16, `erasebench run --config configs/mini-adherence.yaml` took
     # 127 s in bf16 against 194 s in fp32, with the same adherence.
     precision: str = "fp32"
+    # "sdpa" | "math" | "auto" (the measured choice for the device: bench.backbone.ATTENTION_BY_DEVICE).
+    # The two processors round differently, so the resolved choice is part of every image's key.
+    attention: str = "auto"
 
 
 SAMPLERS = ("ddim", "dpm", "default")
@@ -121,6 +125,15 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
     return precision
 
 
+def resolve_sampler(sampler: SamplerConfig, device: torch.device | str) -> SamplerConfig:
+    """``sampler`` with its device-dependent choices (``precision``, ``attention``) made concrete for ``device``.
+
+    Images are keyed by the resolved sampler, so ``auto`` never stands for two different computations.
+    """
+    return dataclasses.replace(sampler, precision=resolve_precision(sampler.precision, device),
+                               attention=resolve_attention(sampler.attention, device, "sampling"))
+
+
 def autocast_to(device: torch.device, dtype: torch.dtype | None):
     """``torch.autocast`` to ``dtype`` on ``device`` (a no-op for None, i.e. full precision)."""
     if dtype is None:
@@ -156,8 +169,10 @@ def denoise(
     ``(step_index, timestep, latents_before_step)``. No gradients are taken.
     """
     hooks = backbone.guidance_hooks if hooks is None else hooks
+    sampler = resolve_sampler(sampler, backbone.device)
     scheduler = make_scheduler(backbone, sampler)
     scheduler.set_timesteps(sampler.steps, device=backbone.device)
+    step_kwargs = {"eta": sampler.eta} if "eta" in scheduler.step.__code__.co_varnames else {}
     n = len(prompts)
     if negative_prompts is None:
         neg = next((h.negative_prompt for h in hooks if getattr(h, "negative_prompt", None)), "")
@@ -167,28 +182,29 @@ def denoise(
         uncond = backbone.encode(negative_prompts)
         extra_prompts = {k: v for h in hooks for k, v in h.extra_prompts().items()}
         extra = {k: backbone.encode([v]).expand(n, -1, -1) for k, v in extra_prompts.items()}
+        # uncond, cond and the hooks' prompts go through the UNet as one batch (encoded once, not per step)
+        context = torch.cat([uncond, cond, *extra.values()])
     latents = latents * scheduler.init_noise_sigma
     autocast = unet_autocast(latents.device, sampler.precision)
     use_cfg = sampler.guidance > 1.0 or bool(hooks)
+    n_embs = 2 + len(extra)
     state: dict[str, Any] = {}
     trajectory = []
     timesteps = scheduler.timesteps
     stop = len(timesteps) if stop_step is None else stop_step
-    for i, t in enumerate(timesteps):
-        if i >= stop:
-            break
-        if i < start_step:
-            continue
-        if return_trajectory:
-            trajectory.append((i, t, latents.clone()))
-        with torch.no_grad():
+    with using_attention(backbone.unet, sampler.attention), torch.no_grad():
+        for i, t in enumerate(timesteps):
+            if i >= stop:
+                break
+            if i < start_step:
+                continue
+            if return_trajectory:
+                trajectory.append((i, t, latents.clone()))
             model_in = scheduler.scale_model_input(latents, t)
             if use_cfg:
-                embs = [uncond, cond, *extra.values()]
-                batch = torch.cat([model_in] * len(embs))
                 with autocast:
-                    eps = backbone.unet(batch, t, torch.cat(embs)).sample.to(latents.dtype)
-                chunks = eps.chunk(len(embs))
+                    eps = backbone.unet(torch.cat([model_in] * n_embs), t, context).sample.to(latents.dtype)
+                chunks = eps.chunk(n_embs)
                 eps_u, eps_c = chunks[0], chunks[1]
                 eps_extra = dict(zip(extra, chunks[2:]))
                 if hooks:
@@ -201,7 +217,6 @@ def denoise(
             else:
                 with autocast:
                     noise_pred = backbone.unet(model_in, t, cond).sample.to(latents.dtype)
-            step_kwargs = {"eta": sampler.eta} if "eta" in scheduler.step.__code__.co_varnames else {}
             latents = scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
     if return_trajectory:
         return latents, trajectory
@@ -302,23 +317,29 @@ def generate(
     if negative_prompts is None:
         neg = next((h.negative_prompt for h in backbone.guidance_hooks if getattr(h, "negative_prompt", None)), "")
         negative_prompts = [neg] * len(prompts)
+    sampler = resolve_sampler(sampler, backbone.device)
     fingerprint = model_fingerprint or backbone.fingerprint()
     keys = [image_key(fingerprint, p, q, s, sampler) for p, q, s in zip(prompts, negative_prompts, seeds)]
-    out: list[np.ndarray | None] = [cache.get(k) if cache else None for k in keys]
-    todo = [i for i, im in enumerate(out) if im is None]
+    # one image per distinct key: items that share (prompt, negative prompt, seed, sampler) are sampled once
+    first = {}
+    for i, k in enumerate(keys):
+        first.setdefault(k, i)
+    found: dict[str, np.ndarray | None] = {k: cache.get(k) if cache else None for k in first}
+    todo = [i for k, i in first.items() if found[k] is None]
     desc = progress if isinstance(progress, str) else "generate"
-    with tqdm(total=len(todo), desc=desc, unit="img", disable=not progress or not todo, leave=False) as bar:
+    with tqdm(total=len(todo), desc=desc, unit="img", disable=not progress or not todo, leave=False) as bar, \
+            torch.inference_mode():
         for start in range(0, len(todo), batch_size):
             idx = todo[start : start + batch_size]
             noise = initial_noise(backbone, [seeds[i] for i in idx])
             latents = denoise(
                 backbone, [prompts[i] for i in idx], noise, sampler, negative_prompts=[negative_prompts[i] for i in idx]
             )
-            with torch.no_grad():
-                images = to_uint8(backbone.decode(latents))
+            images = to_uint8(backbone.decode(latents))
             for j, i in enumerate(idx):
-                out[i] = images[j]
+                found[keys[i]] = images[j]
                 if cache is not None:
                     cache.put(keys[i], images[j])
             bar.update(len(idx))
+    out = [found[k] for k in keys]
     return from_uint8(np.stack(out)), keys

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import logging
 import os
 import socket
@@ -30,7 +31,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from bench.backbone import Backbone, apply_saved_edit, load_backbone
+from bench.backbone import Backbone, apply_saved_edit, load_backbone, resolve_attention
 from bench.config import ConfigError, RunConfig
 from bench.distributed import AggregateProgress, assigned, worker_from_env
 from bench.evaluators import EVALUATORS, Evaluator
@@ -38,7 +39,7 @@ from bench.generate import ImageCache, SamplerConfig, generate, image_seed, reso
 from bench.locks import FileLock
 from bench.metrics import METRICS, compute_metric
 from bench.registry import UnknownNameError
-from bench.store import DamagedFileError, RunStore, atomic_write_json, package_versions
+from bench.store import DamagedFileError, RunStore, package_versions, write_checksummed
 from bench.suites import PromptContext, Suite, SuiteError, Task, build_prompts, load_suite
 
 DEFAULT_SAMPLER = {"name": "ddim", "steps": 25, "guidance": 5.0}
@@ -218,6 +219,7 @@ def _check(config: RunConfig, skip: set[str] = frozenset(), index: dict[str, lis
     sampler_spec = config.sampler.model_dump() if config.sampler else {**DEFAULT_SAMPLER, **suite.sampler}
     try:
         sampler_spec["precision"] = resolve_precision(sampler_spec.get("precision", "fp32"), config.device)
+        sampler_spec["attention"] = resolve_attention(sampler_spec.get("attention", "auto"), config.device, "sampling")
     except ValueError as exc:
         return [f"suite {suite.name}: sampler: {exc}"], None
     return [], ResolvedRun(config, suite, resolved, SamplerConfig(**sampler_spec), attacks=attack_specs)
@@ -723,6 +725,9 @@ def _run(config: RunConfig, out: str | Path, progress: bool, shard: tuple[int, i
                 "config": config_dump,
                 "suite": resolved.suite.name,
                 "sampler": dataclasses.asdict(resolved.sampler),
+                # the attention processors per use (bench.backbone.ATTENTION_BY_DEVICE); sampling's is in every image key
+                "attention": {"sampling": resolved.sampler.attention,
+                              "gradients": resolve_attention("auto", device, "gradients")},
                 "packages": package_versions(),
                 "model": {"name": config.model, "fingerprint": base_fp, "kind": base.kind},
                 "methods": method_fps,
@@ -799,7 +804,7 @@ def _run(config: RunConfig, out: str | Path, progress: bool, shard: tuple[int, i
         stats = {"worker": worker.name, "pid": os.getpid(), "host": socket.gethostname(), "items": len(plan.items),
                  "busy_seconds": busy + edits.busy_seconds, "waited_seconds": waited,
                  "wall_seconds": time.perf_counter() - t_start, "wrote_summary": not missing}
-        atomic_write_json(store.root / "logs" / f"{worker.name}.json", stats)
+        write_checksummed(store.root / "logs" / f"{worker.name}.json", json.dumps(stats, indent=2).encode())
     except BaseException:
         log.exception("worker %s stopped by an error", worker.name)
         raise
