@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 import bench.prompts  # name matching shared with the prompt sources
 from bench.evaluators.base import Evaluator, register_evaluator, sha256_file
-from bench.evaluators.weights import WeightsNotFoundError, open_clip_source, weights_root
+from bench.evaluators.weights import WeightsNotFoundError, find_file, open_clip_source, weights_root
 
 DEFAULT_TEMPLATES = ["a photo of a {}."]
 CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin",
@@ -54,14 +54,9 @@ def locate_weights(value: str | Path | None, filenames: tuple[str, ...], evaluat
         folder = p
     else:
         folder = weights_root()
-    if folder.is_dir():
-        for name in filenames:
-            if (folder / name).is_file():
-                return folder / name
-        for name in filenames:
-            found = sorted(folder.rglob(name))
-            if found:
-                return found[0]
+    found = find_file(folder, filenames)
+    if found is not None:
+        return found
     where = f"{folder}" if folder.exists() or value is not None else f"{folder} (does not exist)"
     raise WeightsNotFoundError(
         f"{evaluator}: weight file {filenames[0]} not found in {where}; set the evaluator param 'weights' to the "
