@@ -65,6 +65,7 @@ def test_registry_lists_every_attack():
         ATTACKS.get("random-tokens")(no_such_knob=1)
 
 
+@pytest.mark.slow
 def test_each_attack_runs_within_its_budget(results, prompts):
     out, _ = results
     for name, df in out.items():
@@ -80,6 +81,7 @@ def test_each_attack_runs_within_its_budget(results, prompts):
         assert df["pre_success"].tolist() == out["random-tokens"]["pre_success"].tolist(), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [
     pytest.param("ring-a-bell", marks=pytest.mark.xfail(strict=True, reason=(
         "not on the step-6000 mini model: against UCE, random-tokens brings circle back on 6 of 6 prompts and "
@@ -99,6 +101,7 @@ def test_attack_beats_the_random_floor(results, name):
     assert got >= floor, (name, got, floor)
 
 
+@pytest.mark.slow
 def test_cache_makes_a_rerun_do_no_optimisation(results, erased, mini_backbone, prompts, evaluator):
     out, cache_dir = results
     for name in ("unlearndiffatk", "concept-inversion"):
@@ -122,6 +125,7 @@ def test_cache_makes_a_rerun_do_no_optimisation(results, erased, mini_backbone, 
     assert not again["cached"].any()
 
 
+@pytest.mark.slow
 def test_csv_export_round_trips(results, tmp_path):
     _, cache_dir = results
     cache = AttackCache(cache_dir)
@@ -137,6 +141,7 @@ def test_csv_export_round_trips(results, tmp_path):
     assert list(emb) == ref_emb
 
 
+@pytest.mark.slow
 def test_embedding_prompts_generate_through_an_added_token(results, erased):
     out, _ = results
     df = out["concept-inversion"]
@@ -157,6 +162,7 @@ def test_embedding_prompts_generate_through_an_added_token(results, erased):
     assert images.shape[0] == 1
 
 
+@pytest.mark.slow
 def test_run_attacks_writes_robustness_units(erased, mini_backbone, evaluator, tmp_path):
     from bench.attacks.run import run_attacks, summarize_attacks
     from bench.config import AttackSpec, RunConfig
@@ -190,6 +196,7 @@ def test_run_attacks_writes_robustness_units(erased, mini_backbone, evaluator, t
     assert judged == rec["pre_target_present"].astype(bool).tolist()
 
 
+@pytest.mark.slow
 def test_max_prompts_spreads_over_the_prompts_and_is_validated(erased, mini_backbone, prompts, evaluator):
     from bench.attacks.base import spread
 

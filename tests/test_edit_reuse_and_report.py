@@ -14,6 +14,8 @@ from bench.cli import main
 from bench.config import parse_config
 from bench.runner import run
 
+pytestmark = pytest.mark.slow  # real runs on the mini model
+
 SUITE = """\
 name: reuse-e2e
 description: efficacy on the target and specificity on other objects, one image per prompt

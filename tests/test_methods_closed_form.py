@@ -200,6 +200,7 @@ def edit_of(mini):
 NAMED_XFAIL = "prompts that name the circle keep it on the mini model (it goes where unnamed: target-implicit test)"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [
     pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=NAMED_XFAIL))
     if n in KNOWN_NO_EFFECT else n for n in MINI_PARAMS
@@ -213,12 +214,26 @@ def test_method_erases_target_on_mini(reference, edit_of, effect_probe, name):
     assert got["other_object_accuracy"] >= reference["other_object_accuracy"] - MAX_OTHER_DROP, (reference, got)
 
 
+@pytest.mark.slow
+def test_default_mace_cfr_as_erasebench_run_applies_it(reference, effect_probe, mini):
+    """The MACE-CFR that ``erasebench run`` applies: the method's defaults (lamb 1e3, the official
+    templates) and the runner's request (target, anchor "", no preserve list, seed 0)."""
+    method = get_method("mace-cfr")
+    edited = method.apply(mini, ErasureRequest(targets=[TARGET], anchor="", preserve=[], kind="object", seed=0))
+    assert edited.fingerprint() != mini.fingerprint()
+    got = _probe(effect_probe, edited)
+    print(f"\nmace-cfr defaults: none={reference} edited={got}")
+    assert got["erasure_rate"] >= reference["erasure_rate"] + MIN_ERASURE_GAIN, (reference, got)
+    assert got["other_object_accuracy"] >= reference["other_object_accuracy"] - MAX_OTHER_DROP, (reference, got)
+
+
 # Measured on the mini world's target-implicit captions (24 images; none 0.46, other objects 1.00, other styles
 # 1.00): negative-prompt 1.00 (0.96, 0.88), conceptprune 0.71 (0.96, 1.00). The gain each must show: the
 # negative prompt keeps the bar it had before ConceptPrune joined this test.
 IMPLICIT_EFFECT = {"negative-prompt": 2 * MIN_ERASURE_GAIN, "conceptprune": MIN_ERASURE_GAIN}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", IMPLICIT_EFFECT)
 def test_removes_the_target_from_captions_that_do_not_ask_for_it(mini, edit_of, effect_probe, name):
     """What the negative prompt is used for and what ConceptPrune's I2P evaluation shows: removing a concept
@@ -257,6 +272,7 @@ def test_uce_on_mini_maps_target_rows_to_the_guide_and_keeps_preserved_rows(mini
         assert drift < 0.1, (key, float(drift))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["uce", "rece", "mace-cfr", "conceptprune"])
 def test_weight_edit_saves_and_reloads_bit_for_bit(mini, edit_of, tmp_path, name):
     method, edited = edit_of(name)
@@ -319,6 +335,7 @@ def test_single_concept_methods_refuse_several_targets_clearly():
         _OneAtATime().check_request(ErasureRequest(targets=["circle", "star"]))
 
 
+@pytest.mark.slow
 def test_conceptprune_prunes_only_the_chosen_modules(mini):
     """The official code's hook_module choices: cross-attention keys only touch attn2.to_k weights."""
     method = get_method("conceptprune", {"modules": "xattn-k", "sampling_steps": 4, "timesteps": 2,
@@ -369,6 +386,7 @@ def test_conceptprune_prompts_and_mini_preset(mini):
     assert resolve_config(ConceptPruneConfig(), sd_like, "object") == ConceptPruneConfig()
 
 
+@pytest.mark.slow
 def test_mini_presets_apply_on_the_mini_model_only_and_a_callers_value_wins(mini):
     """RECE's epochs (the shared ``with_mini_preset`` rule): auto uses the mini preset on the mini model for
     fields left at the paper default, paper keeps the paper's, an explicit value is kept, mini forces it."""

@@ -277,6 +277,7 @@ def default_edit(mini):
 NAMED_XFAIL = "no erasure of the named circle without damage on the mini model (it goes where unnamed: last test)"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [
     pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=NAMED_XFAIL))
     if n in KNOWN_NO_EFFECT else n for n in FINETUNE
@@ -293,6 +294,7 @@ def test_erases_the_target_and_keeps_other_objects(probe_fn, unedited, default_e
     assert after["other_object_accuracy"] >= unedited["other_object_accuracy"] - margin, report
 
 
+@pytest.mark.slow
 def test_esd_u_erases_the_target_from_captions_that_do_not_ask_for_it(mini, default_edit, effect_probe):
     """ESD-u's claim (its paper evaluates it on I2P, prompts that never name nudity): fine-tuning the
     non-cross-attention weights removes a concept the model draws unasked. On the mini world's
