@@ -215,6 +215,12 @@ def test_method_erases_target_on_mini(reference, edit_of, effect_probe, name):
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "not on the mini model with the paper's defaults: on the effect seed (24 target / 28 other-object images) "
+    "circle erasure 0.00 -> 0.125 (bar: +0.20), other objects 1.00 -> 1.00. lamb=1e3 against the mini model's "
+    "smaller data term (24 rows of norm ~12, see methods/mace_cfr.py) and templates mostly outside its vocabulary "
+    "make the edit weak; with lamb 1 and mini templates (MINI_PARAMS) it erases 0.25. Not tuned: the day the "
+    "default works on the mini model, this test says so."))
 def test_default_mace_cfr_as_erasebench_run_applies_it(reference, effect_probe, mini):
     """The MACE-CFR that ``erasebench run`` applies: the method's defaults (lamb 1e3, the official
     templates) and the runner's request (target, anchor "", no preserve list, seed 0)."""
