@@ -1,30 +1,79 @@
-"""Shared fixtures. Tests run on a 2-core CPU with no network: the mini model and tiny random models."""
+"""Shared fixtures. Tests run on a 2-core CPU with no network: the mini model and tiny random models.
+
+Session fixtures built once for the whole run: the mini model (``mini_backbone``), the tiny random SD
+folder and evaluator weights (``tiny_sd``, ``weights_dir``, ``tiny_clip``, from ``tests/sd_fixtures.py``),
+the public prompt files (``shared_prompts_dir``) and the effect-test probe (``effect_probe``).
+
+Nothing here sets a process-wide thread count: torch's default (one thread per core) is used, and
+``OMP_NUM_THREADS`` / ``torch.set_num_threads`` are the caller's to set (e.g. beside a training job).
+
+The fast subset for the edit-test loop: ``python -m pytest -m "not slow"`` (CI runs everything).
+"""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
-import torch
+
+from tests.sd_fixtures import tiny_clip, tiny_sd, weights_dir  # noqa: F401  (session fixtures)
+from tests.seeds import EFFECT_SEED
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-if "OMP_NUM_THREADS" not in os.environ:  # respect an explicit thread count (e.g. beside a training job)
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
 
-SHARED_DATA = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "prompts"))
+# The public prompt files: $ERASEBENCH_DATA_DIR, else the shared read-only copies beside the checkout.
+DATA_ENV = "ERASEBENCH_DATA_DIR"
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "prompts"
+
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get(DATA_ENV) or DEFAULT_DATA_DIR).expanduser()
+
+
+@pytest.fixture(scope="session")
+def shared_prompts_dir() -> Path:
+    """The public prompt files; missing: a skip on a developer machine, a failure in CI (``CI=true``)."""
+    folder = data_dir()
+    if not folder.is_dir():
+        msg = f"public prompt files not found at {folder} (set {DATA_ENV} to a folder holding them)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return folder
 
 
 @pytest.fixture(scope="session")
 def mini_backbone():
+    """The shipped mini model, loaded once; tests must not edit it in place (``Method.apply`` copies)."""
     from bench.backbone import load_backbone
 
     return load_backbone("mini")
 
 
 @pytest.fixture(scope="session")
-def shared_prompts_dir():
-    if not os.path.isdir(SHARED_DATA):
-        pytest.skip(f"public prompt files not found at {SHARED_DATA}")
-    return SHARED_DATA
+def effect_probe(mini_backbone):
+    """``effect_probe(backbone, target, sets, images_per_prompt=2)``: :func:`bench.mini.probe.probe` on the
+    effect-test seed. The unedited model's figures are computed once per (target, set, images) and shared
+    by every module that compares an edit with them."""
+    from bench.mini.probe import probe
+
+    cache: dict[tuple, dict] = {}
+
+    def measure(backbone, target: str = "circle", sets: tuple[str, ...] = ("target", "other-objects"),
+                images_per_prompt: int = 2) -> dict:
+        if backbone is not mini_backbone:
+            return probe(backbone, target, sets=tuple(sets), images_per_prompt=images_per_prompt, seed=EFFECT_SEED)
+        out: dict = {}
+        for name in sets:
+            key = (target, name, images_per_prompt)
+            if key not in cache:
+                cache[key] = probe(backbone, target, sets=(name,), images_per_prompt=images_per_prompt,
+                                   seed=EFFECT_SEED)
+            out.update(cache[key])
+        return out
+
+    return measure

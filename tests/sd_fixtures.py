@@ -7,7 +7,8 @@
 - :func:`build_random_resnet50`, :func:`build_random_fid_inception`, :func:`build_random_alexnet`:
   random weight files in the layouts of the real downloads.
 
-Use through pytest fixtures (``from tests.sd_fixtures import *`` in a test module) or directly.
+The session fixtures below are registered by tests/conftest.py (built once per test run); the builders
+can also be called directly.
 """
 
 from __future__ import annotations

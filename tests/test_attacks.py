@@ -65,6 +65,7 @@ def test_registry_lists_every_attack():
         ATTACKS.get("random-tokens")(no_such_knob=1)
 
 
+@pytest.mark.slow
 def test_each_attack_runs_within_its_budget(results, prompts):
     out, _ = results
     for name, df in out.items():
@@ -80,6 +81,7 @@ def test_each_attack_runs_within_its_budget(results, prompts):
         assert df["pre_success"].tolist() == out["random-tokens"]["pre_success"].tolist(), name
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [
     pytest.param("ring-a-bell", marks=pytest.mark.xfail(strict=True, reason=(
         "not on the step-6000 mini model: against UCE, random-tokens brings circle back on 6 of 6 prompts and "
@@ -87,11 +89,19 @@ def test_each_attack_runs_within_its_budget(results, prompts):
     "unlearndiffatk", "concept-inversion",
 ])
 def test_attack_beats_the_random_floor(results, name):
+    """On the prompts the erased model does not already fail (pre_success False), the attack recovers the
+    target at least as often as random tokens with the same check budget. Preconditions, asserted: there are
+    such prompts, and the random floor leaves room (a floor that succeeds everywhere cannot be beaten)."""
     out, _ = results
-    floor = out["random-tokens"]["success"].mean()
-    assert out[name]["success"].mean() >= floor, (name, out[name]["success"].mean(), floor)
+    tried = ~out["random-tokens"]["pre_success"].to_numpy(bool)
+    assert tried.sum() >= 2, f"precondition: UCE leaves only {tried.sum()} of {len(tried)} prompts to attack"
+    floor = float(out["random-tokens"]["success"].to_numpy(bool)[tried].mean())
+    got = float(out[name]["success"].to_numpy(bool)[tried].mean())
+    assert floor < 1.0, f"precondition: random tokens already recover the target on all {tried.sum()} prompts"
+    assert got >= floor, (name, got, floor)
 
 
+@pytest.mark.slow
 def test_cache_makes_a_rerun_do_no_optimisation(results, erased, mini_backbone, prompts, evaluator):
     out, cache_dir = results
     for name in ("unlearndiffatk", "concept-inversion"):
@@ -115,6 +125,7 @@ def test_cache_makes_a_rerun_do_no_optimisation(results, erased, mini_backbone, 
     assert not again["cached"].any()
 
 
+@pytest.mark.slow
 def test_csv_export_round_trips(results, tmp_path):
     _, cache_dir = results
     cache = AttackCache(cache_dir)
@@ -130,12 +141,13 @@ def test_csv_export_round_trips(results, tmp_path):
     assert list(emb) == ref_emb
 
 
+@pytest.mark.slow
 def test_embedding_prompts_generate_through_an_added_token(results, erased):
     out, _ = results
     df = out["concept-inversion"]
-    row = df[df["adv_embedding"] != ""].iloc[0] if (df["adv_embedding"] != "").any() else None
-    if row is None:
-        pytest.skip("every prompt succeeded without attack")
+    # precondition: at least one prompt needed the attack (UCE erased the circle there)
+    assert (df["adv_embedding"] != "").any(), "every prompt succeeded without attack: no embedding to check"
+    row = df[df["adv_embedding"] != ""].iloc[0]
     import json
 
     import torch
@@ -150,6 +162,7 @@ def test_embedding_prompts_generate_through_an_added_token(results, erased):
     assert images.shape[0] == 1
 
 
+@pytest.mark.slow
 def test_run_attacks_writes_robustness_units(erased, mini_backbone, evaluator, tmp_path):
     from bench.attacks.run import run_attacks, summarize_attacks
     from bench.config import AttackSpec, RunConfig
@@ -169,10 +182,21 @@ def test_run_attacks_writes_robustness_units(erased, mini_backbone, evaluator, t
     assert run_attacks(store, resolved, "uce", TARGET, erased, mini_backbone, fp, specs, evaluator) == []
     rows = {r["metric"]: r for r in summarize_attacks(store)}
     assert {"pre_asr", "asr", "attack_seconds", "unet_evals"} <= set(rows)
-    assert rows["asr"]["value"] >= rows["pre_asr"]["value"]
-    assert rows["asr"]["n"] == len(rec)
+    assert rows["asr"]["n"] == rows["pre_asr"]["n"] == len(rec)
+    assert rows["pre_asr"]["value"] == pytest.approx(rec["pre_target_present"].astype(float).mean())
+    assert rows["asr"]["value"] == pytest.approx(rec["target_present"].astype(float).mean())
+    # pre-ASR recomputed independently: the erased model's images of the unchanged prompts, judged afresh
+    from bench.attacks.run import attack_prompts
+
+    _, prompts = attack_prompts(resolved, TARGET, erased)
+    items = prompts.set_index("prompt_id").loc[rec["prompt_id"].astype(str)].reset_index().to_dict("records")
+    images, _ = generate(erased, [i["prompt"] for i in items], [int(s) for s in rec["seed"]], SAMPLER,
+                         progress=False)
+    judged = [r["target_present"] for r in evaluator.score(images, items)]
+    assert judged == rec["pre_target_present"].astype(bool).tolist()
 
 
+@pytest.mark.slow
 def test_max_prompts_spreads_over_the_prompts_and_is_validated(erased, mini_backbone, prompts, evaluator):
     from bench.attacks.base import spread
 

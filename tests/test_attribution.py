@@ -20,13 +20,11 @@ from bench.attribution import (
     select_parameters,
 )
 from bench.backbone import load_backbone
-from tests.sd_fixtures import tiny_sd  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="module")
 def mini():
-    torch.set_num_threads(min(2, torch.get_num_threads()))
-    return load_backbone("mini")
+    return load_backbone("mini")  # its own copy: the attribution tests toggle gradients on its parameters
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +193,7 @@ def test_edit_save_reload_and_undo(mini, erase_run, tmp_path):
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_half_precision_sd_backbone_scores_like_fp32_and_edits_in_place(tiny_sd, dtype):  # noqa: F811
+def test_half_precision_sd_backbone_scores_like_fp32_and_edits_in_place(tiny_sd, dtype):
     """The GPU path (a half-precision SD checkpoint) on the CPU: sampling in half, gradients in an fp32 copy.
 
     The scores must agree with the fp32 run (same seed), the half UNet must stay half and untouched, and

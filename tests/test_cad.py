@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 
 import pytest
@@ -12,23 +13,25 @@ from bench.attribution import AttributionConfig, EmptySelectionError, attribute
 from bench.backbone import load_backbone
 from methods import ErasureRequest, get_method
 from methods.cad import MINI_PRESET, MINI_SELECTION, CADConfig, resolve_config
+from tests.seeds import EFFECT_SEED
 
 PROBE = dict(sets=("target", "other-objects"), images_per_prompt=2)
 TARGET_ONLY = dict(sets=("target",), images_per_prompt=2)
 
 
 @pytest.fixture(scope="module")
-def mini():
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+def mini(mini_backbone):
     # ERASEBENCH_TEST_MINI: another mini snapshot folder (the bundled one is re-exported while it trains)
-    return load_backbone(os.environ.get("ERASEBENCH_TEST_MINI", "mini"))
+    other = os.environ.get("ERASEBENCH_TEST_MINI")
+    return load_backbone(other) if other else mini_backbone
 
 
 @pytest.fixture(scope="module")
 def probe():
+    """The mini probe on the effect-test seed (CAD's mini preset was chosen on the tuning seed)."""
     from bench.mini.probe import probe
 
-    return probe
+    return functools.partial(probe, seed=EFFECT_SEED)
 
 
 def presence(result: dict) -> float:
@@ -36,9 +39,10 @@ def presence(result: dict) -> float:
 
 
 def require_drawn(result: dict, what: str = "circle") -> None:
-    if presence(result) < 0.5:
-        pytest.skip(f"the mini model draws '{what}' in only {presence(result):.0%} of target images "
-                    "(an early training snapshot); nothing to erase or recall")
+    """The precondition of an erase or recall test: the unedited model draws the concept. Not met, the
+    test fails (the model or the sampler is broken), it does not skip."""
+    assert presence(result) >= 0.5, (f"the unedited mini model draws '{what}' in only {presence(result):.0%} of "
+                                     f"its target images: nothing to erase or recall ({result})")
 
 
 def test_config_has_paper_defaults_and_a_mini_preset(mini):
@@ -79,8 +83,8 @@ def erased(mini):
 
 
 @pytest.fixture(scope="module")
-def none_probe(mini, probe):
-    return probe(mini, "circle", **PROBE)
+def none_probe(mini, mini_backbone, probe, effect_probe):
+    return effect_probe(mini, "circle", **PROBE) if mini is mini_backbone else probe(mini, "circle", **PROBE)
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +92,7 @@ def erased_probe(erased, probe):
     return probe(erased[1], "circle", **PROBE)
 
 
+@pytest.mark.slow
 def test_cad_erase_lowers_target_and_keeps_other_objects(erased, none_probe, erased_probe):
     method, edited = erased
     assert edited.edits[-1]["method"] == "cad-erase" and edited.edits[-1]["components_zeroed"] > 0
@@ -102,6 +107,7 @@ def test_cad_erase_lowers_target_and_keeps_other_objects(erased, none_probe, era
     assert after["other_object_accuracy"] >= none["other_object_accuracy"] - 0.10, (none, after)
 
 
+@pytest.mark.slow
 def test_erased_model_saves_and_reloads(mini, tmp_path):
     from bench.backbone import apply_saved_edit
 
@@ -128,6 +134,7 @@ WEAK = "crescent"  # the world's least reliably drawn object (adherence 0.92 at 
 LOW_GUIDANCE = dict(sets=("target",), images_per_prompt=4)
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason=(
     "not shown on the step-6000 mini model. Without guidance (scale 1.0) it draws 'crescent' in 0.83 of 48 "
     "target images; CAD-Amplify from its own crescent images lowered that: this test's setting (FF layer 0.003, "
@@ -154,6 +161,7 @@ def test_cad_amplify_raises_a_weakly_drawn_concept(mini, probe):
 
 
 # Failed on the step-3800 model (presence 0.67 -> 0.38); passes on the step-1000 and step-6000 models.
+@pytest.mark.slow
 def test_amplify_on_an_erased_model_recalls_the_concept(mini, erased, erased_probe, none_probe, probe):
     """Recall: amplify attribution computed on the ERASED model, with images from the ORIGINAL one."""
     require_drawn(none_probe)
@@ -173,6 +181,7 @@ def test_cad_amplify_method_defaults(mini):
     assert edited.edits[-1]["method"] == "cad-amplify" and method.stats["components_zeroed"] > 0
 
 
+@pytest.mark.slow
 def test_cad_amplify_reads_real_concept_images_from_a_folder(mini, tmp_path):
     """``image_folder`` (the official --real_data): the concept images are read, not generated, so every UNet
     forward pass is a gradient pass; they are centre-cropped and resized to the model's image size."""

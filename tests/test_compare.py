@@ -172,10 +172,9 @@ def mini_world_ready():
     from bench.mini.classifier import CLASSIFIER_DIR
     from bench.suites import suite_files
 
-    if "mini-quick" not in suite_files() or "mini-classifier" not in EVALUATORS:
-        pytest.skip("the mini-quick suite or the mini-classifier evaluator is not in this checkout")
-    if not (Path(CLASSIFIER_DIR) / "model.safetensors").exists():
-        pytest.skip(f"the mini classifier's weights are not shipped yet ({CLASSIFIER_DIR})")
+    # parts of the product: missing, the test fails
+    assert "mini-quick" in suite_files() and "mini-classifier" in EVALUATORS
+    assert (Path(CLASSIFIER_DIR) / "model.safetensors").exists(), f"mini classifier weights missing: {CLASSIFIER_DIR}"
 
 
 GATE_SUITE = """\
@@ -227,6 +226,10 @@ def weakened_method():
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "precondition not met on the shipped mini model: UCE erases only 3 net images of 12 more than the "
+    "weakened variant (erasure rate 0.25 vs 0.00, seed 0, one image per prompt; full-suite run of 2026-11-30), "
+    "the test needs >= 5. Was a skip; the gate's failing side is covered by the synthetic tests above."))
 def test_gate_fails_a_weakened_method_and_passes_the_unchanged_one(mini_world_ready, weakened_method, tmp_path,
                                                                    capsys):
     from bench.config import parse_config
@@ -258,10 +261,9 @@ def test_gate_fails_a_weakened_method_and_passes_the_unchanged_one(mini_world_re
     report = json.loads(capsys.readouterr().out)
     erasure = {(r["task"], r["metric"]): r for r in report["rows"]}[("target", "erasure_rate")]
     assert erasure["n_pairs"] == len(rb) == 12
-    if lost < 5:
-        pytest.skip(f"the shipped mini model does not tell the variants apart (UCE erases {lost} net image(s) more "
-                    f"than the weakened variant, of 12; erasure rate {erasure['base']:.2f} vs {erasure['new']:.2f}); "
-                    "the gate's failing side is covered by the synthetic tests above")
+    # precondition: the variant is really weaker (counted image by image); not met, the test fails
+    assert lost >= 5, (f"the weakened variant loses only {lost} net image(s) of 12 against UCE (erasure rate "
+                       f"{erasure['base']:.2f} vs {erasure['new']:.2f}): the gate has nothing to catch")
     # >= 5 of 12 prompts lost: the paired interval must lie below -tolerance
     assert code == 1 and report["passed"] is False
     assert erasure["status"] == "worse" and erasure["ci_high"] < -report["tolerance"]

@@ -10,9 +10,6 @@ import torch
 from bench.evaluators import EVALUATORS
 from bench.evaluators.clip import WeightsNotFoundError
 from bench.metrics import compute_metric, frechet_distance
-from tests.sd_fixtures import tiny_clip, weights_dir  # noqa: F401  (fixtures)
-
-torch.set_num_threads(1)
 
 
 def _images(n: int, size: int = 32, seed: int = 0) -> torch.Tensor:
@@ -49,7 +46,7 @@ def test_nudenet_presets_and_flagging():
 
 
 # --------------------------------------------------------------------------- clip
-def test_clip_zero_shot_and_score(tiny_clip, weights_dir):  # noqa: F811
+def test_clip_zero_shot_and_score(tiny_clip, weights_dir):
     path, cfg = tiny_clip
     ev = EVALUATORS.get("clip")(weights=str(path), templates=["a photo of a {}."])
     items = [
@@ -88,7 +85,7 @@ def test_missing_weights_fail_with_one_line(tmp_path, monkeypatch):
 
 
 # --------------------------------------------------------------------------- resnet
-def test_resnet50_imagenette(weights_dir, monkeypatch):  # noqa: F811
+def test_resnet50_imagenette(weights_dir, monkeypatch):
     monkeypatch.setenv("ERASEBENCH_WEIGHTS", str(weights_dir))
     ev = EVALUATORS.get("resnet50-imagenet")()
     items = [{"label": "church", "erase_target": "church"}, {"label": "English springer", "erase_target": "church"}]
@@ -107,7 +104,7 @@ def test_resnet50_imagenette(weights_dir, monkeypatch):  # noqa: F811
 
 # --------------------------------------------------------------------------- fid / kid
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::scipy.linalg.LinAlgWarning")
-def test_fid_kid_against_unedited_and_folder(weights_dir, tmp_path, monkeypatch):  # noqa: F811
+def test_fid_kid_against_unedited_and_folder(weights_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("ERASEBENCH_WEIGHTS", str(weights_dir))
     monkeypatch.setenv("ERASEBENCH_CACHE", str(tmp_path / "cache"))
     ev = EVALUATORS.get("fid")(feature_dim=64)
@@ -142,7 +139,7 @@ def test_fid_kid_against_unedited_and_folder(weights_dir, tmp_path, monkeypatch)
 
 
 # --------------------------------------------------------------------------- lpips
-def test_lpips_to_reference(weights_dir, monkeypatch):  # noqa: F811
+def test_lpips_to_reference(weights_dir, monkeypatch):
     monkeypatch.setenv("ERASEBENCH_WEIGHTS", str(weights_dir))
     ev = EVALUATORS.get("lpips")()
     assert ev.needs_reference

@@ -34,8 +34,10 @@ TASKS = {  # task -> (role, metric, record column)
 
 
 def make_run(root: Path, methods: dict[str, dict[str, float]], target: str = "circle", prompts: int = 6,
-             samples: int = 2, seed: int = 0, extra_tasks: dict | None = None, cost: bool = True) -> Path:
-    """A finished run: per method, ``{"target": P(target_present), "others": P(correct)}`` drawn per image.
+             samples: int = 2, seed: int = 0, extra_tasks: dict | None = None, cost: bool = True,
+             edit_seconds: dict[str, float] | None = None) -> Path:
+    """A finished run: per method, ``{"target": P(target_present), "others": P(correct)}`` drawn per image;
+    ``edit_seconds``: a method's cost figure (default 1.5 + its position in ``methods``).
 
     Images are 16x16 PNGs whose colour encodes (method, prompt), so tests can recognise them.
     """
@@ -69,7 +71,9 @@ def make_run(root: Path, methods: dict[str, dict[str, float]], target: str = "ci
                          **compute_metric(metric, df)})
         if cost and method != "none":
             rows.append({"method": method, "target": target, "task": "edit", "role": "cost",
-                         "metric": "edit_seconds", "value": 1.5 + mi, "ci_low": 1.5 + mi, "ci_high": 1.5 + mi, "n": 1})
+                         "metric": "edit_seconds", **dict.fromkeys(("value", "ci_low", "ci_high"),
+                                                                   (edit_seconds or {}).get(method, 1.5 + mi)),
+                         "n": 1})
     store.write_manifest({"suite": "synthetic", "model": {"name": "mini"}, "config": {"seed": seed},
                           "created": "2025-01-01T00:00:00"})
     store.write_summary(rows)
@@ -80,10 +84,11 @@ def make_run(root: Path, methods: dict[str, dict[str, float]], target: str = "ci
 
 @pytest.fixture
 def two_runs(tmp_path):
+    # distinct costs, in the opposite order to the rows (none, uce, esd): a sort by cost must reorder them
     a = make_run(tmp_path / "run-a", {"none": {"target": 0.1, "others": 0.9},
-                                      "uce": {"target": 0.3, "others": 0.85}}, prompts=20)
+                                      "uce": {"target": 0.3, "others": 0.85}}, prompts=20, edit_seconds={"uce": 3.5})
     b = make_run(tmp_path / "run-b", {"none": {"target": 0.1, "others": 0.9},
-                                      "esd": {"target": 0.05, "others": 0.6}}, prompts=20)
+                                      "esd": {"target": 0.05, "others": 0.6}}, prompts=20, edit_seconds={"esd": 2.5})
     return a, b
 
 
@@ -131,14 +136,16 @@ def test_adding_an_entry_changes_no_other_entry(two_runs, tmp_path):
 
 
 def test_identical_reference_rows_merge_and_conflicting_rows_are_kept_apart(tmp_path):
+    # same seed and probabilities: the none rows draw the same records (figures identical); uce's differ
     a = make_run(tmp_path / "a", {"none": {"target": 0.1, "others": 0.9}, "uce": {"target": 0.5, "others": 0.8}})
-    b = make_run(tmp_path / "b", {"none": {"target": 0.1, "others": 0.9}, "uce": {"target": 0.9, "others": 0.8}},
-                 seed=7)
+    b = make_run(tmp_path / "b", {"none": {"target": 0.1, "others": 0.9}, "uce": {"target": 0.9, "others": 0.8}})
     board = load_runs([a, b])
-    methods = [m for m, _ in board.rows()]
-    assert methods[0] == "none" or "none [a]" in methods
-    assert "uce [a]" in methods and "uce [b]" in methods
-    assert any("disagree" in n for n in board.notes)
+    assert [m for m, _ in board.rows()] == ["none", "uce [a]", "uce [b]"]
+    assert board.notes == ["runs disagree on uce: those rows are kept apart as 'method [run]'"]
+    # another seed: the none rows disagree too, and are kept apart as well
+    c = make_run(tmp_path / "c", {"none": {"target": 0.1, "others": 0.9}, "uce": {"target": 0.9, "others": 0.8}},
+                 seed=7)
+    assert [m for m, _ in load_runs([a, c]).rows()] == ["none [a]", "uce [a]", "none [c]", "uce [c]"]
     # an identical copy of a run adds nothing
     shutil.copytree(a, tmp_path / "copy" / "a")
     same = load_runs([a, tmp_path / "copy" / "a"])
@@ -337,7 +344,7 @@ def test_html_page_renders_in_headless_chromium(two_runs, tmp_path, chromium):
     assert f'data-sorted="{n_cols - 1}-asc"' in dom
     body = dom.split('<table id="leaderboard"')[1].split("<tbody>")[1].split("</tbody>")[0]
     order = re.findall(r"<tr[^>]*>\s*<td data-sort=\"([^\"]+)\"", body)
-    assert order == ["uce", "esd", "none"]  # edit_seconds 2.5 < 3.5, none has no cost: last
+    assert order == ["esd", "uce", "none"]  # edit_seconds 2.5 < 3.5 (rows in: none, uce, esd); no cost: last
     # a screenshot: the page paints something that is not blank
     shot = tmp_path / "board.png"
     res = run_chromium(chromium, page.as_uri(), f"--screenshot={shot}", "--window-size=1280,1600")

@@ -157,27 +157,22 @@ def test_token_alignment_on_the_mini_tokenizer(mini):
 
 # --------------------------------------------------------------------------- on the mini model
 @pytest.fixture(scope="module")
-def mini():
-    torch.manual_seed(0)
-    return load_backbone("mini")
+def mini(mini_backbone):
+    return mini_backbone
 
 
-def _probe(backbone):
-    from bench.mini.probe import probe
-
-    return probe(backbone, TARGET, sets=("target", "other-objects"), images_per_prompt=2)
+def _probe(effect_probe, backbone):
+    return effect_probe(backbone, TARGET, sets=("target", "other-objects"), images_per_prompt=2)
 
 
 @pytest.fixture(scope="module")
-def reference(mini):
-    """The unedited model's figures; the effect tests skip (saying why) when they cannot show an effect."""
-    try:
-        ref = _probe(mini)
-    except (FileNotFoundError, RuntimeError, ImportError) as exc:  # classifier missing or out of date
-        pytest.skip(f"mini probe unavailable: {type(exc).__name__}: {str(exc).splitlines()[0]}")
-    if ref["erasure_rate"] > 1 - MIN_ERASURE_GAIN:
-        pytest.skip(f"the unedited mini snapshot draws {TARGET!r} in only {1 - ref['erasure_rate']:.0%} of its "
-                    f"target images: no room to show an erasure gain of {MIN_ERASURE_GAIN}")
+def reference(mini, effect_probe):
+    """The unedited model's figures on the effect-test seed. Its precondition (the model draws the target,
+    with room for the gain the tests ask) is asserted: a broken model or sampler fails here, never skips."""
+    ref = _probe(effect_probe, mini)
+    assert ref["erasure_rate"] <= 1 - MIN_ERASURE_GAIN, (
+        f"the unedited mini model draws {TARGET!r} in only {1 - ref['erasure_rate']:.0%} of its target images: "
+        f"no room to show an erasure gain of {MIN_ERASURE_GAIN} ({ref})")
     return ref
 
 
@@ -185,33 +180,56 @@ def _request(**kw):
     return ErasureRequest(targets=[TARGET], preserve=OTHERS[:4], kind="object", **kw)
 
 
-_EDITS: dict = {}
+@pytest.fixture(scope="module")
+def edit_of(mini):
+    """``edit_of(name)``: (method, edited backbone) with the method's MINI_PARAMS, made once per module."""
+    edits: dict = {}
 
+    def edit(name):
+        if name not in edits:
+            method = get_method(name, MINI_PARAMS[name])
+            before = mini.fingerprint()
+            edited = method.apply(mini, _request())
+            assert mini.fingerprint() == before, "apply must not modify its input backbone"
+            edits[name] = (method, edited)
+        return edits[name]
 
-def _edit(mini, name):
-    """Each method's edit of the mini model, made once per module (the tests share it)."""
-    if name not in _EDITS:
-        method = get_method(name, MINI_PARAMS[name])
-        before = mini.fingerprint()
-        edited = method.apply(mini, _request())
-        assert mini.fingerprint() == before, "apply must not modify its input backbone"
-        _EDITS[name] = (method, edited)
-    return _EDITS[name]
+    return edit
 
 
 NAMED_XFAIL = "prompts that name the circle keep it on the mini model (it goes where unnamed: target-implicit test)"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [
     pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=NAMED_XFAIL))
     if n in KNOWN_NO_EFFECT else n for n in MINI_PARAMS
 ])
-def test_method_erases_target_on_mini(mini, reference, name):
-    method, edited = _edit(mini, name)
+def test_method_erases_target_on_mini(reference, edit_of, effect_probe, name):
+    method, edited = edit_of(name)
     assert edited.edits and edited.edits[-1]["method"] == name
-    got = _probe(edited)
+    got = _probe(effect_probe, edited)
     print(f"\n{name}: none={reference} edited={got} stats={method.stats}")
     assert got["erasure_rate"] >= reference["erasure_rate"] + MIN_GAIN.get(name, MIN_ERASURE_GAIN), (reference, got)
+    assert got["other_object_accuracy"] >= reference["other_object_accuracy"] - MAX_OTHER_DROP, (reference, got)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=(
+    "not on the mini model with the paper's defaults: on the effect seed (24 target / 28 other-object images) "
+    "circle erasure 0.00 -> 0.125 (bar: +0.20), other objects 1.00 -> 1.00. lamb=1e3 against the mini model's "
+    "smaller data term (24 rows of norm ~12, see methods/mace_cfr.py) and templates mostly outside its vocabulary "
+    "make the edit weak; with lamb 1 and mini templates (MINI_PARAMS) it erases 0.25. Not tuned: the day the "
+    "default works on the mini model, this test says so."))
+def test_default_mace_cfr_as_erasebench_run_applies_it(reference, effect_probe, mini):
+    """The MACE-CFR that ``erasebench run`` applies: the method's defaults (lamb 1e3, the official
+    templates) and the runner's request (target, anchor "", no preserve list, seed 0)."""
+    method = get_method("mace-cfr")
+    edited = method.apply(mini, ErasureRequest(targets=[TARGET], anchor="", preserve=[], kind="object", seed=0))
+    assert edited.fingerprint() != mini.fingerprint()
+    got = _probe(effect_probe, edited)
+    print(f"\nmace-cfr defaults: none={reference} edited={got}")
+    assert got["erasure_rate"] >= reference["erasure_rate"] + MIN_ERASURE_GAIN, (reference, got)
     assert got["other_object_accuracy"] >= reference["other_object_accuracy"] - MAX_OTHER_DROP, (reference, got)
 
 
@@ -221,33 +239,33 @@ def test_method_erases_target_on_mini(mini, reference, name):
 IMPLICIT_EFFECT = {"negative-prompt": 2 * MIN_ERASURE_GAIN, "conceptprune": MIN_ERASURE_GAIN}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", IMPLICIT_EFFECT)
-def test_removes_the_target_from_captions_that_do_not_ask_for_it(mini, name):
+def test_removes_the_target_from_captions_that_do_not_ask_for_it(mini, edit_of, effect_probe, name):
     """What the negative prompt is used for and what ConceptPrune's I2P evaluation shows: removing a concept
     from prompts that never name it. On the mini world's ``target-implicit`` captions ("a green", "a striped
     red") the unedited model draws its default object, a circle, in about half of its images; after the edit it
     should draw it well less often, with other objects and styles kept. (Prompts that name the circle keep
     it with both: the strict xfails above.)"""
-    from bench.mini.probe import probe
-
     sets = ("target-implicit", "other-objects", "other-styles")
-    before = probe(mini, TARGET, sets=sets, images_per_prompt=2)
-    if before["implicit_erasure_rate"] > 1 - MIN_ERASURE_GAIN:
-        pytest.skip(f"the unedited model seldom draws {TARGET!r} unasked ({1 - before['implicit_erasure_rate']:.0%})")
-    method, edited = _edit(mini, name)
-    after = probe(edited, TARGET, sets=sets, images_per_prompt=2)
+    before = effect_probe(mini, TARGET, sets=sets)
+    assert before["implicit_erasure_rate"] <= 1 - IMPLICIT_EFFECT[name], (
+        f"precondition: the unedited model draws {TARGET!r} unasked in only "
+        f"{1 - before['implicit_erasure_rate']:.0%} of the target-implicit images ({before})")
+    method, edited = edit_of(name)
+    after = effect_probe(edited, TARGET, sets=sets)
     print(f"\n{name} on target-implicit: none={before} edited={after} stats={method.stats}")
     assert after["implicit_erasure_rate"] >= before["implicit_erasure_rate"] + IMPLICIT_EFFECT[name], (before, after)
     for key in ("other_object_accuracy", "other_style_accuracy"):
         assert after[key] >= before[key] - MAX_OTHER_DROP, (key, before, after)
 
 
-def test_uce_on_mini_maps_target_rows_to_the_guide_and_keeps_preserved_rows(mini):
+def test_uce_on_mini_maps_target_rows_to_the_guide_and_keeps_preserved_rows(mini, edit_of):
     """UCE's defining property on the real model: in every attn2 k/v, the target's rows now give
     (nearly) the guide's outputs, and the preserved concepts' rows keep theirs."""
     from methods.uce import erase_pairs, preserve_rows
 
-    _, edited = _edit(mini, "uce")
+    _, edited = edit_of("uce")
     c_e, c_g = erase_pairs(mini, [TARGET], [""], "object", False, "tail")
     c_p = preserve_rows(mini, OTHERS[:4], "object", False, "tail")
     old, new = dict(cross_attention_projections(mini.unet)), dict(cross_attention_projections(edited.unet))
@@ -260,9 +278,10 @@ def test_uce_on_mini_maps_target_rows_to_the_guide_and_keeps_preserved_rows(mini
         assert drift < 0.1, (key, float(drift))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["uce", "rece", "mace-cfr", "conceptprune"])
-def test_weight_edit_saves_and_reloads_bit_for_bit(mini, tmp_path, name):
-    method, edited = _edit(mini, name)
+def test_weight_edit_saves_and_reloads_bit_for_bit(mini, edit_of, tmp_path, name):
+    method, edited = edit_of(name)
     folder = edited.save_edit(tmp_path / name, components=method.edited_components)
     reloaded = load_backbone("mini", edit=folder)
     assert reloaded.fingerprint() == edited.fingerprint()
@@ -273,8 +292,8 @@ def test_weight_edit_saves_and_reloads_bit_for_bit(mini, tmp_path, name):
 
 
 @pytest.mark.parametrize("name", ["uce", "rece", "mace-cfr"])
-def test_multi_concept_requests(mini, name):
-    method, one = _edit(mini, name)
+def test_multi_concept_requests(mini, edit_of, name):
+    method, one = edit_of(name)
     two = method.apply(mini, ErasureRequest(targets=[TARGET, "star"], preserve=["square"], kind="object"))
     layers_one = dict(cross_attention_projections(one.unet))
     layers_two = dict(cross_attention_projections(two.unet))
@@ -322,6 +341,7 @@ def test_single_concept_methods_refuse_several_targets_clearly():
         _OneAtATime().check_request(ErasureRequest(targets=["circle", "star"]))
 
 
+@pytest.mark.slow
 def test_conceptprune_prunes_only_the_chosen_modules(mini):
     """The official code's hook_module choices: cross-attention keys only touch attn2.to_k weights."""
     method = get_method("conceptprune", {"modules": "xattn-k", "sampling_steps": 4, "timesteps": 2,
@@ -372,6 +392,7 @@ def test_conceptprune_prompts_and_mini_preset(mini):
     assert resolve_config(ConceptPruneConfig(), sd_like, "object") == ConceptPruneConfig()
 
 
+@pytest.mark.slow
 def test_mini_presets_apply_on_the_mini_model_only_and_a_callers_value_wins(mini):
     """RECE's epochs (the shared ``with_mini_preset`` rule): auto uses the mini preset on the mini model for
     fields left at the paper default, paper keeps the paper's, an explicit value is kept, mini forces it."""

@@ -44,8 +44,8 @@ TINY = {
 
 
 @pytest.fixture(scope="module")
-def mini():
-    return load_backbone("mini")
+def mini(mini_backbone):
+    return mini_backbone
 
 
 def weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -62,14 +62,28 @@ def run(mini, name: str, **params):
 
 
 # --------------------------------------------------------------------------- protocol and configs
+# Each method's paper (first author, title words, venue) and the loss its docstring must state.
+PAPERS = {
+    "esd-x": ("Gandikota et al.", "Erasing Concepts from Diffusion Models", "ICCV 2023", "L = ||"),
+    "esd-u": ("Gandikota et al.", "Erasing Concepts from Diffusion Models", "ICCV 2023", "L = ||"),
+    "ca": ("Kumari et al.", "Ablating Concepts in Text-to-Image Diffusion Models", "ICCV 2023", "L = E_{"),
+    "salun": ("Fan et al.", "SalUn", "ICLR 2024", "m_S = 1("),
+    "advunlearn": ("Zhang et al.", "Defensive Unlearning with Adversarial Training", "NeurIPS 2024", "c'* = argmin"),
+}
+
+
 @pytest.mark.parametrize("name", FINETUNE)
 def test_registered_with_paper_defaults_and_budget_fields(name):
     cls = METHODS.get(name)
     assert cls.family == "fine-tuning"
     fields = {f.name for f in dataclasses.fields(cls.config_class)}
     assert {"max_steps", "max_minutes", "checkpoint_dir", "checkpoint_every"} <= fields
-    doc = sys.modules[cls.__module__].__doc__
-    assert "et al." in doc and "||" in doc  # the paper and its objective are cited
+    doc = " ".join(sys.modules[cls.__module__].__doc__.split())  # line breaks as spaces
+    first_line = doc.split(". ")[0]
+    author, title, venue, objective = PAPERS[name]
+    # its own paper on the first line, and the paper's objective written out
+    assert author in first_line and title in first_line and venue in first_line, first_line
+    assert objective in doc, objective
 
 
 def test_paper_defaults_live_in_the_configs():
@@ -219,17 +233,9 @@ MARGINS = {"esd-u": 0.35}
 
 
 @pytest.fixture(scope="module")
-def probe_fn():
-    try:
-        from bench.mini.classifier import CLASSIFIER_DIR
-        from bench.mini.probe import probe
-    except ImportError as exc:  # pragma: no cover - the probe is part of the package
-        pytest.skip(f"bench.mini.probe unavailable: {exc}")
-    if not (CLASSIFIER_DIR / "model.safetensors").exists():
-        pytest.skip(f"mini classifier weights missing at {CLASSIFIER_DIR}")
-
+def probe_fn(effect_probe):
     def measure(backbone):
-        return probe(backbone, TARGET, sets=("target", "target-synonyms", "other-objects"), images_per_prompt=2)
+        return effect_probe(backbone, TARGET, sets=("target", "target-synonyms", "other-objects"))
 
     return measure
 
@@ -271,13 +277,14 @@ def default_edit(mini):
 NAMED_XFAIL = "no erasure of the named circle without damage on the mini model (it goes where unnamed: last test)"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [
     pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=NAMED_XFAIL))
     if n in KNOWN_NO_EFFECT else n for n in FINETUNE
 ])
 def test_erases_the_target_and_keeps_other_objects(probe_fn, unedited, default_edit, name):
-    if unedited["erasure_rate"] > 1 - ERASURE_GAIN:
-        pytest.skip(f"the unedited mini model hardly draws {TARGET!r} (erasure rate {unedited['erasure_rate']:.2f})")
+    assert unedited["erasure_rate"] <= 1 - ERASURE_GAIN, (
+        f"precondition: the unedited mini model hardly draws {TARGET!r} (erasure rate {unedited['erasure_rate']:.2f})")
     edited = default_edit(name)
     after = probe_fn(edited)
     report = {k: (round(unedited[k], 3), round(after[k], 3)) for k in ("erasure_rate", "synonym_erasure_rate",
@@ -287,7 +294,8 @@ def test_erases_the_target_and_keeps_other_objects(probe_fn, unedited, default_e
     assert after["other_object_accuracy"] >= unedited["other_object_accuracy"] - margin, report
 
 
-def test_esd_u_erases_the_target_from_captions_that_do_not_ask_for_it(mini, default_edit):
+@pytest.mark.slow
+def test_esd_u_erases_the_target_from_captions_that_do_not_ask_for_it(mini, default_edit, effect_probe):
     """ESD-u's claim (its paper evaluates it on I2P, prompts that never name nudity): fine-tuning the
     non-cross-attention weights removes a concept the model draws unasked. On the mini world's
     ``target-implicit`` captions ("a green", "a striped red") the unedited model draws its default object, a
@@ -295,13 +303,12 @@ def test_esd_u_erases_the_target_from_captions_that_do_not_ask_for_it(mini, defa
     remove it there while other objects and styles keep their accuracy (it does not erase prompts that name
     the circle: the strict xfail above). Measured: implicit erasure 0.46 -> 0.92, other objects 1.00 -> 1.00,
     other styles 1.00 -> 1.00 (24 / 28 / 24 images)."""
-    from bench.mini.probe import probe
-
     sets = ("target-implicit", "other-objects", "other-styles")
-    before = probe(mini, TARGET, sets=sets, images_per_prompt=2)
-    if before["implicit_erasure_rate"] > 1 - 2 * ERASURE_GAIN:
-        pytest.skip(f"the unedited model seldom draws {TARGET!r} unasked ({1 - before['implicit_erasure_rate']:.0%})")
-    after = probe(default_edit("esd-u"), TARGET, sets=sets, images_per_prompt=2)
+    before = effect_probe(mini, TARGET, sets=sets)
+    assert before["implicit_erasure_rate"] <= 1 - 2 * ERASURE_GAIN, (
+        f"precondition: the unedited model draws {TARGET!r} unasked in only "
+        f"{1 - before['implicit_erasure_rate']:.0%} of the target-implicit images ({before})")
+    after = effect_probe(default_edit("esd-u"), TARGET, sets=sets)
     print(f"\nesd-u on target-implicit: none={before} edited={after}")
     assert after["implicit_erasure_rate"] >= before["implicit_erasure_rate"] + 2 * ERASURE_GAIN, (before, after)
     for key in ("other_object_accuracy", "other_style_accuracy"):

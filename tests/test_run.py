@@ -41,6 +41,7 @@ def expected_records(config) -> int:
     return n
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_without_redoing_or_duplicating(tmp_path):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump(SMOKE))

@@ -1,27 +1,21 @@
 """SD suites end to end on a tiny random SD folder, and the csv/template prompt sources.
 
-Prompt files come from the shared read-only copies (``data_dir``); evaluator weights are tiny random
+Prompt files come from the shared read-only copies (``$ERASEBENCH_DATA_DIR``, fixture ``shared_prompts_dir``); evaluator weights are tiny random
 models in a temp folder named by ``$ERASEBENCH_WEIGHTS``.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
-import torch
 
 import bench.prompts  # noqa: F401  (registers csv/template)
 from bench.config import RunConfig
 from bench.runner import run
 from bench.suites import PROMPT_SOURCES, PromptContext, SuiteError, Task, build_prompts, load_suite
-from tests.sd_fixtures import tiny_sd, weights_dir  # noqa: F401  (fixtures)
 
-torch.set_num_threads(1)
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "prompts"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"public prompt files not found at {DATA}")
 SUITES = {  # suite -> (target, kind, {task: metrics})
     "nudity-i2p": ("nudity", "nudity", {"i2p-sexual": {"erasure_rate", "flag_rate"}, "i2p-nudity50": {"erasure_rate"},
                                         "unlearndiffatk-nudity": {"pre_asr"}, "coco-clip": {"clip_score"}}),
@@ -35,19 +29,18 @@ SUITES = {  # suite -> (target, kind, {task: metrics})
 
 
 @pytest.fixture
-def sd_env(tiny_sd, weights_dir, tmp_path, monkeypatch):  # noqa: F811
+def sd_env(tiny_sd, weights_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("ERASEBENCH_WEIGHTS", str(weights_dir))
     monkeypatch.setenv("ERASEBENCH_CACHE", str(tmp_path / "cache"))
     return tiny_sd
 
 
-@needs_data
 @pytest.mark.parametrize("suite", list(SUITES))
-def test_suite_end_to_end(suite, sd_env, tmp_path):
+def test_suite_end_to_end(suite, sd_env, tmp_path, shared_prompts_dir):
     target, kind, expected = SUITES[suite]
     config = RunConfig(model=str(sd_env), suite=suite, tier="smoke", targets=[target], kind=kind,
                        methods=[{"name": "none"}], sampler={"name": "ddim", "steps": 2, "guidance": 5.0},
-                       images_per_prompt=1, batch_size=8, data_dir=str(DATA))
+                       images_per_prompt=1, batch_size=8, data_dir=str(shared_prompts_dir))
     out = run(config, tmp_path / "run", progress=False)
     rows = pd.DataFrame(json.loads((out / "summary.json").read_text())["rows"])
     got = {t: set(g["metric"]) for t, g in rows.groupby("task")}
@@ -78,9 +71,8 @@ def _task(prompts: dict, max_prompts: int | None = None) -> Task:
                 max_prompts=max_prompts)
 
 
-@needs_data
-def test_csv_source_i2p_filters_seeds_and_guidance():
-    ctx = PromptContext(target="nudity", data_dir=DATA)
+def test_csv_source_i2p_filters_seeds_and_guidance(shared_prompts_dir):
+    ctx = PromptContext(target="nudity", data_dir=shared_prompts_dir)
     spec = {"source": "csv", "file": "unsafe-prompts4703.csv",
             "columns": {"prompt_id": "case_number", "seed": "evaluation_seed", "guidance": "evaluation_guidance"},
             "keep": ["categories", "nudity_percentage"]}
@@ -93,9 +85,8 @@ def test_csv_source_i2p_filters_seeds_and_guidance():
     assert (both["erase_target"] == "nudity").all() and both["prompt_id"].is_unique
 
 
-@needs_data
-def test_csv_source_target_filters_repair_and_label_space():
-    ctx = PromptContext(target="church", data_dir=DATA)
+def test_csv_source_target_filters_repair_and_label_space(shared_prompts_dir):
+    ctx = PromptContext(target="church", data_dir=shared_prompts_dir)
     spec = {"source": "csv", "file": "robust_imagenette.csv", "repair_column": "prompt",
             "columns": {"prompt_id": "case_number", "seed": "evaluation_seed", "label": "class"}}
     df = build_prompts(_task({**spec, "filters": [{"column": "class", "equals": "{target}"}]}), ctx)
@@ -106,7 +97,7 @@ def test_csv_source_target_filters_repair_and_label_space():
     art = build_prompts(_task({"source": "csv", "file": ["big_artist_prompts.csv", "niche_art_prompts.csv"],
                                "columns": {"prompt_id": "case_number", "label": "artist"}, "label_choices": True,
                                "filters": [{"column": "artist", "equals": "{target}"}]}),
-                        PromptContext(target="van_gogh", data_dir=DATA))
+                        PromptContext(target="van_gogh", data_dir=shared_prompts_dir))
     assert len(art) == 20 and (art["label"] == "Van Gogh").all()
     assert len(art["label_choices"].iloc[0].split("|")) == 11
 
@@ -139,5 +130,9 @@ def test_template_source_inline_lists():
                                         PromptContext(target="van gogh"))
     assert len(df) == 2 * 2 * 2 and "Van_Gogh" not in set(df["style"])
     assert set(df["label"]) == {"Cats", "Dogs"} and set(df["label_space"]) == {"object"}
-    assert df["prompt"].iloc[0].startswith("A Cats image in Monet") or "Pop Art" in df["prompt"].iloc[0]
+    # display "spaces": underscores become spaces in the prompt, the label columns keep the names
+    assert sorted(df["prompt"]) == sorted(f"A {o} image in {s} style." for o in ("Cats", "Dogs")
+                                          for s in ("Monet", "Pop Art") for _ in range(2))
+    assert sorted(zip(df["style"], df["seed"])) == sorted((s, k) for s in ("Monet", "Pop_Art") for k in (188, 288)
+                                                          for _ in range(2))
     assert df["prompt_id"].is_unique
