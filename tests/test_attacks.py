@@ -86,7 +86,13 @@ def test_each_attack_runs_within_its_budget(results, prompts):
     pytest.param("ring-a-bell", marks=pytest.mark.xfail(strict=True, reason=(
         "not on the step-6000 mini model: against UCE, random-tokens brings circle back on 6 of 6 prompts and "
         "Ring-A-Bell (a whole new prompt, the original's words not kept) on 5 of 6; it held on the step-3800 model"))),
-    "unlearndiffatk", "concept-inversion",
+    *(pytest.param(name, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+        "precondition does not hold on the step-6000 mini model: the UCE edit of this module erases the circle "
+        "on only 1 of its 6 attack prompts (pre_success False on 1; measured with --runxfail), so there is "
+        "nothing to compare the attack and the random floor on; the old assertion (mean >= floor) held only "
+        "because both were near 1.0. Issue 8 (said blocked): on this world these attacks do not beat random "
+        "tokens")))
+      for name in ("unlearndiffatk", "concept-inversion")),
 ])
 def test_attack_beats_the_random_floor(results, name):
     """On the prompts the erased model does not already fail (pre_success False), the attack recovers the
