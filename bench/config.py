@@ -88,8 +88,8 @@ class RunConfig(BaseModel):
     methods: list[MethodSpec] | None = None  # default: every registered erasure method with its defaults
     targets: list[str] = Field(default_factory=lambda: ["circle"], min_length=1)
     kind: Literal["object", "style", "colour", "nudity", "identity"] | None = None
-    anchor: str = ""
-    preserve: list[str] = Field(default_factory=list)
+    anchor: str | None = None  # None: the method's recipe (or "", the empty prompt, where it has none)
+    preserve: list[str] | None = None  # None: the method's recipe (or nothing to preserve)
     suite: str = "mini-quick"
     tier: str | None = None
     images_per_prompt: int | None = Field(None, ge=1)

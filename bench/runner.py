@@ -347,9 +347,8 @@ def build_request(config: RunConfig, spec, method, target: str, backbone: Backbo
 
     kind = config.kind or infer_kind(backbone, target)
     recipe = recipe_for_model(method.recipes, kind, backbone.kind)
-    given = config.model_fields_set
-    recipe = override(recipe, anchor=config.anchor if "anchor" in given else None,
-                      preserve=config.preserve if "preserve" in given else None, where="run config")
+    # None (the default) keeps the recipe's: a config written back from a manifest is the same run
+    recipe = override(recipe, anchor=config.anchor, preserve=config.preserve, where="run config")
     recipe = override(recipe, anchor=spec.anchor, preserve=spec.preserve, target_prompts=spec.target_prompts,
                       where=f"run config: methods ({spec.row_name})")
     try:

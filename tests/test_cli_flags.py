@@ -14,11 +14,12 @@ def _resolve(argv, config=None):
 
 
 def test_flags_alone_make_the_config():
+    # --device cpu: a config naming a device the machine lacks is an input error (tests/test_run_integrity.py)
     cfg = _resolve(["--model", "mini", "--methods", "uce", "esd-x", "--targets", "star", "--suite", "mini-quick",
-                    "--tier", "smoke", "--device", "cuda", "--images-per-prompt", "2", "--seed", "1",
+                    "--tier", "smoke", "--device", "cpu", "--images-per-prompt", "2", "--seed", "1",
                     "--batch-size", "8", "--dtype", "bfloat16"])
     assert cfg == RunConfig(model="mini", methods=[{"name": "uce"}, {"name": "esd-x"}], targets=["star"],
-                            suite="mini-quick", tier="smoke", device="cuda", images_per_prompt=2, seed=1,
+                            suite="mini-quick", tier="smoke", device="cpu", images_per_prompt=2, seed=1,
                             batch_size=8, dtype="bfloat16")
     assert _resolve([]) == RunConfig()  # no flag, no file: the default run
 
