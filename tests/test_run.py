@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from bench.mini.prompts import build_set
+from bench.store import write_checksummed
 
 SMOKE = {
     "model": "mini",
@@ -94,8 +95,9 @@ def test_killed_run_resumes_without_redoing_or_duplicating(tmp_path):
     assert pd.read_parquet(out / "records.parquet").shape == records.shape
 
     # a method whose settings changed since (new defaults, another version) is not silently resumed
+    # (written as the product writes it, checksum included: a hand edit alone is refused as damage)
     manifest["methods"]["none"] = "0" * 16
-    (out / "manifest.json").write_text(json.dumps(manifest))
+    write_checksummed(out / "manifest.json", json.dumps(manifest).encode())
     stale = cli("run", "--config", cfg, "--out", out, "--quiet")
     assert stale.returncode == 2 and "other weights or settings of: none" in stale.stderr, stale.stderr[-2000:]
 
