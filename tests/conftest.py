@@ -4,8 +4,11 @@ Session fixtures built once for the whole run: the mini model (``mini_backbone``
 folder and evaluator weights (``tiny_sd``, ``weights_dir``, ``tiny_clip``, from ``tests/sd_fixtures.py``),
 the public prompt files (``shared_prompts_dir``) and the effect-test probe (``effect_probe``).
 
-Nothing here sets a process-wide thread count: torch's default (one thread per core) is used, and
-``OMP_NUM_THREADS`` / ``torch.set_num_threads`` are the caller's to set (e.g. beside a training job).
+Threads: a plain ``pytest`` run keeps torch's default (one thread per core). Under pytest-xdist
+(``-n N``, as README's test command and CI run it) each of the N worker processes takes its share of the
+cores (``cores // N``, at least one), so N workers never run more torch threads than there are cores;
+``OMP_NUM_THREADS`` set by the caller still wins. Tests of one file run in one worker (``--dist
+loadfile``), so a module fixture (a real run a module's tests read) is built once.
 
 The fast subset for the edit-test loop: ``python -m pytest -m "not slow"`` (CI runs everything).
 """
@@ -28,6 +31,13 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 DATA_ENV = "ERASEBENCH_DATA_DIR"
 DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "prompts"
 
+
+def pytest_configure(config):
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers and not os.environ.get("OMP_NUM_THREADS"):
+        import torch
+
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // int(workers)))
 
 
 def data_dir() -> Path:
