@@ -34,6 +34,9 @@ CONFIGS: list[tuple[str, dict, str]] = [  # (label, params, keywords)
      "synonyms"),
     ("alpha -0.1, no svf, no negative prompt", {"alpha": -0.1, "self_validation_filter": False,
                                                 "negative_prompt": False}, "caption"),
+    ("alpha -0.2, no svf, no negative prompt", {"alpha": -0.2, "self_validation_filter": False,
+                                                "negative_prompt": False}, "caption"),
+    ("alpha -0.2, no svf", {"alpha": -0.2, "self_validation_filter": False}, "caption"),
 ]
 
 
@@ -104,10 +107,17 @@ def main(argv: list[str] | None = None) -> None:
         record(label, params, words or [f"a {args.target}"], method.apply(mini, request),
                detection(method, mini, request, args.target))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"command": "python benchmarks/safree_sweep.py " + " ".join(argv or sys.argv[1:]),
-                                              "target": args.target, "seed": args.seed,
-                                              "images_per_prompt": args.images, "rows": rows}, indent=1) + "\n")
+        out = Path(args.out)
+        command = "python benchmarks/safree_sweep.py " + " ".join(argv or sys.argv[1:])
+        data = {"commands": [], "target": args.target, "seed": args.seed, "images_per_prompt": args.images, "rows": []}
+        if args.only is not None and out.exists():  # a few more configs: added to the sweep's file
+            data = json.loads(out.read_text())
+            rows = [r for r in rows if r["label"] != "none"]
+        earlier = data.pop("command", None)  # a file of a single run names its command so
+        data["commands"] = [*data.get("commands", []), *([earlier] if earlier else []), command]
+        data["rows"] = [*data["rows"], *rows]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(data, indent=1) + "\n")
 
 
 if __name__ == "__main__":
