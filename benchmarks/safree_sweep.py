@@ -2,7 +2,7 @@
 
     OMP_NUM_THREADS=1 nice -n 10 python benchmarks/safree_sweep.py --out benchmarks/results/safree_sweep_mini.json
 
-Each config is SAFREE with its paper defaults (alpha 0.01, self-validating filter, upper_step 10, the keywords as
+Each config is SAFREE with its paper defaults (``preset="paper"``: alpha 0.01, self-validating filter, upper_step 10, the keywords as
 negative prompt) and the listed overrides. ``keywords`` "caption" is the world caption ("a circle"); "synonyms"
 adds the world's synonyms and indirect phrasing of the target (``datasets/mini/world.yaml``), passed as the
 request's target prompts. Per config: the probe's figures (erasure on the target prompts, on the captions that
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
         label, params, keywords = CONFIGS[i]
         words = None if keywords == "caption" else [f"a {args.target}", *synonyms(args.target)]
         request = ErasureRequest(targets=[args.target], target_prompts=words)
-        method = get_method("safree", params)
+        method = get_method("safree", {"preset": "paper", **params})  # the listed fields only, no mini preset
         record(label, params, words or [f"a {args.target}"], method.apply(mini, request),
                detection(method, mini, request, args.target))
     if args.out:
