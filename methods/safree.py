@@ -62,9 +62,11 @@ target prompts / target-implicit captions / other-object accuracy, the unedited 
 - filter at every step 0.00 / 1.00 / 1.00; without the negative prompt 0.00 / 0.75 / 1.00 (the projection's
   own effect: on the mini text encoder the trigger is the article "a", and projecting it off "a circle"
   removes the circle the model draws by default);
-- no setting erases a named circle: the token detection picks the object word in 0 of 12 target prompts at
-  alpha 0.01 (8 % with the synonyms as keywords, 42 % at alpha -0.1), and even projected at every step the
-  word's information reaches the UNet through the [EoT] and later positions, which SAFREE keeps.
+- no setting erases a named circle (at most 0.08): the token detection picks the object word in 0 of 12
+  target prompts at alpha 0.01 (8 % with the synonyms as keywords, 42 % at alpha -0.1), and at alpha -0.2,
+  where it picks it in all 12 and projects it at every step, erasure stays 0.00 (0.08 with the negative
+  prompt). A likely reason, not isolated: the causal text encoder also carries the word to the [EoT] and
+  padding positions, which SAFREE keeps.
 """
 
 from __future__ import annotations

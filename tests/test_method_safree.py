@@ -118,7 +118,7 @@ def test_the_sampler_conditions_on_what_the_hook_returns_at_each_step(mini_backb
 
 def test_safree_conditions_only_its_self_validated_steps(mini_backbone):
     prompts = ["a striped red circle", "a blue square"]
-    h = hook(mini_backbone, negative_prompt=False)
+    h = hook(mini_backbone, negative_prompt=False, self_validation_filter=True)  # the mini preset turns it off
     cond = mini_backbone.encode(prompts)
     state: dict = {}
     from bench.generate import ConditioningContext
@@ -128,6 +128,7 @@ def test_safree_conditions_only_its_self_validated_steps(mini_backbone):
         for i, out in enumerate(seen):
             expected = f.embeddings if i <= f.last_step else cond[j]
             assert torch.equal(out[j], expected), (prompts[j], i, f.last_step)
+    assert not torch.equal(seen[0], cond)  # the filter changed something at its first step
 
 
 def test_the_toxic_keywords_are_the_negative_prompt_as_in_the_official_script(mini_backbone):
@@ -193,11 +194,11 @@ def test_removes_the_target_drawn_unasked_and_keeps_other_objects(effect):
 
 NAMED_XFAIL = (
     "SAFREE does not erase a circle the prompt names on the mini world: erasure 0.00 -> 0.00 on EFFECT_SEED "
-    "(other objects 1.00 -> 1.00), 0.00 in every config of the TUNING_SEED sweep. Its token detection does not "
-    "pick the object word: on the mini text encoder masking the article 'a' moves the pooled embedding furthest "
-    "from the toxic subspace, so 'a' is the trigger (the circle word in 0 of 12 target prompts at alpha 0.01, "
-    "5 of 12 at alpha -0.1); and where the word is projected, the [EoT] and later positions, which SAFREE keeps, "
-    "still carry it to the UNet")
+    "(other objects 1.00 -> 1.00), at most 0.08 in the TUNING_SEED sweep. Its token detection does not pick the "
+    "object word: on the mini text encoder masking the article 'a' moves the pooled embedding furthest from the "
+    "toxic subspace, so 'a' is the trigger (the circle word in 0 of 12 target prompts at alpha 0.01); at alpha "
+    "-0.2 the word is projected in all 12 at every step and erasure stays 0.00 (likely, not isolated: the causal "
+    "encoder carries the word to the [EoT] and padding positions, which SAFREE keeps)")
 
 
 @pytest.mark.slow
