@@ -137,10 +137,12 @@ def test_the_toxic_keywords_are_the_negative_prompt_as_in_the_official_script(mi
     assert SAFREE.recipes["nudity"].target_prompts == NUDITY_KEYWORDS and len(NUDITY_KEYWORDS) == 17
 
 
-def test_the_omitted_latent_re_attention_is_said_in_the_edit(mini_backbone):
-    edited = get_method("safree").apply(mini_backbone, ErasureRequest(targets=[TARGET]))
+def test_the_omitted_latent_re_attention_is_said_in_the_output(mini_backbone, caplog):
+    with caplog.at_level("WARNING", logger="methods.safree"):
+        edited = get_method("safree").apply(mini_backbone, ErasureRequest(targets=[TARGET]))
     assert mini_backbone.guidance_hooks == [] and len(edited.guidance_hooks) == 1
-    assert any("latent re-attention" in d and "not implemented" in d for d in edited.edits[-1]["deviations"])
+    assert "latent re-attention" in caplog.text and "not implemented" in caplog.text
+    assert any("latent re-attention" in d for d in edited.edits[-1]["deviations"])  # the method's fingerprint
     assert "deviations" in edited.guidance_hooks[0].fingerprint()
 
 
