@@ -20,8 +20,9 @@ step names the official function that computes it.
 
 3. Projection (Sec. 3, "safe embedding projection"). With ``P_I`` the projector onto the span of the masked
    embeddings ``[p_1 .. p_n]`` (the input space), each detected token's embedding ``e_i`` becomes
-   ``(I - P_C) P_I e_i``: orthogonal to the toxic subspace but inside the input space. Other tokens ([BoS],
-   [EoT], padding, undetected words) keep theirs (MSP ``safree_projection``).
+   ``(I - P_C) P_I e_i``: its input-space part with the toxic component removed, orthogonal to the toxic
+   subspace (the paper speaks of staying in the input space; in the official order, P_I first, the result is
+   only near it). Other tokens ([BoS], [EoT], padding, undetected words) keep theirs (MSP ``safree_projection``).
 4. Self-validating filter (Sec. 3, "self-validating filtering"). ``beta = 1 - mean_i cos(e_i, (I - P_C) P_I e_i)``
    over the prompt's attended tokens (every token projected, MSP ``projection_and_orthogonal``); the filtered
    embeddings are used at denoising steps ``i <= t'`` and the prompt's own after, with::
@@ -32,10 +33,10 @@ step names the official function that computes it.
    Without the filter (``self_validation_filter=False``) the filtered embeddings are used at every step
    (GS ``--re_attn_t -1,1001``).
 5. The toxic keywords joined with ", " are also the negative prompt of classifier-free guidance: GS passes
-   ``negative_prompt=", ".join(negative_prompt_space)`` to the pipeline in every SAFREE run
-   (``negative_prompt=True``; the paper's text does not mention it).
+   ``negative_prompt=", ".join(negative_prompt_space)`` to the pipeline in every SAFREE run; kept as the
+   default (``negative_prompt=True``), ``negative_prompt=False`` leaves the unconditional branch empty.
 
-Deviations, also in the method's and the hook's fingerprints (``deviations``: the run manifest and
+Deviations and choices, the first also in the method's and the hook's fingerprints (``deviations``: the run manifest and
 ``Backbone.edits``) and a warning line at every ``apply``:
 
 - Latent re-attention (Sec. 3, "adaptive latent re-attention", FreeU-style Fourier filtering of the up blocks'
