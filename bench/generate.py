@@ -9,7 +9,8 @@ negative prompt, seed, sampler); a re-run finds it and regenerates nothing. Imag
 returned as they are stored (8-bit), so fresh and cached images score identically.
 
 Guidance hooks let inference-time methods (SLD, negative prompts) change the noise
-prediction at every step without touching weights.
+prediction at every step without touching weights; a hook with an optional ``condition(ctx)``
+(SAFREE) also changes the prompts' text embeddings the UNet sees, per prompt and per step.
 """
 
 from __future__ import annotations
@@ -88,8 +89,26 @@ class GuidanceContext:
     state: dict[str, Any] = field(default_factory=dict)  # per batch, kept across steps
 
 
+@dataclass
+class ConditioningContext:
+    """What a hook's optional ``condition(ctx) -> embeddings`` sees at one denoising step of one batch.
+
+    ``cond`` is the batch's prompt embeddings [n, L, D] as the hooks before it left them (the encoder's at
+    the first hook); the hook returns the embeddings the UNet's conditional branch gets at this step."""
+
+    backbone: Backbone
+    step_index: int
+    num_steps: int
+    prompts: list[str]
+    cond: torch.Tensor
+    state: dict[str, Any] = field(default_factory=dict)  # per batch, kept across steps (shared with guide)
+
+
 class GuidanceHook(Protocol):
-    """An inference-time edit: may add prompts to evaluate and replaces the CFG combination."""
+    """An inference-time edit: may add prompts to evaluate and replaces the CFG combination.
+
+    Optional: ``condition(ctx: ConditioningContext) -> torch.Tensor``, the conditional text embeddings of
+    one step (called before the UNet at every step)."""
 
     negative_prompt: str | None
 
@@ -189,6 +208,7 @@ def denoise(
     use_cfg = sampler.guidance > 1.0 or bool(hooks)
     n_embs = 2 + len(extra)
     state: dict[str, Any] = {}
+    conditioners = [h for h in hooks if callable(getattr(h, "condition", None))]
     trajectory = []
     timesteps = scheduler.timesteps
     stop = len(timesteps) if stop_step is None else stop_step
@@ -201,9 +221,15 @@ def denoise(
             if return_trajectory:
                 trajectory.append((i, t, latents.clone()))
             model_in = scheduler.scale_model_input(latents, t)
+            step_cond, step_context = cond, context
+            if conditioners:  # per-step prompt embeddings (e.g. SAFREE's filtered tokens)
+                for hook in conditioners:
+                    step_cond = hook.condition(ConditioningContext(backbone, i, len(timesteps), list(prompts),
+                                                                   step_cond, state))
+                step_context = torch.cat([uncond, step_cond, *extra.values()])
             if use_cfg:
                 with autocast:
-                    eps = backbone.unet(torch.cat([model_in] * n_embs), t, context).sample.to(latents.dtype)
+                    eps = backbone.unet(torch.cat([model_in] * n_embs), t, step_context).sample.to(latents.dtype)
                 chunks = eps.chunk(n_embs)
                 eps_u, eps_c = chunks[0], chunks[1]
                 eps_extra = dict(zip(extra, chunks[2:]))
@@ -216,7 +242,7 @@ def denoise(
                     noise_pred = eps_u + sampler.guidance * (eps_c - eps_u)
             else:
                 with autocast:
-                    noise_pred = backbone.unet(model_in, t, cond).sample.to(latents.dtype)
+                    noise_pred = backbone.unet(model_in, t, step_cond).sample.to(latents.dtype)
             latents = scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
     if return_trajectory:
         return latents, trajectory
