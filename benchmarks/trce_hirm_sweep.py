@@ -26,14 +26,18 @@ CONFIGS = {
         ({"stage2": False}, ""),
         ({"stage2": False, "closed_form_preserve_scale": 10.0}, ""),
         ({}, ""),
-        ({"lr": 3e-4}, ""),
+        ({"stage2": False}, "square"),
+        ({}, "square"),
+        ({"lr": 1e-3}, "square"),
         ({"lr": 1e-3}, ""),
     ],
     "hirm": [
-        ({}, ""),
-        ({"steering_coeff": 50.0}, ""),
-        ({"steering_coeff": 5.0}, ""),
-        ({"misdirection": "anchor"}, "a square"),
+        ({"rows": "all"}, ""),  # before rows="from_concept" joined the preset
+        ({"rows": "all", "steering_coeff": 50.0}, ""),
+        ({"steering_coeff": 500.0}, ""),
+        ({"steering_coeff": 5000.0}, ""),
+        ({"misdirection": "anchor"}, "square"),
+        ({"misdirection": "anchor", "lr": 1e-4}, "square"),
     ],
 }
 

@@ -204,7 +204,8 @@ class TRCE(ft.FinetuneMethod):
     recipes = RECIPES
     edited_components = ("unet",)
     conformance_overrides = {"ddim_steps": 3, "max_early_step": 1, "epochs": 1, "images_per_prompt": 1,
-                             "regularization_trajectories": 1, "regularization_batch_size": 1, "augment_num": 2}
+                             "regularization_trajectories": 1, "regularization_batch_size": 1, "augment_num": 2,
+                             "max_steps": 2}
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
         self.check_request(request)
