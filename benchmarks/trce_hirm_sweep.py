@@ -25,11 +25,10 @@ CONFIGS = {
     "trce": [
         ({"stage2": False}, ""),
         ({"stage2": False, "closed_form_preserve_scale": 10.0}, ""),
-        ({}, ""),
+        ({"images_per_prompt": 2, "regularization_trajectories": 8, "regularization_batch_size": 4, "lr": 1e-4}, ""),
         ({"stage2": False}, "square"),
         ({}, "square"),
-        ({"lr": 1e-3}, "square"),
-        ({"lr": 1e-3}, ""),
+        ({}, ""),
     ],
     "hirm": [
         ({"rows": "all"}, ""),  # before rows="from_concept" joined the preset

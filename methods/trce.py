@@ -126,10 +126,11 @@ MINI_DEFAULTS: dict[str, Any] = {
     "closed_form_preserve_scale": 1.0,
     "ddim_steps": 25,
     "max_early_step": 12,
-    "images_per_prompt": 2,
-    "regularization_trajectories": 8,
+    "images_per_prompt": 1,
+    "regularization_trajectories": 4,
+    "regularization_batch_size": 2,
     "epochs": 2,
-    "lr": 1e-4,
+    "lr": 1e-3,
 }
 
 RECIPES = {
