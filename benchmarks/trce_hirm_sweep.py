@@ -37,6 +37,7 @@ CONFIGS = {
         ({"steering_coeff": 5000.0}, ""),
         ({"misdirection": "anchor"}, "square"),
         ({"misdirection": "anchor", "lr": 1e-4}, "square"),
+        ({"rows": "all", "steering_coeff": 500.0}, ""),
     ],
 }
 

@@ -31,8 +31,8 @@ On the mini world the concept prompt is put in the world's caption contexts ("a 
 a bare word); a mini preset (``MINI_DEFAULTS``, benchmarks/trce_hirm_sweep.py) sets the learning rate and
 takes the loss only on the rows from the concept's first token on (``rows="from_concept"``, a deviation shown
 in the edit's stats): through the causal encoder the rows before it ("a red") are those of every prompt that starts
-the same way, and sending them to a random vector misdirects every caption of that colour (measured: the last
-layer's representation of "a green star" moved 0.75 of its norm with every row in the loss).
+the same way, so a loss on them asks every caption of that colour to be misdirected (the official loss, on SD, has
+only the [SoT] row before a bare concept).
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ class HiRMConfig(ft.FinetuneConfig):
 
 # Chosen on TUNING_SEED (benchmarks/trce_hirm_sweep.py, results/hirm_sweep_mini.json; 12 target / 14 other-object
 # images, unedited erasure 0.00): the paper's c = 500 erased 0.33 with other objects at 1.00 (c = 5000: 0.42 / 0.93;
-# c = 50 with every row in the loss: 0.08 / 1.00; HiRM-S to "square": 0.08 / 1.00). The tiny encoder (3 layers,
+# c = 50 with every row in the loss: 0.08 / 1.00; HiRM-S to "square": 0.08 / 1.00; c = 500 with every row: see
+# the sweep's last row). The tiny encoder (3 layers,
 # width 128) moves at a 10x larger learning rate than the paper's in the same 50 epochs.
 MINI_DEFAULTS: dict[str, Any] = {
     "rows": "from_concept",
