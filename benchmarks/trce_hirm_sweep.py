@@ -31,13 +31,13 @@ CONFIGS = {
         ({}, ""),
     ],
     "hirm": [
-        ({"rows": "all"}, ""),  # before rows="from_concept" joined the preset
         ({"rows": "all", "steering_coeff": 50.0}, ""),
-        ({"steering_coeff": 500.0}, ""),
-        ({"steering_coeff": 5000.0}, ""),
-        ({"misdirection": "anchor"}, "square"),
-        ({"misdirection": "anchor", "lr": 1e-4}, "square"),
-        ({"rows": "all", "steering_coeff": 500.0}, ""),
+        ({"rows": "all", "steering_coeff": 50.0}, ""),
+        ({"rows": "from_concept", "steering_coeff": 500.0}, ""),
+        ({"rows": "from_concept", "steering_coeff": 5000.0}, ""),
+        ({"rows": "from_concept", "misdirection": "anchor"}, "square"),
+        ({"rows": "from_concept", "misdirection": "anchor", "lr": 1e-4}, "square"),
+        ({"rows": "all", "steering_coeff": 500.0}, ""),  # the chosen mini preset (paper c, every row)
     ],
 }
 
