@@ -250,11 +250,14 @@ class TRCE(ft.FinetuneMethod):
         timesteps = ft.ddim_timesteps(frozen, cfg.ddim_steps)
         with torch.no_grad():
             emb_neg, emb_safe, emb_0 = frozen.encode(neg), frozen.encode(safe), frozen.encode([""])
-        malicious = ft.Trajectories(frozen, neg, cfg.ddim_steps, cfg.trajectory_guidance, cfg.images_per_prompt,
-                                    seed, cfg, run, "trce_malicious")
+        precision = ft.sampling_precision(cfg, frozen.device)
+        malicious = ft.cached_tensors(cfg, "trce_malicious", run, lambda: sample_trajectories(
+            frozen, neg, cfg.images_per_prompt, cfg.ddim_steps, cfg.trajectory_guidance, seed, precision, True))
         # unconditional samples (the official: prompt "" at guidance 7.5, i.e. the unconditional prediction)
-        uncond = ft.Trajectories(frozen, [""], cfg.ddim_steps, 1.0, cfg.regularization_trajectories, seed + 1,
-                                 cfg, run, "trce_unconditional")
+        uncond = ft.cached_tensors(cfg, "trce_unconditional", run, lambda: sample_trajectories(
+            frozen, [""], cfg.regularization_trajectories, cfg.ddim_steps, 1.0, seed + 1, precision, False))
+        malicious = {k: v.to(frozen.device) for k, v in malicious.items()}
+        uncond = {k: v.to(frozen.device) for k, v in uncond.items()}
         files = len(neg) * cfg.images_per_prompt
         last_early = max(1, min(cfg.max_early_step + 1, cfg.ddim_steps - 1))
 
@@ -263,9 +266,9 @@ class TRCE(ft.FinetuneMethod):
             j, k = divmod(f, cfg.images_per_prompt)
             # the latent after official step s is the one before our step s + 1
             i = ft.randint(1, last_early + 1, gen)
-            x = malicious.pool["x"][j:j + 1, k, i].float()
-            e_0 = malicious.pool["eps_uncond"][j:j + 1, k, i].float()
-            e_c = malicious.pool["eps_cond"][j:j + 1, k, i].float()
+            x = malicious["x"][j:j + 1, k, i].float()
+            e_0 = malicious["eps_uncond"][j:j + 1, k, i].float()
+            e_c = malicious["eps_cond"][j:j + 1, k, i].float()
             t = timesteps[i]
             with torch.no_grad():
                 e_s = ft.eps(frozen.unet, x, t, emb_safe[j:j + 1])
@@ -277,7 +280,7 @@ class TRCE(ft.FinetuneMethod):
             target = sum(F.relu(cfg.beta * (s + cfg.margin)) for s in scores) / 2
             r = ft.randint(0, cfg.regularization_trajectories, gen, cfg.regularization_batch_size)
             steps_r = ft.randint(0, cfg.ddim_steps, gen, cfg.regularization_batch_size)
-            x_r = torch.stack([uncond.pool["x"][0, a, b] for a, b in zip(r, steps_r)]).float()
+            x_r = torch.stack([uncond["x"][0, a, b] for a, b in zip(r, steps_r)]).float()
             t_r = torch.stack([timesteps[b] for b in steps_r])
             with torch.no_grad():
                 kept = ft.eps(reg_unet, x_r, t_r, emb_0)
@@ -296,6 +299,32 @@ class TRCE(ft.FinetuneMethod):
             unet_forward=sampled + done * (1 + 2 + 2 * cfg.regularization_batch_size),
             unet_backward=done * (2 + cfg.regularization_batch_size),
         ))
+
+
+@torch.no_grad()
+def sample_trajectories(backbone: Backbone, prompts: list[str], per_prompt: int, steps: int, guidance: float,
+                        seed: int, precision: str, keep_eps: bool, batch_size: int = 32) -> dict[str, torch.Tensor]:
+    """DDIM trajectories of the frozen model, as ``stage2_data_preparation.py`` stores them: ``x`` [prompt, k, step,
+    *latent] (the latent before each step) and, with ``keep_eps``, the two noise predictions CFG made there
+    (``eps_uncond``, ``eps_cond``). Sampled in batches over prompts and samples (the official: one at a time)."""
+    from bench.generate import SamplerConfig, denoise
+
+    gen = ft.step_generator(seed, -1, stream=23)
+    jobs = [(j, k) for j in range(len(prompts)) for k in range(per_prompt)]
+    noise = ft.randn((len(jobs), *backbone.latent_shape), gen, backbone)
+    sampler = SamplerConfig("ddim", steps=steps, guidance=guidance, precision=precision)
+    out: dict[str, list[torch.Tensor]] = {"x": [], "eps_uncond": [], "eps_cond": []}
+    for start in range(0, len(jobs), batch_size):
+        part = jobs[start:start + batch_size]
+        recorder = ft._RecordedCFG()
+        _, traj = denoise(backbone, [prompts[j] for j, _ in part], noise[start:start + len(part)], sampler,
+                          negative_prompts=[""] * len(part), hooks=[recorder] if keep_eps else [],
+                          return_trajectory=True)
+        out["x"].append(torch.stack([x for _, _, x in traj], dim=1).cpu())
+        if keep_eps:
+            out["eps_uncond"].append(torch.stack([u for u, _ in recorder.pairs], dim=1).cpu())
+            out["eps_cond"].append(torch.stack([c for _, c in recorder.pairs], dim=1).cpu())
+    return {k: torch.cat(v).unflatten(0, (len(prompts), per_prompt)) for k, v in out.items() if v}
 
 
 DEVIATIONS = ("first [EoT] found by token (official: word count); zero_grad every step (official: never); "

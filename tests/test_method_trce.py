@@ -97,10 +97,14 @@ OTHER_MARGIN = 0.25
 
 @pytest.mark.slow
 def test_erases_the_target_and_keeps_other_objects(mini_backbone, effect_probe):
+    """TRCE maps the concept to a contextually similar safe concept (nudity: "a person wearing clothes"); on the
+    mini world another shape, "square". With the empty anchor the mapped prompts ("a red") make the model draw its
+    default object, a circle: erasure 0.17 on TUNING_SEED (benchmarks/results/trce_sweep_mini.json)."""
+    request = ErasureRequest(targets=[TARGET], anchor="square", preserve=REQUEST.preserve)
     before = effect_probe(mini_backbone, TARGET)
     assert before["erasure_rate"] <= 1 - ERASURE_GAIN, f"precondition: the unedited model hardly draws {TARGET} ({before})"
     method = get_method("trce", {"progress": False})
-    after = effect_probe(method.apply(mini_backbone, REQUEST), TARGET)
+    after = effect_probe(method.apply(mini_backbone, request), TARGET)
     report = {k: (round(before[k], 3), round(after[k], 3)) for k in ("erasure_rate", "other_object_accuracy")}
     print(f"\ntrce on the mini world (EFFECT_SEED): {report}, stats {method.stats}")
     assert after["erasure_rate"] >= before["erasure_rate"] + ERASURE_GAIN, report
