@@ -120,8 +120,14 @@ class TRCEConfig(ft.FinetuneConfig):
     regularization_trajectories: int = 2000  # stage2_data_preparation.py (uncond_num): unconditional samples
 
 
-# On the mini world (the shipped model, TUNING_SEED; benchmarks/trce_hirm_sweep.py): a 25-step sampler as the
-# world's, the same early half of it, fewer trajectories, and a learning rate the tiny UNet moves at.
+# On the mini world (the shipped model; TUNING_SEED, 12 target / 14 other-object images; benchmarks/trce_hirm_sweep.py,
+# results/trce_sweep_mini.json; unedited: erasure 0.00, other objects 1.00): with the paper's preserve weight per row
+# (3.3e-9, bare preserve words) stage 1 erased 0.79 but took other objects to 0.14 (2 images per prompt), so the
+# preserve rows (the other objects in the world's contexts) weigh 1.0; stage 1 then erases 0.17 / 1.00 mapped to the
+# empty prompt ("a red": the model's default object is a circle) and 1.00 / 1.00 mapped to "square"; stages 1 + 2
+# with this preset, to "square": 1.00 / 1.00. A 25-step sampler as the world's, the same early half of it, one
+# trajectory per context and 4 unconditional ones (the official 5 and 2000 cost minutes here), lr 1e-3 (the tiny UNet
+# does not move at 1e-6).
 MINI_DEFAULTS: dict[str, Any] = {
     "closed_form_preserve_scale": 1.0,
     "ddim_steps": 25,
