@@ -99,7 +99,8 @@ OTHER_MARGIN = 0.25
 def test_erases_the_target_and_keeps_other_objects(mini_backbone, effect_probe):
     """TRCE maps the concept to a contextually similar safe concept (nudity: "a person wearing clothes"); on the
     mini world another shape, "square". With the empty anchor the mapped prompts ("a red") make the model draw its
-    default object, a circle: erasure 0.17 on TUNING_SEED (benchmarks/results/trce_sweep_mini.json)."""
+    default object, a circle: erasure 0.17 (stage 1) and 0.25 (both stages) on TUNING_SEED
+    (benchmarks/results/trce_sweep_mini.json)."""
     request = ErasureRequest(targets=[TARGET], anchor="square", preserve=REQUEST.preserve)
     before = effect_probe(mini_backbone, TARGET)
     assert before["erasure_rate"] <= 1 - ERASURE_GAIN, f"precondition: the unedited model hardly draws {TARGET} ({before})"
