@@ -299,7 +299,7 @@ class TRCE(ft.FinetuneMethod):
             optimizer="adamw", weight_decay=cfg.weight_decay,
         )
         done = result.steps - result.resumed_from
-        sampled = (len(neg) * cfg.images_per_prompt + cfg.regularization_trajectories) * cfg.ddim_steps * 2
+        sampled = (2 * len(neg) * cfg.images_per_prompt + cfg.regularization_trajectories) * cfg.ddim_steps  # CFG: 2
         self.stats.update(ft.stats_from(
             result, trained_parameters=sum(p.numel() for p in params.values()),
             unet_forward=sampled + done * (1 + 2 + 2 * cfg.regularization_batch_size),
