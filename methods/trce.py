@@ -272,7 +272,7 @@ class TRCE(ft.FinetuneMethod):
             j, k = divmod(f, cfg.images_per_prompt)
             # the latent after official step s is the one before our step s + 1
             i = ft.randint(1, last_early + 1, gen)
-            x = malicious["x"][j:j + 1, k, i].float()
+            x = malicious["x"][j:j + 1, k, i].to(frozen.dtype)  # as ESD: autocast mixes it with the fp32 trainee
             e_0 = malicious["eps_uncond"][j:j + 1, k, i].float()
             e_c = malicious["eps_cond"][j:j + 1, k, i].float()
             t = timesteps[i]
@@ -286,7 +286,7 @@ class TRCE(ft.FinetuneMethod):
             target = sum(F.relu(cfg.beta * (s + cfg.margin)) for s in scores) / 2
             r = ft.randint(0, cfg.regularization_trajectories, gen, cfg.regularization_batch_size)
             steps_r = ft.randint(0, cfg.ddim_steps, gen, cfg.regularization_batch_size)
-            x_r = torch.stack([uncond["x"][0, a, b] for a, b in zip(r, steps_r)]).float()
+            x_r = torch.stack([uncond["x"][0, a, b] for a, b in zip(r, steps_r)]).to(frozen.dtype)
             t_r = torch.stack([timesteps[b] for b in steps_r])
             with torch.no_grad():
                 kept = ft.eps(reg_unet, x_r, t_r, emb_0)
