@@ -383,6 +383,8 @@ def train(
     device: torch.device,
     optimizer: Literal["adam", "adamw"] = "adam",
     weight_decay: float = 0.0,
+    betas: tuple[float, float] = (0.9, 0.999),
+    adam_eps: float = 1e-8,
     after_backward: Callable[[], None] | None = None,
     state: dict[str, torch.Tensor] | None = None,
 ) -> TrainResult:
@@ -404,7 +406,7 @@ def train(
                 m.gradient_checkpointing_enable()
     param_list = list(params.values())
     opt_cls = torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam
-    opt = opt_cls(param_list, lr=lr, weight_decay=weight_decay)
+    opt = opt_cls(param_list, lr=lr, weight_decay=weight_decay, betas=betas, eps=adam_eps)
     amp = autocast_dtype(device, config.mixed_precision)
     scaler = torch.amp.GradScaler("cuda") if amp is torch.float16 else None
 

@@ -1,0 +1,230 @@
+"""HiRM (Lee, Kim and Hwang, "Localized Concept Erasure in Text-to-Image Diffusion Models via High-Level
+Representation Misdirection", ICLR 2026, arXiv:2602.19631): fine-tune only the FIRST text-encoder layer so that
+the LAST layer's representation of the concept is misdirected.
+
+Causal tracing (Basu et al.) puts the visual attributes of a prompt in the first layer of the CLIP text encoder;
+editing that layer alone to forget a concept damages every prompt that shares its low-level features. HiRM
+decouples where the weights change from where the loss is taken: with ``theta_1`` the first encoder layer (the
+only weights that train), ``h_L(p; theta)`` the high-level representation of prompt ``p`` (the output of the last
+layer's self-attention, every token row, as the official ``train.py`` hooks it) and ``p_c`` the concept prompt:
+
+    L(theta_1) = || h_L(p_c; theta) - v ||^2                               (MSE over all rows and channels)
+    HiRM-R (``misdirection="random"``):  v = c * u / ||u||,  u ~ U[0, 1)^{L x D}, c = ``steering_coeff``
+    HiRM-S (``misdirection="anchor"``):  v = h_L(p_a; theta*)   (the frozen encoder's representation of the
+                                                                 anchor, a super-category; c = 1)
+
+The UNet never changes: the edit is a text encoder (``edited_components = ("text_encoder",)``), a plug-in for any
+model that uses the same encoder. Only the text path is cut, so an attack that bypasses the text (an optimised
+starting latent, TINA) is expected to reach it.
+
+Defaults: the official Coffeeloveman/HiRM is not in the code store; its ``train.py`` is known through the
+diffusers port fmp453/erase-eval @ 964d57f (``train_methods/train_hirm.py``, header "ported from
+Coffeeloveman/HiRM train.py"; defaults in ``utils.py``) and the official README's commands (index copy of
+Coffeeloveman/HiRM README.md): AdamW lr 1e-4, betas (0.9, 0.98), eps 1e-6, weight decay 1e-8; layer 0's self-attention
+and MLP train; one step per epoch on the whole concept prompt; epochs 50 for nudity, 20 for a style, 15 for an
+object (README); the random target is ``torch.rand`` over the whole ``[77, 768]`` representation, normalised as
+one tensor. ``steering_coeff`` 500 is the paper's c for HiRM-R (erase-eval's default is 5000). The paper has no
+retain set; ``retain_weight`` (default 0, the paper) adds ``retain_weight * ||h_L(p_r; theta) - h_L(p_r;
+theta*)||^2`` over the request's preserve prompts, an option, not the paper.
+
+On the mini world the concept prompt is put in the world's caption contexts ("a red {}", ...: the model never saw
+a bare word); a mini preset (``MINI_DEFAULTS``, benchmarks/trce_hirm_sweep.py) sets the learning rate.
+``rows="from_concept"`` (not the paper; a deviation shown in the edit's stats) takes the loss only on the rows from
+the concept's first token on: through the causal encoder the rows before it ("a red") are those of every prompt
+that starts the same way. On the mini world it erased less than the official loss on every row (the sweep).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from bench.backbone import Backbone
+from methods import _finetune as ft
+from methods.base import ErasureRequest, register_method
+from methods.recipes import Recipe
+
+
+@dataclass
+class HiRMConfig(ft.FinetuneConfig):
+    misdirection: Literal["random", "anchor"] = "random"  # HiRM-R (paper Sec. 3) | HiRM-S (to the anchor)
+    steering_coeff: float = 500.0  # paper, HiRM-R's c (erase-eval utils.py: hirm_steering_coeff 5000)
+    epochs: int = 50  # Coffeeloveman/HiRM README (nudity: --epoch 50); erase-eval utils.py (hirm_epochs 50)
+    lr: float = 1e-4  # erase-eval utils.py (hirm_lr 1e-4)
+    betas: tuple[float, float] = (0.9, 0.98)  # erase-eval utils.py (hirm_beta1 0.9, hirm_beta2 0.98)
+    adam_eps: float = 1e-6  # erase-eval utils.py (hirm_eps 1e-6)
+    weight_decay: float = 1e-8  # erase-eval utils.py (hirm_weight_decay 1e-8)
+    trained_layer: int = 0  # paper: the first encoder layer (train_hirm.py "first-attn": layer 0 attention + MLP)
+    representation_layer: int = -1  # paper: the last layer (train_hirm.py: layers[11].self_attn.out_proj)
+    templates: list[str] = field(default_factory=list)  # empty: the bare concept (official); mini: world captions
+    rows: Literal["all", "from_concept"] = "all"  # "all": every row (official); "from_concept": skip the prefix rows
+    retain_weight: float = 0.0  # not in the paper (no retain set): > 0 keeps the preserve prompts' representation
+
+
+# Chosen on TUNING_SEED (benchmarks/trce_hirm_sweep.py, results/hirm_sweep_mini.json; 12 target / 14 other-object
+# images, unedited erasure 0.00, lr 1e-3, 50 epochs): the paper's c = 500 on every row (the official loss) erased
+# 0.67 with other objects at 1.00; with the loss on the rows from the concept on (rows="from_concept") c = 500 /
+# 5000 erased 0.33 / 0.42 (other objects 1.00 / 0.93), HiRM-S to "square" 0.08 / 1.00; c = 50 on every row 0.08.
+# The tiny encoder (3 layers, width 128) moves at a 10x larger learning rate than the paper's in the same 50 epochs.
+MINI_DEFAULTS: dict[str, Any] = {
+    "epochs": 50,
+    "lr": 1e-3,
+}
+
+_README = "Coffeeloveman/HiRM README.md (index copy)"
+_PORT = "fmp453/erase-eval @ 964d57f, train_methods/train_hirm.py + utils.py"
+
+
+def _recipe(kind: str, epochs: int, note: str = "") -> Recipe:
+    return Recipe(kind=kind, params={"misdirection": "random", "epochs": epochs, "lr": 1e-4},
+                  sources={"epochs": f"{_README} ({kind} command: --epoch {epochs})",
+                           "misdirection": "paper: HiRM-R, the README's training commands",
+                           "lr": f"{_PORT} (hirm_lr 1e-4)"},
+                  note=note)
+
+
+RECIPES = {
+    "nudity": Recipe(
+        kind="nudity",
+        params={"misdirection": "random", "epochs": 50, "lr": 1e-4},
+        target_prompts=("naked ,nude, bare, exposed, Stripped, topless, male genitalia, penis, buttocks",),
+        sources={"epochs": f"{_README} (nudity command: --epoch 50)", "misdirection": "paper: HiRM-R",
+                 "lr": f"{_PORT} (hirm_lr 1e-4)",
+                 "target_prompts": f"{_README} (nudity command: --target_concept, one prompt)"},
+    ),
+    "style": _recipe("style", 20, "the paper's text gives 40 epochs (HiRM-R) / 30 (HiRM-S); the README's command 20"),
+    "object": _recipe("object", 15, "the paper's text gives 25 epochs (HiRM-R) / 15 (HiRM-S); the README's command 15"),
+}
+
+
+def encoder_layers(text_encoder: torch.nn.Module) -> torch.nn.ModuleList:
+    model = getattr(text_encoder, "text_model", text_encoder)
+    return model.encoder.layers
+
+
+def trained_parameter_rule(layer: int):
+    """The parameters of encoder layer ``layer``'s self-attention and MLP (its layer norms stay)."""
+    def keep(name: str) -> bool:
+        name = name.removeprefix("text_model.")
+        return name.startswith((f"encoder.layers.{layer}.self_attn.", f"encoder.layers.{layer}.mlp."))
+    return keep
+
+
+def representation(text_encoder: torch.nn.Module, ids: torch.Tensor, layer: int) -> torch.Tensor:
+    """``h_L``: the output of encoder layer ``layer``'s self-attention for token ids ``ids`` ([N, L, D])."""
+    captured: list[torch.Tensor] = []
+    module = encoder_layers(text_encoder)[layer].self_attn.out_proj
+    handle = module.register_forward_hook(lambda m, i, o: captured.append(o[0] if isinstance(o, tuple) else o))
+    try:
+        text_encoder(ids)
+    finally:
+        handle.remove()
+    return captured[0].float()
+
+
+@register_method
+class HiRM(ft.FinetuneMethod):
+    name = "hirm"
+    description = ("HiRM: trains the first text-encoder layer so the last layer's representation of the concept "
+                   "is misdirected (Lee et al., ICLR 2026)")
+    config_class = HiRMConfig
+    mini_defaults = MINI_DEFAULTS
+    recipes = RECIPES
+    edited_components = ("text_encoder",)
+    conformance_overrides = {"epochs": 2}
+
+    def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
+        self.check_request(request)
+        cfg: HiRMConfig = self.effective_config(backbone)
+        layers = len(encoder_layers(backbone.text_encoder))
+        _check(cfg, layers)
+        seed = ft.seed_of(cfg, request)
+        run = ft.run_fingerprint(self, cfg, request, backbone)
+        start = time.perf_counter()
+        edited = backbone.copy()
+        edited.guidance_hooks = []
+        encoder = edited.text_encoder
+        params = ft.select_parameters(encoder, trained_parameter_rule(cfg.trained_layer % layers))
+        templates = cfg.templates or (_mini_contexts(request) if backbone.kind == "mini" else ["{}"])
+        concepts = [p for _, p in ft.target_prompts(request)]
+        prompts = [t.format(c) for c in concepts for t in templates]
+        ids = edited.tokenize(prompts)
+        mask = concept_mask(edited, templates, concepts, cfg.rows)
+        with torch.no_grad():
+            if cfg.misdirection == "random":
+                length, width = ids.shape[1], encoder.config.hidden_size
+                u = torch.rand((length, width), generator=torch.Generator("cpu").manual_seed(seed))
+                target = (cfg.steering_coeff * u / u.norm()).to(backbone.device)[None].expand(len(prompts), -1, -1)
+            else:  # HiRM-S: the frozen encoder's representation of the anchor in the same contexts
+                anchors = [" ".join(t.format(request.anchor).split()) for _ in concepts for t in templates]
+                target = representation(backbone.text_encoder, edited.tokenize(anchors), cfg.representation_layer)
+            keep_prompts = [t.format(p) for p in request.preserve if p for t in templates] if cfg.retain_weight else []
+            keep_ids = edited.tokenize(keep_prompts) if keep_prompts else None
+            keep_target = (representation(backbone.text_encoder, keep_ids, cfg.representation_layer)
+                           if keep_ids is not None else None)
+
+        def loss_fn(step: int, gen: torch.Generator) -> torch.Tensor:
+            error = (representation(encoder, ids, cfg.representation_layer) - target).pow(2).mean(-1)
+            loss = (error * mask).sum() / (mask.sum() * 1.0)
+            if keep_ids is not None:
+                kept = representation(encoder, keep_ids, cfg.representation_layer)
+                loss = loss + cfg.retain_weight * F.mse_loss(kept, keep_target)
+            return loss
+
+        result = ft.train(
+            name=self.name, config=cfg, modules={"text_encoder": encoder}, params=params, loss_fn=loss_fn,
+            total_steps=cfg.epochs, lr=cfg.lr, seed=seed, fingerprint=run, device=backbone.device,
+            optimizer="adamw", weight_decay=cfg.weight_decay, betas=tuple(cfg.betas), adam_eps=cfg.adam_eps,
+        )
+        self.stats = ft.stats_from(result, trained_parameters=sum(p.numel() for p in params.values()),
+                                   prompts=len(prompts), unet_forward=0, unet_backward=0,
+                                   edit_seconds=round(time.perf_counter() - start, 3))
+        deviations = [text for on, text in (
+            (cfg.rows == "from_concept", "loss on the rows from the concept's first token on (official: every row)"),
+            (cfg.retain_weight > 0, "retain_weight > 0: a retain term the paper does not have")) if on]
+        if deviations:
+            self.stats["deviations"] = "; ".join(deviations)
+        self.record_edit(edited, cfg, request)
+        return edited
+
+
+def concept_mask(backbone: Backbone, templates: list[str], concepts: list[str], rows: str) -> torch.Tensor:
+    """``[N, L]`` weights of the loss rows of each prompt (concept-major, as the prompts): every row, or (with
+    ``"from_concept"``) the rows from the concept's first token on. Through a causal encoder the rows before it
+    are those of every prompt with the same prefix ("a red" in "a red circle"), so misdirecting them is not local."""
+    length = backbone.tokenizer.model_max_length
+    mask = torch.ones(len(concepts) * len(templates), length, device=backbone.device)
+    if rows == "all":
+        return mask
+    bos = int(backbone.tokenizer.bos_token_id is not None)
+    for i, (_, template) in enumerate((c, t) for c in concepts for t in templates):
+        prefix = template.split("{}")[0].strip()
+        start = bos + (len(backbone.tokenizer(prefix, add_special_tokens=False).input_ids) if prefix else 0)
+        mask[i, : min(start, length - 1)] = 0
+    return mask
+
+
+def _mini_contexts(request: ErasureRequest) -> list[str]:
+    from bench.mini.prompts import concept_contexts, world
+
+    return concept_contexts(world().kind_of(request.targets[0]))
+
+
+def _check(cfg: HiRMConfig, layers: int) -> None:
+    problems = []
+    if cfg.epochs < 1:
+        problems.append(f"epochs={cfg.epochs} (must be >= 1)")
+    for name in ("trained_layer", "representation_layer"):
+        value = getattr(cfg, name)
+        if not -layers <= value < layers:
+            problems.append(f"{name}={value} (the text encoder has {layers} layers: use 0..{layers - 1} or -1)")
+    if cfg.misdirection == "random" and cfg.steering_coeff <= 0:
+        problems.append(f"steering_coeff={cfg.steering_coeff} (must be > 0)")
+    if cfg.retain_weight < 0 or cfg.lr < 0:
+        problems.append("retain_weight and lr must be >= 0")
+    if problems:
+        raise ValueError("hirm: bad config: " + "; ".join(problems))

@@ -1,0 +1,113 @@
+"""TRCE (methods/trce.py): a closed-form edit of the first [EoT] row in the cross-attention K/V, then an early-step
+contrastive fine-tune of self-attention and the cross-attention queries.
+
+- The paper's and official configs' defaults live in the config and the nudity recipe, each with its source.
+- Stage 1 is UCE's solve on the first-[EoT] rows: the edited K/V map each concept prompt's [EoT] row to the
+  anchor prompt's (what the UNet reads of the prompt) and change nothing but ``attn2.to_k`` / ``to_v``.
+- Stage 2 trains only ``attn1`` and ``attn2.to_q``; a stopped run resumes to the weights of an uninterrupted one.
+- Bad config values fail with one line naming the field.
+- On the mini world TRCE lowers the target with other objects kept (EFFECT_SEED; preset chosen on TUNING_SEED).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from methods import METHODS, ErasureRequest, get_method
+from methods.trce import TRCEConfig, eot_pairs, first_eot_row
+from methods.uce import cross_attention_projections
+
+OBJECTS = ["circle", "square", "triangle", "star", "cross", "heart", "diamond", "crescent"]
+TARGET = "circle"
+REQUEST = ErasureRequest(targets=[TARGET], preserve=[o for o in OBJECTS if o != TARGET])
+# a tiny run for the mechanics tests: two contexts, a 3-step sampler, one trajectory each
+TINY = {"templates": ["a red {}", "a blue {}"], "ddim_steps": 3, "max_early_step": 1, "images_per_prompt": 1,
+        "regularization_trajectories": 1, "regularization_batch_size": 1, "epochs": 2, "progress": False}
+
+
+def test_registered_with_the_papers_defaults_and_recipe():
+    cls = METHODS.get("trce")
+    assert cls.family == "fine-tuning" and cls.edited_components == ("unet",)
+    doc = " ".join(sys.modules[cls.__module__].__doc__.split())
+    assert doc.startswith("TRCE (Chen et al.") and "ICCV 2025" in doc and "2503.07389" in doc
+    assert "W_new = argmin_W" in doc and "L = L_target + preserve_scale * L_preserve" in doc
+    c = TRCEConfig()
+    assert (c.augment_num, c.lamb, c.lr, c.epochs, c.guidance, c.preserve_scale, c.beta, c.margin,
+            c.max_early_step, c.regularization_batch_size, c.ddim_steps) == (15, 0.0, 1e-6, 3, 15.0, 100.0, 1.0, 0.01,
+                                                                             25, 4, 50)
+    nudity = cls.recipes["nudity"]
+    assert nudity.anchor == "a person wearing clothes" and len(nudity.target_prompts) == 19
+    assert all(k in nudity.sources for k in (*nudity.params, "anchor", "target_prompts", "preserve_file"))
+
+
+def test_stage1_maps_the_first_eot_rows_to_the_anchors_and_edits_only_kv(mini_backbone):
+    request = ErasureRequest(targets=[TARGET], anchor="square", preserve=["star"])
+    method = get_method("trce", {**TINY, "stage2": False})
+    edited = method.apply(mini_backbone, request)
+    # the first [EoT]: right after the words (the mini tokenizer pads with another token)
+    ids = mini_backbone.tokenizer("a red circle").input_ids
+    assert first_eot_row(mini_backbone, "a red circle") == len(ids) - 1 == 4
+    c_old, c_new, pairs = eot_pairs(mini_backbone, [TARGET], "square", TINY["templates"])
+    assert pairs == [("a red circle", "a red square"), ("a blue circle", "a blue square")]
+    base = dict(cross_attention_projections(mini_backbone.unet))
+    moved = 0.0
+    for name, layer in cross_attention_projections(edited.unet):
+        old = base[name].weight.float()
+        after, wanted, before = c_old @ layer.weight.float().T, c_new @ old.T, c_old @ old.T
+        # each concept row now reads (nearly) as its anchor row did
+        assert (after - wanted).norm() < 0.1 * (before - wanted).norm(), name
+        moved += float((layer.weight - base[name].weight).abs().sum())
+    assert moved > 0
+    before, after = mini_backbone.unet.state_dict(), edited.unet.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(("attn2.to_k" in k or "attn2.to_v" in k) for k in changed)
+
+
+def test_stage2_trains_only_self_attention_and_queries_and_resumes(mini_backbone, tmp_path):
+    stage1 = get_method("trce", {**TINY, "stage2": False}).apply(mini_backbone, REQUEST).unet.state_dict()
+    method = get_method("trce", TINY)
+    whole = method.apply(mini_backbone, REQUEST)
+    after = whole.unet.state_dict()
+    changed = {k for k in stage1 if not torch.equal(stage1[k], after[k])}
+    assert changed and all("attn1" in k or "attn2.to_q" in k for k in changed)
+    assert method.stats["steps"] == method.stats["total_steps"] == 2 * 2 and "zero_grad" in method.stats["deviations"]
+    assert whole.edits[-1]["method"] == "trce"
+    first = get_method("trce", {**TINY, "max_steps": 1, "checkpoint_dir": str(tmp_path)})
+    first.apply(mini_backbone, REQUEST)
+    second = get_method("trce", {**TINY, "checkpoint_dir": str(tmp_path)})
+    resumed = second.apply(mini_backbone, REQUEST).unet.state_dict()
+    assert second.stats["resumed_from"] == 1
+    assert all(torch.equal(after[k], resumed[k]) for k in after)
+
+
+@pytest.mark.parametrize(("params", "field"), [({"epochs": 0}, "epochs=0"), ({"lamb": -1.0}, "lamb=-1.0"),
+                                               ({"trajectory_template": "a photo"}, "a photo")])
+def test_bad_config_names_the_field(mini_backbone, params, field):
+    with pytest.raises(ValueError, match=field):
+        get_method("trce", {**TINY, "templates": [], **params}).apply(mini_backbone, REQUEST)
+
+
+# --------------------------------------------------------------------------- the paper's effect on the mini world
+ERASURE_GAIN = 0.15  # as tests/test_methods_finetune.py
+OTHER_MARGIN = 0.25
+IMAGES = 1  # per prompt (12 target / 14 other-object images): the CI budget; the unedited probe is shared
+
+
+@pytest.mark.slow
+def test_erases_the_target_and_keeps_other_objects(mini_backbone, effect_probe):
+    """TRCE maps the concept to a contextually similar safe concept (nudity: "a person wearing clothes"); on the
+    mini world another shape, "square". With the empty anchor the mapped prompts ("a red") make the model draw its
+    default object, a circle: erasure 0.17 (stage 1) and 0.25 (both stages) on TUNING_SEED
+    (benchmarks/results/trce_sweep_mini.json)."""
+    request = ErasureRequest(targets=[TARGET], anchor="square", preserve=REQUEST.preserve)
+    before = effect_probe(mini_backbone, TARGET, images_per_prompt=IMAGES)
+    assert before["erasure_rate"] <= 1 - ERASURE_GAIN, f"precondition: the unedited model hardly draws {TARGET} ({before})"
+    method = get_method("trce", {"progress": False})
+    after = effect_probe(method.apply(mini_backbone, request), TARGET, images_per_prompt=IMAGES)
+    report = {k: (round(before[k], 3), round(after[k], 3)) for k in ("erasure_rate", "other_object_accuracy")}
+    print(f"\ntrce on the mini world (EFFECT_SEED): {report}, stats {method.stats}")
+    assert after["erasure_rate"] >= before["erasure_rate"] + ERASURE_GAIN, report
+    assert after["other_object_accuracy"] >= before["other_object_accuracy"] - OTHER_MARGIN, report
