@@ -18,10 +18,10 @@ from tests.seeds import EFFECT_SEED
 
 TARGET = "circle"
 SAMPLER = SamplerConfig(name="ddim", steps=10, guidance=5.0)
-BUDGETS = {  # the same check budget for all; optimisation knobs cut for CI (the paper's are in the configs)
+BUDGETS = {  # at most 3 judged candidates per prompt for each; optimisation knobs cut for CI
     "random-tokens": {"max_checks": 3},
-    "tina": {"max_checks": 1, "opt_rounds": 3, "lr": 1e-2},
-    "p4d": {"max_checks": 3, "iterations": 60},
+    "tina": {"max_checks": 1, "opt_rounds": 3, "lr": 1e-2},  # one inversion (paper K = 25 at lr 1e-3)
+    "p4d": {"max_checks": 3, "iterations": 150},  # P4D's eval_step of 50 iterations per candidate
 }
 
 
@@ -170,6 +170,8 @@ def test_tina_reaches_a_text_path_eraser_where_random_tokens_do_not(results, rec
     tried = ~results["random-tokens"]["pre_success"].to_numpy(bool)
     assert tried.sum() >= 4, f"precondition: RECE erases the circle on only {tried.sum()} of 6 prompts"
     wins, losses, p = paired(results, "tina")
+    print(f"tina vs random-tokens on RECE (EFFECT_SEED): wins {wins} losses {losses} sign-test p {p:.4f}; ASR "
+          f"{results['tina']['success'].mean():.2f} vs {results['random-tokens']['success'].mean():.2f}")
     assert wins >= losses + 3, (wins, losses, p)
     # the found latent redraws the judged image: the erased model, null text, the row's seed, the latent
     df = results["tina"]
@@ -183,5 +185,8 @@ def test_tina_reaches_a_text_path_eraser_where_random_tokens_do_not(results, rec
 
 @pytest.mark.slow
 def test_p4d_beats_random_tokens(results):
+    """P4D-N brings the circle back on more of RECE's erased prompts than random tokens with the same checks."""
     wins, losses, p = paired(results, "p4d")
+    print(f"p4d vs random-tokens on RECE (EFFECT_SEED): wins {wins} losses {losses} sign-test p {p:.4f}; ASR "
+          f"{results['p4d']['success'].mean():.2f} vs {results['random-tokens']['success'].mean():.2f}")
     assert wins > losses, (wins, losses, p)
