@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bench.attacks import ATTACKS, decode_latents, encode_latents
+from bench.attacks import ATTACKS, AttackCache, decode_latents, encode_latents, read_csv
 from bench.generate import SamplerConfig, generate, image_key, initial_noise, latent_digest
 from tests.seeds import EFFECT_SEED
 
@@ -108,6 +108,9 @@ def test_conforms_on_tiny_stable_diffusion(tiny_sd, tmp_path, name):
         assert cached["cache_key"].tolist() == first["cache_key"].tolist()  # the key is stable
         if name == "tina":
             z = torch.cat([decode_latents(v) for v in first["adv_latent"]])
+            back = read_csv(AttackCache(tmp_path / "c").export_csv(tmp_path / "a.csv", "tina"))
+            exported = dict(zip(back["cache_key"], back["adv_latent"]))
+            assert all(exported[k] == v for k, v in zip(first["cache_key"], first["adv_latent"]))  # CSV keeps them
             assert torch.isfinite(z).all() and z.shape[1:] == erased.latent_shape
             images, _ = generate(erased, [""] * len(z), first["seed"].tolist(), sampler, progress=False,
                                  initial_latents=z)
