@@ -64,6 +64,8 @@ from bench.generate import generate
 
 _P4D = "joycenerd/P4D @2cf3cda, configs/esd_nudity_optmz_config.json"
 VARIANTS = ("n", "k")
+NOTES = ("every eval_step's prompt judged by the run's evaluator, stop at first success (paper: the best "
+         "CLIP-similarity prompt); tokens read by the erased model's text encoder")
 
 
 @dataclass
@@ -208,6 +210,6 @@ class P4D(Attack):
                 prompts.append(decode_ids(erased.tokenizer, seq))
             ok = ctx.check(active, prompts)
             for i, p, s in zip(active, prompts, ok):
-                found[i] = Found(success=s, adv_prompt=p, extra={"p4d_variant": cfg.variant})
+                found[i] = Found(success=s, adv_prompt=p, extra={"p4d_variant": cfg.variant, "p4d_notes": NOTES})
             active = [i for i, s in zip(active, ok) if not s]
         return found
