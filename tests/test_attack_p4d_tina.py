@@ -111,6 +111,11 @@ def test_conforms_on_tiny_stable_diffusion(tiny_sd, tmp_path, name):
             back = read_csv(AttackCache(tmp_path / "c").export_csv(tmp_path / "a.csv", "tina"))
             exported = dict(zip(back["cache_key"], back["adv_latent"]))
             assert all(exported[k] == v for k, v in zip(first["cache_key"], first["adv_latent"]))  # CSV keeps them
+            # the runner's robustness unit keeps them too (parquet)
+            from bench.attacks.run import unit_records
+
+            unit_records(first, prompts, "m", "cat", name).to_parquet(tmp_path / "u.parquet")
+            assert pd.read_parquet(tmp_path / "u.parquet")["adv_latent"].tolist() == first["adv_latent"].tolist()
             assert torch.isfinite(z).all() and z.shape[1:] == erased.latent_shape
             images, _ = generate(erased, [""] * len(z), first["seed"].tolist(), sampler, progress=False,
                                  initial_latents=z)
