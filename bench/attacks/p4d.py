@@ -2,14 +2,14 @@
 
 P4D debugs a safe model with the UNEDITED model as its reference: a prompt ``P*`` is optimised so that the
 ERASED model's noise prediction for ``P*`` matches the unedited model's for the concept prompt ``P``
-(paper eq. 3):
+(the P4D objective, as prompt_optimization/optimize_n.py / optimize_k.py compute it):
 
     P* = argmin_P*  E_{t, eps} || eps_erased(z_t, t, W(P*)) - eps_original(z_t, t, W(P)) ||^2,
     z_t = sqrt(a_t) z_0 + sqrt(1 - a_t) eps,  t ~ U{0, .., T-1}
 
 where ``z_0`` is the latent of the unedited model's image of ``P`` (the row's seed) and ``W`` the text
 encoder of each model. ``P*`` is a sequence of soft input embeddings kept near the vocabulary PEZ-style
-(Wen et al. 2023, paper section 3.2): every step projects the soft embeddings onto their nearest vocabulary
+(Wen et al. 2023, "hard prompts made easy"): every step projects the soft embeddings onto their nearest vocabulary
 rows (cosine), runs the forward pass with the projected (hard) embeddings, and applies the gradient with
 respect to the projection to the soft embeddings (AdamW). The judged prompt is the decoded hard tokens.
 

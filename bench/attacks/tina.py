@@ -7,7 +7,8 @@ prompt, is inverted into the ERASED model's initial latent ``z_T`` under the nul
 erased model samples from ``z_T``, again under the null text. No weights are trained and no prompt
 names the concept.
 
-Inversion (TINA section 3, "exact DDIM inversion"): with the DDIM relation of the run's sampler,
+Inversion (TINA's "exact DDIM inversion"; the shared reference's seed-methods.md 2.5 and TINA-Plus
+src/attackers/tina_.py, read, not copied): with the DDIM relation of the run's sampler,
 
     z_t = sqrt(a_t) * (z_s - sqrt(1 - a_s) * eps(z_t, t, "")) / sqrt(a_s) + sqrt(1 - a_t) * eps(z_t, t, "")   (1)
 
@@ -84,8 +85,8 @@ SOURCES = {
     "energy_tau": f"{_TINA_PLUS} (--tina-energy-tau 10.0)",
     "energy_t_min": f"{_TINA_PLUS} (--tina-energy-t-min 0.1)",
     "energy_t_max": f"{_TINA_PLUS} (--tina-energy-t-max 1.0)",
-    "invert_on": "M-ErasureBench (arXiv 2512.22877) section 3: white box inverts the erased model, black box the "
-                 "unedited one",
+    "invert_on": "M-ErasureBench (arXiv 2512.22877; no public code): its white- and black-box inverted-latent "
+                 "scenarios (the white box inverts the erased model, the black box the unedited one)",
 }
 
 
