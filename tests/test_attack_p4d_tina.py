@@ -6,7 +6,8 @@ cross-attention K/V, i.e. only how the UNet reads text) on 6 target prompts with
 The budgets were chosen with benchmarks/attacks_mini.py on TUNING_SEED (its JSON in benchmarks/results/):
 there (12 prompts x 2 seeds, 3 checks, 10 DDIM steps) TINA (K = 25) beat random tokens 18-0 on RECE and 10-0
 on AdvUnlearn (sign test p 8e-6 and 0.002), M-ErasureBench's white-box latent preset 18-0 on RECE; P4D-N 7-2
-on RECE (p 0.18; 12-4, p 0.077, with 4 seeds a prompt), 3-2 on AdvUnlearn; P4D-K 4-2 on RECE.
+on RECE (p 0.18; 12-4, p 0.077, with 4 seeds a prompt; 19-9, p 0.087, with 8: ASR 0.44 vs 0.33, ahead but not
+significant at 0.05), 3-2 on AdvUnlearn; P4D-K 4-2 on RECE.
 Measured here on EFFECT_SEED (6 prompts, RECE leaves 5 to attack): TINA 4-0 (ASR 1.00 vs 0.33), P4D-N 1-0
 (ASR 0.50 vs 0.33): six prompts give the sign test little power, the benchmark's rows carry the p-values.
 """
