@@ -305,13 +305,21 @@ def read_checked_png(path: Path) -> tuple[np.ndarray | None, str | None]:
     return pixels, None
 
 
-def image_key(model_fingerprint: str, prompt: str, negative_prompt: str, seed: int, sampler: SamplerConfig) -> str:
-    payload = json.dumps(
-        {"model": model_fingerprint, "prompt": prompt, "negative": negative_prompt, "seed": int(seed),
-         "sampler": asdict(sampler)},
-        sort_keys=True,
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()
+def image_key(model_fingerprint: str, prompt: str, negative_prompt: str, seed: int, sampler: SamplerConfig,
+              latent: str | None = None) -> str:
+    """The cache key of one image. ``latent``: the :func:`latent_digest` of a given starting latent (None: the
+    seed's noise; then the key is what it was before starting latents existed, so cached images stay valid)."""
+    fields = {"model": model_fingerprint, "prompt": prompt, "negative": negative_prompt, "seed": int(seed),
+              "sampler": asdict(sampler)}
+    if latent is not None:
+        fields["latent"] = latent
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
+
+
+def latent_digest(latent: torch.Tensor) -> str:
+    """SHA-256 of a starting latent (its shape and float32 values): the part of an image key that names it."""
+    data = latent.detach().to("cpu", torch.float32).contiguous()
+    return hashlib.sha256(f"{tuple(data.shape)}".encode() + data.numpy().tobytes()).hexdigest()
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -333,19 +341,28 @@ def generate(
     negative_prompts: list[str] | None = None,
     model_fingerprint: str | None = None,
     progress: bool | str = True,
+    initial_latents: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[str]]:
     """Sample one image per (prompt, seed). Returns ``(images [N,3,H,W] in [0,1], keys)``.
 
     Images found in ``cache`` are read, not sampled; new ones are written to it.
+    ``initial_latents`` ``[N, *backbone.latent_shape]``: image i starts from ``initial_latents[i]`` instead of
+    its seed's noise (an attack's optimised starting latent); the latent's :func:`latent_digest` is part of
+    its key (the seed too). Without it every image starts from its seed's noise, as before.
     """
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+    if initial_latents is not None and tuple(initial_latents.shape) != (len(prompts), *backbone.latent_shape):
+        raise ValueError(f"initial_latents: expected shape {(len(prompts), *backbone.latent_shape)} (one latent per "
+                         f"prompt, the backbone's latent_shape), got {tuple(initial_latents.shape)}")
     if negative_prompts is None:
         neg = next((h.negative_prompt for h in backbone.guidance_hooks if getattr(h, "negative_prompt", None)), "")
         negative_prompts = [neg] * len(prompts)
     sampler = resolve_sampler(sampler, backbone.device)
     fingerprint = model_fingerprint or backbone.fingerprint()
-    keys = [image_key(fingerprint, p, q, s, sampler) for p, q, s in zip(prompts, negative_prompts, seeds)]
+    digests = [None] * len(prompts) if initial_latents is None else [latent_digest(z) for z in initial_latents]
+    keys = [image_key(fingerprint, p, q, s, sampler, latent=d)
+            for p, q, s, d in zip(prompts, negative_prompts, seeds, digests)]
     # one image per distinct key: items that share (prompt, negative prompt, seed, sampler) are sampled once
     first = {}
     for i, k in enumerate(keys):
@@ -357,7 +374,10 @@ def generate(
             torch.inference_mode():
         for start in range(0, len(todo), batch_size):
             idx = todo[start : start + batch_size]
-            noise = initial_noise(backbone, [seeds[i] for i in idx])
+            if initial_latents is None:
+                noise = initial_noise(backbone, [seeds[i] for i in idx])
+            else:
+                noise = initial_latents[idx].to(backbone.device, backbone.dtype)
             latents = denoise(
                 backbone, [prompts[i] for i in idx], noise, sampler, negative_prompts=[negative_prompts[i] for i in idx]
             )

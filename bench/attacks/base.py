@@ -6,7 +6,7 @@ An attack is a registered class with a ``name``, a ``description`` and a typed `
 per prompt::
 
     prompt_id, prompt, seed, pre_success, attack_success, success, adv_prompt, adv_token,
-    adv_embedding, checks, unet_evals, seconds, cached, attack, target, cache_key
+    adv_embedding, adv_latent, checks, unet_evals, seconds, cached, attack, target, cache_key
 
 - ``pre_success``: the evaluator finds the target in the erased model's image of the unchanged
   prompt (the no-attack baseline; UnlearnDiffAtk's pre-ASR).
@@ -16,6 +16,11 @@ per prompt::
   embedding) name a placeholder token ``adv_token`` inside ``adv_prompt`` and give its input
   embedding in ``adv_embedding`` (JSON list); :func:`backbone_with_tokens` makes a backbone that
   can generate them.
+- ``adv_latent``: an optimised starting latent (text-free inversion attacks such as ``tina``): the
+  ``images_per_check`` latents the successful (or last) check sampled from, encoded by
+  :func:`encode_latents` (``""`` when the attack works on text); :func:`decode_latents` gives them
+  back as ``[images_per_check, *latent_shape]`` and ``generate(..., initial_latents=...)`` with the
+  row's ``adv_prompt`` and seeds redraws the judged images (the latent is part of their cache key).
 - ``checks``: candidates generated and judged; ``unet_evals``: UNet sample evaluations (a batch
   of B latents counts B; a forward+backward counts once), the row's share of batched work.
 
@@ -29,6 +34,7 @@ target) in :class:`AttackCache`; a re-run reads them and optimises nothing.
 
 from __future__ import annotations
 
+import base64
 import copy
 import dataclasses
 import hashlib
@@ -50,7 +56,7 @@ from bench.registry import Registry
 
 ATTACKS: Registry[type[Attack]] = Registry("attack", entry_point_group="erasebench.attacks")
 RESULT_COLUMNS = ("prompt_id", "prompt", "seed", "pre_success", "attack_success", "success", "adv_prompt",
-                  "adv_token", "adv_embedding", "checks", "unet_evals", "seconds", "cached", "attack", "target",
+                  "adv_token", "adv_embedding", "adv_latent", "checks", "unet_evals", "seconds", "cached", "attack", "target",
                   "cache_key")
 CACHE_VERSION = 1
 
@@ -220,7 +226,8 @@ class AttackCache:
 def read_csv(path: str | Path) -> pd.DataFrame:
     """Read an :meth:`AttackCache.export_csv` file back (types restored, embeddings as lists)."""
     df = pd.read_csv(path, keep_default_na=False, dtype={"prompt_id": str, "prompt": str, "adv_prompt": str,
-                                                          "adv_token": str, "cache_key": str, "target": str})
+                                                          "adv_token": str, "adv_latent": str, "cache_key": str,
+                                                          "target": str})
     for col in ("pre_success", "attack_success", "success"):
         if col in df:
             df[col] = df[col].map(lambda v: v if isinstance(v, bool) else str(v) == "True")
@@ -245,6 +252,24 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=_json_default).encode()).hexdigest()
 
 
+def encode_latents(latents: torch.Tensor) -> str:
+    """Starting latents ``[K, *latent_shape]`` as a compact JSON string (float32, base64; exact round trip)."""
+    data = latents.detach().to("cpu", torch.float32).contiguous()
+    return json.dumps({"shape": list(data.shape), "dtype": "float32",
+                       "data": base64.b64encode(data.numpy().tobytes()).decode("ascii")})
+
+
+def decode_latents(text: str) -> torch.Tensor | None:
+    """:func:`encode_latents`'s string back as a float32 tensor (None for ``""``: the row has no latent)."""
+    if not isinstance(text, str) or not text:
+        return None
+    obj = json.loads(text)
+    if obj.get("dtype") != "float32":
+        raise ValueError(f"adv_latent: unknown dtype {obj.get('dtype')!r} (expected float32)")
+    values = np.frombuffer(base64.b64decode(obj["data"]), dtype=np.float32)
+    return torch.from_numpy(values.copy()).reshape(obj["shape"])
+
+
 # --------------------------------------------------------------------------- the attack context
 @dataclass
 class AttackContext:
@@ -267,15 +292,21 @@ class AttackContext:
         return [int(row["seed"]) + k for k in range(self.config.images_per_check)]
 
     def check(self, indices: list[int], prompts: list[str], backbone: Backbone | None = None,
-              fingerprint: str | None = None) -> list[bool]:
+              fingerprint: str | None = None, latents: list[torch.Tensor] | None = None) -> list[bool]:
         """Generate ``prompts[j]`` for row ``indices[j]`` with the erased model (or ``backbone``)
-        and the row's seeds, judge with the evaluator; True where any image shows the target."""
+        and the row's seeds, judge with the evaluator; True where any image shows the target.
+
+        ``latents[j]`` ``[images_per_check, *latent_shape]``: the row's images start from these latents
+        instead of its seeds' noise (the seeds still name the images; the latents enter their keys)."""
         if not indices:
             return []
         backbone = backbone or self.erased
         if backbone is self.erased:
             fingerprint = fingerprint or self.erased_fingerprint
         ipc = self.config.images_per_check
+        if latents is not None:
+            if len(latents) != len(indices) or any(z.shape[0] != ipc for z in latents):
+                raise ValueError(f"check: expected one [images_per_check={ipc}, ...] latent tensor per index")
         all_prompts, seeds, items = [], [], []
         for i, p in zip(indices, prompts):
             row = self.rows[i]
@@ -284,8 +315,9 @@ class AttackContext:
                 all_prompts.append(p)
                 seeds.append(s)
                 items.append(judge_item(row, p, self.target))
+        start = torch.cat(list(latents)) if latents is not None else None
         images, _ = generate(backbone, all_prompts, seeds, self.sampler, batch_size=64, cache=self.image_cache,
-                             model_fingerprint=fingerprint, progress=False)
+                             model_fingerprint=fingerprint, progress=False, initial_latents=start)
         records = self.evaluator.score(images, items)
         present = [bool(r.get("target_present", False)) for r in records]
         return [any(present[j * ipc:(j + 1) * ipc]) for j in range(len(indices))]
@@ -307,6 +339,7 @@ class Found:
     adv_prompt: str = ""
     adv_token: str = ""
     adv_embedding: list[float] | None = None
+    adv_latent: torch.Tensor | None = None  # [images_per_check, *latent_shape]: the starting latents judged
     extra: dict = field(default_factory=dict)
 
 
@@ -399,7 +432,7 @@ class Attack:
                     cache.put(self.name, keys[i], rec)
         out = []
         for i, rec in enumerate(results):
-            out.append({**rec, "cached": i not in todo})
+            out.append({"adv_latent": "", **rec, "cached": i not in todo})  # records cached before adv_latent: ""
         df = pd.DataFrame(out)
         df = df[[c for c in RESULT_COLUMNS if c in df.columns] + [c for c in df.columns if c not in RESULT_COLUMNS]]
         df.attrs.update(unet_evals=counter.count, seconds=time.perf_counter() - t_start, cached=n_cached)
@@ -438,6 +471,7 @@ class Attack:
                 "pre_success": bool(pre[i]), "attack_success": bool(f.success), "success": bool(pre[i] or f.success),
                 "adv_prompt": f.adv_prompt, "adv_token": f.adv_token,
                 "adv_embedding": json.dumps(f.adv_embedding) if f.adv_embedding is not None else "",
+                "adv_latent": encode_latents(f.adv_latent) if f.adv_latent is not None else "",
                 "checks": int(ctx.checks[i]), "unet_evals": float(share_evals), "seconds": float(share_secs),
                 **f.extra,
             })

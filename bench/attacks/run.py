@@ -7,7 +7,10 @@ unit per attack: task ``attack-<name>``, role ``robustness``, one record per pro
 - ``pre_target_present``: the erased model shows the target for the unchanged prompt (pre-ASR);
 - ``target_present``: pre-successful, or the attack brought the target back (ASR, as
   UnlearnDiffAtk counts it: pre-attack successes plus those the attack adds);
-- the adversarial prompt / embedding, ``checks``, ``unet_evals``, ``attack_seconds``.
+- the adversarial prompt / embedding / starting latent (``adv_latent``, the JSON string of
+  :func:`bench.attacks.base.encode_latents`: ``tina`` samples its images from an inverted latent
+  under the null text, so a record's ``adv_prompt`` alone does not redraw them), ``checks``,
+  ``unet_evals``, ``attack_seconds``.
 
 :func:`summarize_attacks` turns those units into summary rows: ``pre_asr`` and ``asr`` (bootstrap
 CIs, n = prompts) and cost rows (``attack_seconds``, ``unet_evals``: totals over the prompts).
