@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for overrides in configs:
             t0 = time.perf_counter()
-            method = get_method("itd", {"preset": "mini", "sae_dir": tmp, **overrides})
+            method = get_method("itd", {"sae_dir": tmp, **overrides})  # preset auto: an override wins
             edited = method.apply(mini, request)
             seconds = time.perf_counter() - t0
             figures = probe(edited, args.target, sets=sets, images_per_prompt=args.images, seed=args.seed)
