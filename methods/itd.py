@@ -48,6 +48,9 @@ Deliberate deviations (each also in the edit's record, ``info``):
 - Nudity: the official script leaves the threshold unset (``None``) and its comparison fails; the nudity recipe
   here edits every prompt (``classifier=False``): with ``keep_residual`` a prompt without the features is
   unchanged anyway.
+- The SAE trains on each prompt's own tokens ([SoT] to [EoT]), whose activations are computed once (the text
+  encoder is frozen); the official loop recomputes them every batch, padded to the batch's longest prompt, so
+  it also trains on some pad tokens.
 - The AuxK term is added only while some latent is dead (the official code evaluates it on zeros otherwise,
   which only moves ``b_pre``).
 - Retain and target prompts come from the recipe (COCO captions, the target's words), not the official CSVs
