@@ -507,6 +507,9 @@ class ITD(Method):
         t0 = time.perf_counter()
         config = self.resolved_config(backbone)
         seed = request.seed if config.seed is None else config.seed
+        saved = Path(config.sae_dir or ".") / "edit.json"
+        if self.reuse_only and saved.exists():  # a reused edit keeps its own seed, whatever the new run's
+            seed = json.loads(saved.read_text()).get("itd", {}).get("seed", seed)
         targets, retain, corpus = self.prompt_sets(backbone, request, config)
         sae, record = self.sae_for(backbone, config, corpus, seed)
         features = self.concept_features(backbone, sae, config, targets, retain)
@@ -526,11 +529,13 @@ class ITD(Method):
                                      guidance_hooks=[hook, *backbone.guidance_hooks], edits=list(backbone.edits))
         encoder_layers(edited)[config.layer].register_forward_hook(hook)
         deviations = ["features among latents that fire (official topk may pick silent ones)",
-                      "one strength for threshold and sampling"]
+                      "one strength for threshold and sampling",
+                      "SAE rows: each prompt's own tokens, activations computed once (official: batch-padded, "
+                      "recomputed per batch)", "AuxK only while a latent is dead"]
         if config.keep_residual:
             deviations.insert(0, "keep_residual: only the deactivated features change (official: the output "
                                  "is replaced by the SAE reconstruction)")
-        info = {"layer": config.layer, "features": features, "threshold": threshold, "strength": config.strength,
+        info = {"layer": config.layer, "seed": seed, "features": features, "threshold": threshold, "strength": config.strength,
                 "sae_sha256": sae_sha, "sae": {k: v for k, v in record.items() if k != "key"},
                 "sae_key": record["key"], "n_targets": len(targets), "n_retain": len(retain),
                 "corpus_size": len(corpus), "deviations": deviations}

@@ -162,7 +162,8 @@ def test_the_run_keeps_the_sae_in_the_edit_folder_and_a_reused_edit_reproduces(m
     assert (folder / "edit.json").exists() and list(folder.glob("sae-*/sae.safetensors"))
     assert cost["sae_params"] > 0 and "sae_train_seconds" in cost
     reuse = MethodSpec(name="itd", params=SMALL, edit=str(folder))
-    again, cost = edited_backbone(mini, reuse.row_name, reuse, get_method("itd", SMALL), REQUEST,
+    other_seed = ErasureRequest(targets=[TARGET], seed=5)  # a run with another seed reuses the edit as saved
+    again, cost = edited_backbone(mini, reuse.row_name, reuse, get_method("itd", SMALL), other_seed,
                                   RunStore(tmp_path / "other"))
     assert "load_seconds" in cost and again.fingerprint() == edited.fingerprint()
     assert config.methods[0].name == "itd"
