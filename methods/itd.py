@@ -1,4 +1,4 @@
-"""ItD: Interpret-then-Deactivate (Tian et al. 2025, "Sparse Autoencoder as a Zero-Shot Classifier for Concept
+"""ItD: Interpret-then-Deactivate (2025, "Sparse Autoencoder as a Zero-Shot Classifier for Concept
 Erasing in Text-to-Image Diffusion Models", arXiv:2503.09446).
 
 Inference-time, with an auxiliary model. A top-k sparse autoencoder (:mod:`methods._sae`) is trained on the
@@ -303,7 +303,7 @@ class ITD(Method):
     name = "itd"
     family = "inference-time"
     description = ("Interpret-then-Deactivate: a sparse autoencoder on the text encoder finds and deactivates the "
-                   "concept's features in prompts it flags (Tian et al. 2025)")
+                   "concept's features in prompts it flags (arXiv 2503.09446, 2025)")
     config_class = ITDConfig
     multi_concept = True
     edited_components = ()
