@@ -368,6 +368,10 @@ def edited_backbone(base: Backbone, row: str, spec, method, request, store: RunS
 
     if method.name == "none":
         return base, {}
+    if spec.edit and hasattr(method, "in_folder"):  # an auxiliary model (ITD's SAE) reloaded from the edit
+        t0 = time.perf_counter()
+        edited = method.in_folder(spec.edit, reuse=True).apply(base, request)
+        return edited, {"load_seconds": time.perf_counter() - t0}
     if spec.edit:
         t0 = time.perf_counter()
         edited = apply_saved_edit(base.copy(), spec.edit)
@@ -377,6 +381,7 @@ def edited_backbone(base: Backbone, row: str, spec, method, request, store: RunS
     if method.family != "inference-time" and (saved / "edit.json").exists():
         edited = apply_saved_edit(base.copy(), saved)
         return _attach_hooks(edited, method, request), {}
+    method = _in_unit_folder(method, saved)
     method.check_request(request)
     t0 = time.perf_counter()
     with PeakMemory(base.device) as mem:
@@ -386,6 +391,12 @@ def edited_backbone(base: Backbone, row: str, spec, method, request, store: RunS
     if method.family != "inference-time" and components:
         edited.save_edit(saved, components=tuple(components), info={"method": method.fingerprint()})
     return edited, cost
+
+
+def _in_unit_folder(method, folder: Path):
+    """A method with an auxiliary model (``in_folder``: ITD's sparse autoencoder) keeps it in the unit's edit
+    folder: trained there once (resumably), found again by every worker and by a run that reuses the edit."""
+    return method.in_folder(folder) if hasattr(method, "in_folder") else method
 
 
 def _attach_hooks(backbone: Backbone, method, request) -> Backbone:
@@ -611,11 +622,14 @@ class UnitEdits:
         components = tuple(getattr(method, "edited_components", ("unet",)))
         t0 = time.perf_counter()
         cost: dict | None = None  # set when this worker computed (or loaded a given) edit
-        if spec.edit:
+        if spec.edit and hasattr(method, "in_folder"):  # an auxiliary model (ITD's SAE) reloaded from the edit
+            edited = method.in_folder(spec.edit, reuse=True).apply(base, request)
+            cost = {"load_seconds": time.perf_counter() - t0}
+        elif spec.edit:
             edited = _attach_hooks(apply_saved_edit(base.copy(), spec.edit), method, request)
             cost = {"load_seconds": time.perf_counter() - t0}
         elif method.family == "inference-time" or not components:
-            edited, cost = self._compute(method, request)
+            edited, cost = self._compute(_in_unit_folder(method, saved), request)
         elif (saved / "edit.json").exists():
             edited = _attach_hooks(apply_saved_edit(base.copy(), saved), method, request)
         else:
