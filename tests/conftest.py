@@ -15,6 +15,7 @@ The fast subset for the edit-test loop: ``python -m pytest -m "not slow"`` (CI r
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -65,13 +66,31 @@ def mini_backbone():
 
 
 @pytest.fixture(scope="session")
-def effect_probe(mini_backbone):
+def effect_probe(mini_backbone, tmp_path_factory, request):
     """``effect_probe(backbone, target, sets, images_per_prompt=2)``: :func:`bench.mini.probe.probe` on the
     effect-test seed. The unedited model's figures are computed once per (target, set, images) and shared
-    by every module that compares an edit with them."""
+    by every module that compares an edit with them; under pytest-xdist also by every worker of this test
+    run (a JSON file in the run's base folder, written under a file lock by the first worker that needs it)."""
     from bench.mini.probe import probe
 
     cache: dict[tuple, dict] = {}
+    # an xdist worker (``workerinput`` set): the workers' base folders share a parent made fresh for this test
+    # run, so nothing is read from an earlier run
+    under_xdist = hasattr(request.config, "workerinput")
+    shared = tmp_path_factory.getbasetemp().parent if under_xdist else None
+
+    def unedited(target: str, name: str, images_per_prompt: int) -> dict:
+        if shared is None:
+            return probe(mini_backbone, target, sets=(name,), images_per_prompt=images_per_prompt, seed=EFFECT_SEED)
+        from filelock import FileLock
+
+        path = shared / f"unedited-probe-{target}-{name}-{images_per_prompt}-seed{EFFECT_SEED}.json"
+        with FileLock(f"{path}.lock"):
+            if not path.is_file():
+                figures = probe(mini_backbone, target, sets=(name,), images_per_prompt=images_per_prompt,
+                                seed=EFFECT_SEED)
+                path.write_text(json.dumps(figures))
+            return json.loads(path.read_text())
 
     def measure(backbone, target: str = "circle", sets: tuple[str, ...] = ("target", "other-objects"),
                 images_per_prompt: int = 2) -> dict:
@@ -81,8 +100,7 @@ def effect_probe(mini_backbone):
         for name in sets:
             key = (target, name, images_per_prompt)
             if key not in cache:
-                cache[key] = probe(backbone, target, sets=(name,), images_per_prompt=images_per_prompt,
-                                   seed=EFFECT_SEED)
+                cache[key] = unedited(target, name, images_per_prompt)
             out.update(cache[key])
         return out
 
