@@ -96,12 +96,13 @@ class ANTConfig(ft.FinetuneConfig):
 
 MINI_DEFAULTS: dict[str, Any] = {
     # benchmarks/spm_ant_sweep.py on TUNING_SEED (results in benchmarks/results/spm_ant_sweep.json)
-    "iterations": 120,
+    "iterations": 40,
     "lr": 2e-4,
-    "batch_size": 8,
+    "batch_size": 4,
     "ddim_steps": 25,
     "before_step": 4,  # 7 of 50 steps -> 3.5 of 25, rounded up
-    "mask_seeds": 2,
+    "mask_seeds": 1,
+    "mask_iterations": 5,
     "sample_from": "frozen",
     "trajectory_pool": 32,
 }
@@ -222,7 +223,8 @@ class ANT(ft.FinetuneMethod):
         weights, ``mask_iterations`` Adam steps at ``mask_lr`` with the gradients summed; per-tensor top
         ``mask_ratio`` of |sum|, intersected over the runs. The weights are restored afterwards."""
         dtype = next(edited.unet.parameters()).dtype
-        edited.unet.float()  # trained in float32 as ft.train does; cast back below
+        if dtype != torch.float32:
+            edited.unet.float()  # trained in float32 as ft.train does; cast back below
         amp = ft.autocast_dtype(edited.device, cfg.mixed_precision)
         start = {n: p.detach().clone() for n, p in params.items()}
         masks = []
@@ -247,7 +249,8 @@ class ANT(ft.FinetuneMethod):
             for n, p in params.items():
                 p.copy_(start[n])
                 p.grad = None
-        edited.unet.to(dtype)
+        if dtype != torch.float32:
+            edited.unet.to(dtype)
         return intersect_masks(masks)
 
 

@@ -99,9 +99,9 @@ class SPMConfig(ft.FinetuneConfig):
 
 MINI_DEFAULTS: dict[str, Any] = {
     # benchmarks/spm_ant_sweep.py on TUNING_SEED (results in benchmarks/results/spm_ant_sweep.json)
-    "iterations": 120,
+    "iterations": 40,
     "lr": 1e-2,
-    "batch_size": 8,
+    "batch_size": 4,
     "max_denoising_steps": 25,
     "sample_from": "frozen",
     "trajectory_pool": 32,
