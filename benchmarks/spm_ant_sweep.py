@@ -3,6 +3,7 @@
     python benchmarks/spm_ant_sweep.py                       # every config below, 1 image per prompt
     python benchmarks/spm_ant_sweep.py --only spm --images 2
     python benchmarks/spm_ant_sweep.py --seed 1 --configs 'spm:{}' 'ant:{}'   # the presets on the effect seed
+    python benchmarks/spm_ant_sweep.py --target striped --configs 'ant:{}'   # a style: other styles kept
 
 Each config is ``name:{json params}`` over the method's mini defaults. For each it trains the edit (target circle,
 the other objects as the preserve set, as tests/test_method_spm.py and tests/test_method_ant.py do) and probes the
@@ -22,6 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 OBJECTS = ["circle", "square", "triangle", "star", "cross", "heart", "diamond", "crescent"]
+STYLES = ["solid", "striped", "dotted", "checkered", "outline", "gradient"]
 TUNING_SEED = 0
 CONFIGS = [
     "spm:{}",
@@ -52,8 +54,12 @@ def main(argv: list[str] | None = None) -> None:
     from methods import ErasureRequest, get_method
 
     mini = load_backbone("mini")
-    request = ErasureRequest(targets=[args.target], preserve=[o for o in OBJECTS if o != args.target])
-    sets = ("target", "other-objects")
+    if args.target in STYLES:  # a fill texture (decided late in denoising): keep the other styles and the objects
+        request = ErasureRequest(targets=[args.target], kind="style", preserve=[s for s in STYLES if s != args.target])
+        sets = ("target", "other-styles", "other-objects")
+    else:
+        request = ErasureRequest(targets=[args.target], preserve=[o for o in OBJECTS if o != args.target])
+        sets = ("target", "other-objects")
     rows = [{"method": "none", "params": {}, **probe(mini, args.target, sets=sets, images_per_prompt=args.images,
                                                      seed=args.seed)}]
     print(json.dumps(rows[-1]), flush=True)
