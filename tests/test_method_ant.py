@@ -83,5 +83,6 @@ def test_erases_the_target_and_keeps_other_objects(mini_backbone, effect_probe):
     assert before["erasure_rate"] <= 1 - ERASURE_GAIN, f"precondition: the unedited model hardly draws {TARGET}"
     after = effect_probe(get_method("ant", {"progress": False}).apply(mini_backbone, REQUEST), TARGET)
     report = {k: (round(before[k], 3), round(after[k], 3)) for k in ("erasure_rate", "other_object_accuracy")}
+    print(f"\nant on EFFECT_SEED: {report}")
     assert after["erasure_rate"] >= before["erasure_rate"] + ERASURE_GAIN, report
     assert after["other_object_accuracy"] >= before["other_object_accuracy"] - OTHER_MARGIN, report

