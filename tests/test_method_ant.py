@@ -77,7 +77,20 @@ ERASURE_GAIN = 0.15
 OTHER_MARGIN = 0.25
 
 
+# ANT does not erase the named circle on the mini world, in an honest sweep (benchmarks/spm_ant_sweep.py, TUNING_SEED,
+# 40 steps of batch 4, 1 image a prompt; benchmarks/results/spm_ant_sweep.json). Circle erasure / other-object accuracy
+# (unedited 0.00 / 1.00): the paper's full UNet under the mask at lr 2e-4 / 1e-3: 0.00 / 1.00 and 0.00 / 0.93; with
+# before_step 1 instead of 4 (the early steps no longer kept): 0.58 / 0.43; the cross-attention under the mask at lr
+# 1e-3 / 2e-3: 0.17 / 1.00 both (the preset). On EFFECT_SEED the preset erased 0.00 -> 0.08 with other objects
+# 1.00 -> 1.00 (24 / 28 images): below the 0.15 gain. The mini world decides an object's shape in the first steps of
+# its 25, which ANT keeps by design (its premise: content is changed in mid-to-late steps); a fill texture is decided
+# later, and there ANT does act: the striped style, full UNet at lr 1e-3, erased 0.07 -> 0.43 (other styles 1.00 ->
+# 0.80, other objects 0.94 -> 0.56, tuning seed).
+ANT_XFAIL = "no erasure of the named circle on the mini world: its shape is set in the early steps ANT keeps"
+
+
 @pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=ANT_XFAIL)
 def test_erases_the_target_and_keeps_other_objects(mini_backbone, effect_probe):
     before = effect_probe(mini_backbone, TARGET)
     assert before["erasure_rate"] <= 1 - ERASURE_GAIN, f"precondition: the unedited model hardly draws {TARGET}"
