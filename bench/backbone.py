@@ -31,6 +31,10 @@ MINI_MODEL_DIR = Path(__file__).resolve().parent / "mini" / "weights" / "model"
 MARKER = "erasebench.json"
 COMPONENTS = ("unet", "text_encoder", "tokenizer", "scheduler", "vae")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# A method may edit a component by attaching an adapter module under this name (SPM's rank-1 adapter on the UNet)
+# instead of changing its weights; such a component is saved as the adapter alone (``adapter/<component>/``, with
+# the method that reloads it: ``METHODS.get(method).load_adapter(backbone, folder)``), not as a full module.
+ADAPTER_ATTR = "erasebench_adapter"
 
 # Attention: diffusers' two stock processors, ``sdpa`` (``AttnProcessor2_0``, torch's
 # scaled_dot_product_attention, diffusers' default) and ``math`` (``AttnProcessor``: baddbmm, softmax,
@@ -156,6 +160,9 @@ class Backbone:
                 h.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
         for hook in self.guidance_hooks:
             h.update(json.dumps(hook.fingerprint(), sort_keys=True, default=str).encode())
+        adapter = getattr(self.unet, ADAPTER_ATTR, None)  # its weights are in the UNet's state_dict; its config here
+        if adapter is not None:
+            h.update(json.dumps(adapter.config(), sort_keys=True, default=str).encode())
         return h.hexdigest()
 
     def copy(self) -> Backbone:
@@ -196,10 +203,18 @@ class Backbone:
         tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
         try:
             tmp.mkdir()
+            adapters = {}
             for name in components:
                 module = getattr(self, name)
-                module.save_pretrained(tmp / name, safe_serialization=True)
+                adapter = getattr(module, ADAPTER_ATTR, None)
+                if adapter is not None:  # the base weights are unchanged: the adapter is the edit
+                    adapter.save(tmp / "adapter" / name)
+                    adapters[name] = adapter.config()["method"]
+                else:
+                    module.save_pretrained(tmp / name, safe_serialization=True)
             meta = {"base": self.name, "components": list(components), "edits": self.edits, **(info or {})}
+            if adapters:
+                meta["adapters"] = adapters
             (tmp / "edit.json").write_text(json.dumps(meta, indent=2, default=str))
             for _ in range(100):
                 try:
@@ -339,7 +354,19 @@ def apply_saved_edit(backbone: Backbone, edit: str | Path) -> Backbone:
     if not meta_path.exists():
         raise BackboneLoadError(f"{folder}: not an edit folder (no edit.json)")
     meta = json.loads(meta_path.read_text())
+    adapters = meta.get("adapters", {})
     for name in meta["components"]:
+        if name in adapters:  # an adapter onto the base component, reloaded by the method that made it
+            from methods import METHODS
+
+            where = folder / "adapter" / name
+            if not (where.is_dir() and any(where.glob("*.safetensors"))):
+                raise BackboneLoadError(f"{where}: missing the saved adapter of {name} (no *.safetensors)")
+            loader = getattr(METHODS.get(adapters[name]), "load_adapter", None)
+            if loader is None:
+                raise BackboneLoadError(f"{folder}: method {adapters[name]!r} declares no load_adapter")
+            loader(backbone, where)
+            continue
         _check_safetensors(folder, name)
         cls = type(getattr(backbone, name))
         module = cls.from_pretrained(folder / name, use_safetensors=True, torch_dtype=backbone.dtype)

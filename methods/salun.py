@@ -35,7 +35,8 @@ guidance 7.5. The NSFW recipe differs (:attr:`SalUn.recipes`): alpha 0.1, 1 epoc
 defaults). The official Imagenette recipe relabels each class to another class on real images; here
 the relabel is the anchor or a preserve concept on generated images.
 The mask keeps the *largest* |gradient| entries, as the paper states and as the official
-``generate_mask.py`` does (it ranks the negated magnitudes ascending and keeps the first half).
+``generate_mask.py`` does (it ranks the negated magnitudes ascending and keeps the first half); the
+mask function is shared with ANT (``methods/_saliency.py``), ranked over all tensors together here.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ import torch.nn.functional as F
 
 from bench.backbone import Backbone
 from methods import _finetune as ft
+from methods._saliency import masked_gradients, saliency_mask
 from methods.base import ErasureRequest, register_method
 from methods.recipes import Recipe
 
@@ -123,20 +125,6 @@ RECIPES = {
 }
 
 
-def saliency_mask(grads: dict[str, torch.Tensor], ratio: float) -> dict[str, torch.Tensor]:
-    """True for the ``ratio`` fraction of weights with the largest |grad|, ranked over all tensors together."""
-    flat = torch.cat([g.abs().flatten().float() for g in grads.values()])
-    keep = torch.zeros_like(flat, dtype=torch.bool)
-    k = int(round(ratio * flat.numel()))
-    if k > 0:
-        keep[torch.topk(flat, k, sorted=False).indices] = True
-    out, start = {}, 0
-    for name, g in grads.items():
-        out[name] = keep[start:start + g.numel()].view(g.shape)
-        start += g.numel()
-    return out
-
-
 @register_method
 class SalUn(ft.FinetuneMethod):
     name = "salun"
@@ -197,16 +185,11 @@ class SalUn(ft.FinetuneMethod):
             retain_loss = F.mse_loss(ft.eps(edited.unet, xr_t, tr, emb_retain[rk_t[r]]), noise_r.float())
             return forget_loss + cfg.alpha * retain_loss
 
-        def apply_mask() -> None:
-            for name, p in params.items():
-                if p.grad is not None:
-                    p.grad.mul_(mask[name])
-
         steps_per_epoch = math.ceil(cfg.num_images / cfg.batch_size)
         result = ft.train(
             name=self.name, config=cfg, modules={"unet": edited.unet}, params=params, loss_fn=loss_fn,
             total_steps=cfg.epochs * steps_per_epoch, lr=cfg.lr, seed=seed, fingerprint=run, device=dev,
-            after_backward=apply_mask,
+            after_backward=masked_gradients(params, mask),
         )
         done = result.steps - result.resumed_from
         salient = int(sum(m.sum() for m in mask.values()))

@@ -69,8 +69,8 @@ def weights(backbone: Backbone) -> dict[str, dict[str, torch.Tensor]]:
 
 
 def changed_components(before: dict[str, dict[str, torch.Tensor]], backbone: Backbone) -> set[str]:
-    return {c for c, state in before.items()
-            if any(not torch.equal(state[k], v) for k, v in getattr(backbone, c).state_dict().items())}
+    return {c for c, state in before.items()  # a new tensor (an adapter attached to the component) is a change
+            if any(k not in state or not torch.equal(state[k], v) for k, v in getattr(backbone, c).state_dict().items())}
 
 
 def check_declared(method: Method, before: dict, edited: Backbone) -> set[str]:

@@ -1,0 +1,138 @@
+"""SPM (Lyu et al., CVPR 2024) on the real mini model: the first adapter plug-in.
+
+- The edit is a rank-1 adapter attached to the UNet; the base weights never change, and the saved edit is the
+  adapter alone (``adapter/unet/``, safetensors + config), which reloads onto the base to the same model.
+- Facilitated transport: the adapter's strength follows the prompt's similarity to the erased concept.
+- The paper's effect on the mini world (target erased, other objects kept), measured on EFFECT_SEED.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bench.backbone import ADAPTER_ATTR, load_backbone
+from bench.generate import generate
+from bench.mini.probe import MINI_SAMPLER
+from methods import METHODS, ErasureRequest, get_method
+from methods.spm import SPMConfig, adapted_layers
+
+OBJECTS = ["circle", "square", "triangle", "star", "cross", "heart", "diamond", "crescent"]
+TARGET = "circle"
+REQUEST = ErasureRequest(targets=[TARGET], preserve=[o for o in OBJECTS if o != TARGET])
+TINY = {"iterations": 3, "batch_size": 2, "trajectory_pool": 2, "anchor_samples": 2, "progress": False}
+
+
+@pytest.fixture(scope="module")
+def tiny_edit(mini_backbone):
+    method = get_method("spm", TINY)
+    return method, method.apply(mini_backbone, REQUEST)
+
+
+def test_paper_defaults_and_recipe_sources():
+    cfg = SPMConfig()
+    assert (cfg.rank, cfg.alpha, cfg.iterations, cfg.lr, cfg.la_strength, cfg.anchor_samples, cfg.max_denoising_steps,
+            cfg.start_guidance, cfg.erase_guidance, cfg.transport) == (1, 1.0, 3000, 1e-4, 1000.0, 4, 30, 3.0, 1.0, "clipcos")
+    cls = METHODS.get("spm")
+    assert cls.family == "fine-tuning" and cls.edited_components == ("unet",)
+    for kind, recipe in cls.recipes.items():
+        assert set(recipe.params) <= set(recipe.sources), kind  # every published value names its source
+        assert all("Con6924/SPM @ 3dd762e" in s for s in recipe.sources.values())
+
+
+def test_the_adapter_is_rank_one_on_the_transformer_layers_and_the_base_is_untouched(mini_backbone, tiny_edit):
+    method, edited = tiny_edit
+    base = mini_backbone.unet.state_dict()
+    state = edited.unet.state_dict()
+    new = {k for k in state if k not in base}
+    assert new and all(k.startswith(ADAPTER_ATTR + ".") for k in new)
+    assert all(torch.equal(base[k], state[k]) for k in base)  # only the adapter moved
+    adapter = getattr(edited.unet, ADAPTER_ATTR)
+    layers = adapted_layers(mini_backbone.unet)
+    assert adapter.layer_names == layers and all(".transformer_blocks." in n or "proj_" in n for n in layers)
+    assert all(m.down.weight.shape[0] == 1 for m in adapter.adapters.values())  # one dimension per layer
+    assert method.stats["trained_parameters"] == sum(p.numel() for p in adapter.adapters.parameters())
+    assert any(float(m.up.weight.abs().sum()) > 0 for m in adapter.adapters.values())  # it trained
+    assert ADAPTER_ATTR not in dict(mini_backbone.unet.named_children())  # the input backbone has none
+    assert edited.edits[-1]["deviations"]  # the deviations are stated in the edit record
+
+
+def test_facilitated_transport_gates_the_adapter_by_similarity_to_the_concept(mini_backbone, tiny_edit):
+    _, edited = tiny_edit
+    adapter = getattr(edited.unet, ADAPTER_ATTR)
+    with torch.no_grad():
+        gate = adapter.gate(mini_backbone.encode([TARGET, "a red circle", "a blue square"]))
+    assert gate[0] == pytest.approx(1.0, abs=1e-5)  # the concept itself passes at full strength
+    assert 0 <= float(gate[2]) < float(gate[0])
+    # gated by the prompt: a zero gate is the base model, on this row only
+    latents = torch.randn(2, *mini_backbone.latent_shape, generator=torch.Generator().manual_seed(0))
+    emb = mini_backbone.encode(["a circle", "a circle"])
+    with torch.no_grad():
+        adapter.gate = lambda e: torch.tensor([1.0, 0.0])
+        try:
+            out = edited.unet(latents, 500, emb).sample
+        finally:
+            del adapter.gate  # back to the class's method
+        base = mini_backbone.unet(latents, 500, emb).sample
+    assert torch.equal(out[1], base[1]) and not torch.allclose(out[0], base[0])
+
+
+def test_the_saved_edit_is_the_adapter_and_reloads_onto_the_base(mini_backbone, tiny_edit, tmp_path):
+    _, edited = tiny_edit
+    folder = edited.save_edit(tmp_path / "edit", components=("unet",))
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    assert files == ["adapter/unet/adapter.json", "adapter/unet/adapter.safetensors", "edit.json"]
+    assert (folder / "adapter" / "unet" / "adapter.safetensors").stat().st_size < 200_000  # not a UNet
+    assert json.loads((folder / "edit.json").read_text())["adapters"] == {"unet": "spm"}
+    reloaded = load_backbone("mini", edit=folder)
+    assert reloaded.fingerprint() == edited.fingerprint() != mini_backbone.fingerprint()
+    images = [generate(b, ["a circle", "a red square"], [1, 2], MINI_SAMPLER, batch_size=2, progress=False)[0]
+              for b in (edited, reloaded)]
+    assert torch.equal(images[0], images[1])
+    # the fingerprint covers the adapter's config too (the gate is not in its weights)
+    other = reloaded.copy()
+    getattr(other.unet, ADAPTER_ATTR).transport = "none"
+    assert other.fingerprint() != reloaded.fingerprint()
+    # a damaged adapter folder is named
+    (folder / "adapter" / "unet" / "adapter.safetensors").unlink()
+    with pytest.raises(Exception, match="missing the saved adapter"):
+        load_backbone("mini", edit=folder)
+
+
+def test_bad_input_names_the_field(mini_backbone):
+    with pytest.raises(ValueError, match="rank=0"):
+        get_method("spm", {**TINY, "rank": 0}).apply(mini_backbone, REQUEST)
+    with pytest.raises(ValueError, match="unknown parameter"):
+        get_method("spm", {"ranks": 2})
+
+
+# --------------------------------------------------------------------------- the paper's effect
+ERASURE_GAIN = 0.15
+OTHER_MARGIN = 0.25
+
+
+# SPM does not erase the named circle on the mini world without wrecking the other objects, in an honest sweep
+# (benchmarks/spm_ant_sweep.py, TUNING_SEED, 40 steps of batch 4, 1 image a prompt; results in
+# benchmarks/results/spm_ant_sweep.json). Circle erasure / other-object accuracy (unedited 0.00 / 1.00), surrogate
+# anchors from the preserve set: la_strength 1000 (the paper's) at lr 3e-3 and 1e-2: 0.00 / 1.00; la 30 at lr 2e-2:
+# 0.08 / 0.93; la 10 at lr 1e-2: 0.08 / 1.00, at lr 3e-2: 0.67 / 0.14; la 100 at lr 3e-2: 0.33 / 0.14; the official
+# embedding-noise anchors at lr 3e-2: 0.25 / 0.07; without anchoring (la 0, not SPM) at lr 1e-2: 0.25 / 1.00.
+# Latent anchoring holds the rank-1 adapter wherever the other objects' captions sit, and those are close to the
+# circle's in the mini text encoder's space (facilitated transport's cosine is 0.79-0.91 for every caption), so the
+# adapter either stays put or moves every object. On EFFECT_SEED with the preset (la 1000, lr 1e-2, 2 images a prompt): erasure 0.00 -> 0.00,
+# other objects 1.00 -> 1.00 (24 / 28 images).
+SPM_XFAIL = "no erasure of the named circle without damage to other objects on the mini world (figures above)"
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason=SPM_XFAIL)
+def test_erases_the_target_and_keeps_other_objects(mini_backbone, effect_probe):
+    before = effect_probe(mini_backbone, TARGET)
+    assert before["erasure_rate"] <= 1 - ERASURE_GAIN, f"precondition: the unedited model hardly draws {TARGET}"
+    after = effect_probe(get_method("spm", {"progress": False}).apply(mini_backbone, REQUEST), TARGET)
+    report = {k: (round(before[k], 3), round(after[k], 3)) for k in ("erasure_rate", "other_object_accuracy")}
+    print(f"\nspm on EFFECT_SEED: {report}")
+    assert after["erasure_rate"] >= before["erasure_rate"] + ERASURE_GAIN, report
+    assert after["other_object_accuracy"] >= before["other_object_accuracy"] - OTHER_MARGIN, report
