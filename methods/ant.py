@@ -91,7 +91,7 @@ class ANTConfig(ft.FinetuneConfig):
     mask_iterations: int = 10  # ant_gradient.yaml iterations
     mask_lr: float = 1e-2  # ant_gradient.yaml lr
     mask_seeds: int = 5  # train_ant_single.py seeds [24, 42, 98, 403, 3407]
-    mask_prompts: tuple[str, ...] | None = None  # None: the target prompts (train_ant_single.py: [prompt])
+    mask_prompts: list[str] | None = None  # None: the target prompts (train_ant_single.py: [prompt])
     sample_from: Literal["edited", "frozen"] = "edited"  # official: x_t sampled by the model being trained
     trajectory_pool: int = 0  # > 0 (with sample_from="frozen"): trajectories sampled once per prompt and reused
 

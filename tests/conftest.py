@@ -7,8 +7,8 @@ the public prompt files (``shared_prompts_dir``) and the effect-test probe (``ef
 Threads: a plain ``pytest`` run keeps torch's default (one thread per core). Under pytest-xdist
 (``-n N``, as README's test command and CI run it) each of the N worker processes takes its share of the
 cores (``cores // N``, at least one), so N workers never run more torch threads than there are cores;
-``OMP_NUM_THREADS`` set by the caller still wins. Tests of one file run in one worker (``--dist
-loadfile``), so a module fixture (a real run a module's tests read) is built once.
+``OMP_NUM_THREADS`` set by the caller still wins. With ``--dist loadgroup`` the tests that share a module
+fixture (a real run a module's tests read) run in one worker, which builds it once; the others are spread.
 
 The fast subset for the edit-test loop: ``python -m pytest -m "not slow"`` (CI runs everything).
 """
@@ -39,6 +39,17 @@ def pytest_configure(config):
         import torch
 
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // int(workers)))
+
+
+def pytest_collection_modifyitems(config, items):
+    """For ``--dist loadgroup`` (README's test command): a test that uses a module- or class-scoped fixture joins
+    its module's group, so one worker builds that fixture once; every other test goes to whichever worker is
+    free (a file of long independent tests is spread over the workers, not left to one)."""
+    shared_scopes = {"module", "class", "package"}
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if info is not None and any(d.scope in shared_scopes for defs in info.name2fixturedefs.values() for d in defs):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
 
 
 def data_dir() -> Path:

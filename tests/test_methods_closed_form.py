@@ -156,7 +156,7 @@ def test_token_alignment_on_the_mini_tokenizer(mini):
 
 
 # --------------------------------------------------------------------------- on the mini model
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # cheap or memoised: session scope lets xdist spread the tests (conftest.py)
 def mini(mini_backbone):
     return mini_backbone
 
@@ -165,7 +165,7 @@ def _probe(effect_probe, backbone):
     return effect_probe(backbone, TARGET, sets=("target", "other-objects"), images_per_prompt=2)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # cheap or memoised: session scope lets xdist spread the tests (conftest.py)
 def reference(mini, effect_probe):
     """The unedited model's figures on the effect-test seed. Its precondition (the model draws the target,
     with room for the gain the tests ask) is asserted: a broken model or sampler fails here, never skips."""
@@ -180,7 +180,7 @@ def _request(**kw):
     return ErasureRequest(targets=[TARGET], preserve=OTHERS[:4], kind="object", **kw)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # cheap or memoised: session scope lets xdist spread the tests (conftest.py)
 def edit_of(mini):
     """``edit_of(name)``: (method, edited backbone) with the method's MINI_PARAMS, made once per module."""
     edits: dict = {}

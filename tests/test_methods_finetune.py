@@ -43,7 +43,7 @@ TINY = {
 }
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # cheap or memoised: session scope lets xdist spread the tests (conftest.py)
 def mini(mini_backbone):
     return mini_backbone
 
@@ -232,7 +232,7 @@ OTHER_MARGIN = 0.25  # other-object accuracy may fall by at most this much below
 MARGINS = {"esd-u": 0.35}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # cheap or memoised: session scope lets xdist spread the tests (conftest.py)
 def probe_fn(effect_probe):
     def measure(backbone):
         return effect_probe(backbone, TARGET, sets=("target", "target-synonyms", "other-objects"))
@@ -240,7 +240,7 @@ def probe_fn(effect_probe):
     return measure
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # cheap or memoised: session scope lets xdist spread the tests (conftest.py)
 def unedited(mini, probe_fn):
     return probe_fn(mini)
 
@@ -260,7 +260,7 @@ def unedited(mini, probe_fn):
 KNOWN_NO_EFFECT = {"esd-u"}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # cheap or memoised: session scope lets xdist spread the tests (conftest.py)
 def default_edit(mini):
     """``default_edit(name)``: the method's edit of the mini model with its mini defaults, trained once per
     module (the tests share it)."""
