@@ -148,14 +148,16 @@ def test_mini_adherence_suite_runs_end_to_end_on_one_set_of_images(tmp_path):
 
 
 # --------------------------------------------------------------------------- precision
-ADHERENCE_SAMPLE = 16  # one caption of each block of 18, at a shifting offset: all 8 objects, 6 colours, 6 styles
+# one caption of each object's 36, at a shifting offset: all 8 objects, 6 colours, 6 styles. Eight, not more: on a
+# CPU without native bf16 (CI's) bf16 is emulated at several times fp32's cost
+ADHERENCE_SAMPLE = 8
 
 
 def _sample_prompts() -> pd.DataFrame:
     from bench.mini.prompts import build_set
 
     full = build_set("adherence", None)
-    return full.iloc[[i * 18 + (i * 7) % 18 for i in range(ADHERENCE_SAMPLE)]].reset_index(drop=True)
+    return full.iloc[[i * 36 + (i * 7) % 36 for i in range(ADHERENCE_SAMPLE)]].reset_index(drop=True)
 
 
 def test_auto_precision_resolves_as_documented_and_samples_as_its_resolution(mini_backbone):
@@ -187,10 +189,10 @@ def test_bf16_sampling_runs_in_bf16_and_draws_what_fp32_draws(mini_backbone):
     prompts = df["prompt"].tolist()
     fp32, _ = generate(mini_backbone, prompts, seeds, SamplerConfig(precision="fp32"), progress=False)
     bf16, _ = generate(mini_backbone, prompts, seeds, SamplerConfig(precision="bf16"), progress=False)
-    again, _ = generate(mini_backbone, prompts[:2], seeds[:2], SamplerConfig(precision="bf16"), progress=False)
+    again, _ = generate(mini_backbone, prompts[:1], seeds[:1], SamplerConfig(precision="bf16"), progress=False)
     assert torch.isfinite(bf16).all() and bf16.min() >= 0 and bf16.max() <= 1
     assert not torch.equal(bf16, fp32)  # autocast is applied
-    assert torch.equal(again, bf16[:2])  # and deterministic
+    assert torch.equal(again, bf16[:1])  # and deterministic
     assert (bf16 - fp32).abs().mean() < 0.05  # the same pictures, up to rounding along the trajectory
 
     ev = MiniClassifierEvaluator()
@@ -200,5 +202,5 @@ def test_bf16_sampling_runs_in_bf16_and_draws_what_fp32_draws(mini_backbone):
     agree = sum(a == b for a, b in zip(correct["fp32"], correct["bf16"])) / len(items)
     print(f"\nadherence on {len(items)} captions: fp32 {sum(correct['fp32'])}, bf16 {sum(correct['bf16'])}, "
           f"agreement {agree:.2f}")
-    assert sum(correct["bf16"]) >= sum(correct["fp32"]) - 2 and agree >= 0.8, correct
+    assert sum(correct["bf16"]) >= sum(correct["fp32"]) - 1 and agree >= 0.85, correct
 
