@@ -362,35 +362,59 @@ def build_request(config: RunConfig, spec, method, target: str, backbone: Backbo
     return unit, request
 
 
-def edited_backbone(base: Backbone, row: str, spec, method, request, store: RunStore) -> tuple[Backbone, dict]:
-    """Apply a method (or reload its saved edit). Returns the backbone and its cost record."""
-    from methods.base import ErasureRequest  # noqa: F401
+def edited_backbone(base: Backbone, row: str, spec, method, request, store: RunStore,
+                    log: logging.Logger | None = None) -> tuple[Backbone, dict] | None:
+    """The backbone of one (method, target) unit: the method applied, or its saved edit reloaded.
 
+    In order: a user-given ``edit:`` folder (``spec.edit``) is loaded; an inference-time method is set up
+    (nothing to save; an auxiliary model such as ITD's SAE is trained in the unit's edit folder, once); an edit
+    saved in the run's ``edits/<row>__<target>/`` is reloaded; else the method is applied and its edit saved
+    there, under the unit's lock. Returns ``(backbone, cost)``: ``cost`` holds ``edit_seconds`` (and the
+    method's stats) when the edit was computed, ``load_seconds`` for a given edit, and is empty for a reload.
+    Returns None when another worker holds the unit's lock (it is computing the same edit).
+    """
     if method.name == "none":
         return base, {}
+    saved = store.edit_dir(row, request.targets[0])
+    components = tuple(getattr(method, "edited_components", ("unet",)))
+    t0 = time.perf_counter()
     if spec.edit and hasattr(method, "in_folder"):  # an auxiliary model (ITD's SAE) reloaded from the edit
-        t0 = time.perf_counter()
         edited = method.in_folder(spec.edit, reuse=True).apply(base, request)
         return edited, {"load_seconds": time.perf_counter() - t0}
     if spec.edit:
-        t0 = time.perf_counter()
-        edited = apply_saved_edit(base.copy(), spec.edit)
-        return _attach_hooks(edited, method, request), {"load_seconds": time.perf_counter() - t0}
-    saved = store.edit_dir(row, request.targets[0])
-    components = getattr(method, "edited_components", ("unet",))
-    if method.family != "inference-time" and (saved / "edit.json").exists():
-        edited = apply_saved_edit(base.copy(), saved)
-        return _attach_hooks(edited, method, request), {}
-    method = _in_unit_folder(method, saved)
+        edited = _attach_hooks(apply_saved_edit(base.copy(), spec.edit), method, request)
+        return edited, {"load_seconds": time.perf_counter() - t0}
+    if method.family == "inference-time" or not components:
+        return _apply(_in_unit_folder(method, saved), base, request)
+    if (saved / "edit.json").exists():
+        return _attach_hooks(apply_saved_edit(base.copy(), saved), method, request), {}
+    lock = FileLock(store.locks_dir / f"edit-{saved.name}.lock")
+    if not lock.try_acquire():
+        return None
+    try:
+        if (saved / "edit.json").exists():  # saved by another worker just before we took the lock
+            return _attach_hooks(apply_saved_edit(base.copy(), saved), method, request), {}
+        if log:
+            log.info("computing edit %s", saved.name)
+        edited, cost = _apply(method, base, request)
+        edited.save_edit(saved, components=components, info={"method": method.fingerprint()})
+        if log:
+            log.info("saved edit %s to %s", saved.name, saved)
+        return edited, cost
+    finally:
+        lock.release()
+
+
+def _apply(method, base: Backbone, request) -> tuple[Backbone, dict]:
+    """``method.apply`` timed, with its peak memory; the result set up as a reloaded edit is (eval, no grads)."""
     method.check_request(request)
     t0 = time.perf_counter()
     with PeakMemory(base.device) as mem:
         edited = method.apply(base, request)
-    cost = {"edit_seconds": time.perf_counter() - t0, "peak_memory_mb": mem.peak_mb,
-            **getattr(method, "stats", {})}
-    if method.family != "inference-time" and components:
-        edited.save_edit(saved, components=tuple(components), info={"method": method.fingerprint()})
-    return edited, cost
+    for module in (edited.unet, edited.text_encoder):
+        module.eval().requires_grad_(False)
+    return edited, {"edit_seconds": time.perf_counter() - t0, "peak_memory_mb": mem.peak_mb,
+                    **getattr(method, "stats", {})}
 
 
 def _in_unit_folder(method, folder: Path):
@@ -616,52 +640,19 @@ class UnitEdits:
         method, request = self.units[(row, target)]
         if method.name == "none":
             return self.base, self.base_fp
-        base, store = self.base, self.store
         key = f"{row}__{target}"
-        saved = store.edit_dir(row, target)
-        components = tuple(getattr(method, "edited_components", ("unet",)))
         t0 = time.perf_counter()
-        cost: dict | None = None  # set when this worker computed (or loaded a given) edit
-        if spec.edit and hasattr(method, "in_folder"):  # an auxiliary model (ITD's SAE) reloaded from the edit
-            edited = method.in_folder(spec.edit, reuse=True).apply(base, request)
-            cost = {"load_seconds": time.perf_counter() - t0}
-        elif spec.edit:
-            edited = _attach_hooks(apply_saved_edit(base.copy(), spec.edit), method, request)
-            cost = {"load_seconds": time.perf_counter() - t0}
-        elif method.family == "inference-time" or not components:
-            edited, cost = self._compute(_in_unit_folder(method, saved), request)
-        elif (saved / "edit.json").exists():
-            edited = _attach_hooks(apply_saved_edit(base.copy(), saved), method, request)
-        else:
-            lock = FileLock(store.locks_dir / f"edit-{saved.name}.lock")
-            if not lock.try_acquire():
-                return None
-            try:
-                if (saved / "edit.json").exists():  # saved by another worker just before we took the lock
-                    edited = _attach_hooks(apply_saved_edit(base.copy(), saved), method, request)
-                else:
-                    self.log.info("computing edit %s", key)
-                    edited, cost = self._compute(method, request)
-                    edited.save_edit(saved, components=components, info={"method": method.fingerprint()})
-                    self.log.info("saved edit %s to %s", key, saved)
-            finally:
-                lock.release()
+        result = edited_backbone(self.base, row, spec, method, request, self.store, self.log)
+        if result is None:  # another worker holds the unit's lock
+            return None
+        edited, cost = result
         self.busy_seconds += time.perf_counter() - t0
         fingerprint = edited.fingerprint()
-        if cost is not None and key not in (store.read_manifest() or {}).get("edits", {}):
-            store.update_manifest(edits={key: {"method": row, "target": target, "fingerprint": fingerprint, **cost}})  # the first worker's figures
+        if cost and key not in (self.store.read_manifest() or {}).get("edits", {}):
+            # the first worker's figures
+            self.store.update_manifest(edits={key: {"method": row, "target": target, "fingerprint": fingerprint, **cost}})
         self.current = ((row, target), edited, fingerprint)
         return edited, fingerprint
-
-    def _compute(self, method, request) -> tuple[Backbone, dict]:
-        method.check_request(request)
-        t0 = time.perf_counter()
-        with PeakMemory(self.base.device) as mem:
-            edited = method.apply(self.base, request)
-        for module in (edited.unet, edited.text_encoder):  # as a reloaded edit is: no dropout, no grads
-            module.eval().requires_grad_(False)
-        return edited, {"edit_seconds": time.perf_counter() - t0, "peak_memory_mb": mem.peak_mb,
-                        **getattr(method, "stats", {})}
 
 
 def run(config: RunConfig, out: str | Path, progress: bool = True, shard: tuple[int, int] | None = None) -> Path:
