@@ -19,13 +19,14 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, SchedulerMixin, UNet2DConditionModel
-from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
-from transformers import AutoTokenizer, CLIPTextModel, PreTrainedTokenizerBase
+
+if TYPE_CHECKING:  # diffusers and transformers load when a model does (`erasebench list/report/check` need neither)
+    from diffusers import AutoencoderKL, SchedulerMixin, UNet2DConditionModel
+    from transformers import CLIPTextModel, PreTrainedTokenizerBase
 
 MINI_MODEL_DIR = Path(__file__).resolve().parent / "mini" / "weights" / "model"
 MARKER = "erasebench.json"
@@ -46,7 +47,16 @@ ADAPTER_ATTR = "erasebench_adapter"
 # - CPU gradients: math (its backward was several times faster than SDPA's on CPU when the mini model
 #   was trained, bench/mini/train.py); load_backbone leaves it set for the methods that train.
 # - CUDA: sdpa for both (diffusers' default; flash / memory-efficient kernels).
-ATTENTION = {"sdpa": AttnProcessor2_0, "math": AttnProcessor}
+ATTENTION = ("sdpa", "math")
+
+
+def attention_processor(attention: str) -> type:
+    """diffusers' processor class of an ``ATTENTION`` name."""
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+    return {"sdpa": AttnProcessor2_0, "math": AttnProcessor}[attention]
+
+
 ATTENTION_BY_DEVICE = {
     "cpu": {"sampling": "sdpa", "gradients": "math"},
     "cuda": {"sampling": "sdpa", "gradients": "sdpa"},
@@ -65,7 +75,7 @@ def resolve_attention(attention: str, device: torch.device | str, use: str = "sa
 def attention_of(unet: torch.nn.Module) -> str | None:
     """The stock processor every attention layer of ``unet`` uses (``sdpa``/``math``), or None if mixed/custom."""
     kinds = {type(p) for p in unet.attn_processors.values()}
-    names = [name for name, cls in ATTENTION.items() if kinds == {cls}]
+    names = [name for name in ATTENTION if kinds == {attention_processor(name)}]
     return names[0] if names else None
 
 
@@ -76,8 +86,8 @@ def using_attention(unet: torch.nn.Module, attention: str) -> Iterator[None]:
     Layers with any other (custom) processor are left as they are.
     """
     before = unet.attn_processors
-    stock = tuple(ATTENTION.values())
-    target = ATTENTION[attention]
+    stock = tuple(attention_processor(name) for name in ATTENTION)
+    target = attention_processor(attention)
     if all(isinstance(p, target) or not isinstance(p, stock) for p in before.values()):
         yield
         return
@@ -301,6 +311,9 @@ def load_backbone(
     if local and has_vae:
         _check_safetensors(root, "vae")
     common = dict(use_safetensors=True, torch_dtype=torch_dtype)
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, subfolder="tokenizer")
         text_encoder = CLIPTextModel.from_pretrained(source, subfolder="text_encoder", **common)
@@ -335,7 +348,7 @@ def load_backbone(
         if module is not None:
             module.to(device, torch_dtype).eval().requires_grad_(False)
     # the attention for gradients (the methods that train); sampling switches to its own (using_attention)
-    backbone.unet.set_attn_processor(ATTENTION[resolve_attention("auto", device, "gradients")]())
+    backbone.unet.set_attn_processor(attention_processor(resolve_attention("auto", device, "gradients"))())
     return backbone
 
 
@@ -372,5 +385,5 @@ def apply_saved_edit(backbone: Backbone, edit: str | Path) -> Backbone:
         module = cls.from_pretrained(folder / name, use_safetensors=True, torch_dtype=backbone.dtype)
         setattr(backbone, name, module.to(backbone.device).eval().requires_grad_(False))
     backbone.edits = list(meta.get("edits", []))
-    backbone.unet.set_attn_processor(ATTENTION[resolve_attention("auto", backbone.device, "gradients")]())
+    backbone.unet.set_attn_processor(attention_processor(resolve_attention("auto", backbone.device, "gradients"))())
     return backbone

@@ -51,6 +51,8 @@ class SamplerSpec(BaseModel):
     guidance: float = Field(5.0, ge=0.0)
     eta: float = Field(0.0, ge=0.0, le=1.0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"  # autocast of the UNet while sampling
+    # the UNet's attention while sampling: auto = the measured choice for the device (bench.backbone)
+    attention: Literal["auto", "sdpa", "math"] = "auto"
 
 
 class MethodSpec(BaseModel):

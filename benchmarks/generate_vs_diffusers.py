@@ -24,6 +24,8 @@ UNet (its ``precision`` setting); diffusers runs with its weights cast to the dt
 pipeline does. ``max_pixel_difference`` (8-bit levels) checks both sides make the same images.
 ``defaults``: the harness with the choices it makes for the device (``precision: auto``,
 ``attention: auto``) against plain fp32 diffusers with its default SDPA attention (goal: 1.5x).
+``--compile``: also the defaults with the harness's UNet wrapped in ``torch.compile`` (inductor), a choice the
+harness does not make on the CPU; ``compile_seconds`` is the first (compiling) call, the rest are steady-state.
 
 The harness is timed without a cache (no PNG I/O), like the pipeline.
 """
@@ -92,11 +94,11 @@ class PlainDiffusers:
     def __init__(self, backbone, dtype: torch.dtype, attention: str, steps: int, guidance: float):
         from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-        from bench.backbone import ATTENTION
+        from bench.backbone import attention_processor
 
         self.backbone, self.dtype, self.steps, self.guidance = backbone, dtype, steps, guidance
         self.unet = copy.deepcopy(backbone.unet).to(dtype=dtype)
-        self.unet.set_attn_processor(ATTENTION[attention]())
+        self.unet.set_attn_processor(attention_processor(attention)())
         self.text_encoder = copy.deepcopy(backbone.text_encoder).to(dtype=dtype)
         self.scheduler = DDIMScheduler.from_config(backbone.scheduler.config)
         self.pipe = None
@@ -132,7 +134,8 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def compare(backbone, name: str, precision: str, attention: str, args, baseline_attention: str | None = None) -> dict:
+def compare(backbone, name: str, precision: str, attention: str, args, baseline_attention: str | None = None,
+            compile_unet: bool = False) -> dict:
     """Time the harness (``precision``, ``attention``) against plain diffusers, alternating, best of ``repeats``."""
     from bench.generate import SamplerConfig, generate, image_seed, initial_noise, resolve_sampler
 
@@ -160,6 +163,13 @@ def compare(backbone, name: str, precision: str, attention: str, args, baseline_
                              initial_noise(backbone, seeds[start : start + args.batch_size])))
         return torch.cat(out)
 
+    compile_seconds = None
+    if compile_unet:
+        backbone = copy.copy(backbone)  # the caller's backbone keeps its eager UNet
+        backbone.unet = torch.compile(backbone.unet)
+        t0 = time.perf_counter()
+        harness()
+        compile_seconds = round(time.perf_counter() - t0, 1)
     harness(), diffusers_side()  # warm-up (allocators, oneDNN primitives)
     times: dict[str, list[float]] = {"harness": [], "diffusers": []}
     cpu: dict[str, list[float]] = {"harness": [], "diffusers": []}
@@ -188,6 +198,7 @@ def compare(backbone, name: str, precision: str, attention: str, args, baseline_
         "cpu_seconds": {side: [round(t, 3) for t in ts] for side, ts in cpu.items()},
         "ratio_cpu": round(min(cpu["diffusers"]) / min(cpu["harness"]), 3),
         "max_pixel_difference": round(float(diff), 2),
+        "compiled": compile_unet, "compile_seconds": compile_seconds,
     }
     print(json.dumps({k: row[k] for k in ("model", "precision", "attention", "harness_images_per_s",
                                            "diffusers_images_per_s", "ratio", "ratio_cpu", "max_pixel_difference")}),
@@ -211,6 +222,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--half-weights", action=argparse.BooleanOptionalAction, default=None,
                    help="load the harness's weights in the precision's dtype (as `dtype: float16` in a run config "
                         "does) instead of autocasting fp32 weights; default: on for cuda")
+    p.add_argument("--compile", action="store_true", help="add a row: the defaults with a torch.compile'd UNet")
     p.add_argument("--out", type=Path, default=Path("runs/bench/generate_vs_diffusers.json"))
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -238,6 +250,9 @@ def main(argv: list[str] | None = None) -> dict:
                     rows.append(compare(model, name, precision, attention, run_args))
                 del model
             defaults.append(compare(backbone, name, "auto", "auto", run_args, baseline_attention="sdpa"))
+            if args.compile:
+                defaults.append(compare(backbone, name, "auto", "auto", run_args, baseline_attention="sdpa",
+                                        compile_unet=True))
             del backbone
     result = {
         "device": str(device), "rows": rows, "defaults_vs_plain_fp32": defaults,

@@ -166,3 +166,17 @@ def test_a_run_samples_each_key_once_and_records_the_attention(tmp_path, monkeyp
     row = records.iloc[0]
     assert row["image_key"] == image_key(manifest["model"]["fingerprint"], row["prompt"], "", int(row["seed"]),
                                          sampler)
+
+
+def test_a_run_config_chooses_the_sampling_attention_and_auto_resolves_per_device():
+    from bench.config import ConfigError, parse_config
+    from bench.runner import resolve
+
+    base = {"model": "mini", "targets": ["circle"], "methods": [{"name": "none"}]}
+    shipped = resolve(parse_config(base)).sampler  # mini-quick's sampler, the default run's
+    assert (shipped.name, shipped.steps, shipped.attention) == ("dpm", 10, resolve_attention("auto", "cpu", "sampling"))
+    for attention in ("sdpa", "math"):
+        sampler = resolve(parse_config({**base, "sampler": {"name": "dpm", "steps": 10, "attention": attention}})).sampler
+        assert sampler.attention == attention
+    with pytest.raises(ConfigError, match="attention"):
+        parse_config({**base, "sampler": {"attention": "flash"}})
