@@ -193,6 +193,7 @@ def _count_under_lock(path: str, counter: str, n: int) -> None:
             Path(counter).write_text(str(value + 1))
 
 
+@pytest.mark.slow
 def test_lock_serialises_read_modify_write_across_processes(tmp_path):
     counter = tmp_path / "counter"
     counter.write_text("0")
@@ -213,6 +214,7 @@ def _update_manifest(root: str, worker: int, n: int) -> None:
         store.update_manifest(edits={f"w{worker}-{i}": {"edit_seconds": i}})
 
 
+@pytest.mark.slow
 def test_concurrent_manifest_updates_lose_nothing(tmp_path):
     store = RunStore(tmp_path)
     store.write_manifest({"config": {}, "edits": {}})
@@ -240,6 +242,7 @@ def _save_same_edit(folder: str, barrier, rounds: int, errors) -> None:
             errors.put(f"{type(exc).__name__}: {exc}")
 
 
+@pytest.mark.slow
 def test_concurrent_save_edit_of_the_same_edit_is_safe(tmp_path):
     """Two processes save one edit at the same moment, 15 times (the fixed temp name failed 7-9 of 15)."""
     from bench.backbone import apply_saved_edit, load_backbone
@@ -272,6 +275,7 @@ def test_save_edit_replaces_an_existing_edit(tmp_path):
 
 
 # --------------------------------------------------------------------------- end to end
+@pytest.mark.slow
 def test_two_processes_with_torchrun_give_the_one_process_results(config_path, reference, tmp_path):
     out = tmp_path / "run"
     proc = run_cli("run", "--config", config_path, "--out", out, "--quiet", launcher=torchrun(2))
@@ -286,6 +290,7 @@ def test_two_processes_with_torchrun_give_the_one_process_results(config_path, r
     assert logs.count("computing edit uce__circle") == 1
 
 
+@pytest.mark.slow
 def test_three_shards_through_submitit_give_the_one_process_results(config_path, reference, tmp_path, monkeypatch):
     pytest.importorskip("submitit")
     from bench.distributed import submit, wait
@@ -300,6 +305,7 @@ def test_three_shards_through_submitit_give_the_one_process_results(config_path,
     assert sorted(p.name for p in (out / "logs").glob("*.json")) == [f"shard{i}of3.json" for i in range(3)]
 
 
+@pytest.mark.slow
 def test_a_different_config_into_a_run_directory_is_refused(config_path, reference, tmp_path):
     other = yaml.safe_load(config_path.read_text()) | {"seed": 1}
     (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
@@ -309,6 +315,7 @@ def test_a_different_config_into_a_run_directory_is_refused(config_path, referen
     assert ((reference / "manifest.json").read_text(), unit_files(reference)) == before
 
 
+@pytest.mark.slow
 def test_a_process_killed_with_sigkill_resumes_without_loss_or_duplication(config_path, reference, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, *torchrun(2), "-m", "bench.cli", "run", "--config", str(config_path), "--out", str(out),

@@ -18,6 +18,7 @@ def small_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_export_loads_back_with_datasets(small_run, tmp_path, capsys):
     from datasets import load_dataset
 

@@ -109,6 +109,7 @@ def test_mini_defaults_apply_to_the_mini_model_only_and_explicit_values_win():
 
 
 # --------------------------------------------------------------------------- which weights train
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FINETUNE)
 def test_trains_only_its_parameters_and_leaves_the_input_untouched(mini, name):
     before_unet, before_te = weights(mini.unet), weights(mini.text_encoder)
@@ -175,6 +176,7 @@ def test_progress_bar_shows_the_loss_and_budgets_stop_early(mini, capsys):
     assert quiet.fingerprint() == get_method("esd-x", {**TINY["esd-x"], "iterations": 5, "max_steps": 2}).fingerprint()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ("esd-x", "ca", "salun", "advunlearn"))
 def test_stop_and_resume_gives_the_weights_of_an_uninterrupted_run(mini, name, tmp_path):
     component = "text_encoder" if name == "advunlearn" else "unet"
@@ -212,6 +214,7 @@ def test_a_checkpoint_of_another_run_is_refused(mini, tmp_path):
 
 
 # --------------------------------------------------------------------------- save and reload
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ("esd-x", "advunlearn"))
 def test_trained_edit_saves_its_component_and_reloads(mini, name, tmp_path):
     method, edited = run(mini, name)

@@ -62,6 +62,7 @@ def run_py(code: str, path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
 
 
+@pytest.mark.slow
 def test_method_from_another_package_is_found_through_its_entry_point(plugin_path):
     listed = run_py("from bench.cli import main; main(['list', 'methods'])", plugin_path)
     assert listed.returncode == 0, listed.stderr

@@ -15,6 +15,8 @@ from leaderboard import load_runs, render
 from leaderboard.aggregate import higher_is_better
 from leaderboard.render import fmt_number
 
+pytestmark = pytest.mark.slow  # every test reads one real run (the module's flag_run)
+
 FLAGS = ["--methods", "none", "uce", "--targets", "circle", "--suite", "mini-quick", "--tier", "smoke",
          "--images-per-prompt", "1", "--seed", "3", "--batch-size", "16", "--device", "cpu"]
 SMOKE_TASKS = ["target", "target-implicit", "other-objects", "other-styles", "in-prompt", "general", "target-synonyms"]
