@@ -182,18 +182,25 @@ def test_auto_precision_resolves_as_documented_and_samples_as_its_resolution(min
 def test_bf16_sampling_runs_in_bf16_and_draws_what_fp32_draws(mini_backbone):
     """bf16 (autocast of the UNet) gives other pixels than fp32 (it is really applied), the same pixels on a
     rerun (deterministic), and images the classifier reads as it reads the fp32 ones: the suite comment's
-    "same adherence" (0.958/0.987/0.983 in bf16 against 0.955/0.984/0.978 in fp32)."""
+    "same adherence" (0.958/0.987/0.983 in bf16 against 0.955/0.984/0.978 in fp32). Sampled with mini-quick's
+    sampler, the one whose ``precision: auto`` picks bf16 on such a CPU."""
+    import dataclasses
+
     from bench.evaluators.mini_classifier import MiniClassifierEvaluator
     from bench.generate import SamplerConfig, generate, image_seed
+    from bench.suites import load_suite
 
     df = _sample_prompts()
     assert len(df) == ADHERENCE_SAMPLE and df["expect_object"].nunique() == 8
     assert df["expect_colour"].nunique() == 6 and df["expect_style"].nunique() == 6
     seeds = [image_seed(p, 0, EFFECT_SEED) for p in df["prompt_id"]]
     prompts = df["prompt"].tolist()
-    fp32, _ = generate(mini_backbone, prompts, seeds, SamplerConfig(precision="fp32"), progress=False)
-    bf16, _ = generate(mini_backbone, prompts, seeds, SamplerConfig(precision="bf16"), progress=False)
-    again, _ = generate(mini_backbone, prompts[:1], seeds[:1], SamplerConfig(precision="bf16"), progress=False)
+    shipped = SamplerConfig(**load_suite("mini-quick").sampler)
+    assert shipped.precision == "auto"
+    fp32_sampler, bf16_sampler = (dataclasses.replace(shipped, precision=p) for p in ("fp32", "bf16"))
+    fp32, _ = generate(mini_backbone, prompts, seeds, fp32_sampler, progress=False)
+    bf16, _ = generate(mini_backbone, prompts, seeds, bf16_sampler, progress=False)
+    again, _ = generate(mini_backbone, prompts[:1], seeds[:1], bf16_sampler, progress=False)
     assert torch.isfinite(bf16).all() and bf16.min() >= 0 and bf16.max() <= 1
     assert not torch.equal(bf16, fp32)  # autocast is applied
     assert torch.equal(again, bf16[:1])  # and deterministic
