@@ -617,6 +617,20 @@ def _merge_task(store: RunStore, plan: RunPlan, row: str, target: str, task: str
     return True
 
 
+def _as_current_config(recorded: Any) -> dict | None:
+    """A manifest's recorded config as this version writes it: fields added since it was written take their
+    defaults (a run made before ``sampler.attention`` existed resumes under the same config). None when it no
+    longer parses (a field removed or renamed): then it is another config."""
+    from bench.config import parse_config
+
+    if not isinstance(recorded, dict):
+        return None
+    try:
+        return parse_config(recorded, "manifest").model_dump(mode="json")
+    except (ConfigError, TypeError, ValueError):
+        return None
+
+
 class UnitEdits:
     """The edited backbone of each (method, target) unit, for one worker.
 
@@ -716,7 +730,7 @@ def _run(config: RunConfig, out: str | Path, progress: bool, shard: tuple[int, i
         except DamagedFileError as exc:
             raise ConfigError(f"{exc}; the run's config cannot be checked against it: restore the file or give a "
                               "new --out") from None
-        if previous is not None and previous.get("config") != config_dump:
+        if previous is not None and _as_current_config(previous.get("config")) != config_dump:
             raise ConfigError(f"{out} holds a run of another config; give a new --out (or the same config to resume)")
         if previous is not None:  # resuming: the same config must also mean the same weights and method settings
             stale = [] if previous.get("model", {}).get("fingerprint") == base_fp else [f"model {config.model}"]

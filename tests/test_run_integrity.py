@@ -202,6 +202,25 @@ def test_a_record_file_that_differs_from_its_checksum_is_redone(run_copy, tmp_pa
     pd.testing.assert_frame_equal(pd.read_parquet(unit), original)
 
 
+def test_a_run_written_before_a_config_field_existed_resumes_and_another_config_is_still_refused(run_copy, tmp_path,
+                                                                                               capsys):
+    """A manifest whose recorded config lacks a field added since (``sampler.attention``, default auto) is the
+    same config: it resumes with nothing redone. A recorded config that differs in a value is refused."""
+    manifest_path = run_copy / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["config"]["sampler"].pop("attention") == "auto"
+    write_checksummed(manifest_path, json.dumps(manifest, indent=2).encode())
+    records = {p.name: p.read_bytes() for p in (run_copy / "records").glob("*.parquet")}
+    code, lines = rerun(capsys, tmp_path, run_copy)
+    assert code == 0, lines
+    assert {p.name: p.read_bytes() for p in (run_copy / "records").glob("*.parquet")} == records
+
+    manifest["config"]["seed"] = manifest["config"]["seed"] + 1
+    write_checksummed(manifest_path, json.dumps(manifest, indent=2).encode())
+    code, lines = rerun(capsys, tmp_path, run_copy)
+    assert code == 2 and any("holds a run of another config" in line for line in lines), lines
+
+
 @pytest.mark.parametrize("command", ["run", "report", "compare"])
 def test_a_corrupt_manifest_is_named_and_exits_2(run_copy, finished_run, tmp_path, capsys, command):
     manifest = run_copy / "manifest.json"
