@@ -15,20 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-CARD = Path(__file__).resolve().parent.parent / "bench" / "mini" / "weights" / "MODEL_CARD.md"
-
-
-def card_figures() -> dict[str, float]:
-    rows = re.findall(r"^\| (adherence-\w+) \| ([0-9.]+) ", CARD.read_text(), flags=re.M)
-    return {task: float(value) for task, value in rows}
-
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -61,7 +52,9 @@ def main(argv: list[str] | None = None) -> dict:
                      "unet_rows_per_image": 2 * int(steps),  # uncond + cond at each step
                      "seconds_this_call": round(time.perf_counter() - t0, 1)})  # ~0 when the run was already there
         print(spec, {k: v["value"] for k, v in figures.items()}, flush=True)
-    card = card_figures()
+    from bench.mini.card import read_adherence
+
+    card = {task: value for task, (value, _) in read_adherence().items()}
     result = {"seed": args.seed, "card": {"sampler": "ddim:25", "seed": 0, "figures": card}, "rows": rows,
               "keeps_card": {f"{r['sampler']['name']}:{r['sampler']['steps']}":
                              all(r["figures"][t]["value"] >= card[t] for t in card) for r in rows},

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import re
 
 import pandas as pd
 import pytest
@@ -29,10 +28,10 @@ FRESH_SEED = 20_261_130  # scenes no classifier training or held-out batch was d
 
 
 def card_adherence() -> dict[str, tuple[float, int]]:
-    """{task: (accuracy, n)} from the model card's adherence table."""
-    rows = re.findall(r"^\| (adherence-\w+) \| ([0-9.]+) \[[^]]*\] \(n=(\d+)\)", CARD.read_text(), flags=re.M)
-    assert {r[0] for r in rows} == {"adherence-object", "adherence-colour", "adherence-style"}, rows
-    return {task: (float(value), int(n)) for task, value, n in rows}
+    """{task: (accuracy, n)} from the model card's adherence table (fails if a task is missing)."""
+    from bench.mini.card import read_adherence
+
+    return read_adherence(CARD)
 
 
 def lower_bound(p: float, n: int, z: float = 3.0) -> float:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -22,6 +23,18 @@ from bench.mini import model as mm
 from bench.mini.train import TrainConfig
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
+
+
+ADHERENCE_TASKS = ("adherence-object", "adherence-colour", "adherence-style")
+
+
+def read_adherence(card: Path = WEIGHTS / "MODEL_CARD.md") -> dict[str, tuple[float, int]]:
+    """{task: (accuracy, n)} from the adherence table :func:`write_card` wrote; ValueError if a task is missing."""
+    rows = re.findall(r"^\| (adherence-\w+) \| ([0-9.]+) \[[^]]*\] \(n=(\d+)\)", card.read_text(), flags=re.M)
+    figures = {task: (float(value), int(n)) for task, value, n in rows}
+    if set(figures) != set(ADHERENCE_TASKS):
+        raise ValueError(f"{card}: the adherence table holds {sorted(figures)}, expected {list(ADHERENCE_TASKS)}")
+    return figures
 
 
 def _fmt(row) -> str:
