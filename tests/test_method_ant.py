@@ -82,7 +82,7 @@ OTHER_MARGIN = 0.25
 # (unedited 0.00 / 1.00): the paper's full UNet under the mask at lr 2e-4 / 1e-3: 0.00 / 1.00 and 0.00 / 0.93; with
 # before_step 1 instead of 4 (the early steps no longer kept): 0.58 / 0.43; the cross-attention under the mask at lr
 # 1e-3 / 2e-3: 0.17 / 1.00 both (the preset). On EFFECT_SEED the preset erased 0.00 -> 0.08 with other objects
-# 1.00 -> 1.00 (24 / 28 images): below the 0.15 gain. A 3x longer, 2x larger schedule (120 steps of batch 8) tied
+# 1.00 -> 1.00 (24 / 28 images; the DDIM-25 probe and today's DPM-Solver++ 10 one alike): below the 0.15 gain. A 3x longer, 2x larger schedule (120 steps of batch 8) tied
 # the preset on TUNING_SEED (0.17 / 1.00), so the cheaper one stayed; measured afterwards on EFFECT_SEED it erased
 # 0.00 -> 0.33 (other objects 1.00): the effect may appear with more training, at about 5x this test's cost. The mini world decides an object's shape in the first steps of
 # its 25, which ANT keeps by design (its premise: content is changed in mid-to-late steps); a fill texture is decided

@@ -196,7 +196,7 @@ def test_removes_the_target_drawn_unasked_and_keeps_other_objects(effect):
 
 NAMED_XFAIL = (
     "SAFREE does not erase a circle the prompt names on the mini world: erasure 0.00 -> 0.00 on EFFECT_SEED "
-    "(other objects 1.00 -> 1.00), at most 0.08 in the TUNING_SEED sweep. Its token detection does not pick the "
+    "(other objects 1.00 -> 1.00; DDIM-25 probe, and 0.00 -> 0.00 on today's DPM-Solver++ 10 one), at most 0.08 in the TUNING_SEED sweep. Its token detection does not pick the "
     "object word: on the mini text encoder masking the article 'a' moves the pooled embedding furthest from the "
     "toxic subspace, so 'a' is the trigger (the circle word in 0 of 12 target prompts at alpha 0.01); at alpha "
     "-0.2 the word is projected in all 12 at every step and erasure stays 0.00 (likely, not isolated: the causal "

@@ -122,7 +122,7 @@ OTHER_MARGIN = 0.25
 # Latent anchoring holds the rank-1 adapter wherever the other objects' captions sit, and those are close to the
 # circle's in the mini text encoder's space (facilitated transport's cosine is 0.79-0.91 for every caption), so the
 # adapter either stays put or moves every object. On EFFECT_SEED with the preset (la 1000, lr 1e-2, 2 images a prompt): erasure 0.00 -> 0.00,
-# other objects 1.00 -> 1.00 (24 / 28 images).
+# other objects 1.00 -> 1.00 (24 / 28 images; the DDIM-25 probe and today's DPM-Solver++ 10 one alike).
 SPM_XFAIL = "no erasure of the named circle without damage to other objects on the mini world (figures above)"
 
 

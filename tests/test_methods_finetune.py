@@ -280,11 +280,19 @@ def default_edit(mini):
 NAMED_XFAIL = "no erasure of the named circle without damage on the mini model (it goes where unnamed: last test)"
 
 
+# The two tests of the ESD-u edit run in one xdist worker (``--dist loadgroup``), which trains it once.
+ESD_U_EDIT = pytest.mark.xdist_group("esd-u-mini-edit")
+
+
+def _effect_param(name: str):
+    marks = [ESD_U_EDIT] if name == "esd-u" else []
+    if name in KNOWN_NO_EFFECT:
+        marks.append(pytest.mark.xfail(strict=True, reason=NAMED_XFAIL))
+    return pytest.param(name, marks=marks)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=NAMED_XFAIL))
-    if n in KNOWN_NO_EFFECT else n for n in FINETUNE
-])
+@pytest.mark.parametrize("name", [_effect_param(n) for n in FINETUNE])
 def test_erases_the_target_and_keeps_other_objects(probe_fn, unedited, default_edit, name):
     assert unedited["erasure_rate"] <= 1 - ERASURE_GAIN, (
         f"precondition: the unedited mini model hardly draws {TARGET!r} (erasure rate {unedited['erasure_rate']:.2f})")
@@ -298,14 +306,16 @@ def test_erases_the_target_and_keeps_other_objects(probe_fn, unedited, default_e
 
 
 @pytest.mark.slow
+@ESD_U_EDIT
 def test_esd_u_erases_the_target_from_captions_that_do_not_ask_for_it(mini, default_edit, effect_probe):
     """ESD-u's claim (its paper evaluates it on I2P, prompts that never name nudity): fine-tuning the
     non-cross-attention weights removes a concept the model draws unasked. On the mini world's
     ``target-implicit`` captions ("a green", "a striped red") the unedited model draws its default object, a
     circle, in about half of its images. ESD-u with its mini defaults, trained on the circle prompts, should
     remove it there while other objects and styles keep their accuracy (it does not erase prompts that name
-    the circle: the strict xfail above). Measured: implicit erasure 0.46 -> 0.92, other objects 1.00 -> 1.00,
-    other styles 1.00 -> 1.00 (24 / 28 / 24 images)."""
+    the circle: the strict xfail above). Measured (24 / 28 / 24 images; other objects and styles 1.00 -> 1.00):
+    implicit erasure 0.54 -> 0.875 with the probe's DPM-Solver++ 10, 0.375 -> 0.79 with the DDIM 25 it had until
+    2026-11-30. Close to the bar (+0.30): on 4 images a prompt (48) the DPM figure is 0.54 -> 0.83."""
     sets = ("target-implicit", "other-objects", "other-styles")
     before = effect_probe(mini, TARGET, sets=sets)
     assert before["implicit_erasure_rate"] <= 1 - 2 * ERASURE_GAIN, (
