@@ -6,8 +6,9 @@ the public prompt files (``shared_prompts_dir``) and the effect-test probe (``ef
 
 Threads: a plain ``pytest`` run keeps torch's default (one thread per core). Under pytest-xdist
 (``-n N``, as README's test command and CI run it) each of the N worker processes takes its share of the
-cores (``cores // N``, at least one), so N workers never run more torch threads than there are cores;
-``OMP_NUM_THREADS`` set by the caller still wins. With ``--dist loadgroup`` the tests that share a module
+cores (``cores // N``, at least one), and passes that share on to the processes its tests start
+(``OMP_NUM_THREADS``), so N workers never run more torch threads than there are cores; ``OMP_NUM_THREADS`` set
+by the caller still wins. With ``--dist loadgroup`` the tests that share a module
 fixture (a real run a module's tests read) run in one worker, which builds it once; the others are spread.
 
 The fast subset for the edit-test loop: ``python -m pytest -m "not slow"`` (CI runs everything).
@@ -38,7 +39,11 @@ def pytest_configure(config):
     if workers and not os.environ.get("OMP_NUM_THREADS"):
         import torch
 
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // int(workers)))
+        share = max(1, len(os.sched_getaffinity(0)) // int(workers))
+        torch.set_num_threads(share)
+        # and for the processes a test starts (``erasebench run`` through the CLI, torchrun, submitit): without it
+        # each would take every core while the other workers run
+        os.environ["OMP_NUM_THREADS"] = str(share)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -66,6 +71,35 @@ def shared_prompts_dir() -> Path:
             pytest.fail(msg)
         pytest.skip(msg)
     return folder
+
+
+@pytest.fixture(scope="session")
+def build_once(tmp_path_factory, request):
+    """``build_once(name, build) -> Path``: ``build(folder)`` fills ``folder`` once per test run, for every
+    module and xdist worker that asks for ``name``. A module fixture can be torn down and set up again in one
+    worker (pytest finalises module fixtures whenever the next test comes from another module, which
+    ``--dist loadgroup`` does not prevent); a run directory built here is built once all the same. The folder
+    is shared: tests read it and copy it before changing it."""
+    from filelock import FileLock
+
+    under_xdist = hasattr(request.config, "workerinput")
+    root = tmp_path_factory.getbasetemp().parent if under_xdist else tmp_path_factory.getbasetemp()
+
+    def get(name: str, build) -> Path:
+        folder = root / f"built-once-{name}"
+        done = folder.with_name(folder.name + ".done")
+        with FileLock(f"{folder}.lock"):
+            if not done.is_file():
+                if folder.exists():  # a build that raised: start again
+                    import shutil
+
+                    shutil.rmtree(folder)
+                folder.mkdir(parents=True)
+                build(folder)
+                done.touch()
+        return folder
+
+    return get
 
 
 @pytest.fixture(scope="session")
@@ -106,13 +140,17 @@ def effect_probe(mini_backbone, tmp_path_factory, request):
     def measure(backbone, target: str = "circle", sets: tuple[str, ...] = ("target", "other-objects"),
                 images_per_prompt: int = 2) -> dict:
         if backbone is not mini_backbone:
-            return probe(backbone, target, sets=tuple(sets), images_per_prompt=images_per_prompt, seed=EFFECT_SEED)
-        out: dict = {}
-        for name in sets:
-            key = (target, name, images_per_prompt)
-            if key not in cache:
-                cache[key] = unedited(target, name, images_per_prompt)
-            out.update(cache[key])
+            out = probe(backbone, target, sets=tuple(sets), images_per_prompt=images_per_prompt, seed=EFFECT_SEED)
+        else:
+            out = {}
+            for name in sets:
+                key = (target, name, images_per_prompt)
+                if key not in cache:
+                    cache[key] = unedited(target, name, images_per_prompt)
+                out.update(cache[key])
+        # in the captured output of a failing test (and of every test with ``-rA``)
+        kind = "unedited" if backbone is mini_backbone else "edited"
+        print(f"probe[{kind}, {target}]: " + ", ".join(f"{k}={v:.3f}" for k, v in out.items() if not k.startswith("n_")))
         return out
 
     return measure

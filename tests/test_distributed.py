@@ -49,14 +49,15 @@ def env() -> dict:
 
 
 @pytest.fixture(scope="module")
-def config_path(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("dist-config")
-    (root / "suite.yaml").write_text(yaml.safe_dump(SUITE))
-    config = {"model": "mini", "suite": str(root / "suite.yaml"), "tier": "smoke",
-              "methods": [{"name": "none"}, {"name": "uce"}, {"name": "negative-prompt"}],
-              "targets": ["circle"], "batch_size": 2}
-    (root / "run.yaml").write_text(yaml.safe_dump(config))
-    return root / "run.yaml"
+def config_path(build_once) -> Path:
+    def build(root: Path) -> None:
+        (root / "suite.yaml").write_text(yaml.safe_dump(SUITE))
+        config = {"model": "mini", "suite": str(root / "suite.yaml"), "tier": "smoke",
+                  "methods": [{"name": "none"}, {"name": "uce"}, {"name": "negative-prompt"}],
+                  "targets": ["circle"], "batch_size": 2}
+        (root / "run.yaml").write_text(yaml.safe_dump(config))
+
+    return build_once("dist-config", build) / "run.yaml"
 
 
 def run_cli(*args, launcher: list[str] | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -69,12 +70,14 @@ def torchrun(nproc: int) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def reference(config_path, tmp_path_factory) -> Path:
-    """The run on one process: what every split must reproduce."""
-    out = tmp_path_factory.mktemp("one-process") / "run"
-    proc = run_cli("run", "--config", config_path, "--out", out, "--quiet")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out
+def reference(config_path, build_once) -> Path:
+    """The run on one process: what every split must reproduce (built once per test run; read, never written)."""
+
+    def build(folder: Path) -> None:
+        proc = run_cli("run", "--config", config_path, "--out", folder / "run", "--quiet")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    return build_once("dist-one-process", build) / "run"
 
 
 def comparable_summary(out: Path) -> list[dict]:

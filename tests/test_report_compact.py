@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
 
 import pandas as pd
 import pytest
@@ -23,15 +24,20 @@ SMOKE_TASKS = ["target", "target-implicit", "other-objects", "other-styles", "in
 
 
 @pytest.fixture(scope="module")
-def flag_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("compact") / "run"
-    buf_out, buf_err = io.StringIO(), io.StringIO()
-    from contextlib import redirect_stderr, redirect_stdout
+def flag_run(build_once):
+    """The real run every test here reads (built once per test run: conftest ``build_once``) and what it printed."""
 
-    with redirect_stdout(buf_out), redirect_stderr(buf_err):
-        rc = main(["run", *FLAGS, "--out", str(out), "--quiet"])
-    assert rc == 0, buf_err.getvalue()
-    return out, buf_out.getvalue()
+    def build(folder):
+        from contextlib import redirect_stderr, redirect_stdout
+
+        buf_out, buf_err = io.StringIO(), io.StringIO()
+        with redirect_stdout(buf_out), redirect_stderr(buf_err):
+            rc = main(["run", *FLAGS, "--out", str(folder / "run"), "--quiet"])
+        assert rc == 0, buf_err.getvalue()
+        (folder / "printed.txt").write_text(buf_out.getvalue())
+
+    folder = build_once("report-compact-flag-run", build)
+    return folder / "run", (folder / "printed.txt").read_text()
 
 
 def _summary(run):
@@ -120,7 +126,9 @@ def test_csv_and_latex_are_compact_alike(flag_run):
 
 
 def test_manifest_records_the_resolved_config_and_resumes_from_it(flag_run, tmp_path, capsys):
-    run, _ = flag_run
+    shared, _ = flag_run
+    run = tmp_path / "run"  # resumed below: a copy, the shared run stays as built
+    shutil.copytree(shared, run)
     from bench.cli import build_parser, flag_overrides, resolve_run_config
 
     args = build_parser().parse_args(["run", *FLAGS])
