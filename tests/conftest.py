@@ -111,31 +111,22 @@ def mini_backbone():
 
 
 @pytest.fixture(scope="session")
-def effect_probe(mini_backbone, tmp_path_factory, request):
+def effect_probe(mini_backbone, build_once):
     """``effect_probe(backbone, target, sets, images_per_prompt=2)``: :func:`bench.mini.probe.probe` on the
     effect-test seed. The unedited model's figures are computed once per (target, set, images) and shared
     by every module that compares an edit with them; under pytest-xdist also by every worker of this test
-    run (a JSON file in the run's base folder, written under a file lock by the first worker that needs it)."""
+    run (``build_once``: a JSON file written by the first worker that needs it)."""
     from bench.mini.probe import probe
 
     cache: dict[tuple, dict] = {}
-    # an xdist worker (``workerinput`` set): the workers' base folders share a parent made fresh for this test
-    # run, so nothing is read from an earlier run
-    under_xdist = hasattr(request.config, "workerinput")
-    shared = tmp_path_factory.getbasetemp().parent if under_xdist else None
 
     def unedited(target: str, name: str, images_per_prompt: int) -> dict:
-        if shared is None:
-            return probe(mini_backbone, target, sets=(name,), images_per_prompt=images_per_prompt, seed=EFFECT_SEED)
-        from filelock import FileLock
+        def build(folder: Path) -> None:
+            figures = probe(mini_backbone, target, sets=(name,), images_per_prompt=images_per_prompt, seed=EFFECT_SEED)
+            (folder / "figures.json").write_text(json.dumps(figures))
 
-        path = shared / f"unedited-probe-{target}-{name}-{images_per_prompt}-seed{EFFECT_SEED}.json"
-        with FileLock(f"{path}.lock"):
-            if not path.is_file():
-                figures = probe(mini_backbone, target, sets=(name,), images_per_prompt=images_per_prompt,
-                                seed=EFFECT_SEED)
-                path.write_text(json.dumps(figures))
-            return json.loads(path.read_text())
+        folder = build_once(f"unedited-probe-{target}-{name}-{images_per_prompt}-seed{EFFECT_SEED}", build)
+        return json.loads((folder / "figures.json").read_text())
 
     def measure(backbone, target: str = "circle", sets: tuple[str, ...] = ("target", "other-objects"),
                 images_per_prompt: int = 2) -> dict:
