@@ -57,3 +57,29 @@ def test_set_bootstrap_interval_of_a_biased_statistic_contains_its_value():
     stats = [fd(feats.iloc[np.random.default_rng(s).integers(0, 40, 40)]) for s in range(50)]
     assert np.mean(stats) > value  # the bias the correction is for
     assert lo <= value <= hi
+
+
+def test_a_set_metric_resamples_only_its_columns_and_gets_the_whole_frames_figures():
+    """``mini_fd`` declares the record columns it reads; its bootstrap resamples those alone. The figures must
+    be those of resampling every column (a column missing from the declaration fails here, as a KeyError or a
+    different value), and ``n`` counts the records."""
+    from bench.evaluators.mini_classifier import MiniClassifierEvaluator
+    from bench.metrics import METRICS, bootstrap_set
+    from bench.mini.prompts import build_set
+
+    evaluator = MiniClassifierEvaluator()
+    records = build_set("general", "circle").iloc[:10].reset_index(drop=True)
+    dim = evaluator.reference_features(records).shape[1]
+    rng = np.random.default_rng(0)
+    records["features"] = [rng.normal(size=dim).astype(np.float32) for _ in range(len(records))]
+    # what a run's records also carry: strings (pyarrow-backed, as read from parquet), numbers
+    records["image_path"] = pd.array([f"images/{i}.png" for i in range(len(records))], dtype="string[pyarrow]")
+    records["seed"] = np.arange(len(records))
+
+    metric = METRICS.get("mini_fd")
+    assert metric.columns and "image_path" not in metric.columns
+    whole = bootstrap_set(records, lambda d: metric.on_set(d, evaluator))
+    # a fresh evaluator: the first one has cached each prompt's reference renders, attributes and all
+    got = compute_metric("mini_fd", records, context=MiniClassifierEvaluator())
+    assert (got["value"], got["ci_low"], got["ci_high"]) == whole
+    assert got["n"] == len(records) and np.isfinite(whole).all() and whole[1] < whole[2]

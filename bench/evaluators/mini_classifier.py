@@ -124,4 +124,5 @@ def mini_fd(records: pd.DataFrame, evaluator: MiniClassifierEvaluator) -> float:
 
 
 register_metric(Metric("mini_fd", False, on_set=mini_fd,
+                       columns=("features", "prompt_id", "expect_object", "expect_colour", "expect_style"),
                        description="Frechet distance to rendered references in the mini classifier's feature space"))
