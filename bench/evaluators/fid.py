@@ -126,9 +126,10 @@ def _kid_on_set(df: pd.DataFrame, context: Any) -> float:
     return kernel_inception_distance(a, b, getattr(context, "kid_subset_size", 1000), getattr(context, "kid_subsets", 100))
 
 
-for _m in (Metric("fid", False, on_set=_fid_on_set,
+_SET_COLUMNS = ("fid_features", "fid_ref_features")  # what _set_features reads: the set bootstrap resamples these
+for _m in (Metric("fid", False, on_set=_fid_on_set, columns=_SET_COLUMNS,
                   description="Frechet Inception distance to the reference images (unedited model or a real set)"),
-           Metric("kid", False, on_set=_kid_on_set,
+           Metric("kid", False, on_set=_kid_on_set, columns=_SET_COLUMNS,
                   description="kernel Inception distance (unbiased MMD^2, cubic kernel) to the reference images")):
     from bench.metrics import METRICS as _METRICS
 
