@@ -200,16 +200,26 @@ def sample_until(backbone: Backbone, prompts: list[str], noise: torch.Tensor, st
 
 @torch.no_grad()
 def sample_latents(backbone: Backbone, prompts: list[str], gen: torch.Generator, steps: int, guidance: float,
-                   batch_size: int = 64, precision: str = "fp32", negative_prompt: str = "") -> torch.Tensor:
+                   batch_size: int = 64, precision: str = "fp32", negative_prompt: str = "",
+                   sampler: str = "ddim") -> torch.Tensor:
     """Fully sample one latent per prompt (the "generated training images" of CA and SalUn).
 
+    ``sampler`` is ``"ddim"`` (eta 0) or ``"dpm"`` (DPM-Solver++ (2M), :class:`~bench.generate.SamplerConfig`).
     The noise of all prompts is drawn first, so the samples do not depend on ``batch_size``.
     """
+    if sampler not in ("ddim", "dpm"):
+        raise ValueError(f"sampler must be 'ddim' or 'dpm', not {sampler!r}")
     noise = randn((len(prompts), *backbone.latent_shape), gen, backbone)
     out = []
     for start in range(0, len(prompts), batch_size):
-        out.append(sample_until(backbone, prompts[start:start + batch_size], noise[start:start + batch_size], steps,
-                                guidance, stop_step=steps, precision=precision, negative_prompt=negative_prompt))
+        chunk, chunk_noise = prompts[start:start + batch_size], noise[start:start + batch_size]
+        if sampler == "ddim":
+            out.append(sample_until(backbone, chunk, chunk_noise, steps, guidance, stop_step=steps,
+                                    precision=precision, negative_prompt=negative_prompt))
+        else:
+            config = SamplerConfig("dpm", steps=steps, guidance=guidance, precision=precision)
+            out.append(denoise(backbone, chunk, chunk_noise, config, negative_prompts=[negative_prompt] * len(chunk),
+                               hooks=[]))
     return torch.cat(out)
 
 

@@ -162,6 +162,34 @@ def test_trajectory_pool_keeps_the_frozen_teacher_pair(mini):
     assert fresh.draw_with_teacher([0], 2, ft.step_generator(0, 2))[1] is None and fresh.teacher_passes == 2
 
 
+def test_generated_training_images_follow_the_named_solver_and_not_the_batch_size(mini):
+    """``sample_latents`` (CA's anchor images, SalUn's D_f / D_r) with ``sampler="dpm"`` is diffusers'
+    DPM-Solver++ loop with CFG, computed here directly on the same noise; and the batch size does not matter."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    prompts, steps, guidance = ["a red circle", "a blue square", "a star"], 6, 5.0
+    got = ft.sample_latents(mini, prompts, ft.step_generator(3, -1, 1), steps, guidance, sampler="dpm")
+    in_pairs = ft.sample_latents(mini, prompts, ft.step_generator(3, -1, 1), steps, guidance, batch_size=2,
+                                 sampler="dpm")
+    torch.testing.assert_close(in_pairs, got, rtol=1e-4, atol=1e-4)
+
+    noise = ft.randn((len(prompts), *mini.latent_shape), ft.step_generator(3, -1, 1), mini)
+    scheduler = DPMSolverMultistepScheduler.from_config(mini.scheduler.config, algorithm_type="dpmsolver++")
+    scheduler.set_timesteps(steps)
+    with torch.no_grad():
+        context = torch.cat([mini.encode([""] * len(prompts)), mini.encode(prompts)])
+        x = noise * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            e_0, e_c = mini.unet(torch.cat([x, x]), t, context).sample.chunk(2)
+            x = scheduler.step(e_0 + guidance * (e_c - e_0), t, x).prev_sample
+    torch.testing.assert_close(got, x, rtol=1e-4, atol=1e-4)
+
+    ddim = ft.sample_latents(mini, prompts, ft.step_generator(3, -1, 1), steps, guidance, sampler="ddim")
+    assert (ddim - got).abs().max() > 1e-2  # a different solver, so not the same images
+    with pytest.raises(ValueError, match="sampler"):
+        ft.sample_latents(mini, prompts, ft.step_generator(3, -1, 1), steps, guidance, sampler="euler")
+
+
 def test_progress_bar_shows_the_loss_and_budgets_stop_early(mini, capsys):
     method = get_method("esd-x", {**TINY["esd-x"], "iterations": 5, "max_steps": 2})
     method.apply(mini, REQUEST)
