@@ -64,7 +64,11 @@ MINI_DEFAULTS: dict[str, Any] = {
     # 1e-4 erased nothing on the shipped step-3800 mini model (circle erasure 0.00 -> 0.00); 3e-4 -> 0.21,
     # 1e-3 -> 0.38 with other-object accuracy 0.96 -> 0.93 (ESD-x, 12 target / 14 other prompts x 2 images).
     "lr": 1e-3,
-    "ddim_steps": 25,
+    # 10 DDIM steps (was 25): the trajectory pool costs 2 x steps UNet rows a trajectory, and training draws x_t at
+    # one of these steps. Tuning seed, DPM++ 10 probe (circle erasure / synonyms / other objects): ESD-x 25 steps
+    # 0.46 / 0.67 / 1.00 in 34 s, 10 steps 0.54 / 0.75 / 1.00 in 28 s; ESD-u on target-implicit 0.50 -> 0.96 with
+    # either, in 48 s / 41 s (benchmarks/mini_method_probe.py 'esd-x:{"ddim_steps":25}' 'esd-x:').
+    "ddim_steps": 10,
     "batch_size": 8,
     "sample_from": "frozen",
     "trajectory_pool": 32,

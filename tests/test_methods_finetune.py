@@ -343,8 +343,10 @@ def test_esd_u_erases_the_target_from_captions_that_do_not_ask_for_it(mini, defa
     circle, in about half of its images. ESD-u with its mini defaults, trained on the circle prompts, should
     remove it there while other objects and styles keep their accuracy (it does not erase prompts that name
     the circle: the strict xfail above). Measured (24 / 28 / 24 images; other objects and styles 1.00 -> 1.00):
-    implicit erasure 0.54 -> 0.875 with the probe's DPM-Solver++ 10, 0.375 -> 0.79 with the DDIM 25 it had until
-    2026-11-30. Close to the bar (+0.30): on 4 images a prompt (48) the DPM figure is 0.54 -> 0.83."""
+    implicit erasure 0.54 -> 0.92 with the probe's DPM-Solver++ 10 and the preset's 10 DDIM steps (0.875 with the
+    25 it had until 2026-11-30; 0.375 -> 0.79 with the DDIM-25 probe). Close to the bar (+0.30): on 4 images a
+    prompt (48) it is 0.54 -> 0.83 with either preset (benchmarks/mini_method_probe.py --seed 1
+    --images-per-prompt 4 --sets target-implicit,other-objects,other-styles 'esd-u:')."""
     sets = ("target-implicit", "other-objects", "other-styles")
     before = effect_probe(mini, TARGET, sets=sets)
     assert before["implicit_erasure_rate"] <= 1 - 2 * ERASURE_GAIN, (
