@@ -102,6 +102,28 @@ def build_once(tmp_path_factory, request):
     return get
 
 
+@pytest.fixture
+def cli_here(capsys):
+    """``cli_here(*args)``: ``erasebench ARGS`` through ``bench.cli.main`` in this process, as a
+    ``CompletedProcess`` (exit code, stdout, stderr). The CLI's checks without an interpreter's start-up (7-10 s of
+    imports) for each call; ``python -m bench.cli`` itself runs as a process in the end-to-end tests."""
+    import subprocess
+
+    from bench.cli import main
+
+    def call(*args) -> subprocess.CompletedProcess:
+        argv = [str(a) for a in args]
+        capsys.readouterr()
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse's own usage errors
+            code = exc.code
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(["erasebench", *argv], code, captured.out, captured.err)
+
+    return call
+
+
 @pytest.fixture(scope="session")
 def mini_backbone():
     """The shipped mini model, loaded once; tests must not edit it in place (``Method.apply`` copies)."""

@@ -134,8 +134,8 @@ def test_bad_shard_is_refused(text):
     assert parse_shard("2/8") == (2, 8)
 
 
-def test_bad_shard_on_the_command_line_exits_2_and_writes_nothing(tmp_path):
-    proc = run_cli("run", "--out", tmp_path / "run", "--shard", "4/4", timeout=300)
+def test_bad_shard_on_the_command_line_exits_2_and_writes_nothing(tmp_path, cli_here):
+    proc = cli_here("run", "--out", tmp_path / "run", "--shard", "4/4")
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip().splitlines()[0]]
     assert "--shard" in proc.stderr and not (tmp_path / "run").exists()
@@ -309,11 +309,11 @@ def test_three_shards_through_submitit_give_the_one_process_results(config_path,
 
 
 @pytest.mark.slow
-def test_a_different_config_into_a_run_directory_is_refused(config_path, reference, tmp_path):
+def test_a_different_config_into_a_run_directory_is_refused(config_path, reference, tmp_path, cli_here):
     other = yaml.safe_load(config_path.read_text()) | {"seed": 1}
     (tmp_path / "other.yaml").write_text(yaml.safe_dump(other))
     before = (reference / "manifest.json").read_text(), unit_files(reference)
-    proc = run_cli("run", "--config", tmp_path / "other.yaml", "--out", reference, "--quiet", timeout=300)
+    proc = cli_here("run", "--config", tmp_path / "other.yaml", "--out", reference, "--quiet")
     assert proc.returncode == 2 and "another config" in proc.stderr
     assert ((reference / "manifest.json").read_text(), unit_files(reference)) == before
 

@@ -102,14 +102,14 @@ def test_killed_run_resumes_without_redoing_or_duplicating(tmp_path):
     assert stale.returncode == 2 and "other weights or settings of: none" in stale.stderr, stale.stderr[-2000:]
 
 
-def test_list_commands():
-    methods = cli("list", "methods")
+def test_list_commands(cli_here):
+    methods = cli_here("list", "methods")
     assert methods.returncode == 0
     names = [line.split("\t")[0] for line in methods.stdout.splitlines()]
     assert "none" in names
-    suites = cli("list", "suites").stdout
-    assert "mini-quick" in suites and "mini-adherence" in suites
-    assert "mini-classifier" in cli("list", "evaluators").stdout
+    suites = cli_here("list", "suites")
+    assert suites.returncode == 0 and "mini-quick" in suites.stdout and "mini-adherence" in suites.stdout
+    assert "mini-classifier" in cli_here("list", "evaluators").stdout
 
 
 @pytest.mark.parametrize(
@@ -122,11 +122,11 @@ def test_list_commands():
         ({"batch_size": -1}, "batch_size"),
     ],
 )
-def test_bad_input_exits_nonzero_with_one_clear_line_and_writes_nothing(tmp_path, config, expected):
+def test_bad_input_exits_nonzero_with_one_clear_line_and_writes_nothing(tmp_path, cli_here, config, expected):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(config))
     out = tmp_path / "out"
-    result = cli("run", "--config", cfg, "--out", out)
+    result = cli_here("run", "--config", cfg, "--out", out)
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
@@ -134,16 +134,16 @@ def test_bad_input_exits_nonzero_with_one_clear_line_and_writes_nothing(tmp_path
     assert not out.exists()
 
 
-def test_malformed_yaml_is_reported(tmp_path):
+def test_malformed_yaml_is_reported(tmp_path, cli_here):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("methods: [unclosed\n")
-    result = cli("run", "--config", cfg, "--out", tmp_path / "out")
+    result = cli_here("run", "--config", cfg, "--out", tmp_path / "out")
     assert result.returncode == 2 and "malformed YAML" in result.stderr
     assert not (tmp_path / "out").exists()
 
 
-def test_report_of_a_missing_run_is_an_error(tmp_path):
-    result = cli("report", tmp_path / "nothing")
+def test_report_of_a_missing_run_is_an_error(tmp_path, cli_here):
+    result = cli_here("report", tmp_path / "nothing")
     assert result.returncode == 2 and "summary.json" in result.stderr
 
 
