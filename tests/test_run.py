@@ -43,7 +43,7 @@ def expected_records(config) -> int:
 
 
 @pytest.mark.slow
-def test_killed_run_resumes_without_redoing_or_duplicating(tmp_path):
+def test_killed_run_resumes_without_redoing_or_duplicating(tmp_path, cli_here):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(yaml.safe_dump(SMOKE))
     out = tmp_path / "run"
@@ -90,7 +90,7 @@ def test_killed_run_resumes_without_redoing_or_duplicating(tmp_path):
     assert manifest["evaluators"]["mini-classifier"]["weights_sha256"]
 
     # the same command again regenerates and rescoring nothing: records are read back as they are
-    again = cli("run", "--config", cfg, "--out", out, "--quiet")
+    again = cli_here("run", "--config", cfg, "--out", out, "--quiet")
     assert again.returncode == 0
     assert pd.read_parquet(out / "records.parquet").shape == records.shape
 
@@ -98,7 +98,7 @@ def test_killed_run_resumes_without_redoing_or_duplicating(tmp_path):
     # (written as the product writes it, checksum included: a hand edit alone is refused as damage)
     manifest["methods"]["none"] = "0" * 16
     write_checksummed(out / "manifest.json", json.dumps(manifest).encode())
-    stale = cli("run", "--config", cfg, "--out", out, "--quiet")
+    stale = cli_here("run", "--config", cfg, "--out", out, "--quiet")
     assert stale.returncode == 2 and "other weights or settings of: none" in stale.stderr, stale.stderr[-2000:]
 
 
