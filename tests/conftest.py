@@ -102,6 +102,16 @@ def build_once(tmp_path_factory, request):
     return get
 
 
+@pytest.fixture(scope="session")
+def small_run(build_once) -> tuple[Path, str]:
+    """(run directory, what `erasebench run` printed) of ``tests/runs.py``'s small run, built once per test run;
+    tests read it and never write into it (copy it first)."""
+    from tests.runs import build_small_run
+
+    folder = build_once("small-flag-run", build_small_run)
+    return folder / "run", (folder / "printed.txt").read_text()
+
+
 @pytest.fixture
 def cli_here(capsys):
     """``cli_here(*args)``: ``erasebench ARGS`` through ``bench.cli.main`` in this process, as a

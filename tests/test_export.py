@@ -11,30 +11,24 @@ import yaml
 from bench.cli import main
 
 
-@pytest.fixture(scope="module")
-def small_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("export") / "run"
-    assert main(["run", "--methods", "none", "uce", "--tier", "smoke", "--out", str(out), "--quiet"]) == 0
-    return out
-
-
 @pytest.mark.slow
 def test_export_loads_back_with_datasets(small_run, tmp_path, capsys):
+    run, _ = small_run  # conftest: a real run (mini-quick smoke, none + uce), read only
     from datasets import load_dataset
 
     ds = tmp_path / "ds"
-    assert main(["export", str(small_run), "--out", str(ds), "--images", "1"]) == 0
+    assert main(["export", str(run), "--out", str(ds), "--images", "1"]) == 0
     assert "hf upload" in capsys.readouterr().out
     cache = tmp_path / "hf-datasets"  # offline, datasets would otherwise reuse a cached folder of the same name
     summary = load_dataset(str(ds), "summary", split="train", cache_dir=str(cache)).to_pandas()
-    expected = pd.DataFrame(json.loads((small_run / "summary.json").read_text())["rows"])
+    expected = pd.DataFrame(json.loads((run / "summary.json").read_text())["rows"])
     key = ["method", "target", "task", "metric"]
     got = summary.drop(columns="run").sort_values(key).reset_index(drop=True)
     pd.testing.assert_frame_equal(got[expected.columns], expected.sort_values(key).reset_index(drop=True),
                                   check_dtype=False)
     assert set(summary["run"]) == {"run"}
     records = load_dataset(str(ds), "records", split="train", cache_dir=str(cache)).to_pandas()
-    run_records = pd.read_parquet(small_run / "records.parquet")
+    run_records = pd.read_parquet(run / "records.parquet")
     assert len(records) == len(run_records)
     assert (records.groupby(["method", "task"]).size() == run_records.groupby(["method", "task"]).size()).all()
     # the card: the Hub's YAML metadata and the compact leaderboard
@@ -43,7 +37,7 @@ def test_export_loads_back_with_datasets(small_run, tmp_path, capsys):
     assert [c["config_name"] for c in meta["configs"]] == ["summary", "records"]
     assert meta["license"] == "cc-by-4.0" and meta["task_categories"] == ["text-to-image"]
     assert "| method | target | efficacy: target/erasure_rate" in text and "| uce | circle |" in text
-    assert json.loads((ds / "manifests" / "run.json").read_text()) == json.loads((small_run / "manifest.json").read_text())
+    assert json.loads((ds / "manifests" / "run.json").read_text()) == json.loads((run / "manifest.json").read_text())
     images = sorted((ds / "images" / "run").rglob("*.png"))
     assert images and len(images) <= run_records.groupby(["method", "target", "task"]).ngroups
 

@@ -15,29 +15,17 @@ from bench.cli import main
 from leaderboard import load_runs, render
 from leaderboard.aggregate import higher_is_better
 from leaderboard.render import fmt_number
+from tests.runs import SMALL_RUN_FLAGS as FLAGS
 
 pytestmark = pytest.mark.slow  # every test reads one real run (the module's flag_run)
 
-FLAGS = ["--methods", "none", "uce", "--targets", "circle", "--suite", "mini-quick", "--tier", "smoke",
-         "--images-per-prompt", "1", "--seed", "3", "--batch-size", "16", "--device", "cpu"]
 SMOKE_TASKS = ["target", "target-implicit", "other-objects", "other-styles", "in-prompt", "general", "target-synonyms"]
 
 
 @pytest.fixture(scope="module")
-def flag_run(build_once):
-    """The real run every test here reads (built once per test run: conftest ``build_once``) and what it printed."""
-
-    def build(folder):
-        from contextlib import redirect_stderr, redirect_stdout
-
-        buf_out, buf_err = io.StringIO(), io.StringIO()
-        with redirect_stdout(buf_out), redirect_stderr(buf_err):
-            rc = main(["run", *FLAGS, "--out", str(folder / "run"), "--quiet"])
-        assert rc == 0, buf_err.getvalue()
-        (folder / "printed.txt").write_text(buf_out.getvalue())
-
-    folder = build_once("report-compact-flag-run", build)
-    return folder / "run", (folder / "printed.txt").read_text()
+def flag_run(small_run):
+    """The real run every test here reads (conftest ``small_run``: built once per test run) and what it printed."""
+    return small_run
 
 
 def _summary(run):
