@@ -46,10 +46,13 @@ def pytest_configure(config):
         os.environ["OMP_NUM_THREADS"] = str(share)
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """For ``--dist loadgroup`` (README's test command): a test that uses a module- or class-scoped fixture joins
     its module's group, so one worker builds that fixture once; every other test goes to whichever worker is
-    free (a file of long independent tests is spread over the workers, not left to one)."""
+    free (a file of long independent tests is spread over the workers, not left to one). ``tryfirst``: xdist's
+    worker turns the mark into the node id's group suffix in its own hook of this name, which would otherwise run
+    first and never see these marks (until 2026-11-30 only marks written in the test files took effect)."""
     shared_scopes = {"module", "class", "package"}
     for item in items:
         info = getattr(item, "_fixtureinfo", None)
