@@ -209,17 +209,13 @@ def sample_latents(backbone: Backbone, prompts: list[str], gen: torch.Generator,
     """
     if sampler not in ("ddim", "dpm"):
         raise ValueError(f"sampler must be 'ddim' or 'dpm', not {sampler!r}")
+    config = SamplerConfig(sampler, steps=steps, guidance=guidance, precision=precision)
     noise = randn((len(prompts), *backbone.latent_shape), gen, backbone)
     out = []
     for start in range(0, len(prompts), batch_size):
-        chunk, chunk_noise = prompts[start:start + batch_size], noise[start:start + batch_size]
-        if sampler == "ddim":
-            out.append(sample_until(backbone, chunk, chunk_noise, steps, guidance, stop_step=steps,
-                                    precision=precision, negative_prompt=negative_prompt))
-        else:
-            config = SamplerConfig("dpm", steps=steps, guidance=guidance, precision=precision)
-            out.append(denoise(backbone, chunk, chunk_noise, config, negative_prompts=[negative_prompt] * len(chunk),
-                               hooks=[]))
+        chunk = prompts[start:start + batch_size]
+        out.append(denoise(backbone, chunk, noise[start:start + batch_size], config,
+                           negative_prompts=[negative_prompt] * len(chunk), hooks=[]))
     return torch.cat(out)
 
 

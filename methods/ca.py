@@ -25,7 +25,8 @@ cross-attention ``to_k``/``to_v`` train (``parameter_group="cross-attn"``; "attn
 projections, the nudity recipe; "full-weight" the whole UNet); AdamW with weight decay 1e-2
 (``--adam_weight_decay``); 1000 anchor images (``--num_class_images``) sampled with 25 steps at
 guidance 6 (the script uses DPM-Solver; we sample with DDIM, ``sample_sampler="dpm"`` for DPM-Solver++);
-100 steps at lr 2e-6 scaled by the total batch (``--scale_lr``: 2e-6 x 4 per GPU x 2 GPUs = 1.6e-5; x2 more with prior preservation).
+100 steps at lr 2e-6 scaled by the total batch (``--scale_lr``: 2e-6 x 4 per GPU x 2 GPUs = 1.6e-5; x2 more
+with prior preservation).
 Per-kind values are in :attr:`ConceptAblation.recipes`. Not reproduced: the random-resize
 augmentation with its loss mask (the recipes here all run ``--noaug`` or use the full image) and the
 horizontal flip.

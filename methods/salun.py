@@ -31,8 +31,8 @@ prompt (its D_r is 800 images of that prompt).
 Defaults (paper and OPTML-Group/Unlearn-Saliency @ a6e89fd, SD/README.md, the Imagenette command):
 mask ratio 0.5, mask guidance 7.5, ``train_method="full"`` (the whole UNet, masked), alpha 0.5, Adam
 lr 1e-5, batch 8, 5 epochs over 800 forgetting images (500 steps), images sampled with 50 DDIM steps at
-guidance 7.5 (``sample_sampler``; the mini preset samples them with DPM-Solver++ at 10 steps). The NSFW recipe differs (:attr:`SalUn.recipes`): alpha 0.1, 1 epoch (``nsfw_removal.py``
-defaults). The official Imagenette recipe relabels each class to another class on real images; here
+guidance 7.5 (``sample_sampler``; the mini preset samples them with DPM-Solver++ at 10 steps). The NSFW
+recipe differs (:attr:`SalUn.recipes`): alpha 0.1, 1 epoch (``nsfw_removal.py`` defaults). The official Imagenette recipe relabels each class to another class on real images; here
 the relabel is the anchor or a preserve concept on generated images.
 The mask keeps the *largest* |gradient| entries, as the paper states and as the official
 ``generate_mask.py`` does (it ranks the negated magnitudes ascending and keeps the first half); the
