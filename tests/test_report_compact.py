@@ -17,15 +17,9 @@ from leaderboard.aggregate import higher_is_better
 from leaderboard.render import fmt_number
 from tests.runs import SMALL_RUN_FLAGS as FLAGS
 
-pytestmark = pytest.mark.slow  # every test reads one real run (the module's flag_run)
+pytestmark = pytest.mark.slow  # every test reads one real run (conftest small_run, built once per test run)
 
 SMOKE_TASKS = ["target", "target-implicit", "other-objects", "other-styles", "in-prompt", "general", "target-synonyms"]
-
-
-@pytest.fixture(scope="module")
-def flag_run(small_run):
-    """The real run every test here reads (conftest ``small_run``: built once per test run) and what it printed."""
-    return small_run
 
 
 def _summary(run):
@@ -36,8 +30,8 @@ def _md_rows(text):
     return [ln for ln in text.splitlines() if ln.startswith("| ")]
 
 
-def test_run_prints_the_compact_table_and_writes_the_html_page(flag_run):
-    run, printed = flag_run
+def test_run_prints_the_compact_table_and_writes_the_html_page(small_run):
+    run, printed = small_run
     header = _md_rows(printed)[0]
     cols = [c.strip() for c in header.strip("|").split("|")]
     # one column per task of the suite (its headline metric), grouped by role, then the edit time
@@ -51,8 +45,8 @@ def test_run_prints_the_compact_table_and_writes_the_html_page(flag_run):
     assert page.read_text().startswith("<!DOCTYPE html>") and 'id="leaderboard"' in page.read_text()
 
 
-def test_compact_cells_are_the_runs_figures(flag_run):
-    run, _ = flag_run
+def test_compact_cells_are_the_runs_figures(small_run):
+    run, _ = small_run
     text = render(load_runs([run]), "md")
     summary = _summary(run).set_index(["method", "task", "metric"])
     uce = next(r for r in _md_rows(text) if r.startswith("| uce "))
@@ -66,8 +60,8 @@ def test_compact_cells_are_the_runs_figures(flag_run):
     assert "(n=6)" in _md_rows(text)[0]  # every smoke task has 6 images: n once in the header
 
 
-def test_detail_has_every_metric_and_a_cost_table(flag_run):
-    run, _ = flag_run
+def test_detail_has_every_metric_and_a_cost_table(small_run):
+    run, _ = small_run
     board = load_runs([run])
     text = render(board, "md", detail=True)
     tables = text.split("\n\n")
@@ -84,8 +78,8 @@ def test_detail_has_every_metric_and_a_cost_table(flag_run):
     assert "↑" not in cost.splitlines()[0] and "trained_parameters" not in cost  # uce has no counters
 
 
-def test_columns_selects_and_bad_columns_fail(flag_run, capsys):
-    run, _ = flag_run
+def test_columns_selects_and_bad_columns_fail(small_run, capsys):
+    run, _ = small_run
     text = render(load_runs([run]), "md", columns="efficacy,general/mini_fd")
     header = _md_rows(text)[0]
     assert header.count("efficacy:") == 2 and "general/mini_fd" in header and "specificity" not in header
@@ -94,8 +88,8 @@ def test_columns_selects_and_bad_columns_fail(flag_run, capsys):
     assert len(err) == 1 and "'nope' names no column" in err[0] and "target/erasure_rate" in err[0]
 
 
-def test_csv_and_latex_are_compact_alike(flag_run):
-    run, _ = flag_run
+def test_csv_and_latex_are_compact_alike(small_run):
+    run, _ = small_run
     board = load_runs([run])
     df = pd.read_csv(io.StringIO(render(board, "csv")))
     figures = sorted({c.rsplit(".", 1)[0] for c in df.columns if "/" in c})
@@ -113,8 +107,8 @@ def test_csv_and_latex_are_compact_alike(flag_run):
     assert render(board, "latex", detail=True).count(r"\begin{tabular}") == 2
 
 
-def test_manifest_records_the_resolved_config_and_resumes_from_it(flag_run, tmp_path, capsys):
-    shared, _ = flag_run
+def test_manifest_records_the_resolved_config_and_resumes_from_it(small_run, tmp_path, capsys):
+    shared, _ = small_run
     run = tmp_path / "run"  # resumed below: a copy, the shared run stays as built
     shutil.copytree(shared, run)
     from bench.cli import build_parser, flag_overrides, resolve_run_config
