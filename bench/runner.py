@@ -370,8 +370,10 @@ def edited_backbone(base: Backbone, row: str, spec, method, request, store: RunS
     (nothing to save; an auxiliary model such as ITD's SAE is trained in the unit's edit folder, once); an edit
     saved in the run's ``edits/<row>__<target>/`` is reloaded; else the method is applied and its edit saved
     there, under the unit's lock. Returns ``(backbone, cost)``: ``cost`` holds ``edit_seconds`` (and the
-    method's stats) when the edit was computed, ``load_seconds`` for a given edit, and is empty for a reload.
-    Returns None when another worker holds the unit's lock (it is computing the same edit).
+    method's stats) when the edit was computed, ``load_seconds`` for a given edit, and for a reload the cost
+    saved with the edit (in its ``edit.json``), so a worker killed between saving an edit and recording its
+    cost in the manifest loses no figure. Returns None when another worker holds the unit's lock (it is
+    computing the same edit).
     """
     if method.name == "none":
         return base, {}
@@ -387,22 +389,31 @@ def edited_backbone(base: Backbone, row: str, spec, method, request, store: RunS
     if method.family == "inference-time" or not components:
         return _apply(_in_unit_folder(method, saved), base, request)
     if (saved / "edit.json").exists():
-        return _attach_hooks(apply_saved_edit(base.copy(), saved), method, request), {}
+        return _attach_hooks(apply_saved_edit(base.copy(), saved), method, request), _saved_cost(saved)
     lock = FileLock(store.locks_dir / f"edit-{saved.name}.lock")
     if not lock.try_acquire():
         return None
     try:
         if (saved / "edit.json").exists():  # saved by another worker just before we took the lock
-            return _attach_hooks(apply_saved_edit(base.copy(), saved), method, request), {}
+            return _attach_hooks(apply_saved_edit(base.copy(), saved), method, request), _saved_cost(saved)
         if log:
             log.info("computing edit %s", saved.name)
         edited, cost = _apply(method, base, request)
-        edited.save_edit(saved, components=components, info={"method": method.fingerprint()})
+        edited.save_edit(saved, components=components, info={"method": method.fingerprint(), "cost": cost})
         if log:
             log.info("saved edit %s to %s", saved.name, saved)
         return edited, cost
     finally:
         lock.release()
+
+
+def _saved_cost(folder: Path) -> dict:
+    """The cost figures saved in an edit folder's ``edit.json`` by the worker that computed it ({} if none)."""
+    try:
+        cost = json.loads((folder / "edit.json").read_text()).get("cost")
+    except (OSError, ValueError):
+        return {}
+    return dict(cost) if isinstance(cost, dict) else {}
 
 
 def _apply(method, base: Backbone, request) -> tuple[Backbone, dict]:
@@ -945,7 +956,12 @@ def summarize(store: RunStore, resolved: ResolvedRun, evaluators_by_task: dict[s
     from bench.attacks.run import attack_task_name, summarize_attacks
 
     rows += summarize_attacks(store)
-    edits = (store.read_manifest() or {}).get("edits", {})
+    edits = dict((store.read_manifest() or {}).get("edits", {}))
+    for row, _, _ in resolved.methods:  # an edit saved by a worker killed before it wrote the manifest entry
+        for target in resolved.config.targets:
+            saved = _saved_cost(store.edit_dir(row, target)) if f"{row}__{target}" not in edits else {}
+            if saved:
+                edits[f"{row}__{target}"] = {"method": row, "target": target, **saved}
     for key, cost in edits.items():
         # the edit names its row and target (row names never hold "__"; older manifests only have the key)
         method, target = (cost["method"], cost["target"]) if "method" in cost else key.split("__", 1)

@@ -119,6 +119,46 @@ def test_cost_rows_name_the_row_and_target_they_belong_to(finished_run):
     assert [(e["method"], e["target"]) for e in edits.values()] == [("np.v2", "circle")]
 
 
+def test_an_edit_saved_by_a_worker_killed_before_it_recorded_its_cost_keeps_its_cost_rows(tmp_path, capsys):
+    """A worker killed between saving an edit and writing its cost into the manifest (the SIGKILL test of
+    test_distributed caught it once): the edit folder keeps the cost, and both ways a run can go on from there
+    bring it back, the next run reloading the edit for units still to do, and ``finalize`` with nothing to do."""
+    from bench.config import parse_config
+    from bench.runner import finalize
+
+    config = {**TINY, "methods": [{"name": "none"}, {"name": "uce"}]}
+    path, out = write_config(tmp_path, config), tmp_path / "run"
+    code, lines, _ = run_cli(capsys, "run", "--config", path, "--out", out, "--quiet")
+    assert code == 0, lines
+    store = RunStore(out)
+    saved = json.loads((out / "edits" / "uce__circle" / "edit.json").read_text())["cost"]
+    recorded = store.read_manifest()["edits"]["uce__circle"]
+    assert saved["edit_seconds"] > 0 and saved["edit_seconds"] == recorded["edit_seconds"]
+
+    def kill_before_the_manifest_entry(*unfinished_units: str) -> None:
+        manifest = store.read_manifest()
+        manifest["edits"] = {}
+        store.write_manifest(manifest)
+        (out / "summary.json").unlink()
+        for unit in unfinished_units:
+            (out / "records" / f"{unit}.parquet").unlink()
+
+    def uce_cost_rows() -> dict:
+        summary = store.read_summary()
+        cost = summary[(summary["role"] == "cost") & (summary["method"] == "uce")]
+        return dict(zip(cost["metric"], cost["value"]))
+
+    kill_before_the_manifest_entry("uce__circle__target")
+    code, lines, _ = run_cli(capsys, "run", "--config", path, "--out", out, "--quiet")
+    assert code == 0, lines
+    assert uce_cost_rows() == pytest.approx(saved)
+    assert store.read_manifest()["edits"]["uce__circle"]["edit_seconds"] == saved["edit_seconds"]
+
+    kill_before_the_manifest_entry()  # every unit already done: nothing reloads the edit
+    finalize(parse_config(yaml.safe_load(path.read_text())), out)
+    assert uce_cost_rows() == pytest.approx(saved)
+
+
 def labelled_summary(tmp_path: Path, label: str) -> Path:
     """A finished run directory whose second row is called ``label`` (summary only, as the report reads it)."""
     rows = []
