@@ -370,10 +370,9 @@ def edited_backbone(base: Backbone, row: str, spec, method, request, store: RunS
     (nothing to save; an auxiliary model such as ITD's SAE is trained in the unit's edit folder, once); an edit
     saved in the run's ``edits/<row>__<target>/`` is reloaded; else the method is applied and its edit saved
     there, under the unit's lock. Returns ``(backbone, cost)``: ``cost`` holds ``edit_seconds`` (and the
-    method's stats) when the edit was computed, ``load_seconds`` for a given edit, and for a reload the cost
-    saved with the edit (in its ``edit.json``), so a worker killed between saving an edit and recording its
-    cost in the manifest loses no figure. Returns None when another worker holds the unit's lock (it is
-    computing the same edit).
+    method's stats) when the edit was computed, ``load_seconds`` for a given edit, and is empty for a reload
+    (the computed cost is also saved in the edit's ``edit.json``: see :func:`_saved_cost`). Returns None when
+    another worker holds the unit's lock (it is computing the same edit).
     """
     if method.name == "none":
         return base, {}
@@ -389,13 +388,13 @@ def edited_backbone(base: Backbone, row: str, spec, method, request, store: RunS
     if method.family == "inference-time" or not components:
         return _apply(_in_unit_folder(method, saved), base, request)
     if (saved / "edit.json").exists():
-        return _attach_hooks(apply_saved_edit(base.copy(), saved), method, request), _saved_cost(saved)
+        return _attach_hooks(apply_saved_edit(base.copy(), saved), method, request), {}
     lock = FileLock(store.locks_dir / f"edit-{saved.name}.lock")
     if not lock.try_acquire():
         return None
     try:
         if (saved / "edit.json").exists():  # saved by another worker just before we took the lock
-            return _attach_hooks(apply_saved_edit(base.copy(), saved), method, request), _saved_cost(saved)
+            return _attach_hooks(apply_saved_edit(base.copy(), saved), method, request), {}
         if log:
             log.info("computing edit %s", saved.name)
         edited, cost = _apply(method, base, request)
@@ -673,6 +672,9 @@ class UnitEdits:
         edited, cost = result
         self.busy_seconds += time.perf_counter() - t0
         fingerprint = edited.fingerprint()
+        # a reloaded edit: its cost from edit.json, in case the worker that computed it was killed before the
+        # manifest entry below
+        cost = cost or _saved_cost(self.store.edit_dir(row, target))
         if cost and key not in (self.store.read_manifest() or {}).get("edits", {}):
             # the first worker's figures
             self.store.update_manifest(edits={key: {"method": row, "target": target, "fingerprint": fingerprint, **cost}})
