@@ -39,7 +39,7 @@ from bench.generate import ImageCache, SamplerConfig, generate, image_seed, reso
 from bench.locks import FileLock
 from bench.metrics import METRICS, compute_metric
 from bench.registry import UnknownNameError
-from bench.store import DamagedFileError, RunStore, package_versions, write_checksummed
+from bench.store import DamagedFileError, RunStore, json_bytes, package_versions, write_checksummed
 from bench.suites import PromptContext, Suite, SuiteError, Task, build_prompts, load_suite
 
 DEFAULT_SAMPLER = {"name": "ddim", "steps": 25, "guidance": 5.0}
@@ -734,8 +734,9 @@ def _run(config: RunConfig, out: str | Path, progress: bool, shard: tuple[int, i
     base_fp = base.fingerprint()
     # one method instance and request per (method, target): the recipe of the target's kind, resolved up front
     units = {(row, t): build_request(config, spec, m, t, base) for row, spec, m in resolved.methods for t in config.targets}
-    method_fps = {row: m.fingerprint() for row, _, m in resolved.methods}
-    method_fps.update({f"{row}__{t}": m.fingerprint() for (row, t), (m, _) in units.items()})
+    # as the manifest holds them (JSON: a tuple in a method's config reads back as a list)
+    method_fps = json.loads(json_bytes({row: m.fingerprint() for row, _, m in resolved.methods}))
+    method_fps.update(json.loads(json_bytes({f"{row}__{t}": m.fingerprint() for (row, t), (m, _) in units.items()})))
     store.root.mkdir(parents=True, exist_ok=True)
     with FileLock(store.locks_dir / "manifest.lock"):  # one of the run's processes writes the manifest
         try:

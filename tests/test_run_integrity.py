@@ -159,6 +159,21 @@ def test_an_edit_saved_by_a_worker_killed_before_it_recorded_its_cost_keeps_its_
     assert uce_cost_rows() == pytest.approx(saved)
 
 
+def test_a_method_whose_config_holds_a_tuple_resumes(tmp_path, capsys):
+    """HIRM's config holds ``betas`` as a tuple; the manifest (JSON) reads it back as a list. The resume check
+    compared the two and refused every second run (and every torchrun process after the first) of a config
+    with HIRM, the default run's among them."""
+    from methods import METHODS
+
+    assert isinstance(METHODS.get("hirm")().config.betas, tuple)  # the precondition of this test
+    config = {**TINY, "methods": [{"name": "none"}, {"name": "hirm"}]}
+    path, out = write_config(tmp_path, config), tmp_path / "run"
+    for _ in range(2):
+        code, lines, _ = run_cli(capsys, "run", "--config", path, "--out", out, "--quiet")
+        assert code == 0, lines
+    assert RunStore(out).read_summary()["method"].isin(["hirm"]).any()
+
+
 def labelled_summary(tmp_path: Path, label: str) -> Path:
     """A finished run directory whose second row is called ``label`` (summary only, as the report reads it)."""
     rows = []
