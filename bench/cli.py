@@ -128,6 +128,26 @@ def resolve_run_config(config_path: Path | None, overrides: dict):
     return check_config({**data, **overrides}, str(config_path) if config_path is not None else "flags")
 
 
+def _workers(value: str | None, config) -> int:
+    """``--workers``: a positive number, or ``auto`` (:func:`bench.distributed.auto_workers`); not given:
+    ``$ERASEBENCH_WORKERS``, else ``auto``."""
+    from bench.distributed import auto_workers, under_launcher
+
+    value = value or os.environ.get("ERASEBENCH_WORKERS") or "auto"
+    if value == "auto":
+        return auto_workers(config.model, config.device)
+    try:
+        workers = int(value)
+    except ValueError:
+        workers = 0
+    if workers < 1:
+        raise CLIError(f"--workers {value}: give a positive number of processes or 'auto'")
+    if workers > 1 and under_launcher():
+        raise CLIError(f"--workers {workers} under torchrun / accelerate: the launcher already started the processes; "
+                       "drop --workers")
+    return workers
+
+
 def cmd_run(args) -> int:
     from bench.distributed import ShardError, parse_shard
     from bench.runner import run
@@ -141,8 +161,21 @@ def cmd_run(args) -> int:
     if shard is not None and args.out is None:
         raise CLIError("--shard needs --out: every shard must write into the same run directory")
     out = args.out or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
+    workers = _workers(args.workers, config)
     t0 = time.perf_counter()
-    path = run(config, out, progress=not args.quiet, shard=shard)
+    if workers > 1:
+        from bench.distributed import launch_workers
+        from bench.runner import check_run
+
+        check_run(config, out)  # a bad input reported once, before the processes start
+        code = launch_workers([*args.argv, "--out", str(out), "--workers", "1"], workers)
+        if code:
+            print(f"erasebench: error: a worker process stopped with exit status {code}; what each did is in "
+                  f"{out / 'logs'}; run the same command again to resume", file=sys.stderr)
+            return code
+        path = Path(out)
+    else:
+        path = run(config, out, progress=not args.quiet, shard=shard)
     if not (Path(path) / "summary.json").exists():  # a shard or process that did not finish the run last
         print(f"this part finished in {time.perf_counter() - t0:.1f} s: {path} (the last part writes the summary)")
         return 0
@@ -214,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="run part I of N (0-based), e.g. one task of a job array; all parts share --out")
+    p.add_argument("--workers", default=None, metavar="N",
+                   help="processes on this machine, each with its share of the cores (one per GPU with "
+                        "--device cuda); auto: one per core for the mini model on the CPU, else 1 "
+                        "(default: $ERASEBENCH_WORKERS, else auto)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", help="render a leaderboard table from run directories")
@@ -252,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     _register_extras()
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what `run --workers N` passes on to its processes
     from bench.backbone import BackboneLoadError
     from bench.config import ConfigError
     from bench.registry import UnknownNameError

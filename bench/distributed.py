@@ -108,9 +108,27 @@ def worker_from_env(shard: tuple[int, int] | None = None, env: dict | None = Non
                   local_world_size=max(1, local_world))
 
 
-def assigned(items: Sequence, worker: Worker) -> list:
-    """The items of a plan that belong to ``worker`` (round robin over the plan's order)."""
-    return [item for i, item in enumerate(items) if worker.owns(i)]
+def assigned(items: Sequence, worker: Worker, weights: Sequence[float] | None = None) -> list:
+    """The items of a plan that belong to ``worker``: in the plan's order, each item goes to the worker with
+    the least weight so far (the lowest number on a tie), so every worker computes the same split.
+
+    Equal weights (or none) give round robin: item ``i`` to worker ``i % count``. The runner weighs an
+    image part by its number of images, so units cut into a large and a small part (mini-quick's 64 + 28)
+    no longer give all the large ones to one worker: the default run's two processes were busy 370 s and
+    326 s with round robin.
+    """
+    if weights is None:
+        return [item for i, item in enumerate(items) if worker.owns(i)]
+    if len(weights) != len(items):
+        raise ValueError(f"{len(weights)} weights for {len(items)} items")
+    loads = [0.0] * worker.count
+    mine = []
+    for item, weight in zip(items, weights):
+        least = min(range(worker.count), key=lambda w: (loads[w], w))
+        loads[least] += weight
+        if least == worker.index:
+            mine.append(item)
+    return mine
 
 
 class AggregateProgress:
@@ -155,6 +173,90 @@ class AggregateProgress:
             self.refresh()
             self._bar.close()
         return False
+
+
+# --------------------------------------------------------------------------- local worker processes
+MAX_AUTO_WORKERS = 8  # a mini-model process holds ~0.5 GB; more than 8 one-thread processes was never measured
+
+
+def under_launcher(env: dict | None = None) -> bool:
+    """Whether this process was started by torchrun / accelerate / ``--workers`` (it has a rank)."""
+    env = os.environ if env is None else env
+    return "RANK" in env or "WORLD_SIZE" in env
+
+
+def auto_workers(model: str, device: str, threads: int | None = None, env: dict | None = None) -> int:
+    """``--workers auto``: how many one-thread processes ``erasebench run`` starts on this machine.
+
+    The mini model on the CPU: one process per torch thread this process would use (its cores, or
+    ``OMP_NUM_THREADS``), at most :data:`MAX_AUTO_WORKERS`. Its layers are too small for torch's
+    intra-op threads: on a 2-core CPU, generate() made 6.2 images/s on one thread, 8.9 on two threads of
+    one process and 12.4 in two one-thread processes (DPM-Solver++ 10 steps, 96 images, batch 64), and
+    the default run took 388 s in two processes against 467 s in one (benchmarks/default_run_time.py).
+    Otherwise 1: a Stable Diffusion process on the CPU needs gigabytes and its convolutions use the
+    threads well; on GPUs, ``--workers N`` (or torchrun) starts one process per GPU. Under a launcher, 1.
+    """
+    if under_launcher(env) or device != "cpu" or model != "mini":
+        return 1
+    return max(1, min(threads or torch.get_num_threads(), MAX_AUTO_WORKERS))
+
+
+def worker_command() -> list[str]:
+    """The command line that starts one worker (``erasebench`` run as a module of this interpreter)."""
+    import sys
+
+    return [sys.executable, "-m", "bench.cli"]
+
+
+def launch_workers(cli_args: list[str], workers: int, command: list[str] | None = None) -> int:
+    """Run ``erasebench CLI_ARGS`` as ``workers`` processes of one launch on this machine, as torchrun would
+    (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``; each process takes its share of the
+    cores: :meth:`Worker.cpu_threads`), and wait for them. Returns 0, or the exit status of the first process
+    that failed, after stopping the others (SIGTERM); Ctrl-C or SIGTERM to this process stops them all.
+
+    Plain subprocesses rather than torch's elastic agent: the workers coordinate through the run
+    directory (no process group), so a rendezvous store and restarts would add nothing. The workers'
+    standard output (each would print its part's line) is dropped; their errors and rank 0's progress bar
+    show. What each did is in ``<run>/logs/rank<R>.log``.
+    """
+    import signal
+    import subprocess
+
+    command = command or worker_command()
+    threads = max(1, len(os.sched_getaffinity(0)) // workers)
+    procs = []
+    for rank in range(workers):
+        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(workers), "LOCAL_RANK": str(rank),
+               "LOCAL_WORLD_SIZE": str(workers), "OMP_NUM_THREADS": str(threads)}
+        procs.append(subprocess.Popen([*command, *cli_args], env=env, stdout=subprocess.DEVNULL))
+
+    def stop(*_):
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+
+    main_thread = threading.current_thread() is threading.main_thread()  # only there can a handler be set
+    previous = signal.signal(signal.SIGTERM, lambda *a: (stop(), signal.default_int_handler(*a))) if main_thread else None
+    try:
+        while True:
+            codes = [p.poll() for p in procs]
+            failed = [c for c in codes if c not in (None, 0)]
+            if failed:
+                stop()
+                for p in procs:
+                    p.wait()
+                return failed[0] if failed[0] > 0 else 128 - failed[0]  # killed by signal N: 128 + N, as a shell says
+            if all(c == 0 for c in codes):
+                return 0
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        stop()
+        for p in procs:
+            p.wait()
+        return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 # --------------------------------------------------------------------------- submitit

@@ -586,6 +586,17 @@ def plan_run(resolved: ResolvedRun, base: Backbone) -> RunPlan:
     return RunPlan(items, slices, task_parts, empty_tasks)
 
 
+ATTACK_WEIGHT = 8  # an attack item weighs as much as 8 images (mini-quick's: 4 prompts, 1-2 checks each)
+
+
+def item_weight(plan: RunPlan, item: WorkItem) -> float:
+    """How much work an item is, for sharing the plan between workers: its number of images (an attack:
+    ``ATTACK_WEIGHT``). Edits are not weighed: the first worker to need one computes it."""
+    if item.attack is not None:
+        return ATTACK_WEIGHT
+    return float(sum(len(df) for df in plan.slices[(item.target, item.part)].values()))
+
+
 def _part_path(store: RunStore, row: str, target: str, task: str, part: int) -> Path:
     unit = store.unit_path(row, target, task)
     return unit.parent / "parts" / f"{unit.stem}__p{part:05d}.parquet"
@@ -713,16 +724,24 @@ def library_progress_bars(enabled: bool):
             lib.enable_progress_bar() if was else lib.disable_progress_bar()
 
 
-def _run(config: RunConfig, out: str | Path, progress: bool, shard: tuple[int, int] | None) -> Path:
-    from methods.recipes import recipe_record
-
-    worker = worker_from_env(shard)
+def check_run(config: RunConfig, out: str | Path) -> ResolvedRun:
+    """The config resolved (suite, methods, recipes) and the run and cache folders checked, before anything is
+    written or a model loaded; ConfigError naming every problem. ``erasebench run --workers N`` calls it
+    before it starts the processes, so a bad input is reported once."""
     resolved = resolve(config)
     problems = check_out_dir(Path(out))
     if config.cache_dir:
         problems += [p.replace("--out", "cache_dir") for p in check_out_dir(Path(config.cache_dir))]
     if problems:
         raise ConfigError("\n".join(problems))
+    return resolved
+
+
+def _run(config: RunConfig, out: str | Path, progress: bool, shard: tuple[int, int] | None) -> Path:
+    from methods.recipes import recipe_record
+
+    worker = worker_from_env(shard)
+    resolved = check_run(config, out)
     store = RunStore(out)
     config_dump = config.model_dump(mode="json")
     device = worker.device(config.device)
@@ -795,9 +814,9 @@ def _run(config: RunConfig, out: str | Path, progress: bool, shard: tuple[int, i
                             store.write_unit(row, target, name, pd.DataFrame({"method": [], "target": [], "task": []}))
         tasks = {t.name: t for t in resolved.suite.tasks}
         edits = UnitEdits(base, base_fp, resolved, store, log, units)
-        todo = [item for item in assigned(plan.items, worker) if not _item_done(store, item)]
-        log.info("%d work items of %d in the plan are mine, %d to do", len(assigned(plan.items, worker)),
-                 len(plan.items), len(todo))
+        mine = assigned(plan.items, worker, weights=[item_weight(plan, item) for item in plan.items])
+        todo = [item for item in mine if not _item_done(store, item)]
+        log.info("%d work items of %d in the plan are mine, %d to do", len(mine), len(plan.items), len(todo))
         busy, waited = 0.0, 0.0
         with AggregateProgress(plan.items, lambda item: _item_done(store, item),
                                enabled=progress and worker.shows_progress) as bar:

@@ -20,6 +20,11 @@ package, so the figures add up to the wall time:
 - ``io``: the image cache's PNG reads and writes and the run store's writes;
 - ``other``: the rest (prompt building, fingerprints, metrics, pandas).
 
+With ``--workers`` (default ``auto``, as a user runs it: two single-thread processes on a 2-core CPU)
+the profile is per worker process (``profile.per_worker``) and summed over them (process-seconds; a
+worker's ``other`` includes its wait for edits another computes and its idle end); the launcher's own
+start-up (its imports and the config check, before the workers start) is ``launcher_start_up_seconds``.
+
 Each figure is *exclusive*: the time in a stage not spent in a stage nested inside it (the sampling
 of an attack counts as sampling, not as attack). ``inclusive`` gives the outermost totals (an
 attack's sampling counts in attacks too), and ``calls`` how often each stage was entered.
@@ -109,18 +114,37 @@ def _patch(timer: StageTimer) -> None:
             cls.score = timer.wrap("scoring", cls.score)
 
 
-def child(run_dir: str, profile_path: str, started: float) -> None:
-    """The profiled run (in the child process): ``started`` is the parent's ``time.time()`` at launch."""
+def child(profile_path: str, started: float, cli_args: list[str]) -> None:
+    """The profiled run (in a child process): ``started`` is the parent's ``time.time()`` at launch.
+
+    With ``--workers N`` (auto: one process per core) this process launches the workers with this same
+    function (``bench.distributed.worker_command`` pointed here), so each worker writes its own profile,
+    ``PROFILE.rank<R>``, and this launcher writes ``PROFILE``.
+    """
     timer = StageTimer()
     _patch(timer)  # before bench.cli imports the methods, so `from bench.generate import denoise` gets the timer
     imported = time.time()
+    import bench.distributed
     from bench.cli import main as cli_main
 
-    code = cli_main(["run", "--out", run_dir, "--quiet"])
-    Path(profile_path).write_text(json.dumps({
+    bench.distributed.worker_command = lambda: [sys.executable, str(Path(__file__).resolve()), "--child",
+                                                profile_path, repr(started)]
+    rank = os.environ.get("RANK")
+    code = cli_main(cli_args)
+    Path(profile_path + (f".rank{rank}" if rank is not None else "")).write_text(json.dumps({
         "imports_seconds": imported - started, "exclusive": dict(timer.exclusive),
-        "inclusive": dict(timer.inclusive), "calls": dict(timer.calls), "exit": code}))
+        "inclusive": dict(timer.inclusive), "calls": dict(timer.calls), "exit": code,
+        "ended_seconds": time.time() - started}))
     sys.exit(code or 0)
+
+
+def _profile(prof: dict, wall: float) -> dict:
+    """One process's exclusive / inclusive seconds and calls; ``other``: its wall time not in a stage."""
+    exclusive = {k: round(v, 1) for k, v in prof["exclusive"].items()}
+    exclusive["start-up"] = round(exclusive.get("start-up", 0.0) + prof["imports_seconds"], 1)
+    exclusive["other"] = round(wall - sum(exclusive.values()), 1)
+    return {"exclusive_seconds": exclusive, "inclusive_seconds": {k: round(v, 1) for k, v in prof["inclusive"].items()},
+            "calls": prof["calls"]}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -130,10 +154,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--pythonpath", type=Path, default=None,
                    help="the checkout whose `bench` is run (default: the one holding this script)")
     p.add_argument("--label", default="", help="a note stored in the JSON (e.g. 'before', 'under load')")
-    p.add_argument("--child", nargs=3, metavar=("RUN_DIR", "PROFILE", "STARTED"), help=argparse.SUPPRESS)
+    p.add_argument("--workers", default="auto", help="erasebench run --workers (default: auto, as a user runs it)")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:  # PROFILE STARTED erasebench-arguments...
+        return child(argv[1], float(argv[2]), argv[3:])
     args = p.parse_args(argv)
-    if args.child:
-        return child(args.child[0], args.child[1], float(args.child[2]))
 
     root = (args.pythonpath or Path(__file__).resolve().parent.parent).resolve()
     sys.path.insert(0, str(root))
@@ -147,24 +172,33 @@ def main(argv: list[str] | None = None) -> dict:
         profile_path = Path(tmp) / "profile.json"
         started = time.time()
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", str(run_dir), str(profile_path),
-                        repr(started)], check=True, env=env)
+        subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", str(profile_path), repr(started),
+                        "run", "--out", str(run_dir), "--quiet", "--workers", args.workers], check=True, env=env)
         wall = time.perf_counter() - t0
         manifest = json.loads((run_dir / "manifest.json").read_text())
         summary = json.loads((run_dir / "summary.json").read_text())["rows"]
         prof = json.loads(profile_path.read_text())
+        ranks = sorted(profile_path.parent.glob(profile_path.name + ".rank*"), key=lambda q: int(q.suffix[5:]))
+        workers = [json.loads(q.read_text()) for q in ranks]
     edits = {k.split("__")[0]: round(v.get("edit_seconds", 0.0), 2) for k, v in manifest.get("edits", {}).items()}
-    exclusive = {k: round(v, 1) for k, v in prof["exclusive"].items()}
-    exclusive["start-up"] = round(exclusive.get("start-up", 0.0) + prof["imports_seconds"], 1)
-    exclusive["other"] = round(wall - sum(exclusive.values()), 1)
+    if workers:  # the launcher's own time is start-up (imports, the config check) and waiting for the workers
+        per_worker = [_profile(w, w["ended_seconds"]) for w in workers]
+        profile = {"note": f"summed over the {len(workers)} worker processes (process-seconds; 'other' includes a "
+                           "worker's wait for the others' edits and its idle end); per_worker: each one's",
+                   "exclusive_seconds": {k: round(sum(w["exclusive_seconds"].get(k, 0.0) for w in per_worker), 1)
+                                         for k in per_worker[0]["exclusive_seconds"]},
+                   "launcher_start_up_seconds": round(prof["imports_seconds"] + prof["exclusive"].get("start-up", 0.0), 1),
+                   "per_worker": per_worker}
+    else:
+        profile = _profile(prof, wall)
+    exclusive = profile["exclusive_seconds"]
     result = {
         "label": args.label,
         "wall_seconds": round(wall, 1),
         "budget_seconds": BUDGET_SECONDS,
         "within_budget": wall < BUDGET_SECONDS,
-        "profile": {"exclusive_seconds": exclusive,
-                    "inclusive_seconds": {k: round(v, 1) for k, v in prof["inclusive"].items()},
-                    "calls": prof["calls"]},
+        "workers": max(1, len(workers)),
+        "profile": profile,
         "methods": ["none", *sorted(edits)],
         "edit_seconds": edits,
         "attack_seconds": round(sum(r["value"] for r in summary if r["metric"] == "attack_seconds"), 1),

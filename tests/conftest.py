@@ -28,6 +28,9 @@ from tests.seeds import EFFECT_SEED
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# `erasebench run` in one process (its default, --workers auto, starts one per core for the mini model): the CLI
+# tests run it in this process and read its logs and monkeypatched functions; the tests of --workers pass it
+os.environ.setdefault("ERASEBENCH_WORKERS", "1")
 
 # The public prompt files: $ERASEBENCH_DATA_DIR, else the shared read-only copies beside the checkout.
 DATA_ENV = "ERASEBENCH_DATA_DIR"

@@ -117,6 +117,24 @@ def test_every_work_item_goes_to_exactly_one_worker(count):
     assert sorted(x for share in two_level for x in share) == items
 
 
+@pytest.mark.parametrize("count", [1, 2, 3, 7])
+def test_weighted_assignment_gives_every_item_once_and_balances_the_weights(count):
+    """mini-quick's units: a part of 64 images, one of 28 and two attacks; round robin gave every 64 to worker 0."""
+    items = list(range(80))
+    weights = [64, 28, 8, 8] * 20
+    shares = [assigned(items, Worker(shard=i, shards=count), weights) for i in range(count)]
+    assert sorted(x for share in shares for x in share) == items
+    loads = [sum(weights[i] for i in share) for share in shares]
+    assert max(loads) - min(loads) <= max(weights), loads
+    if count == 2:
+        round_robin = [sum(weights[i] for i in assigned(items, Worker(shard=w, shards=2))) for w in range(2)]
+        assert round_robin == [1440, 720]  # what the weights fix
+    assert [assigned(items, Worker(shard=i, shards=count), [1] * 80) for i in range(count)] == [
+        assigned(items, Worker(shard=i, shards=count)) for i in range(count)]  # equal weights: round robin
+    with pytest.raises(ValueError, match="3 weights for 80 items"):
+        assigned(items, Worker(), [1, 2, 3])
+
+
 def test_worker_from_launcher_environment():
     w = worker_from_env((1, 3), env={"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"})
     assert (w.index, w.count, w.name) == (3, 6, "shard1of3-rank1")
@@ -318,11 +336,71 @@ def test_a_different_config_into_a_run_directory_is_refused(config_path, referen
     assert ((reference / "manifest.json").read_text(), unit_files(reference)) == before
 
 
+def test_auto_workers_is_one_per_thread_for_the_mini_model_on_the_cpu_and_one_otherwise():
+    from bench.distributed import MAX_AUTO_WORKERS, auto_workers
+
+    assert auto_workers("mini", "cpu", threads=2, env={}) == 2
+    assert auto_workers("mini", "cpu", threads=1, env={}) == 1
+    assert auto_workers("mini", "cpu", threads=64, env={}) == MAX_AUTO_WORKERS
+    assert auto_workers("mini", "cpu", threads=2, env={"RANK": "0", "WORLD_SIZE": "2"}) == 1  # under torchrun
+    assert auto_workers("/models/sd14", "cpu", threads=2, env={}) == 1
+    assert auto_workers("mini", "cuda", threads=2, env={}) == 1
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two"])
+def test_workers_must_be_a_positive_number_or_auto(cli_here, tmp_path, value):
+    proc = cli_here("run", "--out", tmp_path / "run", "--workers", value)
+    assert proc.returncode == 2 and f"--workers {value}: give a positive number" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_workers_under_torchrun_is_an_input_error(cli_here, tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    proc = cli_here("run", "--out", tmp_path / "run", "--workers", "2")
+    assert proc.returncode == 2 and "the launcher already started the processes" in proc.stderr
+
+
+def test_a_bad_input_under_workers_is_reported_once_before_any_process_starts(cli_here, tmp_path, monkeypatch):
+    import bench.distributed
+
+    started = []
+    monkeypatch.setattr(bench.distributed, "launch_workers", lambda *a, **k: started.append(a) or 0)
+    (tmp_path / "file").write_text("")
+    proc = cli_here("run", "--out", tmp_path / "file", "--workers", "2")
+    assert proc.returncode == 2 and not started
+    assert len([x for x in proc.stderr.splitlines() if x.startswith("erasebench: error:")]) == 1, proc.stderr
+
+
+def test_launch_workers_gives_each_process_its_rank_and_share_of_the_cores(tmp_path):
+    from bench.distributed import launch_workers
+
+    script = ("import os, pathlib, sys; pathlib.Path(sys.argv[1], os.environ['RANK']).write_text("
+              "','.join(os.environ[k] for k in ('WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'OMP_NUM_THREADS')))")
+    assert launch_workers([str(tmp_path)], 3, command=[sys.executable, "-c", script]) == 0
+    threads = str(max(1, len(os.sched_getaffinity(0)) // 3))
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {
+        str(r): f"3,{r},3,{threads}" for r in range(3)}
+
+
+def test_launch_workers_stops_the_others_when_one_fails(tmp_path):
+    from bench.distributed import launch_workers
+
+    script = ("import os, sys, time; rank = int(os.environ['RANK'])\n"
+              "if rank == 1: sys.exit(3)\n"
+              "time.sleep(60); open(sys.argv[1], 'w').write('not stopped')")
+    t0 = time.perf_counter()
+    assert launch_workers([str(tmp_path / "late")], 2, command=[sys.executable, "-c", script]) == 3
+    assert time.perf_counter() - t0 < 30 and not (tmp_path / "late").exists()
+
+
 @pytest.mark.slow
 def test_a_process_killed_with_sigkill_resumes_without_loss_or_duplication(config_path, reference, tmp_path):
+    """``erasebench run --workers 2`` (its own launch of two processes; torchrun's is the test above): rank 1
+    killed, the launch stops the other and fails; the same command again finishes the run as one process would."""
     out = tmp_path / "run"
-    cmd = [sys.executable, *torchrun(2), "-m", "bench.cli", "run", "--config", str(config_path), "--out", str(out),
-           "--quiet"]
+    cmd = [sys.executable, "-m", "bench.cli", "run", "--config", str(config_path), "--out", str(out), "--quiet",
+           "--workers", "2"]
     launcher = subprocess.Popen(cmd, env=env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     log = out / "logs" / "rank1.log"
     deadline, pid = time.time() + 600, None
@@ -338,7 +416,9 @@ def test_a_process_killed_with_sigkill_resumes_without_loss_or_duplication(confi
     assert pid is not None, "rank 1 never started"
     os.kill(pid, signal.SIGKILL)
     launcher.wait(timeout=300)
-    assert launcher.returncode != 0
+    stderr = launcher.stderr.read().decode()
+    assert launcher.returncode == 128 + signal.SIGKILL, stderr[-2000:]
+    assert f"a worker process stopped with exit status {128 + signal.SIGKILL}" in stderr
     assert not (out / "summary.json").exists(), "the run finished before the kill; nothing was tested"
     done_before = len(list((out / "records").rglob("*.parquet")))
     assert done_before >= 1
