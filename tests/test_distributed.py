@@ -394,6 +394,25 @@ def test_launch_workers_stops_the_others_when_one_fails(tmp_path):
     assert time.perf_counter() - t0 < 30 and not (tmp_path / "late").exists()
 
 
+def test_sigterm_to_the_launch_stops_its_worker_processes(tmp_path):
+    """A scheduler's SIGTERM (or a kill of `erasebench run`) reaches the workers: none is left running."""
+    worker = "import os, pathlib, sys, time; pathlib.Path(sys.argv[1], os.environ['RANK']).write_text(str(os.getpid())); time.sleep(120)"
+    launch = ("import sys; from bench.distributed import launch_workers; "
+              f"sys.exit(launch_workers([sys.argv[1]], 2, command=[sys.executable, '-c', {worker!r}]))")
+    proc = subprocess.Popen([sys.executable, "-c", launch, str(tmp_path)], env=env(), cwd=REPO)
+    deadline = time.time() + 120
+    while (len([p for p in tmp_path.iterdir() if p.stat().st_size]) < 2 and time.time() < deadline
+           and proc.poll() is None):
+        time.sleep(0.1)
+    pids = [int(p.read_text()) for p in tmp_path.iterdir()]
+    assert len(pids) == 2, "the workers never started"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 130
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
 @pytest.mark.slow
 def test_a_process_killed_with_sigkill_resumes_without_loss_or_duplication(config_path, reference, tmp_path):
     """``erasebench run --workers 2`` (its own launch of two processes; torchrun's is the test above): rank 1
