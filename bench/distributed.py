@@ -31,6 +31,11 @@ class ShardError(ValueError):
     """A malformed ``--shard`` value or launcher environment."""
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS has one, as on Linux; else all)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 @dataclass(frozen=True)
 class Worker:
     """Who this process is in a run: its shard of the job array and its rank inside the shard."""
@@ -76,7 +81,7 @@ class Worker:
 
     def cpu_threads(self, cores: int | None = None) -> int:
         """This process's share of the CPU cores it may run on (processes of one node split them)."""
-        cores = cores or len(os.sched_getaffinity(0))
+        cores = cores or usable_cores()
         return max(1, cores // self.local_world_size)
 
 
@@ -223,7 +228,7 @@ def launch_workers(cli_args: list[str], workers: int, command: list[str] | None 
     import subprocess
 
     command = command or worker_command()
-    threads = max(1, len(os.sched_getaffinity(0)) // workers)
+    threads = max(1, usable_cores() // workers)
     procs = []
     for rank in range(workers):
         env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(workers), "LOCAL_RANK": str(rank),
@@ -291,7 +296,7 @@ def submit(config_path: str | Path | None, out: str | Path, shards: int, cluster
                       cpus_per_task=cpus_per_task, mem_gb=mem_gb, slurm_array_parallelism=max_parallel or shards,
                       tasks_per_node=1, nodes=1)
     else:  # local processes share this machine's cores
-        threads = cpus_per_task or max(1, len(os.sched_getaffinity(0)) // shards)
+        threads = cpus_per_task or max(1, usable_cores() // shards)
     executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
     config = str(Path(config_path).resolve()) if config_path else None
     return executor.map_array(run_shard, [config] * shards, [str(out.resolve())] * shards, list(range(shards)),
