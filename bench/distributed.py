@@ -197,7 +197,8 @@ def auto_workers(model: str, device: str, threads: int | None = None, env: dict 
     ``OMP_NUM_THREADS``), at most :data:`MAX_AUTO_WORKERS`. Its layers are too small for torch's
     intra-op threads: on a 2-core CPU, generate() made 6.2 images/s on one thread, 8.9 on two threads of
     one process and 12.4 in two one-thread processes (DPM-Solver++ 10 steps, 96 images, batch 64), and
-    the default run took 388 s in two processes against 467 s in one (benchmarks/default_run_time.py).
+    the default run took 376-385 s in two processes against 467 s in one (benchmarks/default_run_time.py;
+    benchmarks/results/default_run_cpu_workers2*.json).
     Otherwise 1: a Stable Diffusion process on the CPU needs gigabytes and its convolutions use the
     threads well; on GPUs, ``--workers N`` (or torchrun) starts one process per GPU. Under a launcher, 1.
     """

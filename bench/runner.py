@@ -753,9 +753,9 @@ def _run(config: RunConfig, out: str | Path, progress: bool, shard: tuple[int, i
     base_fp = base.fingerprint()
     # one method instance and request per (method, target): the recipe of the target's kind, resolved up front
     units = {(row, t): build_request(config, spec, m, t, base) for row, spec, m in resolved.methods for t in config.targets}
-    # as the manifest holds them (JSON: a tuple in a method's config reads back as a list)
-    method_fps = json.loads(json_bytes({row: m.fingerprint() for row, _, m in resolved.methods}))
-    method_fps.update(json.loads(json_bytes({f"{row}__{t}": m.fingerprint() for (row, t), (m, _) in units.items()})))
+    method_fps = {row: m.fingerprint() for row, _, m in resolved.methods}
+    method_fps.update({f"{row}__{t}": m.fingerprint() for (row, t), (m, _) in units.items()})
+    method_fps = json.loads(json_bytes(method_fps))  # as the manifest holds them (a tuple reads back as a list)
     store.root.mkdir(parents=True, exist_ok=True)
     with FileLock(store.locks_dir / "manifest.lock"):  # one of the run's processes writes the manifest
         try:
