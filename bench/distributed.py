@@ -195,8 +195,9 @@ def auto_workers(model: str, device: str, threads: int | None = None, env: dict 
 
     The mini model on the CPU: one process per torch thread this process would use (its cores, or
     ``OMP_NUM_THREADS``), at most :data:`MAX_AUTO_WORKERS`. Its layers are too small for torch's
-    intra-op threads: on a 2-core CPU, generate() made 6.2 images/s on one thread, 8.9 on two threads of
-    one process and 12.4 in two one-thread processes (DPM-Solver++ 10 steps, 96 images, batch 64), and
+    intra-op threads: on a 2-core CPU, generate() made 6.2 images/s on one thread, 8.3-8.9 on two threads of
+    one process and 11.4-12.4 in two one-thread processes (DPM-Solver++ 10 steps, 96 images, batch 64;
+    benchmarks/generate_threads.py, benchmarks/results/generate_threads_cpu.json), and
     the default run took 376-385 s in two processes against 467 s in one (benchmarks/default_run_time.py;
     benchmarks/results/default_run_cpu_workers2*.json).
     Otherwise 1: a Stable Diffusion process on the CPU needs gigabytes and its convolutions use the
