@@ -98,6 +98,13 @@ def using_attention(unet: torch.nn.Module, attention: str) -> Iterator[None]:
         unet.set_attn_processor(before)
 
 
+def tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """A tensor's values as bytes in row-major order, whatever its dtype (bf16 included), device and memory
+    format. ``contiguous()`` alone is not enough: a channels-last 1x1 convolution weight counts as contiguous
+    with a last stride other than 1, which ``view(torch.uint8)`` refuses; ``reshape(-1)`` of it has stride 1."""
+    return tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
 class BackboneLoadError(RuntimeError):
     """A model folder or hub id that cannot be loaded; the message says what is wrong."""
 
@@ -167,7 +174,7 @@ class Backbone:
         for prefix, module in (("unet", self.unet), ("text_encoder", self.text_encoder)):
             for key, tensor in sorted(module.state_dict().items()):
                 h.update(f"{prefix}.{key}".encode())
-                h.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+                h.update(tensor_bytes(tensor))
         for hook in self.guidance_hooks:
             h.update(json.dumps(hook.fingerprint(), sort_keys=True, default=str).encode())
         adapter = getattr(self.unet, ADAPTER_ATTR, None)  # its weights are in the UNet's state_dict; its config here

@@ -72,7 +72,7 @@ from typing import Any, Literal
 
 import torch
 
-from bench.backbone import Backbone
+from bench.backbone import Backbone, tensor_bytes
 from bench.generate import GuidanceContext
 from methods._sae import TopKSAE, init_from_data_, train_sae
 from methods.base import ErasureRequest, Method, MethodConfig, register_method, target_phrases, with_mini_preset
@@ -293,7 +293,7 @@ def _sha256_state(module: torch.nn.Module) -> str:
     h = hashlib.sha256()
     for key, tensor in sorted(module.state_dict().items()):
         h.update(key.encode())
-        h.update(tensor.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(tensor_bytes(tensor))
     return h.hexdigest()
 
 

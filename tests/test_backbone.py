@@ -37,6 +37,21 @@ def test_fingerprint_tracks_weights(mini_backbone):
     assert mini_backbone.fingerprint() == load_backbone("mini").fingerprint()
 
 
+def test_a_channels_last_unet_has_the_same_fingerprint_samples_and_saves(mini_backbone, tmp_path):
+    """diffusers' speed guide converts the UNet with ``unet.to(memory_format=torch.channels_last)``. The values are
+    the same, so the fingerprint is; until 2026-12-01 it raised on the 1x1 convolutions (contiguous by torch's
+    test, last stride not 1). Sampling and ``save_edit`` work on such a UNet too."""
+    edited = mini_backbone.copy()
+    edited.unet.to(memory_format=torch.channels_last)
+    assert any(p.dim() == 4 and p.shape[-1] == 1 and p.stride(-1) != 1 for p in edited.unet.parameters())
+    assert edited.fingerprint() == mini_backbone.fingerprint()
+    a, _ = generate(mini_backbone, ["a red circle"], [3], SAMPLER, progress=False)
+    b, _ = generate(edited, ["a red circle"], [3], SAMPLER, progress=False)
+    assert (a.float() - b.float()).abs().max() <= 2 / 255  # other kernels: at most a rounding step apart
+    edited.save_edit(tmp_path / "edit", components=("unet",), info={"method": "test"})
+    assert load_backbone("mini", edit=tmp_path / "edit").fingerprint() == mini_backbone.fingerprint()
+
+
 def test_saved_edit_reloads_bit_for_bit(mini_backbone, tmp_path):
     edited = mini_backbone.copy()
     with torch.no_grad():
