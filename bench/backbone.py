@@ -256,11 +256,21 @@ class Backbone:
         self.dtype = dtype or self.dtype
         for module in (self.unet, self.text_encoder, self.vae):
             if module is not None:
-                module.to(self.device, self.dtype)
+                _place(module, self.device, self.dtype)
         return self
 
 
 # --------------------------------------------------------------------------- loading
+def _place(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """``module`` on ``device``, its floating-point weights cast to ``dtype`` only where they are not in it (an edit
+    saved in another dtype): a no-op cast made diffusers warn on every load, in every worker, that modules which
+    should stay in float32 might be cast."""
+    module.to(device)
+    if any(p.is_floating_point() and p.dtype != dtype for p in module.parameters()):
+        module.to(dtype)
+    return module
+
+
 def _check_safetensors(folder: Path, component: str) -> None:
     sub = folder / component
     if not sub.is_dir():
@@ -353,7 +363,7 @@ def load_backbone(
         apply_saved_edit(backbone, edit)
     for module in (backbone.unet, backbone.text_encoder, backbone.vae):
         if module is not None:
-            module.to(device, torch_dtype).eval().requires_grad_(False)
+            _place(module, device, torch_dtype).eval().requires_grad_(False)
     # the attention for gradients (the methods that train); sampling switches to its own (using_attention)
     backbone.unet.set_attn_processor(attention_processor(resolve_attention("auto", device, "gradients"))())
     return backbone

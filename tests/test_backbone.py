@@ -122,3 +122,27 @@ def test_hub_id_without_network_fails_with_one_line():
     with pytest.raises(BackboneLoadError) as err:
         load_backbone("CompVis/stable-diffusion-v1-4-does-not-exist")
     assert "cannot load model" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_loading_casts_nothing_already_in_its_dtype_so_diffusers_does_not_warn():
+    """``load_backbone`` used to call ``unet.to(device, dtype)`` on modules already in ``dtype``: diffusers then
+    warned "There are modules in UNet2DConditionModel that should be kept in float32" on every load, in every
+    worker of a run. A module is cast only when it is not in the dtype (an edit saved in another one)."""
+    import logging
+
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            messages.append(record.getMessage())
+
+    handler = Collect(level=logging.WARNING)
+    diffusers_logger = logging.getLogger("diffusers")
+    diffusers_logger.addHandler(handler)
+    try:
+        backbone = load_backbone("mini", dtype="bfloat16")
+    finally:
+        diffusers_logger.removeHandler(handler)
+    assert not [m for m in messages if "kept in float32" in m], messages
+    assert {p.dtype for p in backbone.unet.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in backbone.text_encoder.parameters()} == {torch.bfloat16}
