@@ -72,6 +72,53 @@ def resolve_attention(attention: str, device: torch.device | str, use: str = "sa
     return attention
 
 
+# Memory format of the UNet's convolution weights while sampling: ``contiguous`` (torch's default, NCHW) or
+# ``channels_last`` (NHWC, ``unet.to(memory_format=torch.channels_last)`` as diffusers' speed guide does). The
+# kernels round differently (pixels at most one 8-bit step apart), so the sampling choice is part of an image's
+# key. Chosen per device type by measurement (benchmarks/generate_memory_format.py,
+# benchmarks/results/generate_memory_format_cpu.json):
+# - CPU: channels_last. generate() on the mini model (DPM-Solver++ 10, 96 images, batch 64, one thread, the two
+#   formats alternating in one process, 4 rounds): 4.66-5.73 images/s contiguous, 5.72-6.27 channels_last, median
+#   ratio 1.145 (1.06-1.23); an SD-shaped random model (two threads, 8 images): median ratio 1.02 (0.96-1.20). The
+#   images of the two differ by at most one 8-bit step.
+# - other devices: contiguous until measured there.
+MEMORY_FORMATS = ("contiguous", "channels_last")
+MEMORY_FORMAT_BY_DEVICE = {"cpu": "channels_last"}
+
+
+def resolve_memory_format(memory_format: str, device: torch.device | str) -> str:
+    """``auto`` -> the measured choice for ``device``'s type (``MEMORY_FORMAT_BY_DEVICE``); others unchanged."""
+    if memory_format == "auto":
+        return MEMORY_FORMAT_BY_DEVICE.get(torch.device(device).type, "contiguous")
+    if memory_format not in MEMORY_FORMATS:
+        raise ValueError(f"unknown memory format {memory_format!r}; valid: auto, {', '.join(MEMORY_FORMATS)}")
+    return memory_format
+
+
+def memory_format_of(module: torch.nn.Module) -> str:
+    """``channels_last`` when every 4-d weight of ``module`` is laid out NHWC (and one is not NCHW), else ``contiguous``."""
+    weights = [p for p in module.parameters() if p.dim() == 4]
+    if weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights) \
+            and not all(p.is_contiguous() for p in weights):
+        return "channels_last"
+    return "contiguous"
+
+
+@contextlib.contextmanager
+def using_memory_format(unet: torch.nn.Module, memory_format: str) -> Iterator[None]:
+    """Run a block with ``unet``'s 4-d weights in ``memory_format``, then put them back as they were."""
+    before = memory_format_of(unet)
+    if before == memory_format:
+        yield
+        return
+    formats = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
+    unet.to(memory_format=formats[memory_format])
+    try:
+        yield
+    finally:
+        unet.to(memory_format=formats[before])
+
+
 def attention_of(unet: torch.nn.Module) -> str | None:
     """The stock processor every attention layer of ``unet`` uses (``sdpa``/``math``), or None if mixed/custom."""
     kinds = {type(p) for p in unet.attn_processors.values()}

@@ -53,6 +53,8 @@ class SamplerSpec(BaseModel):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"  # autocast of the UNet while sampling
     # the UNet's attention while sampling: auto = the measured choice for the device (bench.backbone)
     attention: Literal["auto", "sdpa", "math"] = "auto"
+    # the UNet's convolution weights' layout while sampling: auto = the measured choice for the device (bench.backbone)
+    memory_format: Literal["auto", "contiguous", "channels_last"] = "auto"
 
 
 class MethodSpec(BaseModel):

@@ -31,7 +31,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from tqdm.auto import tqdm
 
-from bench.backbone import Backbone, resolve_attention, using_attention
+from bench.backbone import Backbone, resolve_attention, resolve_memory_format, using_attention, using_memory_format
 
 
 @dataclass(frozen=True)
@@ -50,6 +50,9 @@ class SamplerConfig:
     # "sdpa" | "math" | "auto" (the measured choice for the device: bench.backbone.ATTENTION_BY_DEVICE).
     # The two processors round differently, so the resolved choice is part of every image's key.
     attention: str = "auto"
+    # "contiguous" | "channels_last" | "auto" (the measured choice: bench.backbone.MEMORY_FORMAT_BY_DEVICE) of the
+    # UNet's convolution weights while sampling; part of every image's key as well.
+    memory_format: str = "auto"
 
 
 SAMPLERS = ("ddim", "dpm", "default")
@@ -145,12 +148,14 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
 
 
 def resolve_sampler(sampler: SamplerConfig, device: torch.device | str) -> SamplerConfig:
-    """``sampler`` with its device-dependent choices (``precision``, ``attention``) made concrete for ``device``.
+    """``sampler`` with its device-dependent choices (``precision``, ``attention``, ``memory_format``) made concrete
+    for ``device``.
 
     Images are keyed by the resolved sampler, so ``auto`` never stands for two different computations.
     """
     return dataclasses.replace(sampler, precision=resolve_precision(sampler.precision, device),
-                               attention=resolve_attention(sampler.attention, device, "sampling"))
+                               attention=resolve_attention(sampler.attention, device, "sampling"),
+                               memory_format=resolve_memory_format(sampler.memory_format, device))
 
 
 def autocast_to(device: torch.device, dtype: torch.dtype | None):
@@ -212,7 +217,8 @@ def denoise(
     trajectory = []
     timesteps = scheduler.timesteps
     stop = len(timesteps) if stop_step is None else stop_step
-    with using_attention(backbone.unet, sampler.attention), torch.no_grad():
+    with using_attention(backbone.unet, sampler.attention), using_memory_format(backbone.unet, sampler.memory_format), \
+            torch.no_grad():
         for i, t in enumerate(timesteps):
             if i >= stop:
                 break
@@ -230,6 +236,7 @@ def denoise(
             if use_cfg:
                 with autocast:
                     eps = backbone.unet(torch.cat([model_in] * n_embs), t, step_context).sample.to(latents.dtype)
+                eps = eps.contiguous()  # NCHW for the hooks and the scheduler whatever the weights' memory format
                 chunks = eps.chunk(n_embs)
                 eps_u, eps_c = chunks[0], chunks[1]
                 eps_extra = dict(zip(extra, chunks[2:]))
@@ -243,6 +250,7 @@ def denoise(
             else:
                 with autocast:
                     noise_pred = backbone.unet(model_in, t, step_cond).sample.to(latents.dtype)
+                noise_pred = noise_pred.contiguous()
             latents = scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
     if return_trajectory:
         return latents, trajectory

@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from bench.backbone import Backbone, apply_saved_edit, load_backbone, resolve_attention
+from bench.backbone import Backbone, apply_saved_edit, load_backbone, resolve_attention, resolve_memory_format
 from bench.config import ConfigError, RunConfig
 from bench.distributed import AggregateProgress, assigned, worker_from_env
 from bench.evaluators import EVALUATORS, Evaluator
@@ -220,6 +220,7 @@ def _check(config: RunConfig, skip: set[str] = frozenset(), index: dict[str, lis
     try:
         sampler_spec["precision"] = resolve_precision(sampler_spec.get("precision", "fp32"), config.device)
         sampler_spec["attention"] = resolve_attention(sampler_spec.get("attention", "auto"), config.device, "sampling")
+        sampler_spec["memory_format"] = resolve_memory_format(sampler_spec.get("memory_format", "auto"), config.device)
     except ValueError as exc:
         return [f"suite {suite.name}: sampler: {exc}"], None
     return [], ResolvedRun(config, suite, resolved, SamplerConfig(**sampler_spec), attacks=attack_specs)

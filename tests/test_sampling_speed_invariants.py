@@ -14,7 +14,7 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
 import bench.generate
-from bench.backbone import attention_of, resolve_attention
+from bench.backbone import attention_of, memory_format_of, resolve_attention, resolve_memory_format
 from bench.config import RunConfig
 from bench.generate import ImageCache, SamplerConfig, generate, image_key, resolve_sampler
 from bench.runner import item_images, run, unit_images
@@ -139,6 +139,42 @@ def test_the_two_attention_processors_draw_the_same_images_within_rounding(mini_
     assert (a - b).abs().max() * 255 <= 2.0
 
 
+def test_memory_format_is_resolved_per_device_and_is_part_of_the_key():
+    auto = resolve_sampler(SAMPLER, "cpu")
+    assert auto.memory_format == resolve_memory_format("auto", "cpu") == "channels_last"  # the CPU's measured choice
+    assert resolve_memory_format("auto", "cuda") == "contiguous"  # not measured on a GPU: torch's default
+    keys = {f: image_key("fp", "a red circle", "", 1, dataclasses.replace(auto, memory_format=f))
+            for f in ("contiguous", "channels_last")}
+    assert keys["contiguous"] != keys["channels_last"]
+    assert image_key("fp", "a red circle", "", 1, auto) == keys["channels_last"]
+    with pytest.raises(ValueError, match="unknown memory format 'nhwc'"):
+        resolve_memory_format("nhwc", "cpu")
+
+
+def test_sampling_uses_its_memory_format_restores_the_weights_and_draws_within_rounding(mini_backbone):
+    """The UNet samples with NHWC convolution weights on the CPU and has its NCHW weights back afterwards (the
+    methods that train, ``save_edit`` and the fingerprint see them as loaded); both layouts draw the same images
+    but for rounding, and the images of each are what their keys say."""
+    assert memory_format_of(mini_backbone.unet) == "contiguous"
+    before = mini_backbone.fingerprint()
+    seen = []
+    handle = mini_backbone.unet.register_forward_pre_hook(lambda m, a: seen.append(memory_format_of(m)))
+    try:
+        images = {}
+        for memory_format in ("channels_last", "contiguous"):
+            sampler = dataclasses.replace(SAMPLER, memory_format=memory_format)
+            images[memory_format], keys = generate(mini_backbone, PROMPTS, [1, 2, 3], sampler, progress=False)
+            assert set(seen) == {memory_format}
+            seen.clear()
+            assert keys == [image_key(before, p, "", s, resolve_sampler(sampler, "cpu")) for p, s in zip(PROMPTS, [1, 2, 3])]
+            assert memory_format_of(mini_backbone.unet) == "contiguous"
+            assert all(p.is_contiguous() for p in mini_backbone.unet.parameters())
+    finally:
+        handle.remove()
+    assert mini_backbone.fingerprint() == before
+    assert (images["channels_last"] - images["contiguous"]).abs().max() * 255 <= 2.0
+
+
 def test_a_run_samples_each_key_once_and_records_the_attention(tmp_path, monkeypatch):
     """mini-adherence (three tasks over the same prompts and seeds): one sample per distinct image key."""
     sampled: list[str] = []
@@ -163,6 +199,7 @@ def test_a_run_samples_each_key_once_and_records_the_attention(tmp_path, monkeyp
                                      "gradients": resolve_attention("auto", "cpu", "gradients")}
     sampler = SamplerConfig(**manifest["sampler"])
     assert sampler.attention == manifest["attention"]["sampling"]
+    assert sampler.memory_format == resolve_memory_format("auto", "cpu")
     row = records.iloc[0]
     assert row["image_key"] == image_key(manifest["model"]["fingerprint"], row["prompt"], "", int(row["seed"]),
                                          sampler)
