@@ -112,11 +112,15 @@ def using_memory_format(unet: torch.nn.Module, memory_format: str) -> Iterator[N
         yield
         return
     formats = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
-    unet.to(memory_format=formats[memory_format])
+    # the converted weights must stay ordinary tensors when a caller samples under torch.inference_mode():
+    # weights made there could never take part in a backward pass again (a method training after sampling)
+    with torch.inference_mode(False):
+        unet.to(memory_format=formats[memory_format])
     try:
         yield
     finally:
-        unet.to(memory_format=formats[before])
+        with torch.inference_mode(False):
+            unet.to(memory_format=formats[before])
 
 
 def attention_of(unet: torch.nn.Module) -> str | None:

@@ -173,6 +173,19 @@ def test_sampling_uses_its_memory_format_restores_the_weights_and_draws_within_r
         handle.remove()
     assert mini_backbone.fingerprint() == before
     assert (images["channels_last"] - images["contiguous"]).abs().max() * 255 <= 2.0
+    # generate() samples under torch.inference_mode(): the weights it converted and back must still train
+    assert not any(p.is_inference() for p in mini_backbone.unet.parameters())
+    unet = mini_backbone.unet
+    weight = unet.conv_in.weight
+    weight.requires_grad_(True)
+    try:
+        x = torch.randn(1, *mini_backbone.latent_shape)
+        emb = mini_backbone.encode(["a red circle"])
+        unet(x, torch.tensor([10]), emb).sample.square().mean().backward()
+        assert weight.grad is not None and torch.isfinite(weight.grad).all()
+    finally:
+        weight.requires_grad_(False)
+        weight.grad = None
 
 
 def test_a_run_samples_each_key_once_and_records_the_attention(tmp_path, monkeypatch):
