@@ -51,7 +51,8 @@ class SamplerConfig:
     # The two processors round differently, so the resolved choice is part of every image's key.
     attention: str = "auto"
     # "contiguous" | "channels_last" | "auto" (the measured choice: bench.backbone.MEMORY_FORMAT_BY_DEVICE) of the
-    # UNet's convolution weights while sampling; part of every image's key as well.
+    # UNet's convolution weights while sampling; part of an image's key when not "contiguous" (keys made before
+    # the choice existed stay valid).
     memory_format: str = "auto"
 
 
@@ -317,8 +318,11 @@ def image_key(model_fingerprint: str, prompt: str, negative_prompt: str, seed: i
               latent: str | None = None) -> str:
     """The cache key of one image. ``latent``: the :func:`latent_digest` of a given starting latent (None: the
     seed's noise; then the key is what it was before starting latents existed, so cached images stay valid)."""
+    spec = asdict(sampler)
+    if spec.get("memory_format") == "contiguous":  # the layout images had before the choice existed: same keys
+        del spec["memory_format"]
     fields = {"model": model_fingerprint, "prompt": prompt, "negative": negative_prompt, "seed": int(seed),
-              "sampler": asdict(sampler)}
+              "sampler": spec}
     if latent is not None:
         fields["latent"] = latent
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
