@@ -78,15 +78,16 @@ def resolve_attention(attention: str, device: torch.device | str, use: str = "sa
 # key. Chosen per device type by measurement (benchmarks/generate_memory_format.py,
 # benchmarks/results/generate_memory_format_cpu.json):
 # - CPU: channels_last is faster. generate() on the mini model (DPM-Solver++ 10, 96 images, batch 64, one
-#   thread, the two formats alternating in one process, 4 rounds): 4.66-5.73 images/s contiguous, 5.72-6.27 channels_last, median
-#   ratio 1.145 (1.06-1.23); an SD-shaped random model (two threads, 8 images): median ratio 1.02 (0.96-1.20). The
-#   images of the two differ by at most one 8-bit step.
-#   Not the default yet: with those one-step pixel changes tests/test_attack_p4d_tina.py::test_p4d_beats_random_tokens
-#   (1 win, 0 losses on 5 attacked prompts against random tokens) came out 1 win, 1 loss (CI at c5f96f4): that
+#   thread, the two formats alternating in one process, 4 rounds): 4.66-5.73 images/s contiguous, 5.72-6.27
+#   channels_last, median ratio 1.145 (1.06-1.23); an SD-shaped random model (two threads, 8 images): median
+#   ratio 1.02 (0.96-1.20). The images of the two differ by at most one 8-bit step.
+#   Not the default yet: with those one-step pixel changes
+#   tests/test_attack_p4d_tina.py::test_p4d_beats_random_tokens (1 win, 0 losses on 5 attacked prompts against
+#   random tokens) came out 1 win, 1 loss (CI at c5f96f4): that
 #   check has too little power to survive any change of rounding, and must get more prompts before the CPU's
 #   default changes. ``memory_format: channels_last`` in a run's sampler uses it now.
 # - every device: contiguous (torch's default) until then; no GPU measurement yet.
-MEMORY_FORMATS = ("contiguous", "channels_last")
+MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 MEMORY_FORMAT_BY_DEVICE: dict[str, str] = {}
 
 
@@ -100,7 +101,8 @@ def resolve_memory_format(memory_format: str, device: torch.device | str) -> str
 
 
 def memory_format_of(module: torch.nn.Module) -> str:
-    """``channels_last`` when every 4-d weight of ``module`` is laid out NHWC (and one is not NCHW), else ``contiguous``."""
+    """``channels_last`` when every 4-d weight of ``module`` is laid out NHWC (and one is not NCHW), else
+    ``contiguous``."""
     weights = [p for p in module.parameters() if p.dim() == 4]
     if weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights) \
             and not all(p.is_contiguous() for p in weights):
@@ -115,16 +117,15 @@ def using_memory_format(unet: torch.nn.Module, memory_format: str) -> Iterator[N
     if before == memory_format:
         yield
         return
-    formats = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
     # the converted weights must stay ordinary tensors when a caller samples under torch.inference_mode():
     # weights made there could never take part in a backward pass again (a method training after sampling)
     with torch.inference_mode(False):
-        unet.to(memory_format=formats[memory_format])
+        unet.to(memory_format=MEMORY_FORMATS[memory_format])
     try:
         yield
     finally:
         with torch.inference_mode(False):
-            unet.to(memory_format=formats[before])
+            unet.to(memory_format=MEMORY_FORMATS[before])
 
 
 def attention_of(unet: torch.nn.Module) -> str | None:

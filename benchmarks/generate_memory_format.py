@@ -44,7 +44,8 @@ def measure(backbone, prompts: list[str], sampler, batch_size: int, repeats: int
     return {"images": len(prompts), "batch_size": batch_size, "images_per_second": rates,
             "ratio_channels_last_per_round": [round(r, 3) for r in ratios],
             "ratio_channels_last_median": round(statistics.median(ratios), 3),
-            "max_pixel_difference_8bit": round(float((images["channels_last"] - images["contiguous"]).abs().max()) * 255, 2)}
+            "max_pixel_difference_8bit":
+                round(float((images["channels_last"] - images["contiguous"]).abs().max()) * 255, 2)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -79,8 +80,8 @@ def main(argv: list[str] | None = None) -> dict:
                      **measure(sd, [f"a photo of a cat, style {i}" for i in range(8)], sampler, 8, args.repeats)})
     print(rows[-1], flush=True)
     result = {"sampler": dataclasses.asdict(sampler), "rows": rows,
-              "machine": {"cpus": usable_cores(), "processor": platform.processor(), "python": platform.python_version(),
-                          "torch": torch.__version__},
+              "machine": {"cpus": usable_cores(), "processor": platform.processor(),
+                          "python": platform.python_version(), "torch": torch.__version__},
               "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -172,7 +172,8 @@ def test_sampling_uses_its_memory_format_restores_the_weights_and_draws_within_r
             images[memory_format], keys = generate(mini_backbone, PROMPTS, [1, 2, 3], sampler, progress=False)
             assert set(seen) == {memory_format}
             seen.clear()
-            assert keys == [image_key(before, p, "", s, resolve_sampler(sampler, "cpu")) for p, s in zip(PROMPTS, [1, 2, 3])]
+            assert keys == [image_key(before, p, "", s, resolve_sampler(sampler, "cpu"))
+                            for p, s in zip(PROMPTS, [1, 2, 3])]
             assert memory_format_of(mini_backbone.unet) == "contiguous"
             assert all(p.is_contiguous() for p in mini_backbone.unet.parameters())
     finally:
