@@ -174,6 +174,10 @@ def cmd_run(args) -> int:
                   f"{out / 'logs'}; run the same command again to resume", file=sys.stderr)
             return code
         path = Path(out)
+        if not (path / "summary.json").exists():  # every worker ended well: the last one must have written it
+            print(f"erasebench: error: all {workers} worker processes ended without error but none wrote "
+                  f"{path / 'summary.json'}; what each did is in {path / 'logs'}", file=sys.stderr)
+            return 1
     else:
         path = run(config, out, progress=not args.quiet, shard=shard)
     if not (Path(path) / "summary.json").exists():  # a shard or process that did not finish the run last

@@ -845,11 +845,21 @@ def _run(config: RunConfig, out: str | Path, progress: bool, shard: tuple[int, i
                     time.sleep(1.0)
                     waited += 1.0
                 todo = deferred
+            # parts whose writer was stopped before it merged them (a kill between a part and its merge, or two
+            # workers that each wrote a part while the other's was missing): their items count as done, so only a
+            # sweep merges them
+            for item in plan.items:
+                for name in item.tasks if item.attack is None else ():
+                    _merge_task(store, plan, item.row, item.target, name)
             missing = _run_complete(store, resolved)
             if not missing:
                 with FileLock(store.locks_dir / "finalize.lock"):
                     _write_summary(store, resolved, evaluator_for)
                 log.info("wrote %s", store.summary_path)
+            elif worker.count == 1:  # nobody else can write them: a run that ends here is not finished
+                log.error("the run ended with %d units without records (first: %s)", len(missing), missing[0])
+                raise RuntimeError(f"{out}: the run ended with {len(missing)} units without records (first: "
+                                   f"{missing[0]}); this is a bug of erasebench: please report it with {out}/logs")
             else:
                 log.info("my work is done; %d units wait for other workers (the last one writes the summary)",
                          len(missing))

@@ -372,6 +372,16 @@ def test_a_bad_input_under_workers_is_reported_once_before_any_process_starts(cl
     assert len([x for x in proc.stderr.splitlines() if x.startswith("erasebench: error:")]) == 1, proc.stderr
 
 
+def test_workers_that_all_end_well_without_a_summary_fail_the_run(cli_here, tmp_path, monkeypatch):
+    """Exit 0 from every worker is not enough: the run is finished only when one of them wrote the summary."""
+    import bench.distributed
+
+    monkeypatch.setattr(bench.distributed, "launch_workers", lambda *a, **k: 0)  # workers that did nothing
+    proc = cli_here("run", "--out", tmp_path / "run", "--workers", "2")
+    assert proc.returncode == 1, proc.stderr
+    assert "all 2 worker processes ended without error but none wrote" in proc.stderr
+
+
 def test_launch_workers_gives_each_process_its_rank_and_share_of_the_cores(tmp_path):
     from bench.distributed import launch_workers
 
