@@ -39,13 +39,14 @@ import argparse
 import functools
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
+
+from _results import write_result  # benchmarks/_results.py, beside this script
 
 BUDGET_SECONDS = 300.0
 
@@ -162,7 +163,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     root = (args.pythonpath or Path(__file__).resolve().parent.parent).resolve()
     sys.path.insert(0, str(root))
-    from bench.generate import native_bf16
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
     with tempfile.TemporaryDirectory() as tmp:
@@ -205,14 +205,9 @@ def main(argv: list[str] | None = None) -> dict:
         "sampler": manifest["sampler"],
         "attention": manifest.get("attention"),
         "checkout": str(root),
-        "machine": {"cpus": os.cpu_count(), "native_bf16": native_bf16("cpu"), "processor": platform.processor(),
-                    "python": platform.python_version(), "load_average_at_end": os.getloadavg()},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"default run: {result['wall_seconds']} s (budget {BUDGET_SECONDS:.0f} s); profile {exclusive}; wrote {args.out}")
-    return result
+    print(f"default run: {result['wall_seconds']} s (budget {BUDGET_SECONDS:.0f} s); profile {exclusive}")
+    return write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _results import write_result  # benchmarks/_results.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -79,14 +79,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append({"model": "sd-shaped", "threads": threads_sd,
                      **measure(sd, [f"a photo of a cat, style {i}" for i in range(8)], sampler, 8, args.repeats)})
     print(rows[-1], flush=True)
-    result = {"sampler": dataclasses.asdict(sampler), "rows": rows,
-              "machine": {"cpus": usable_cores(), "processor": platform.processor(),
-                          "python": platform.python_version(), "torch": torch.__version__},
-              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    return result
+    return write_result(args.out, {"sampler": dataclasses.asdict(sampler), "rows": rows})
 
 
 if __name__ == "__main__":

@@ -18,11 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from _results import write_result  # benchmarks/_results.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -87,13 +88,7 @@ def main(argv: list[str] | None = None) -> dict:
                         "images_per_second": round(sum(r["images_per_second"] for r in parts), 2),
                         "per_process": parts})
         print(f"{name}: {layouts[-1]['images_per_second']} images/s", flush=True)
-    result = {"layouts": layouts, "machine": {"cpus": cores, "processor": platform.processor(),
-                                               "python": platform.python_version()},
-              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    return result
+    return write_result(args.out, {"layouts": layouts})
 
 
 if __name__ == "__main__":

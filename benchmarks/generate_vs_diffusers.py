@@ -36,8 +36,6 @@ import argparse
 import copy
 import dataclasses
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -45,6 +43,7 @@ import time
 from pathlib import Path
 
 import torch
+from _results import write_result  # benchmarks/_results.py, beside this script
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -233,7 +232,6 @@ def main(argv: list[str] | None = None) -> dict:
     precisions = args.precisions or (["fp16", "bf16"] if device.type == "cuda" else ["fp32", "bf16"])
 
     from bench.backbone import load_backbone
-    from bench.generate import native_bf16
 
     rows, defaults = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -254,18 +252,8 @@ def main(argv: list[str] | None = None) -> dict:
                 defaults.append(compare(backbone, name, "auto", "auto", run_args, baseline_attention="sdpa",
                                         compile_unet=True))
             del backbone
-    result = {
-        "device": str(device), "rows": rows, "defaults_vs_plain_fp32": defaults,
-        "machine": {"cpus": os.cpu_count(), "threads": torch.get_num_threads(), "native_bf16": native_bf16(device),
-                    "processor": platform.processor(), "gpu": torch.cuda.get_device_name(device)
-                    if device.type == "cuda" else None, "load_average_at_end": os.getloadavg()},
-        "versions": {"torch": torch.__version__, "diffusers": __import__("diffusers").__version__},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    return result
+    return write_result(args.out, {"device": str(device), "rows": rows, "defaults_vs_plain_fp32": defaults},
+                        device=str(device))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,49 @@
+"""The end every benchmark script shares: its result, with the machine it was measured on, written as JSON.
+
+A figure in benchmarks/results/ is only comparable with another taken on the same kind of machine under the same
+load, so each file records the cores (all, and those this process may use), torch's threads, the processor, native
+bf16 on the measured device, the GPU, the package versions and the load average when the file was written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+
+def machine(device: str = "cpu") -> dict:
+    """What the figures of a benchmark depend on, for ``device`` ("cpu", "cuda", "cuda:1", ...)."""
+    import diffusers
+    import torch
+
+    from bench.distributed import usable_cores
+    from bench.generate import native_bf16
+
+    dev = torch.device(device)
+    return {
+        "cpus": os.cpu_count(),
+        "usable_cores": usable_cores(),
+        "threads": torch.get_num_threads(),
+        "processor": platform.processor() or platform.machine(),
+        "native_bf16": native_bf16(dev),
+        "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "load_average": list(os.getloadavg()),
+    }
+
+
+def write_result(out: Path, result: dict, device: str = "cpu") -> dict:
+    """Write ``result`` to ``out`` (folders made) with ``machine`` (:func:`machine`, updated by the result's own
+    ``machine`` entries) and ``created``; return what was written."""
+    result = {**result, "machine": {**machine(device), **result.get("machine", {})},
+              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return result
