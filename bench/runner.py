@@ -700,9 +700,10 @@ def run(config: RunConfig, out: str | Path, progress: bool = True, shard: tuple[
     Under ``torchrun`` / ``accelerate launch`` each process does its share, and with ``shard=(I, N)``
     (``--shard I/N``) each job of an array does its part; see :mod:`bench.distributed`. The worker that
     finishes the last work item writes ``summary.json``.
-    ``progress=False`` (``--quiet``) also silences the weight-loading bars of transformers and diffusers.
+    ``progress=False`` (``--quiet``) also silences the weight-loading bars of transformers and diffusers; of the
+    processes of one launch only the first draws them (the others' copies would repeat on the same terminal).
     """
-    with library_progress_bars(progress):
+    with library_progress_bars(progress and worker_from_env(shard).shows_progress):
         return _run(config, out, progress, shard)
 
 

@@ -538,3 +538,18 @@ def test_quiet_silences_the_weight_loading_bar_and_restores_the_setting(capfd):
         load_backbone("mini")
     assert "Loading weights" not in capfd.readouterr().err
     assert transformers_logging.is_progress_bar_enabled()
+
+
+@pytest.mark.parametrize("rank, shown", [("0", True), ("1", False)])
+def test_only_the_first_process_of_a_launch_draws_the_weight_loading_bar(capfd, monkeypatch, tmp_path, rank, shown):
+    """``erasebench run --workers 2`` (or torchrun) without --quiet: one "Loading weights" bar, not one a process."""
+    import bench.runner
+    from bench.backbone import load_backbone
+    from bench.config import parse_config
+
+    for name, value in {"RANK": rank, "WORLD_SIZE": "2", "LOCAL_RANK": rank, "LOCAL_WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(bench.runner, "_run", lambda config, out, progress, shard: load_backbone("mini"))
+    capfd.readouterr()
+    bench.runner.run(parse_config(TINY), tmp_path / "run", progress=True)
+    assert ("Loading weights" in capfd.readouterr().err) is shown
