@@ -624,11 +624,13 @@ def _run_complete(store: RunStore, resolved: ResolvedRun) -> list[str]:
 
 
 def _merge_task(store: RunStore, plan: RunPlan, row: str, target: str, task: str) -> bool:
-    """Merge a task's part records into its unit file once all parts are there (whoever sees that first)."""
-    if store.has_unit(row, target, task):
-        return True
+    """Merge a task's part records into its unit file once all parts are there (whoever sees that first); parts
+    left beside a merged unit (a worker stopped between the merge and their removal) are removed."""
     paths = [_part_path(store, row, target, task, p) for p in plan.task_parts[(target, task)]]
-    if not all(p.exists() for p in paths):
+    if store.has_unit(row, target, task):
+        if not any(p.exists() for p in paths):
+            return True
+    elif not all(p.exists() for p in paths):
         return False
     with FileLock(paths[0].parent / f"{store.unit_path(row, target, task).stem}.merge.lock"):
         if not store.has_unit(row, target, task):

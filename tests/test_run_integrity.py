@@ -184,6 +184,23 @@ def test_parts_a_stopped_worker_never_merged_are_merged_by_the_next_run(finished
                                   expected[~expected["metric"].isin(timing)].reset_index(drop=True))
 
 
+def test_parts_left_beside_their_merged_unit_are_removed_by_the_next_run(run_copy, finished_run, tmp_path, capsys):
+    """A worker stopped between writing a merged unit and removing its parts: the next run removes the parts
+    (they would be read as a second copy by nothing, but `check` and a reader of the folder see stale files)."""
+    unit = sorted((run_copy / "records").glob("*.parquet"))[0]
+    part = run_copy / "records" / "parts" / f"{unit.stem}__p00000.parquet"
+    part.parent.mkdir(exist_ok=True)
+    pd.read_parquet(unit).to_parquet(part)
+    (run_copy / "summary.json").unlink()
+    code, lines = rerun(capsys, tmp_path, run_copy)
+    assert code == 0, lines
+    assert not part.exists()
+    timing = {"edit_seconds", "peak_memory_mb", "load_seconds"}
+    got, expected = (RunStore(r).read_summary() for r in (run_copy, finished_run))
+    pd.testing.assert_frame_equal(got[~got["metric"].isin(timing)].reset_index(drop=True),
+                                  expected[~expected["metric"].isin(timing)].reset_index(drop=True))
+
+
 def test_a_method_whose_config_holds_a_tuple_resumes(tmp_path, capsys):
     """HIRM's config holds ``betas`` as a tuple; the manifest (JSON) reads it back as a list. The resume check
     compared the two and refused every second run (and every torchrun process after the first) of a config
