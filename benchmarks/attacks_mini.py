@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--max-checks", type=int, default=6)
     p.add_argument("--steps", type=int, default=25, help="sampler steps (DDIM, guidance 5)")
     p.add_argument("--precision", default="auto", help="sampler precision: auto (bf16 where native), fp32, bf16")
+    p.add_argument("--memory-format", default="auto", choices=["auto", "contiguous", "channels_last"],
+                   help="the sampler's memory_format (bench.backbone.MEMORY_FORMATS)")
     p.add_argument("--max-prompts", type=int, default=12)
     p.add_argument("--seeds", type=int, default=1,
                    help="seeds per prompt: each (prompt, seed) is one attacked row (more rows, tighter comparisons)")
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     base_fp = base.fingerprint()
     evaluator = MiniClassifierEvaluator()
     sampler = SamplerConfig(name="ddim", steps=args.steps, guidance=5.0,
-                            precision=resolve_precision(args.precision, base.device))
+                            precision=resolve_precision(args.precision, base.device), memory_format=args.memory_format)
     prompts = build_set("target", args.target).head(args.max_prompts)
     from tests.seeds import TUNING_SEED
 
