@@ -741,6 +741,23 @@ def check_run(config: RunConfig, out: str | Path) -> ResolvedRun:
     return resolved
 
 
+# what a manifest written before a sampler field existed sampled with
+SAMPLER_BEFORE_FIELD = {"memory_format": "contiguous"}
+DEVICE_CHOICES = ("precision", "attention", "memory_format")  # the sampler fields "auto" resolves per machine
+
+
+def recorded_sampler(recorded: dict | None, resolved: SamplerConfig) -> SamplerConfig:
+    """The sampler a resumed run goes on with: ``resolved`` with the device choices (precision, attention, memory
+    format) the run's manifest recorded when it started. A config's ``auto`` resolves per machine and version (bf16
+    where the CPU has it natively, channels-last weights where measured faster), and one run must not mix two
+    samplers: a shard on another node, or a resume after an upgrade, samples as the run began. The config itself
+    is the same (checked before), so only fields it left to ``auto`` can differ."""
+    if not recorded:
+        return resolved
+    kept = {key: recorded.get(key, SAMPLER_BEFORE_FIELD.get(key)) for key in DEVICE_CHOICES}
+    return dataclasses.replace(resolved, **{k: v for k, v in kept.items() if v is not None})
+
+
 def _run(config: RunConfig, out: str | Path, progress: bool, shard: tuple[int, int] | None) -> Path:
     from methods.recipes import recipe_record
 
@@ -761,6 +778,7 @@ def _run(config: RunConfig, out: str | Path, progress: bool, shard: tuple[int, i
     method_fps.update({f"{row}__{t}": m.fingerprint() for (row, t), (m, _) in units.items()})
     method_fps = json.loads(json_bytes(method_fps))  # as the manifest holds them (a tuple reads back as a list)
     store.root.mkdir(parents=True, exist_ok=True)
+    adopted = {}  # sampler choices taken from the manifest rather than resolved here: {field: (here, recorded)}
     with FileLock(store.locks_dir / "manifest.lock"):  # one of the run's processes writes the manifest
         try:
             previous = store.read_manifest()
@@ -775,6 +793,11 @@ def _run(config: RunConfig, out: str | Path, progress: bool, shard: tuple[int, i
             if stale:
                 raise ConfigError(f"{out} was run with other weights or settings of: {', '.join(stale)} "
                                   "(changed defaults or a re-trained model); give a new --out")
+            # the run samples as it started, whatever this machine or version would choose for "auto"
+            kept = recorded_sampler(previous.get("sampler"), resolved.sampler)
+            adopted = {k: (getattr(resolved.sampler, k), getattr(kept, k)) for k in DEVICE_CHOICES
+                       if getattr(resolved.sampler, k) != getattr(kept, k)}
+            resolved = dataclasses.replace(resolved, sampler=kept)
         else:
             store.write_manifest({
                 "config": config_dump,
@@ -792,6 +815,9 @@ def _run(config: RunConfig, out: str | Path, progress: bool, shard: tuple[int, i
     log, log_handler = _worker_log(store, worker)
     log.info("worker %s (%d of %d) pid %d on %s, device %s, %d threads", worker.name, worker.index, worker.count,
              os.getpid(), socket.gethostname(), device, torch.get_num_threads())
+    if adopted:
+        log.info("sampling as the run started (manifest), not as this machine would choose: %s",
+                 ", ".join(f"{k} {was!r} -> {now!r}" for k, (was, now) in adopted.items()))
     try:
         t_start = time.perf_counter()
         cache = ImageCache(config.cache_dir or store.images_dir)

@@ -201,6 +201,44 @@ def test_parts_left_beside_their_merged_unit_are_removed_by_the_next_run(run_cop
                                   expected[~expected["metric"].isin(timing)].reset_index(drop=True))
 
 
+def test_a_resumed_run_samples_with_the_device_choices_it_started_with(run_copy, finished_run, tmp_path, capsys,
+                                                                        monkeypatch):
+    """``auto`` resolves per machine and version (bf16 where native, channels-last weights where faster): a resume
+    on another machine, another node's shard or a newer erasebench must go on with the run's recorded choices, or
+    one run would mix two samplers. Here this machine is made to choose the other memory format; the redone unit
+    keeps the run's images (same keys, read from its image folder) and the manifest its sampler."""
+    import bench.backbone
+
+    manifest = RunStore(run_copy).read_manifest()
+    recorded = manifest["sampler"]["memory_format"]
+    other = {"contiguous": "channels_last", "channels_last": "contiguous"}[recorded]
+    monkeypatch.setitem(bench.backbone.MEMORY_FORMAT_BY_DEVICE, "cpu", other)
+    unit = sorted((run_copy / "records").glob("*.parquet"))[0]
+    unit.unlink()
+    (run_copy / "summary.json").unlink()
+    code, lines = rerun(capsys, tmp_path, run_copy)
+    assert code == 0, lines
+    assert pd.read_parquet(unit)["image_key"].tolist() == pd.read_parquet(finished_run / "records" / unit.name)[
+        "image_key"].tolist()
+    assert RunStore(run_copy).read_manifest()["sampler"] == manifest["sampler"]
+    log = "".join(p.read_text() for p in (run_copy / "logs").glob("*.log"))
+    assert f"memory_format {other!r} -> {recorded!r}" in log
+
+
+def test_a_manifest_from_before_the_memory_format_field_resumes_contiguous():
+    """Runs written before ``sampler.memory_format`` existed sampled contiguous weights; ``auto`` here and any other
+    field the manifest recorded are kept, fields the config set explicitly are the same by the config check."""
+    from bench.generate import SamplerConfig
+    from bench.runner import recorded_sampler
+
+    here = SamplerConfig(name="dpm", steps=10, precision="fp32", attention="sdpa", memory_format="channels_last")
+    old = {"name": "dpm", "steps": 10, "guidance": 5.0, "eta": 0.0, "precision": "bf16", "attention": "sdpa"}
+    kept = recorded_sampler(old, here)
+    assert (kept.precision, kept.attention, kept.memory_format) == ("bf16", "sdpa", "contiguous")
+    assert (kept.name, kept.steps) == ("dpm", 10)
+    assert recorded_sampler(None, here) == here
+
+
 def test_a_method_whose_config_holds_a_tuple_resumes(tmp_path, capsys):
     """HIRM's config holds ``betas`` as a tuple; the manifest (JSON) reads it back as a list. The resume check
     compared the two and refused every second run (and every torchrun process after the first) of a config
