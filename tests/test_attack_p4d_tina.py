@@ -7,9 +7,13 @@ The budgets were chosen with benchmarks/attacks_mini.py on TUNING_SEED (its JSON
 there (12 prompts x 2 seeds, 3 checks, 10 DDIM steps) TINA (K = 25) beat random tokens 18-0 on RECE and 10-0
 on AdvUnlearn (sign test p 8e-6 and 0.002), M-ErasureBench's white-box latent preset 18-0 on RECE; P4D-N 7-2
 on RECE (p 0.18; 12-4, p 0.077, with 4 seeds a prompt; 19-9, p 0.087, with 8: ASR 0.44 vs 0.33, ahead but not
-significant at 0.05), 3-2 on AdvUnlearn; P4D-K 4-2 on RECE.
-Measured here on EFFECT_SEED (6 prompts, RECE leaves 5 to attack): TINA 4-0 (ASR 1.00 vs 0.33), P4D-N 1-0
-(ASR 0.50 vs 0.33): six prompts give the sign test little power, the benchmark's rows carry the p-values.
+significant at 0.05), 3-2 on AdvUnlearn; P4D-K 4-2 on RECE. On EFFECT_SEED, 12 prompts x 3 seeds
+(benchmarks/results/attacks_mini_p4d_contiguous.json and _channels_last.json: `python benchmarks/attacks_mini.py
+--methods rece --attacks random-tokens p4d --max-checks 3 --steps 10 --precision fp32 --run-seed 1 --seeds 3
+--memory-format F`), P4D-N 8-6 (p 0.79) and 7-5 (p 0.77). So this module asserts what P4D does, its optimisation
+(the found prompts' loss, computed here, far below its random start), and prints the success rates: on the
+6 prompts here P4D-N came out 1-0 with contiguous weights and 1-1 with channels-last ones, a coin's throw.
+Measured here on EFFECT_SEED (6 prompts, RECE leaves 5 to attack): TINA 4-0 (ASR 1.00 vs 0.33).
 """
 
 from __future__ import annotations
@@ -197,11 +201,54 @@ def test_tina_reaches_a_text_path_eraser_where_random_tokens_do_not(results, rec
     assert evaluator.score(images, [{**item, "prompt": ""}])[0]["target_present"]
 
 
+class P4DObjective:
+    """P4D's loss (bench.attacks.p4d's docstring), computed here from the two models, for any prompts of the
+    attacked rows: mean over ``draws`` fixed (t, noise) pairs of || eps_erased(z_t, t, W(P*)) - eps_original(z_t,
+    t, W(P)) ||^2, z_0 the unedited model's image of the row's prompt and seed."""
+
+    def __init__(self, erased, original, rows: pd.DataFrame, sampler: SamplerConfig, draws: int = 32):
+        self.erased, self.original = erased, original
+        images, _ = generate(original, rows["prompt"].tolist(), rows["seed"].astype(int).tolist(), sampler,
+                             progress=False)
+        gen = torch.Generator().manual_seed(1234)
+        n_train = int(erased.scheduler.config.num_train_timesteps)
+        with torch.no_grad():
+            x0, want_ctx = erased.encode_images(images), original.encode(rows["prompt"].tolist())
+            self.draws = []
+            for _ in range(draws):
+                noise, t = torch.randn(x0.shape, generator=gen), torch.randint(0, n_train, (len(rows),), generator=gen)
+                x_t = erased.scheduler.add_noise(x0, noise, t)
+                self.draws.append((x_t, t, original.unet(x_t, t, want_ctx).sample))
+
+    def __call__(self, prompts: list[str]) -> torch.Tensor:
+        with torch.no_grad():
+            ctx = self.erased.encode(prompts)
+            return torch.stack([(self.erased.unet(x_t, t, ctx).sample - want).pow(2).flatten(1).mean(1)
+                                for x_t, t, want in self.draws]).mean(0)
+
+
 @pytest.mark.slow
-def test_p4d_beats_random_tokens(results):
-    """P4D-N brings the circle back on more of RECE's erased prompts than random tokens with the same checks
-    (measured on EFFECT_SEED: 1 win, 0 losses; a weak check on 5 attacked prompts, see the module docstring)."""
+def test_p4d_lowers_its_objective_far_below_its_random_start(results, rece, mini_backbone, prompts):
+    """What P4D-N does (its paper's optimisation), measured independently of its code: on every prompt RECE erased,
+    the found prompt's P4D loss is below the mean loss of four random 16-token prompts drawn from the vocabulary it
+    starts from (measured 0.31-0.39 of it, both weight layouts). The success rates against random tokens are
+    printed, not asserted: on the mini world P4D's edge is not significant (module docstring)."""
+    from bench.attacks.base import candidate_vocab
+
     wins, losses, p = paired(results, "p4d")
     print(f"p4d vs random-tokens on RECE (EFFECT_SEED): wins {wins} losses {losses} sign-test p {p:.4f}; ASR "
           f"{results['p4d']['success'].mean():.2f} vs {results['random-tokens']['success'].mean():.2f}")
-    assert wins > losses, (wins, losses, p)
+    attacked = ~results["p4d"]["pre_success"].to_numpy(bool)
+    assert attacked.sum() >= 4, "RECE erased the circle on fewer than 4 of the 6 prompts: nothing to attack"
+    rows = prompts.merge(results["p4d"][["prompt_id", "seed"]], on="prompt_id")[attacked].reset_index(drop=True)
+    found = results["p4d"]["adv_prompt"][attacked].tolist()
+    assert all(found)
+    objective = P4DObjective(rece, mini_backbone, rows, SAMPLER)
+    vocab = candidate_vocab(rece.tokenizer, ()).tolist()
+    gen = torch.Generator().manual_seed(7)
+    starts = torch.stack([objective([rece.tokenizer.decode([vocab[i] for i in torch.randint(len(vocab), (16,),
+                                                                                              generator=gen)])
+                                     for _ in range(len(rows))]) for _ in range(4)]).mean(0)
+    reached = objective(found)
+    print(f"P4D loss of the found prompts {reached.tolist()}, of random 16-token prompts {starts.tolist()}")
+    assert (reached < starts).all(), (reached, starts)
