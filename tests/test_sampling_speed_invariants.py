@@ -142,7 +142,7 @@ def test_the_two_attention_processors_draw_the_same_images_within_rounding(mini_
 
 def test_memory_format_is_resolved_per_device_and_is_part_of_the_key():
     auto = resolve_sampler(SAMPLER, "cpu")
-    assert auto.memory_format == resolve_memory_format("auto", "cpu") in ("contiguous", "channels_last")
+    assert auto.memory_format == resolve_memory_format("auto", "cpu") == "channels_last"  # measured faster there
     assert resolve_memory_format("auto", "cuda") == "contiguous"  # not measured on a GPU: torch's default
     keys = {f: image_key("fp", "a red circle", "", 1, dataclasses.replace(auto, memory_format=f))
             for f in ("contiguous", "channels_last")}
