@@ -7,7 +7,8 @@ rounds, after a warm-up), on the mini model (``--threads-mini``, default 1: one 
 images, batch 64, mini-quick's sampler in fp32) and on the SD-shaped random model of
 benchmarks/generate_vs_diffusers.py (``--threads-sd``, default: the usable cores; 8 images, batch 8). Each round's
 images/s per format, the median ratio channels_last / contiguous, and the largest pixel difference between the
-two formats' images (in 8-bit steps) go to the JSON.
+two formats' images (in 8-bit steps) go to the JSON. A third row: the mini model with one image per generate()
+call (16 calls), as an attack judges its candidates.
 """
 
 from __future__ import annotations
@@ -27,7 +28,11 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-def measure(backbone, prompts: list[str], sampler, batch_size: int, repeats: int) -> dict:
+def measure(backbone, prompts: list[str], sampler, batch_size: int, repeats: int, per_call: int | None = None) -> dict:
+    """``per_call``: prompts given to each generate() call (default all of them in one call), e.g. 1 for an
+    attack's judged candidates, where generate()'s own per-call work (the weights' layout change) weighs most."""
+    import torch
+
     from bench.generate import generate
 
     seeds = list(range(1000, 1000 + len(prompts)))
@@ -38,10 +43,14 @@ def measure(backbone, prompts: list[str], sampler, batch_size: int, repeats: int
         for memory_format in rates:
             s = dataclasses.replace(sampler, memory_format=memory_format)
             start = time.perf_counter()
-            images[memory_format], _ = generate(backbone, prompts, seeds, s, batch_size=batch_size, progress=False)
+            step = per_call or len(prompts)
+            images[memory_format] = torch.cat([generate(backbone, prompts[i:i + step], seeds[i:i + step], s,
+                                                        batch_size=batch_size, progress=False)[0]
+                                               for i in range(0, len(prompts), step)])
             rates[memory_format].append(round(len(prompts) / (time.perf_counter() - start), 3))
     ratios = [b / a for a, b in zip(rates["contiguous"], rates["channels_last"])]
-    return {"images": len(prompts), "batch_size": batch_size, "images_per_second": rates,
+    return {"images": len(prompts), "batch_size": batch_size, "images_per_call": per_call or len(prompts),
+            "images_per_second": rates,
             "ratio_channels_last_per_round": [round(r, 3) for r in ratios],
             "ratio_channels_last_median": round(statistics.median(ratios), 3),
             "max_pixel_difference_8bit":
@@ -69,8 +78,12 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.threads_mini)
     mini_prompts = [f"a {c} {o}" for c in ("red", "green", "blue", "yellow")
                     for o in ("circle", "square", "star", "heart")] * 6
+    mini = load_backbone("mini")
     rows.append({"model": "mini", "threads": args.threads_mini,
-                 **measure(load_backbone("mini"), mini_prompts, sampler, 64, args.repeats)})
+                 **measure(mini, mini_prompts, sampler, 64, args.repeats)})
+    print(rows[-1], flush=True)
+    rows.append({"model": "mini", "threads": args.threads_mini,
+                 **measure(mini, mini_prompts[:16], sampler, 64, args.repeats, per_call=1)})
     print(rows[-1], flush=True)
     threads_sd = args.threads_sd or usable_cores()
     torch.set_num_threads(threads_sd)
