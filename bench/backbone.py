@@ -83,8 +83,10 @@ def resolve_attention(attention: str, device: torch.device | str, use: str = "sa
 #   ratio 1.02 (0.96-1.20). The images of the two differ by at most one 8-bit step. With the cheaper layout change
 #   below, 8 rounds (generate_memory_format_cpu_small_calls.json): 1.059 mini in one call of 96 images, 0.97 at
 #   one image a call (an attack's judged candidates), 1.094 SD-shaped.
-#   The default run: 372 s contiguous, 362 s channels_last, one right after the other
-#   (benchmarks/results/default_run_cpu_before_channels_last.json, default_run_cpu_channels_last.json). It waited
+#   The default run, one right after the other: 372 s contiguous then 362 s channels_last (benchmarks/results/
+#   default_run_cpu_before_channels_last.json, default_run_cpu_channels_last.json); a day later 411 s channels_last
+#   then 386 s contiguous (default_run_cpu_channels_last_default.json, default_run_cpu_contiguous_same_hour.json):
+#   the later run was the faster on both days, so the whole run's gain is within the machine's variation. It waited
 #   one session for a test that could not take a one-step change of rounding (P4D against random tokens on 5
 #   prompts, 1-0 contiguous, 1-1 channels-last; at 12 prompts x 3 seeds 8-6 and 7-5, p 0.8: a coin's throw,
 #   benchmarks/results/attacks_mini_p4d_*.json); that test now asserts P4D's optimisation instead.
