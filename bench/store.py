@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -92,17 +93,27 @@ def write_checksummed(path: Path, data: bytes) -> None:
 
 def read_verified(path: Path) -> bytes:
     """The bytes of ``path``, checked against its ``.sha256`` when it has one (files of runs made before
-    checksums have none). Raises FileNotFoundError, or DamagedFileError naming the file."""
+    checksums have none). Raises FileNotFoundError, or DamagedFileError naming the file.
+    A mismatch is read again: another process may be between writing the checksum and the file
+    (:func:`write_checksummed` writes them one after the other, and readers such as a worker reading the manifest
+    take no lock); a pair that reads the same twice is damage.
+    """
     path = Path(path)
-    data = path.read_bytes()
     sums = checksum_path(path)
-    if sums.exists():
+    seen = None
+    for _ in range(40):  # a write in progress settles within milliseconds; damage reads the same twice
+        data = path.read_bytes()
+        if not sums.exists():
+            return data
         text = sums.read_text(errors="replace").split()
-        expected = text[0] if text else ""
-        if sha256_hex(data) != expected:
-            raise DamagedFileError(f"{path}: damaged: its SHA-256 differs from the one kept when it was written "
-                                   f"({sums.name})")
-    return data
+        pair = (sha256_hex(data), text[0] if text else "")
+        if pair[0] == pair[1]:
+            return data
+        if pair == seen:
+            break
+        seen = pair
+        time.sleep(0.05)
+    raise DamagedFileError(f"{path}: damaged: its SHA-256 differs from the one kept when it was written ({sums.name})")
 
 
 def read_verified_json(path: Path) -> Any:

@@ -249,6 +249,36 @@ def test_concurrent_manifest_updates_lose_nothing(tmp_path):
     assert len(store.read_manifest()["edits"]) == 60
 
 
+def _rewrite_manifest(root: str, n: int) -> None:
+    store = RunStore(root)
+    for i in range(n):
+        store.write_manifest({"config": {}, "round": i, "pad": "x" * (i % 7) * 1000})
+
+
+@pytest.mark.slow
+def test_a_manifest_read_while_another_process_writes_it_is_never_called_damaged(tmp_path):
+    """Readers take no lock (a worker looks up the edits it has recorded) and the checksum is written just before
+    the file: a read between the two saw a new checksum with the old file, DamagedFileError (CI, submitit shards)."""
+    from bench.store import DamagedFileError
+
+    store = RunStore(tmp_path)
+    store.write_manifest({"config": {}, "round": -1})
+    writer = mp.get_context("spawn").Process(target=_rewrite_manifest, args=(str(tmp_path), 1500))
+    writer.start()
+    reads, damaged = 0, []
+    while writer.is_alive() or reads == 0:
+        try:
+            store.read_manifest()
+        except DamagedFileError as exc:
+            damaged.append(str(exc))
+        reads += 1
+    writer.join()
+    assert writer.exitcode == 0 and reads > 100 and damaged == [], (reads, damaged[:2])
+    (tmp_path / "manifest.json").write_text('{"config": {}, "round": "edited by hand"}')  # real damage still shows
+    with pytest.raises(DamagedFileError, match="manifest.json: damaged"):
+        store.read_manifest()
+
+
 # --------------------------------------------------------------------------- save_edit
 def _save_same_edit(folder: str, barrier, rounds: int, errors) -> None:
     from bench.backbone import load_backbone
