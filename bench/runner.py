@@ -876,10 +876,9 @@ def _run(config: RunConfig, out: str | Path, progress: bool, shard: tuple[int, i
                 todo = deferred
             # parts whose writer was stopped before it merged them (a kill between a part and its merge, or two
             # workers that each wrote a part while the other's was missing): their items count as done, so only a
-            # sweep merges them
-            for item in plan.items:
-                for name in item.tasks if item.attack is None else ():
-                    _merge_task(store, plan, item.row, item.target, name)
+            # sweep merges them (each task once: a task has one item per part, and has_unit reads its file)
+            for row, target, name in dict.fromkeys((i.row, i.target, t) for i in plan.items for t in i.tasks):
+                _merge_task(store, plan, row, target, name)
             missing = _run_complete(store, resolved)
             if not missing:
                 with FileLock(store.locks_dir / "finalize.lock"):
