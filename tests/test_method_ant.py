@@ -3,7 +3,8 @@
 - Only the salient weights move: the augmentation-enhanced map keeps the top fraction of |grad| of every tensor
   in each gradient run and intersects the runs (the mask code is SalUn's, shared in methods/_saliency.py).
 - The trajectory-aware loss: early steps keep the original condition direction, later ones reverse it.
-- The paper's effect on the mini world (target erased, other objects kept), measured on EFFECT_SEED.
+- On the mini world (EFFECT_SEED): other objects kept, the named circle erased at most weakly (the effect sits at
+  the bar and its side depends on the CPU; figures at the test).
 """
 
 from __future__ import annotations
@@ -81,23 +82,30 @@ OTHER_MARGIN = 0.25
 # 40 steps of batch 4, 1 image a prompt; benchmarks/results/spm_ant_sweep.json). Circle erasure / other-object accuracy
 # (unedited 0.00 / 1.00): the paper's full UNet under the mask at lr 2e-4 / 1e-3: 0.00 / 1.00 and 0.00 / 0.93; with
 # before_step 1 instead of 4 (the early steps no longer kept): 0.58 / 0.43; the cross-attention under the mask at lr
-# 1e-3 / 2e-3: 0.17 / 1.00 both (the preset). On EFFECT_SEED the preset erased 0.00 -> 0.08 with other objects
-# 1.00 -> 1.00 (24 / 28 images; the DDIM-25 probe and today's DPM-Solver++ 10 one alike): below the 0.15 gain. A 3x longer, 2x larger schedule (120 steps of batch 8) tied
-# the preset on TUNING_SEED (0.17 / 1.00), so the cheaper one stayed; measured afterwards on EFFECT_SEED it erased
-# 0.00 -> 0.33 (other objects 1.00): the effect may appear with more training, at about 5x this test's cost. The mini world decides an object's shape in the first steps of
-# its 25, which ANT keeps by design (its premise: content is changed in mid-to-late steps); a fill texture is decided
-# later, and there ANT does act: the striped style, full UNet at lr 1e-3, erased 0.07 -> 0.43 (other styles 1.00 ->
-# 0.80, other objects 0.94 -> 0.56, tuning seed).
-ANT_XFAIL = "no erasure of the named circle on the mini world: its shape is set in the early steps ANT keeps"
+# 1e-3 / 2e-3: 0.17 / 1.00 both (the preset). A 3x longer, 2x larger schedule (120 steps of batch 8) tied the preset on
+# TUNING_SEED (0.17 / 1.00), so the cheaper one stayed; measured afterwards on EFFECT_SEED it erased 0.00 -> 0.33
+# (other objects 1.00): the effect may appear with more training, at about 5x this test's cost. The mini world decides
+# an object's shape in the first steps of its 25, which ANT keeps by design (its premise: content is changed in
+# mid-to-late steps); a fill texture is decided later, and there ANT does act: the striped style, full UNet at lr 1e-3,
+# erased 0.07 -> 0.43 (other styles 1.00 -> 0.80, other objects 0.94 -> 0.56, tuning seed).
+#
+# The preset's weak effect sits at the effect bar (ERASURE_GAIN), so which side of it a run lands on depends on the
+# CPU's floating point: on EFFECT_SEED, same code, 24 / 28 images, erasure 0.00 -> 0.08 on an AMD EPYC (AVX2 kernels)
+# and 0.00 -> 0.17 on an Intel Xeon with AVX-512 (2026-12-01), other objects 1.00 -> 1.00 on both. The strict xfail
+# this test was until then passed on one machine and failed on the other. It asserts what holds on both: other objects
+# kept, and the named circle erased by less than WEAK_CEILING, far above either figure; the day ANT erases the named
+# circle for real (a fix, a longer schedule) the ceiling fails, and this becomes the plain effect test.
+WEAK_CEILING = 0.5
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=ANT_XFAIL)
-def test_erases_the_target_and_keeps_other_objects(mini_backbone, effect_probe):
+def test_erases_the_named_circle_at_most_weakly_and_keeps_other_objects(mini_backbone, effect_probe):
     before = effect_probe(mini_backbone, TARGET)
-    assert before["erasure_rate"] <= 1 - ERASURE_GAIN, f"precondition: the unedited model hardly draws {TARGET}"
+    assert before["erasure_rate"] <= 1 - WEAK_CEILING, f"precondition: the unedited model hardly draws {TARGET}"
     after = effect_probe(get_method("ant", {"progress": False}).apply(mini_backbone, REQUEST), TARGET)
     report = {k: (round(before[k], 3), round(after[k], 3)) for k in ("erasure_rate", "other_object_accuracy")}
     print(f"\nant on EFFECT_SEED: {report}")
-    assert after["erasure_rate"] >= before["erasure_rate"] + ERASURE_GAIN, report
     assert after["other_object_accuracy"] >= before["other_object_accuracy"] - OTHER_MARGIN, report
+    assert after["erasure_rate"] < before["erasure_rate"] + WEAK_CEILING, (
+        f"ANT now erases the named circle ({report}): make this the effect test (gain >= {ERASURE_GAIN}) and update "
+        "README's method table")
