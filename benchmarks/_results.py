@@ -14,6 +14,17 @@ import time
 from pathlib import Path
 
 
+def cpu_model() -> str | None:
+    """The CPU's model name (Linux: /proc/cpuinfo), e.g. to tell an AVX2-only AMD EPYC from an AVX-512 Intel Xeon."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
+
+
 def machine(device: str = "cpu") -> dict:
     """What the figures of a benchmark depend on, for ``device`` ("cpu", "cuda", "cuda:1", ...)."""
     import diffusers
@@ -28,6 +39,8 @@ def machine(device: str = "cpu") -> dict:
         "usable_cores": usable_cores(),
         "threads": torch.get_num_threads(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the vector kernels torch picked: AVX2, AVX512
         "native_bf16": native_bf16(dev),
         "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
         "python": platform.python_version(),
