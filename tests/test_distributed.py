@@ -25,6 +25,7 @@ import yaml
 from bench.distributed import ShardError, Worker, assigned, parse_shard, worker_from_env
 from bench.locks import FileLock
 from bench.store import RunStore
+from tests import process_targets
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE = {
@@ -160,12 +161,6 @@ def test_bad_shard_on_the_command_line_exits_2_and_writes_nothing(tmp_path, cli_
 
 
 # --------------------------------------------------------------------------- locks
-def _hold_lock_then_exit(path: str) -> None:
-    lock = FileLock(path)
-    assert lock.try_acquire()
-    os._exit(0)  # like SIGKILL: no release
-
-
 def test_lock_is_exclusive_and_a_dead_owners_lock_is_broken(tmp_path):
     path = tmp_path / "x.lock"
     a, b = FileLock(path), FileLock(path)
@@ -176,7 +171,7 @@ def test_lock_is_exclusive_and_a_dead_owners_lock_is_broken(tmp_path):
     assert not path.exists() and b.try_acquire()
     b.release()
     ctx = mp.get_context("spawn")
-    child = ctx.Process(target=_hold_lock_then_exit, args=(str(path),))
+    child = ctx.Process(target=process_targets.hold_lock_then_exit, args=(str(path),))
     child.start()
     child.join()
     assert path.exists() and FileLock(path).owner()["pid"] == child.pid
@@ -207,20 +202,13 @@ def test_heartbeat_keeps_a_held_lock_fresh(tmp_path):
     lock.release()
 
 
-def _count_under_lock(path: str, counter: str, n: int) -> None:
-    for _ in range(n):
-        with FileLock(path):
-            value = int(Path(counter).read_text())
-            Path(counter).write_text(str(value + 1))
-
-
 @pytest.mark.slow
 def test_lock_serialises_read_modify_write_across_processes(tmp_path):
     counter = tmp_path / "counter"
     counter.write_text("0")
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_count_under_lock, args=(str(tmp_path / "c.lock"), str(counter), 25))
-             for _ in range(3)]
+    args = (str(tmp_path / "c.lock"), str(counter), 25)
+    procs = [ctx.Process(target=process_targets.count_under_lock, args=args) for _ in range(3)]
     for p in procs:
         p.start()
     for p in procs:
@@ -229,30 +217,18 @@ def test_lock_serialises_read_modify_write_across_processes(tmp_path):
     assert counter.read_text() == "75"
 
 
-def _update_manifest(root: str, worker: int, n: int) -> None:
-    store = RunStore(root)
-    for i in range(n):
-        store.update_manifest(edits={f"w{worker}-{i}": {"edit_seconds": i}})
-
-
 @pytest.mark.slow
 def test_concurrent_manifest_updates_lose_nothing(tmp_path):
     store = RunStore(tmp_path)
     store.write_manifest({"config": {}, "edits": {}})
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_update_manifest, args=(str(tmp_path), w, 20)) for w in range(3)]
+    procs = [ctx.Process(target=process_targets.update_manifest, args=(str(tmp_path), w, 20)) for w in range(3)]
     for p in procs:
         p.start()
     for p in procs:
         p.join()
     assert [p.exitcode for p in procs] == [0, 0, 0]
     assert len(store.read_manifest()["edits"]) == 60
-
-
-def _rewrite_manifest(root: str, n: int) -> None:
-    store = RunStore(root)
-    for i in range(n):
-        store.write_manifest({"config": {}, "round": i, "pad": "x" * (i % 7) * 1000})
 
 
 @pytest.mark.slow
@@ -263,7 +239,7 @@ def test_a_manifest_read_while_another_process_writes_it_is_never_called_damaged
 
     store = RunStore(tmp_path)
     store.write_manifest({"config": {}, "round": -1})
-    writer = mp.get_context("spawn").Process(target=_rewrite_manifest, args=(str(tmp_path), 1500))
+    writer = mp.get_context("spawn").Process(target=process_targets.rewrite_manifest, args=(str(tmp_path), 1500))
     writer.start()
     reads, damaged = 0, []
     while writer.is_alive() or reads == 0:
