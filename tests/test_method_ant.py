@@ -93,9 +93,11 @@ OTHER_MARGIN = 0.25
 # CPU's floating point: on EFFECT_SEED, same code, 24 / 28 images, erasure 0.00 -> 0.08 on an AMD EPYC (AVX2 kernels)
 # and 0.00 -> 0.17 on an Intel Xeon with AVX-512 (2026-12-01), other objects 1.00 -> 1.00 on both. The strict xfail
 # this test was until then passed on one machine and failed on the other. It asserts what holds on both: other objects
-# kept, and the named circle erased by less than WEAK_CEILING, far above either figure; the day ANT erases the named
-# circle for real (a fix, a longer schedule) the ceiling fails, and this becomes the plain effect test.
-WEAK_CEILING = 0.5
+# kept, and the named circle erased by less than WEAK_CEILING, 2x the larger figure (8 of 24 images pass, 9 fail); the
+# day ANT erases the named circle for real the ceiling fails, and this becomes the plain effect test. An ANT that
+# reverses the direction from the first step (before_step 1) erased 0.00 -> 0.50 there, other objects 1.00 (scratch
+# run of the test's probe, Intel Xeon): it fails this test.
+WEAK_CEILING = 0.35
 
 
 @pytest.mark.slow
