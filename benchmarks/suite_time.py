@@ -12,7 +12,9 @@ Each commit is checked out into a temporary worktree (beside a link to the publi
 found at ``../shared`` by path); the command is the last ``python -m pytest`` line of that commit's ``.ci/run``
 (``--command`` runs another, e.g. the fast subset ``python -m pytest -q -m "not slow" -n auto``). Nothing else should
 run meanwhile. The JSON holds, per commit, the wall time, the pytest summary line and its own time, the CPU time of
-the suite's processes, and the slowest durations it printed; ``ratio`` is each commit's wall time over the first's.
+the suite's processes, and the slowest durations it printed (where its command asks for them); ``ratio_to_first`` is
+each commit's wall time over the first's. Every commit runs with the packages installed here (no install per commit):
+the comparison is of the tests and the code, not of their dependencies.
 """
 
 from __future__ import annotations
@@ -100,7 +102,6 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "ratio_to_first": {r["commit"]: round(r["wall_s"] / first, 3) for r in runs},
     })
-    print(f"wrote {args.out}")
     return 0 if all(r["exit_code"] == 0 for r in runs) else 1  # a failing suite's time is kept, and flagged
 
 
