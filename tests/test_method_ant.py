@@ -95,8 +95,9 @@ OTHER_MARGIN = 0.25
 # this test was until then passed on one machine and failed on the other. It asserts what holds on both: other objects
 # kept, and the named circle erased by less than WEAK_CEILING, 2x the larger figure (8 of 24 images pass, 9 fail); the
 # day ANT erases the named circle for real the ceiling fails, and this becomes the plain effect test. An ANT that
-# reverses the direction from the first step (before_step 1) erased 0.00 -> 0.50 there, other objects 1.00 (scratch
-# run of the test's probe, Intel Xeon): it fails this test.
+# reverses the direction from the first step (before_step 1) erased 0.00 -> 0.50 there, other objects 1.00 (Intel Xeon,
+# benchmarks/mini_method_probe.py --seed 1 --sets target,other-objects 'ant:{"before_step":1}' 'ant:', the test's
+# probe): it fails this test.
 WEAK_CEILING = 0.35
 
 
