@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from methods.recipes import CONCEPT, materialise, recipe_for_model, recipe_record
+from methods.recipes import CONCEPT, load_prompt_file, materialise, prompt_files, recipe_for_model, recipe_record
 
 PROMPT_FIELDS = ("anchor", "preserve", "target_prompts", "preserve_file")
 
@@ -42,10 +42,16 @@ def show_method(name: str, kind: str, model: str = "sd", target: str | None = No
     cls = METHODS.get(name)
     recipe = recipe_for_model(cls.recipes, kind, model)
     missing = None
-    try:
+    absent = []  # every public file not local here, each with where a run fetches it
+    for spec in prompt_files(recipe):
+        try:
+            load_prompt_file(spec, data_dir, download=False)
+        except SuiteError as exc:
+            absent.append(str(exc))
+    if not absent:
         resolved = materialise(recipe, [target or CONCEPT], data_dir, download=False)
-    except SuiteError as exc:  # the long public set is fetched at run time; show the recipe's short set
-        missing = str(exc)
+    else:  # the long public sets are fetched at run time; show the recipe's short set
+        missing = "; ".join(absent)
         resolved = materialise(dataclasses.replace(recipe, preserve_file=None, extra_files=()), [target or CONCEPT])
         # the files stay declared (name, url), so the output says what a run will read
         resolved = dataclasses.replace(resolved, preserve_file=recipe.preserve_file, extra_files=recipe.extra_files)

@@ -291,3 +291,21 @@ def test_yaml_methods_take_per_method_prompt_sets(tmp_path):
 
     spec = load_config(path).methods[0]
     assert (spec.anchor, spec.preserve, spec.target_prompts) == ("a", ["b"], ["c {concept}"])
+
+
+def test_show_lists_every_prompt_file_a_run_still_has_to_fetch(capsys, tmp_path, monkeypatch):
+    """ItD's nudity recipe reads COCO and the authors' DiffusionDB-NSFW prompts: with only COCO local, `show` names
+    the other file and its pinned url; with both, their rows are the resolved preserve set (COCO first)."""
+    monkeypatch.setenv("ERASEBENCH_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "coco_30k.csv").write_text("image_id,prompt\n1,a coco caption\n")
+    rc, out, _ = show(capsys, "itd", "--kind", "nudity", "--model", "sd", "--json", "--data-dir", str(data))
+    shown = json.loads(out)
+    assert "coco_30k.csv" not in shown["missing"] and shown["missing"].startswith("prompt file diffusiondb_nsfw.csv")
+    assert shown["missing"].endswith("/6e8869ae84d5ea9728d596a911937e2b4c1a6b3d/prompt/diffusiondb/diffusiondb_nsfw.csv")
+    assert [f["name"] for f in shown["config"]["extra_files"]] == ["diffusiondb_nsfw.csv"]
+    (data / "diffusiondb_nsfw.csv").write_text('image_name,prompt\nx.png,"an nsfw prompt, here"\n')
+    rc, out, _ = show(capsys, "itd", "--kind", "nudity", "--model", "sd", "--json", "--data-dir", str(data))
+    shown = json.loads(out)
+    assert "missing" not in shown and shown["config"]["preserve"] == ["a coco caption", "an nsfw prompt, here"]
