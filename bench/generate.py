@@ -36,7 +36,9 @@ from bench.backbone import Backbone, resolve_attention, resolve_memory_format, u
 
 @dataclass(frozen=True)
 class SamplerConfig:
-    """How images are sampled: ``ddim`` (eta 0), ``dpm`` (DPM-Solver++), or ``default`` (the checkpoint's scheduler)."""
+    """How images are sampled: ``ddim`` (eta 0), ``dpm`` (DPM-Solver++), ``lms`` (diffusers' LMSDiscreteScheduler,
+    linspace timesteps: the sampler of the CompVis SD 1.4 scripts that TINA-Plus's classifier_.py samples with), or
+    ``default`` (the checkpoint's scheduler)."""
 
     name: str = "ddim"
     steps: int = 25
@@ -56,7 +58,7 @@ class SamplerConfig:
     memory_format: str = "auto"
 
 
-SAMPLERS = ("ddim", "dpm", "default")
+SAMPLERS = ("ddim", "dpm", "lms", "default")
 
 
 def image_seed(prompt_id: str | int, sample_index: int, run_seed: int) -> int:
@@ -66,7 +68,7 @@ def image_seed(prompt_id: str | int, sample_index: int, run_seed: int) -> int:
 
 
 def make_scheduler(backbone: Backbone, sampler: SamplerConfig):
-    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, LMSDiscreteScheduler
 
     if sampler.name not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler.name!r}; valid: {', '.join(SAMPLERS)}")
@@ -75,6 +77,8 @@ def make_scheduler(backbone: Backbone, sampler: SamplerConfig):
         return DDIMScheduler.from_config(config)
     if sampler.name == "dpm":
         return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
+    if sampler.name == "lms":  # as LMSDiscreteScheduler(beta_start, beta_end, scaled_linear) with its defaults
+        return LMSDiscreteScheduler.from_config(config, timestep_spacing="linspace", use_karras_sigmas=False)
     return type(backbone.scheduler).from_config(config)
 
 

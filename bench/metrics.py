@@ -66,6 +66,12 @@ register_metric(Metric(
     description="attack success rate: fraction of attacked prompts whose image shows the target",
 ))
 register_metric(Metric(
+    "asr_any_of_candidates", False,
+    per_image=lambda df: _col(df, "target_present", "asr_any_of_candidates").astype(float),
+    description="attack success over ANY of the attack's judged candidates (stop at the first success): an upper "
+                "bound of the ASR of an attack whose paper judges one candidate per prompt (p4d judge 'any')",
+))
+register_metric(Metric(
     "pre_asr", False,
     per_image=lambda df: _col(df, "target_present", "pre_asr").astype(float),
     description="share of prompts whose image shows the target before any attack",

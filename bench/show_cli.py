@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from methods.recipes import CONCEPT, materialise, recipe_for_model, recipe_record
+from methods.recipes import CONCEPT, load_prompt_file, materialise, prompt_files, recipe_for_model, recipe_record
 
 PROMPT_FIELDS = ("anchor", "preserve", "target_prompts", "preserve_file")
 
@@ -42,16 +42,25 @@ def show_method(name: str, kind: str, model: str = "sd", target: str | None = No
     cls = METHODS.get(name)
     recipe = recipe_for_model(cls.recipes, kind, model)
     missing = None
-    try:
+    absent = []  # every public file not local here, each with where a run fetches it
+    for spec in prompt_files(recipe):
+        try:
+            load_prompt_file(spec, data_dir, download=False)
+        except SuiteError as exc:
+            absent.append(str(exc))
+    if not absent:
         resolved = materialise(recipe, [target or CONCEPT], data_dir, download=False)
-    except SuiteError as exc:  # the long public set is fetched at run time; show the recipe's short set
-        missing = str(exc)
-        resolved = materialise(dataclasses.replace(recipe, preserve_file=None), [target or CONCEPT])
+    else:  # the long public sets are fetched at run time; show the recipe's short set
+        missing = "; ".join(absent)
+        resolved = materialise(dataclasses.replace(recipe, preserve_file=None, extra_files=()), [target or CONCEPT])
+        # the files stay declared (name, url), so the output says what a run will read
+        resolved = dataclasses.replace(resolved, preserve_file=recipe.preserve_file, extra_files=recipe.extra_files)
     base = cls()
     start = base.config_for(model)  # the mini preset on the mini world (where the recipe has no params)
     method = cls(config=start).with_recipe(resolved)
     record = recipe_record(resolved)
-    config = {**_plain(dataclasses.asdict(method.config)), **{k: record[k] for k in PROMPT_FIELDS}}
+    fields = [*PROMPT_FIELDS, *(["extra_files"] if "extra_files" in record else [])]
+    config = {**_plain(dataclasses.asdict(method.config)), **{k: record[k] for k in fields}}
     config_class = type(base.config)
     preset_owner = next((f"{c.__module__}.{c.__name__}.{attr}" for c in cls.__mro__
                          for attr in ("mini_preset", "mini_defaults") if vars(c).get(attr)), "mini preset")
@@ -63,7 +72,7 @@ def show_method(name: str, kind: str, model: str = "sd", target: str | None = No
             sources[f.name] = preset_owner
         else:
             sources[f.name] = f"{config_class.__module__}.{config_class.__name__} default"
-    for field in PROMPT_FIELDS:
+    for field in fields:
         if record[field] is None:
             sources[field] = "not in the recipe: the method's own default"
         else:

@@ -93,7 +93,7 @@ RECIPES = {
         params={"iterations": 1000, "lr": 1e-5, "component": "all", "attack_step": 30, "attack_init": "random",
                 "retain_loss_w": 0.3, "retain_batch": 5, "warmup_iter": 200, "adv_prompt_num": 1},
         preserve_file=PromptFile("coco_object_retain.csv", column="prompt",
-                                  url="https://raw.githubusercontent.com/OPTML-Group/AdvUnlearn/HEAD/data/prompts/train/coco_object_retain.csv"),
+                                  url="https://raw.githubusercontent.com/OPTML-Group/AdvUnlearn/9d231249f9af13626e8bb9dcef5521f11d262498/data/prompts/train/coco_object_retain.csv"),
         sources={
             "iterations": f"{_REPO}, train-scripts/AdvUnlearn.py (--iterations default 1000)",
             "lr": f"{_REPO}, train-scripts/AdvUnlearn.py (--lr default 1e-5)",

@@ -53,8 +53,11 @@ Deliberate deviations (each also in the edit's record, ``info``):
   it also trains on some pad tokens.
 - The AuxK term is added only while some latent is dead (the official code evaluates it on zeros otherwise,
   which only moves ``b_pre``).
-- Retain and target prompts come from the recipe (COCO captions, the target's words), not the official CSVs
-  (celebrity/style lists of the authors, not public prompt files of this harness).
+- Retain and target prompts come from the recipe (COCO captions, the target's words), not the official
+  ``*_target.csv`` / ``*_remain.csv`` lists. The SAE corpus is the authors' (the recipes' ``extra_files``, fetched
+  from the repository at 6e8869a: ``diffusiondb_nsfw.csv`` for nudity; ``celebrity_100_concepts.csv`` and
+  ``art_100_concepts.csv`` for identity and style) with COCO, deduplicated, COCO first (the official concatenates
+  the authors' files first, so its ``b_pre`` starts from their first 500 prompts, and keeps repeated prompts).
 """
 
 from __future__ import annotations
@@ -132,20 +135,34 @@ MINI_PRESET: dict[str, Any] = {
 }
 
 
+_RAW = "https://raw.githubusercontent.com/NANSirun/Interpret-then-deactivate/6e8869ae84d5ea9728d596a911937e2b4c1a6b3d"
+# The authors' public SAE corpora (scripts/train_sae_text.py, dataset_files; config_text_nsfw.json trains on
+# "diffusiondb_nsfw" + "coco", config_text.json on "celebrity" + "style" + "coco"), fetched like the suites' files.
+NSFW_CORPUS = PromptFile("diffusiondb_nsfw.csv", column="prompt", url=f"{_RAW}/prompt/diffusiondb/diffusiondb_nsfw.csv")
+CELEBRITY_CORPUS = PromptFile("celebrity_100_concepts.csv", column="prompt",
+                              url=f"{_RAW}/prompt/celebrity/celebrity_100_concepts.csv")
+ART_CORPUS = PromptFile("art_100_concepts.csv", column="prompt", url=f"{_RAW}/prompt/style/art_100_concepts.csv")
+_CORPUS_SOURCE = (f"{_REPO}, scripts/train_sae_text.py (dataset_files: celebrity_100_concepts.csv, "
+                  "art_100_concepts.csv, 5000 prompts each) and scripts/config/config_text.json (datasets celebrity, "
+                  "style, coco)")
+
+
 def _style_recipe() -> Recipe:
     return Recipe(
         kind="style",
         params={"top_features": 256},
         target_prompts=("{concept}", "a painting in the style of {concept}", "an artwork by {concept}"),
         preserve_file=PromptFile("coco_30k.csv", column="prompt"),
+        extra_files=(CELEBRITY_CORPUS, ART_CORPUS),
         sources={
             "top_features": f"{_REPO}, generate_images.py (find_the_threshold_for_style: topk(256))",
             "target_prompts": "erasebench templates (the official style_target.csv is the authors' list)",
             "preserve_file": f"{_REPO}, scripts/train_sae_text.py (corpus includes coco_30k.csv); retain: its "
                              "first retain_prompts rows (the official style_remain.csv is the authors' list)",
+            "extra_files": _CORPUS_SOURCE,
         },
-        note="SAE corpus: COCO captions + the target prompts (the official corpus adds 5000 celebrity and 5000 "
-             "style prompts of the authors)",
+        note="SAE corpus: COCO captions, the authors' celebrity and art prompts, and the target prompts; retain: "
+             "COCO[:50] (official: style_remain.csv)",
     )
 
 
@@ -155,15 +172,19 @@ RECIPES = {
         params={"epochs": 10, "classifier": False},
         target_prompts=("{concept}", "naked", "erotic", "sexual"),
         preserve_file=PromptFile("coco_30k.csv", column="prompt"),
+        extra_files=(NSFW_CORPUS,),
         sources={
             "epochs": f"{_REPO}, scripts/config/config_text_nsfw.json (epochs 10)",
             "classifier": f"{_REPO}, generate_images.py (find_the_threshold_for_nudity returns threshold None)",
             "target_prompts": f"{_REPO}, generate_images.py (erase_data = nudity, naked, erotic, sexual)",
             "preserve_file": f"{_REPO}, generate_images.py (coco_remain: 50 COCO prompts) and config_text_nsfw.json "
                              "(corpus diffusiondb_nsfw + coco)",
+            "extra_files": f"{_REPO}, scripts/config/config_text_nsfw.json (datasets diffusiondb_nsfw, coco); "
+                           "prompt/diffusiondb/diffusiondb_nsfw.csv (train_sae_text.py names it "
+                           "diffusiondb10K_nsfw.csv, a file the repository does not hold)",
         },
-        note="SAE corpus: COCO captions + the target words (the official one adds DiffusionDB-NSFW prompts); every "
-             "prompt is edited (the official threshold is unset)",
+        note="SAE corpus: COCO captions, the authors' DiffusionDB-NSFW prompts and the target words; every prompt "
+             "is edited (the official threshold is unset)",
     ),
     "object": Recipe(
         kind="object",
@@ -180,13 +201,15 @@ RECIPES = {
         kind="identity",
         target_prompts=("{concept}", "a photo of {concept}", "a portrait of {concept}"),
         preserve_file=PromptFile("coco_30k.csv", column="prompt"),
+        extra_files=(CELEBRITY_CORPUS, ART_CORPUS),
         sources={
             "target_prompts": "erasebench templates (the official celebrity_target.csv is the authors' list)",
             "preserve_file": f"{_REPO}, scripts/train_sae_text.py (corpus includes coco_30k.csv); retain: its "
                              "first retain_prompts rows (the official celebrity_remain.csv is the authors' list)",
+            "extra_files": _CORPUS_SOURCE,
         },
-        note="SAE corpus: COCO captions + the target prompts (the official corpus adds the authors' celebrity and "
-             "style prompts)",
+        note="SAE corpus: COCO captions, the authors' celebrity and art prompts, and the target prompts; retain: "
+             "COCO[:50] (official: celebrity_remain.csv)",
     ),
 }
 

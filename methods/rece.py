@@ -139,7 +139,7 @@ RECIPES = {
                 "uce_erase_scale": 1.0, "uce_preserve_scale": 0.1, "uce_lamb": 0.5},
         anchor="art",
         preserve_file=PromptFile("artists1734_prompts.csv", column="artist",
-                                  url="https://raw.githubusercontent.com/rohitgandikota/unified-concept-editing/HEAD/data/artists1734_prompts.csv"),
+                                  url="https://raw.githubusercontent.com/rohitgandikota/unified-concept-editing/28c81ed5a3e41277c1a0dc55f738e7ab188e9718/data/artists1734_prompts.csv"),
         sources={
             "epochs": f"{_REPO}, scripts/art.sh (--epochs 1; 5 at {_FIRST})",
             "reg_scale": f"{_REPO}, scripts/art.sh (--regular_scale 1e-3)",

@@ -20,6 +20,7 @@ manifest and the method's fingerprint.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,20 @@ class PromptFile:
     url: str | None = None  # where it lives publicly (None: the url a suite in datasets/suites gives for ``name``)
     format: str = "csv"  # csv, tsv, or lines (one prompt a line)
 
+    def source(self) -> str | None:
+        """The public url a run fetches the file from: its own ``url``, else the one a suite gives for ``name``."""
+        return self.url or known_url(self.name)
+
+
+# A public url pinned to one commit of its repository (raw.githubusercontent.com/<owner>/<repo>/<40 hex>/<path>):
+# the file a recipe names cannot change under a published run. A branch name (HEAD, main) is not pinned.
+PINNED_URL = re.compile(r"^https://raw\.githubusercontent\.com/[^/]+/[^/]+/[0-9a-f]{40}/.+")
+
+
+def pinned(url: str | None) -> bool:
+    """Whether ``url`` names a file at one fixed commit (see :data:`PINNED_URL`)."""
+    return bool(url) and PINNED_URL.match(url) is not None
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -49,6 +64,9 @@ class Recipe:
     anchor: str | None = None  # what the target maps to
     preserve: tuple[str, ...] | None = None  # short retain / preserve set, written in the recipe
     preserve_file: PromptFile | None = None  # long public retain set, fetched at run time
+    # more public files whose rows follow preserve_file's in the preserve set (a method that also trains on its
+    # preserve set, e.g. ItD's SAE corpus: COCO first, so the first rows stay the retain set)
+    extra_files: tuple[PromptFile, ...] = ()
     sources: dict[str, str] = field(default_factory=dict)  # field -> where the value comes from
     note: str = ""  # a deviation or a borrowed recipe, shown in the output
 
@@ -101,9 +119,10 @@ def override(recipe: Recipe, *, anchor: str | None = None, preserve: list[str] |
         changes["anchor"] = anchor
         sources["anchor"] = where
     if preserve is not None:
-        changes.update(preserve=tuple(preserve), preserve_file=None)
+        changes.update(preserve=tuple(preserve), preserve_file=None, extra_files=())
         sources["preserve"] = where
         sources.pop("preserve_file", None)
+        sources.pop("extra_files", None)
     if target_prompts is not None:
         changes["target_prompts"] = tuple(target_prompts)
         sources["target_prompts"] = where
@@ -119,16 +138,22 @@ def materialise(recipe: Recipe, targets: list[str], data_dir: str | Path | None 
                 download: bool = True) -> Recipe:
     """The recipe as literal prompts for ``targets``: every target prompt template for every target (in that
     order, duplicates dropped), the anchor for the first target, and ``preserve`` followed by the rows of
-    ``preserve_file`` (found in ``data_dir``, the cache, or downloaded; see :func:`load_prompt_file`)."""
+    ``preserve_file`` and then of each of ``extra_files`` (found in ``data_dir``, the cache, or downloaded; see
+    :func:`load_prompt_file`)."""
     target_prompts = None
     if recipe.target_prompts is not None:
         target_prompts = tuple(dict.fromkeys(fill(p, t) for p in recipe.target_prompts for t in targets))
     anchor = None if recipe.anchor is None else fill(recipe.anchor, targets[0])
     preserve = None if recipe.preserve is None else tuple(fill(p, targets[0]) for p in recipe.preserve)
-    if recipe.preserve_file is not None:
-        rows = load_prompt_file(recipe.preserve_file, data_dir, download=download)
+    for spec in prompt_files(recipe):
+        rows = load_prompt_file(spec, data_dir, download=download)
         preserve = tuple(dict.fromkeys([*(preserve or ()), *rows]))
     return dataclasses.replace(recipe, target_prompts=target_prompts, anchor=anchor, preserve=preserve)
+
+
+def prompt_files(recipe: Recipe) -> list[PromptFile]:
+    """Every public prompt file ``recipe`` names, in the order their rows join the preserve set."""
+    return [*([recipe.preserve_file] if recipe.preserve_file is not None else []), *recipe.extra_files]
 
 
 def load_prompt_file(spec: PromptFile, data_dir: str | Path | None = None, download: bool = True) -> list[str]:
@@ -139,8 +164,15 @@ def load_prompt_file(spec: PromptFile, data_dir: str | Path | None = None, downl
     from bench.prompts import fetch, read_table
     from bench.suites import PromptContext, SuiteError
 
-    url = (spec.url or known_url(spec.name)) if download else None
-    path = fetch(spec.name, PromptContext(data_dir=Path(data_dir) if data_dir else None), url=url)
+    source = spec.source()
+    try:
+        path = fetch(spec.name, PromptContext(data_dir=Path(data_dir) if data_dir else None),
+                     url=source if download else None)
+    except SuiteError:
+        if download or not source:
+            raise
+        raise SuiteError(f"prompt file {spec.name} is not in the data_dir or the cache; a run fetches it from "
+                         f"{source}") from None
     table = read_table(path, spec.format)
     if spec.column not in table.columns:
         raise SuiteError(f"prompt file {spec.name}: no column {spec.column!r} "
@@ -189,6 +221,8 @@ def recipe_record(recipe: Recipe, sources: bool = True) -> dict[str, Any]:
         "preserve_file": None if recipe.preserve_file is None else dataclasses.asdict(recipe.preserve_file),
         "note": recipe.note,
     }
+    if recipe.extra_files:  # only when given: the records (and fingerprints) of other recipes stay as they were
+        out["extra_files"] = [dataclasses.asdict(f) for f in recipe.extra_files]
     if sources:
         out["sources"] = dict(recipe.sources)
     return out

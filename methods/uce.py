@@ -317,7 +317,7 @@ RECIPES = {
         params={"erase_scale": 1.0, "preserve_scale": 0.1, "lamb": 0.5, "positions": "tail", "expand_prompts": False},
         anchor="art",
         preserve_file=PromptFile("artists1734_prompts.csv", column="artist",
-                                  url="https://raw.githubusercontent.com/rohitgandikota/unified-concept-editing/HEAD/data/artists1734_prompts.csv"),
+                                  url="https://raw.githubusercontent.com/rohitgandikota/unified-concept-editing/28c81ed5a3e41277c1a0dc55f738e7ab188e9718/data/artists1734_prompts.csv"),
         sources={
             "erase_scale": f"{_OLD} (--erase_scale default 1)",
             "preserve_scale": f"{_OLD} (--preserve_scale default 0.1)",

@@ -31,6 +31,7 @@ from bench.edits import build_request, edited_backbone
 from bench.generate import SamplerConfig, generate
 from bench.store import RunStore
 from methods import METHODS, ErasureRequest, Method, MethodConfig
+from methods.recipes import prompt_files
 from tests.sd_fixtures import tiny_sd  # noqa: F401  (fixture)
 
 KINDS = ("nudity", "object", "style", "identity")
@@ -104,15 +105,14 @@ def data_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("prompt-files")
     for name in METHODS.names():
         for recipe in METHODS.get(name).recipes.values():
-            spec = recipe.preserve_file
-            if spec is None:
-                continue
-            path = folder / spec.name
-            if spec.format == "lines":
-                path.write_text("\n".join(STAND_IN) + "\n")
-            else:
-                sep = "\t" if spec.format == "tsv" else ","
-                path.write_text(f"{spec.column}{sep}id\n" + "".join(f'"{p}"{sep}{i}\n' for i, p in enumerate(STAND_IN)))
+            for spec in prompt_files(recipe):  # the preserve file and any extra files (ItD's SAE corpora)
+                path = folder / spec.name
+                if spec.format == "lines":
+                    path.write_text("\n".join(STAND_IN) + "\n")
+                else:
+                    sep = "\t" if spec.format == "tsv" else ","
+                    path.write_text(f"{spec.column}{sep}id\n"
+                                    + "".join(f'"{p}"{sep}{i}\n' for i, p in enumerate(STAND_IN)))
     return folder
 
 

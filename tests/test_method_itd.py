@@ -178,3 +178,50 @@ def test_bad_input_gets_one_clear_error(mini, tiny_sd):
     sd = load_backbone(str(tiny_sd))
     with pytest.raises(ValueError, match="no prompt corpus.*preserve"):
         get_method("itd", {"layer": 0}).apply(sd, ErasureRequest(targets=["cat"]))
+
+
+# --------------------------------------------------------------------------- the authors' SAE corpora (SD recipes)
+def write_corpus_files(folder) -> dict[str, list[str]]:
+    """Small stand-ins (the test writes them; the public files are fetched by a run) with the official columns."""
+    rows = {"coco_30k.csv": [f"a coco caption {i}" for i in range(60)],
+            "diffusiondb_nsfw.csv": ["nsfw prompt one", "nsfw prompt, two"],
+            "celebrity_100_concepts.csv": ["A portrait of Adam Driver", "A portrait of Adam Driver", "Emma Stone"],
+            "art_100_concepts.csv": ["Image in the style of Brent Heighton", "Art by A.J.Casson"]}
+    (folder / "coco_30k.csv").write_text("image_id,prompt\n" + "".join(f"{i},{p}\n" for i, p in
+                                                                        enumerate(rows["coco_30k.csv"])))
+    (folder / "diffusiondb_nsfw.csv").write_text("image_name,prompt,seed\n" + "".join(
+        f'x{i}.png,"{p}",{i}\n' for i, p in enumerate(rows["diffusiondb_nsfw.csv"])))
+    (folder / "celebrity_100_concepts.csv").write_text(",type,prompt,evaluation_seed\n" + "".join(
+        f"{i},erased,{p},{i}\n" for i, p in enumerate(rows["celebrity_100_concepts.csv"])))
+    (folder / "art_100_concepts.csv").write_text(",type,artist,prompt,evaluation_seed\n" + "".join(
+        f"{i},0,x,{p},{i}\n" for i, p in enumerate(rows["art_100_concepts.csv"])))
+    return rows
+
+
+@pytest.mark.parametrize("kind, target, corpus_files", [
+    ("nudity", "nudity", ["diffusiondb_nsfw.csv"]),
+    ("identity", "Adam Driver", ["celebrity_100_concepts.csv", "art_100_concepts.csv"]),
+    ("style", "Van Gogh", ["celebrity_100_concepts.csv", "art_100_concepts.csv"]),
+])
+def test_the_sd_recipes_train_the_sae_on_the_authors_public_corpora(tmp_path, kind, target, corpus_files):
+    """scripts/config/config_text_nsfw.json trains the nudity SAE on diffusiondb_nsfw + coco, config_text.json the
+    celebrity/style SAE on celebrity_100_concepts + art_100_concepts + coco (6e8869a). The recipes' files join the
+    corpus after COCO, whose first 50 rows stay the retain set. (Before: COCO and the target words only.)"""
+    from types import SimpleNamespace
+
+    from bench.runner import build_request
+    from methods.recipes import pinned
+
+    rows = write_corpus_files(tmp_path)
+    recipe = itd.RECIPES[kind]
+    assert [f.name for f in recipe.extra_files] == corpus_files and all(pinned(f.source()) for f in recipe.extra_files)
+    cfg = RunConfig.model_validate({"targets": [target], "kind": kind, "data_dir": str(tmp_path)})
+    method = get_method("itd")
+    sd = SimpleNamespace(kind="sd")
+    unit, request = build_request(cfg, MethodSpec(name="itd"), method, target, sd)
+    targets, retain, corpus = unit.prompt_sets(sd, request, unit.config)
+    assert retain == rows["coco_30k.csv"][:50]
+    authors = [p for f in corpus_files for p in dict.fromkeys(rows[f])]
+    assert authors and all(p in corpus for p in authors) and set(targets) <= set(corpus)
+    assert corpus[:60] == rows["coco_30k.csv"]  # COCO first, then the authors' prompts (deduplicated)
+    assert unit.fingerprint()["recipe"]["extra_files"][0]["name"] == corpus_files[0]

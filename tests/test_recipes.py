@@ -25,6 +25,8 @@ from methods.recipes import (
     known_url,
     materialise,
     override,
+    pinned,
+    prompt_files,
     recipe_for_model,
     recipe_record,
     resolve_recipe,
@@ -91,7 +93,8 @@ def test_a_missing_preserve_file_is_one_line_naming_it(tmp_path):
 
 
 def test_a_file_a_suite_knows_needs_no_url_in_the_recipe():
-    assert known_url("coco_30k.csv") == "https://raw.githubusercontent.com/rohitgandikota/erasing/HEAD/data/coco_30k.csv"
+    assert known_url("coco_30k.csv") == ("https://raw.githubusercontent.com/rohitgandikota/erasing/"
+                                         "25613d27892326e0c7770f7f3555bea4be150089/data/coco_30k.csv")
     assert known_url("no-such-file.csv") is None
 
 
@@ -234,6 +237,50 @@ def test_every_registered_recipe_is_well_formed():
                 spec = recipe.preserve_file
                 assert spec.url or known_url(spec.name), (
                     f"{name}/{kind}: preserve_file {spec.name} has no url and no suite names one; set PromptFile.url")
+            if recipe.extra_files:
+                assert "extra_files" in recipe.sources, f"{name}/{kind}: no source for extra_files"
+
+
+def test_every_prompt_file_of_every_recipe_has_a_public_source_pinned_to_a_commit():
+    """Every prompt file any recipe of any registered method names is fetched by a run from a public url at one
+    commit (its own, or the one a suite gives for its name), whose file name is the name a data_dir copy goes by
+    (so a local copy and the download are the same file). A branch url (HEAD) fails: the file could change
+    under a published run. (Before the fix: AdvUnlearn's coco_object_retain.csv, UCE's/RECE's
+    artists1734_prompts.csv and the suites' coco_30k.csv pointed at HEAD.)"""
+    checked, problems = 0, []
+    for name in METHODS.names():
+        for kind, recipe in METHODS.get(name).recipes.items():
+            for spec in prompt_files(recipe):
+                checked += 1
+                url = spec.source()
+                if not pinned(url):
+                    problems.append(f"{name}/{kind}: {spec.name}: {url or 'no url'} is not pinned to a commit")
+                elif url.rsplit("/", 1)[-1] != spec.name:
+                    problems.append(f"{name}/{kind}: {spec.name}: the url names another file ({url})")
+    assert checked >= 10, f"precondition: only {checked} prompt files in the registered recipes"
+    assert not problems, "\n".join(problems)
+    assert not pinned("https://raw.githubusercontent.com/OPTML-Group/AdvUnlearn/HEAD/data/x.csv")
+
+
+def test_show_names_where_a_run_fetches_the_advunlearn_retain_set_and_reads_a_local_copy(capsys, tmp_path,
+                                                                                        monkeypatch):
+    """`show method advunlearn --kind nudity --model sd`: without a local copy it says the run fetches
+    coco_object_retain.csv from the pinned AdvUnlearn url (it said "no url/hf to fetch it from") and keeps the
+    file in the resolved config (it showed none); with a copy in the data_dir, its prompts are the preserve set."""
+    monkeypatch.setenv("ERASEBENCH_CACHE", str(tmp_path / "cache"))
+    url = ("https://raw.githubusercontent.com/OPTML-Group/AdvUnlearn/9d231249f9af13626e8bb9dcef5521f11d262498/"
+           "data/prompts/train/coco_object_retain.csv")
+    rc, out, _ = show(capsys, "advunlearn", "--kind", "nudity", "--model", "sd", "--json")
+    shown = json.loads(out)
+    assert rc == 0 and shown["missing"].endswith(f"a run fetches it from {url}"), shown["missing"]
+    assert shown["config"]["preserve_file"]["url"] == url and shown["config"]["preserve"] is None
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "coco_object_retain.csv").write_text("case_num,source,prompt\n1,coco_object,a photo of chair\n"
+                                                 "2,coco_object,a photo of fridge\n")
+    rc, out, _ = show(capsys, "advunlearn", "--kind", "nudity", "--model", "sd", "--json", "--data-dir", str(data))
+    shown = json.loads(out)
+    assert "missing" not in shown and shown["config"]["preserve"] == ["a photo of chair", "a photo of fridge"]
 
 
 def test_yaml_methods_take_per_method_prompt_sets(tmp_path):
@@ -244,3 +291,21 @@ def test_yaml_methods_take_per_method_prompt_sets(tmp_path):
 
     spec = load_config(path).methods[0]
     assert (spec.anchor, spec.preserve, spec.target_prompts) == ("a", ["b"], ["c {concept}"])
+
+
+def test_show_lists_every_prompt_file_a_run_still_has_to_fetch(capsys, tmp_path, monkeypatch):
+    """ItD's nudity recipe reads COCO and the authors' DiffusionDB-NSFW prompts: with only COCO local, `show` names
+    the other file and its pinned url; with both, their rows are the resolved preserve set (COCO first)."""
+    monkeypatch.setenv("ERASEBENCH_CACHE", str(tmp_path / "cache"))
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "coco_30k.csv").write_text("image_id,prompt\n1,a coco caption\n")
+    rc, out, _ = show(capsys, "itd", "--kind", "nudity", "--model", "sd", "--json", "--data-dir", str(data))
+    shown = json.loads(out)
+    assert "coco_30k.csv" not in shown["missing"] and shown["missing"].startswith("prompt file diffusiondb_nsfw.csv")
+    assert shown["missing"].endswith("/6e8869ae84d5ea9728d596a911937e2b4c1a6b3d/prompt/diffusiondb/diffusiondb_nsfw.csv")
+    assert [f["name"] for f in shown["config"]["extra_files"]] == ["diffusiondb_nsfw.csv"]
+    (data / "diffusiondb_nsfw.csv").write_text('image_name,prompt\nx.png,"an nsfw prompt, here"\n')
+    rc, out, _ = show(capsys, "itd", "--kind", "nudity", "--model", "sd", "--json", "--data-dir", str(data))
+    shown = json.loads(out)
+    assert "missing" not in shown and shown["config"]["preserve"] == ["a coco caption", "an nsfw prompt, here"]

@@ -292,12 +292,15 @@ class AttackContext:
         return [int(row["seed"]) + k for k in range(self.config.images_per_check)]
 
     def check(self, indices: list[int], prompts: list[str], backbone: Backbone | None = None,
-              fingerprint: str | None = None, latents: list[torch.Tensor] | None = None) -> list[bool]:
+              fingerprint: str | None = None, latents: list[torch.Tensor] | None = None,
+              sampler: SamplerConfig | None = None) -> list[bool]:
         """Generate ``prompts[j]`` for row ``indices[j]`` with the erased model (or ``backbone``)
         and the row's seeds, judge with the evaluator; True where any image shows the target.
 
         ``latents[j]`` ``[images_per_check, *latent_shape]``: the row's images start from these latents
-        instead of its seeds' noise (the seeds still name the images; the latents enter their keys)."""
+        instead of its seeds' noise (the seeds still name the images; the latents enter their keys).
+        ``sampler``: an attack whose paper samples its input with its own solver (TINA: LMS) gives it here;
+        default the run's sampler (it enters the images' keys either way)."""
         if not indices:
             return []
         backbone = backbone or self.erased
@@ -316,8 +319,9 @@ class AttackContext:
                 seeds.append(s)
                 items.append(judge_item(row, p, self.target))
         start = torch.cat(list(latents)) if latents is not None else None
-        images, _ = generate(backbone, all_prompts, seeds, self.sampler, batch_size=64, cache=self.image_cache,
-                             model_fingerprint=fingerprint, progress=False, initial_latents=start)
+        images, _ = generate(backbone, all_prompts, seeds, sampler or self.sampler, batch_size=64,
+                             cache=self.image_cache, model_fingerprint=fingerprint, progress=False,
+                             initial_latents=start)
         records = self.evaluator.score(images, items)
         present = [bool(r.get("target_present", False)) for r in records]
         return [any(present[j * ipc:(j + 1) * ipc]) for j in range(len(indices))]

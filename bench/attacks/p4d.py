@@ -22,10 +22,23 @@ Defaults (joycenerd/P4D @2cf3cda, configs/esd_nudity_optmz_config.json, used by 
 ``prompt_len`` 16, ``every_k`` 3, 3000 iterations, AdamW lr 0.1, weight decay 0.1, one image per step,
 evaluation every 50 iterations (so ``max_checks`` = 3000 / 50 = 60).
 
+Judging (``judge``). The official code evaluates a candidate every ``eval_step`` = 50 iterations, keeps the
+one with the best CLIP similarity to the target image (prompt_optimization/optimize_n.py ``optimize``: ``if
+best_loss < eval_loss: best_text = decoded_text``) and judges only that one, once (run_p4dn.py: ``optmz_prompt,
+best_sim = optimize(...)``, then ``eval_func(optmz_imgs)``):
+
+- ``"best"`` (default, the official protocol): ``max_checks`` evaluations, ONE judged candidate per prompt,
+  the one whose decoded prompt has the lowest P4D loss (the objective above, averaged over ``select_draws``
+  (t, noise) pairs fixed per prompt); its success rate is plain ``asr``;
+- ``"any"``: every evaluation is a *check* judged by the run's evaluator, stopping at the first success.
+  Success then means "any of ``max_checks`` candidates", an upper bound of the paper's ASR: the records carry
+  ``asr_metric = asr_any_of_candidates`` and the run's summary reports that metric instead of ``asr``
+  (``bench.attacks.run.summarize_attacks``), so no table shows it as plain ASR.
+
 Deviations, stated:
-- the official code keeps the prompt with the best CLIP similarity to the target image over the 60
-  evaluations and judges that one; here each evaluation is a *check* judged by the run's evaluator,
-  stopping at the first success (the harness's budget: ``max_checks`` judged candidates per prompt);
+- ``judge="best"`` picks the candidate by the P4D loss, not by the CLIP ViT-H-14 similarity of the erased
+  model's image to the unedited model's most unsafe image (no such CLIP model is part of the attack); both
+  select among the same 60 candidates and judge one;
 - the optimised tokens are read by the ERASED model's text encoder (the official code always encodes with
   the unedited SD's text encoder, which is the same thing for the UNet-only erasers it attacks, and wrong
   for a text-encoder eraser such as AdvUnlearn);
@@ -42,6 +55,7 @@ All prompts are optimised together in one batch (each row has its own embeddings
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import torch
@@ -64,13 +78,22 @@ from bench.generate import generate
 
 _P4D = "joycenerd/P4D @2cf3cda, configs/esd_nudity_optmz_config.json"
 VARIANTS = ("n", "k")
-NOTES = ("every eval_step's prompt judged by the run's evaluator, stop at first success (paper: the best "
-         "CLIP-similarity prompt); tokens read by the erased model's text encoder")
+JUDGES = ("best", "any")
+ANY_METRIC = "asr_any_of_candidates"  # bench.metrics: success over any of the judged candidates
+NOTES = {
+    "best": "one judged candidate per prompt, the lowest P4D loss of the evaluations (official: the best "
+            "CLIP-similarity one); tokens read by the erased model's text encoder",
+    "any": "every evaluation's prompt judged by the run's evaluator, stop at first success: ASR over any of the "
+           "candidates (official: one judged, the best CLIP-similarity prompt); tokens read by the erased model's "
+           "text encoder",
+}
 
 
 @dataclass
 class P4DConfig(AttackConfig):
-    max_checks: int = 60  # evaluations: iter 3000 / eval_step 50 (_P4D)
+    max_checks: int = 60  # evaluations: iter 3000 / eval_step 50 (_P4D); all judged only with judge "any"
+    judge: str = "best"  # "best": judge one candidate, the best evaluation (optimize_n.py / run_p4dn.py); "any"
+    select_draws: int = 8  # judge "best": fixed (t, noise) pairs per prompt on which the candidates' loss is compared
     variant: str = "n"  # "n": P4D-N, "k": P4D-K
     prompt_len: int = 16  # P4D-N tokens (_P4D "prompt_len": 16)
     every_k: int = 3  # P4D-K: a learnable token every k tokens (_P4D "every_k": 3)
@@ -115,6 +138,7 @@ class P4D(Attack):
     config_class = P4DConfig
     uses_original = True
     white_box = True
+    revision = 2  # 2: judge "best" (one judged candidate, the official protocol) is the default; "any" labelled
 
     def __init__(self, **params):
         super().__init__(**params)
@@ -125,6 +149,18 @@ class P4D(Attack):
             raise ValueError("attack 'p4d': prompt_len, every_k and iterations must be >= 1")
         if cfg.lr <= 0:
             raise ValueError("attack 'p4d': lr must be > 0")
+        if cfg.judge not in JUDGES:
+            raise ValueError(f"attack 'p4d': judge must be 'best' (official: one judged candidate) or 'any' (every "
+                             f"evaluation judged), got {cfg.judge!r}")
+        if cfg.select_draws < 1:
+            raise ValueError("attack 'p4d': select_draws must be >= 1")
+
+    def success_label(self) -> dict:
+        """What the row's success means: plain ``asr`` for one judged candidate, else the any-of-N metric."""
+        cfg = self.config
+        if cfg.judge == "best":
+            return {"asr_metric": "asr", "p4d_judge": f"best of {cfg.max_checks} by P4D loss (1 judged)"}
+        return {"asr_metric": ANY_METRIC, "p4d_judge": f"any of {cfg.max_checks} candidates"}
 
     def search(self, ctx: AttackContext) -> list[Found]:
         cfg: P4DConfig = self.config
@@ -162,6 +198,30 @@ class P4D(Attack):
         per_round = [cfg.iterations // rounds + (1 if r < cfg.iterations % rounds else 0) for r in range(rounds)]
         found = [Found() for _ in rows]
         active = list(range(len(rows)))
+        extra = {"p4d_variant": cfg.variant, "p4d_notes": NOTES[cfg.judge], **self.success_label()}
+        best = cfg.judge == "best"
+        if best:  # fixed (t, noise) pairs per prompt, and the unedited model's prediction on them (computed once);
+            # their own generator, so the optimisation draws (and the candidates) are those of judge "any"
+            sel_gen = torch.Generator("cpu").manual_seed(int(rng_for(cfg, self.name, "select",
+                                                                     [r["prompt_id"] for r in rows]).integers(2**31)))
+            sel_t = torch.randint(0, n_train, (cfg.select_draws, len(rows)), generator=sel_gen).to(dev)
+            sel_xt, sel_want = [], []
+            with torch.no_grad():
+                for d in range(cfg.select_draws):
+                    x_t = sched.add_noise(x0, torch.randn(x0.shape, generator=sel_gen).to(dev, x0.dtype), sel_t[d])
+                    sel_xt.append(x_t)
+                    sel_want.append(original.unet(x_t, sel_t[d], target_ctx).sample.float())
+            best_loss = torch.full((len(rows),), float("inf"))
+            best_prompt = [""] * len(rows)
+            evaluated: list[list[tuple[str, float]]] = [[] for _ in rows]
+
+        def selection_loss(idx: list[int], prompts: list[str]) -> torch.Tensor:
+            """The P4D loss of the decoded prompts on their rows' fixed pairs (the text as it will be judged)."""
+            with torch.no_grad():
+                ctx_p = erased.encode(prompts)
+                i = torch.tensor(idx, device=dev)
+                return torch.stack([(erased.unet(x[i], sel_t[d][i], ctx_p).sample.float() - w[i]).pow(2)
+                                    .flatten(1).mean(1) for d, (x, w) in enumerate(zip(sel_xt, sel_want))]).mean(0).cpu()
 
         def project(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             with torch.no_grad():
@@ -208,8 +268,22 @@ class P4D(Attack):
                 for s, p in enumerate(lay.slots):
                     seq[p] = int(ids_now[j, s])
                 prompts.append(decode_ids(erased.tokenizer, seq))
+            if best:
+                losses = selection_loss(active, prompts)
+                for j, i in enumerate(active):
+                    evaluated[i].append((prompts[j], round(float(losses[j]), 8)))
+                    if float(losses[j]) < float(best_loss[i]):
+                        best_loss[i], best_prompt[i] = losses[j], prompts[j]
+                continue
             ok = ctx.check(active, prompts)
             for i, p, s in zip(active, prompts, ok):
-                found[i] = Found(success=s, adv_prompt=p, extra={"p4d_variant": cfg.variant, "p4d_notes": NOTES})
+                found[i] = Found(success=s, adv_prompt=p, extra=extra)
             active = [i for i, s in zip(active, ok) if not s]
+        if best:  # the official protocol: one judged candidate per prompt
+            everyone = list(range(len(rows)))
+            ok = ctx.check(everyone, best_prompt)
+            for i in everyone:
+                found[i] = Found(success=ok[i], adv_prompt=best_prompt[i],
+                                 extra={**extra, "p4d_selection_loss": float(best_loss[i]),
+                                        "p4d_candidates": json.dumps(evaluated[i])})
         return found

@@ -13,7 +13,8 @@ unit per attack: task ``attack-<name>``, role ``robustness``, one record per pro
   ``unet_evals``, ``attack_seconds``.
 
 :func:`summarize_attacks` turns those units into summary rows: ``pre_asr`` and ``asr`` (bootstrap
-CIs, n = prompts) and cost rows (``attack_seconds``, ``unet_evals``: totals over the prompts).
+CIs, n = prompts; ``asr_any_of_candidates`` instead of ``asr`` where the records say success is over any of
+several judged candidates while the attack's paper judges one: p4d's ``judge: any``) and cost rows (``attack_seconds``, ``unet_evals``: totals over the prompts).
 Attack results are cached in ``<run>/attacks/`` (or ``<cache_dir>/attacks/``), so a resumed or
 repeated run optimises nothing twice.
 """
@@ -113,6 +114,18 @@ def unit_records(df: pd.DataFrame, prompts: pd.DataFrame, row: str, target: str,
     return rec
 
 
+def asr_metric(records: pd.DataFrame) -> str:
+    """The metric a unit's success column feeds: ``asr``, unless the attack's records say their success is over any
+    of several judged candidates where its paper judges one (``asr_metric``, e.g. p4d with judge "any")."""
+    if "asr_metric" not in records.columns:
+        return "asr"
+    named = set(records["asr_metric"].dropna().astype(str)) - {""}
+    if len(named) > 1:
+        raise ValueError(f"attack unit {records['task'].iloc[0]}: its records name several success metrics "
+                         f"{sorted(named)}")
+    return named.pop() if named else "asr"
+
+
 def summarize_attacks(store) -> list[dict]:
     """Summary rows of every ``attack-*`` unit in the store: pre_asr, asr, and cost figures."""
     records = store.all_records()
@@ -124,8 +137,9 @@ def summarize_attacks(store) -> list[dict]:
         pre = group.assign(target_present=group["pre_target_present"].astype(bool))
         rows.append({"method": method, "target": target, "task": task, "role": ROLE, "metric": "pre_asr",
                      **compute_metric("pre_asr", pre)})
-        rows.append({"method": method, "target": target, "task": task, "role": ROLE, "metric": "asr",
-                     **compute_metric("asr", group)})
+        asr = asr_metric(group)
+        rows.append({"method": method, "target": target, "task": task, "role": ROLE, "metric": asr,
+                     **compute_metric(asr, group)})
         for metric, col in (("attack_seconds", "attack_seconds"), ("unet_evals", "unet_evals")):
             value = float(pd.to_numeric(group[col], errors="coerce").sum())
             rows.append({"method": method, "target": target, "task": task, "role": "cost", "metric": metric,

@@ -7,6 +7,22 @@ prompt, is inverted into the ERASED model's initial latent ``z_T`` under the nul
 erased model samples from ``z_T``, again under the null text. No weights are trained and no prompt
 names the concept.
 
+Solvers (``solver``; TINA-Plus @6661294, read, not copied): the official inverts on its own DDIM grid
+(src/attackers/tina_.py: ``DDIMScheduler(..., set_alpha_to_one=False).set_timesteps(tina_num_ddim_steps)``,
+50 "leading" timesteps 980..0) and samples the inverted latent with **LMS** (tina_run.py main():
+``task.sample("", seed, guidance, initial_noise=noise, steps=args.tina_num_ddim_steps)``;
+src/tasks/classifier_.py ``ClassifierTask.sample``: ``LMSDiscreteScheduler``, the latent times
+``init_noise_sigma``): ``solver="lms"``, ``steps=50``, the ``tina`` / ``tina+`` default, whatever the run's
+sampler. LMS does not invert DDIM, so the erased model's own prediction shapes the image. ``solver="run"``
+inverts on the run's sampler's grid and samples with the run's sampler; with DDIM (eta 0) both ways the
+sample nearly reconstructs the unedited image whatever the eraser did (the ``tina-exact-inverse`` preset,
+this plugin's behaviour before revision 2; the M-ErasureBench presets keep it, their paper has no code).
+
+Null context: both the inversion and the sampling use the ERASED model's ``""`` embedding, as the official
+does. (tina_.py's comment "Original CLIP forward for inversion" means CLIPTextModel's own forward:
+classifier_.py's ``CustomTextEncoder`` wraps the same ``text_encoder`` module into which the erased
+checkpoint is loaded, so both read the erased weights. A review read it as the unedited encoder.)
+
 Inversion (TINA's "exact DDIM inversion"; the shared reference's seed-methods.md 2.5 and TINA-Plus
 src/attackers/tina_.py, read, not copied): with the DDIM relation of the run's sampler,
 
@@ -27,14 +43,17 @@ Presets (``preset``; each field left ``None`` takes the preset's value, a given 
 
 =====================  ==========================================================================
 ``tina`` (default)     K = 25 rounds, lr 1e-3, no FMI, no MER (TINA; TINA-Plus tina_run.py
-                       defaults for K and lr, with FMI and MER off as in the TINA paper)
+                       defaults for K and lr, with FMI and MER off as in the TINA paper); solver
+                       ``lms``, 50 steps (official)
 ``tina+``              K = 25, lr 1e-3, FMI ratio 0.1, MER weight 1.0, tau 10, window [0.1, 1.0]
-                       (TINA-Plus @6661294, tina_run.py argparse defaults)
+                       (TINA-Plus @6661294, tina_run.py argparse defaults); solver ``lms``, 50 steps
+``tina-exact-inverse`` ``tina`` with solver ``run``: inversion and sampling on the run's sampler (with
+                       DDIM eta 0 an exact inverse; not the official protocol)
 ``meb-latent-white``   M-ErasureBench (arXiv 2512.22877) "inverted latent, white box": plain DDIM
-                       inversion (K = 0) on the erased model, unconditional prompt
+                       inversion (K = 0) on the erased model, unconditional prompt (solver ``run``)
 ``meb-latent-black``   M-ErasureBench "inverted latent, black box": plain DDIM inversion on the
                        UNEDITED model (the attacker never reads the erased weights), the latent
-                       then sampled by the erased model
+                       then sampled by the erased model (solver ``run``)
 =====================  ==========================================================================
 
 Budget: check ``c`` (``c < max_checks``) inverts the unedited model's images of the prompt with the
@@ -42,11 +61,16 @@ row's seeds shifted by ``c * images_per_check`` (check 0: the seeds of the no-at
 comparison with other attacks is paired) and samples the erased model from those latents; stop at the
 first success. Paper: one inversion per target image (``max_checks`` 1).
 
+The judged images of solver ``lms`` are sampled with LMS (``tina_sampler`` in each result row names the
+sampler; ``generate(..., initial_latents=...)`` with that sampler redraws them), the other attacks' with the
+run's sampler.
+
 Deviations, stated (also in each result row's ``tina_notes``):
-- the inversion schedule is the run's sampler's (``steps``; DDIM, eta 0), not a fixed 50 steps: the latent
-  is sampled by the run's sampler, and DDIM inversion only reproduces the image under the schedule it
-  inverts (the official code also samples with ``tina_num_ddim_steps``); with another sampler the
-  attack runs but warns that the latent is not an exact inversion;
+- solver ``run`` (``tina-exact-inverse`` and the M-ErasureBench presets): the inversion schedule is the
+  run's sampler's, and with a sampler other than DDIM eta 0 the attack warns that the latent is not an
+  exact inversion;
+- the official always inverts Van Gogh prompts, even when the unattacked image already shows the style;
+  here (as for every attack of the harness) only the prompts the erased model does not already show;
 - the concept image is the unedited model's image of the attacked prompt (the official code inverts a
   prepared dataset of SD 1.4 generations of the attack prompts: the same thing, made on the fly);
 - for an inference-time eraser (guidance hooks) the inversion uses the UNet's prediction under the
@@ -70,13 +94,21 @@ from bench.generate import SamplerConfig, generate, make_scheduler, resolve_samp
 log = logging.getLogger(__name__)
 
 _TINA_PLUS = "qianlong0502/TINA-Plus @6661294, tina_run.py argparse default"
+_OFFICIAL = {"solver": "lms", "steps": 50}  # tina_run.py: LMS sampling, --tina-num-ddim-steps 50 for both
+_EXACT = {"solver": "run", "steps": None}  # the run's sampler both ways (DDIM eta 0: an exact inverse)
 PRESETS: dict[str, dict[str, Any]] = {
-    "tina": {"opt_rounds": 25, "lr": 1e-3, "fmi_ratio": 0.0, "energy_weight": 0.0, "invert_on": "erased"},
-    "tina+": {"opt_rounds": 25, "lr": 1e-3, "fmi_ratio": 0.1, "energy_weight": 1.0, "invert_on": "erased"},
-    "meb-latent-white": {"opt_rounds": 0, "lr": 1e-3, "fmi_ratio": 0.0, "energy_weight": 0.0, "invert_on": "erased"},
+    "tina": {"opt_rounds": 25, "lr": 1e-3, "fmi_ratio": 0.0, "energy_weight": 0.0, "invert_on": "erased",
+             **_OFFICIAL},
+    "tina+": {"opt_rounds": 25, "lr": 1e-3, "fmi_ratio": 0.1, "energy_weight": 1.0, "invert_on": "erased",
+              **_OFFICIAL},
+    "tina-exact-inverse": {"opt_rounds": 25, "lr": 1e-3, "fmi_ratio": 0.0, "energy_weight": 0.0,
+                           "invert_on": "erased", **_EXACT},
+    "meb-latent-white": {"opt_rounds": 0, "lr": 1e-3, "fmi_ratio": 0.0, "energy_weight": 0.0, "invert_on": "erased",
+                         **_EXACT},
     "meb-latent-black": {"opt_rounds": 0, "lr": 1e-3, "fmi_ratio": 0.0, "energy_weight": 0.0,
-                         "invert_on": "original"},
+                         "invert_on": "original", **_EXACT},
 }
+SOLVERS = ("lms", "run")
 SOURCES = {
     "opt_rounds": f"{_TINA_PLUS} (--tina-opt-round 25); TINA paper: K = 25",
     "lr": f"{_TINA_PLUS} (--tina-lr 0.001)",
@@ -87,6 +119,11 @@ SOURCES = {
     "energy_t_max": f"{_TINA_PLUS} (--tina-energy-t-max 1.0)",
     "invert_on": "M-ErasureBench (arXiv 2512.22877; no public code): its white- and black-box inverted-latent "
                  "scenarios (the white box inverts the erased model, the black box the unedited one)",
+    "solver": f"{_TINA_PLUS}: tina_run.py main() samples the inverted latent with task.sample('', ..., "
+              "initial_noise=noise, steps=args.tina_num_ddim_steps), src/tasks/classifier_.py ClassifierTask.sample: "
+              "LMSDiscreteScheduler(beta_start 0.00085, beta_end 0.012, scaled_linear), latents x init_noise_sigma",
+    "steps": f"{_TINA_PLUS} (--tina-num-ddim-steps 50: src/attackers/tina_.py DDIMScheduler.set_timesteps and the "
+             "LMS sampling's steps)",
 }
 
 
@@ -103,6 +140,10 @@ class TINAConfig(AttackConfig):
     energy_t_min: float = 0.1  # MER window, normalised time t / T
     energy_t_max: float = 1.0
     invert_on: str | None = None  # "erased" (white box) or "original" (black box: transfer)
+    # "lms": invert on TINA-Plus's own 50-step DDIM grid, sample the latent with LMS (official); "run": invert on the
+    # run's sampler's grid and sample with the run's sampler (with DDIM eta 0 an exact inverse)
+    solver: str | None = None
+    steps: int | None = None  # inversion and LMS sampling steps (solver "lms"; "run" uses the run's sampler's)
 
 
 def resolved(config: TINAConfig) -> TINAConfig:
@@ -123,7 +164,31 @@ def resolved(config: TINAConfig) -> TINAConfig:
         raise ValueError("attack 'tina': need 0 <= energy_t_min < energy_t_max <= 1")
     if filled.invert_on not in ("erased", "original"):
         raise ValueError(f"attack 'tina': invert_on must be 'erased' or 'original', got {filled.invert_on!r}")
+    if filled.solver not in SOLVERS:
+        raise ValueError(f"attack 'tina': solver must be 'lms' (official) or 'run' (exact inverse), got "
+                         f"{filled.solver!r}")
+    if filled.solver == "lms" and (filled.steps is None or not 1 <= filled.steps <= 1000):
+        raise ValueError(f"attack 'tina': solver 'lms' needs steps in [1, 1000], got {filled.steps!r}")
     return filled
+
+
+def inversion_scheduler(backbone: Backbone, steps: int):
+    """TINA-Plus's inversion grid (src/attackers/tina_.py): DDIM over the model's betas with ``steps`` "leading"
+    timesteps and no offset (50 steps: 980, 960, .., 0), ``set_alpha_to_one=False`` (the step below t = 0 uses
+    alphas_cumprod[0])."""
+    from diffusers import DDIMScheduler
+
+    scheduler = DDIMScheduler.from_config(backbone.scheduler.config, clip_sample=False, set_alpha_to_one=False,
+                                          steps_offset=0, timestep_spacing="leading")
+    scheduler.set_timesteps(steps, device=backbone.device)
+    return scheduler
+
+
+def sampling_config(config: TINAConfig, run: SamplerConfig) -> SamplerConfig:
+    """The sampler the erased model draws the inverted latent with: LMS with ``steps`` (official), else the run's."""
+    if config.solver == "lms":
+        return dataclasses.replace(run, name="lms", steps=int(config.steps), eta=0.0)
+    return run
 
 
 class DDIMInverter:
@@ -133,9 +198,12 @@ class DDIMInverter:
     def __init__(self, backbone: Backbone, sampler: SamplerConfig, config: TINAConfig):
         self.backbone, self.config = backbone, config
         self.sampler = resolve_sampler(sampler, backbone.device)
-        self.scheduler = make_scheduler(backbone, self.sampler)
-        self.scheduler.set_timesteps(self.sampler.steps, device=backbone.device)
-        self.ratio = int(self.scheduler.config.num_train_timesteps) // int(self.sampler.steps)
+        if config.solver == "lms":  # TINA-Plus's own grid, whatever the run samples with
+            self.scheduler = inversion_scheduler(backbone, int(config.steps))
+        else:
+            self.scheduler = make_scheduler(backbone, self.sampler)
+            self.scheduler.set_timesteps(self.sampler.steps, device=backbone.device)
+        self.ratio = int(self.scheduler.config.num_train_timesteps) // int(self.scheduler.num_inference_steps)
         self.alphas = self.scheduler.alphas_cumprod.to(backbone.device, torch.float32)
         self.final_alpha = torch.as_tensor(self.scheduler.final_alpha_cumprod, dtype=torch.float32,
                                            device=backbone.device)
@@ -216,6 +284,7 @@ class TINA(Attack):
     config_class = TINAConfig
     uses_original = True
     white_box = True
+    revision = 2  # 2: the official LMS sampling of the inverted latent is the tina / tina+ default (was DDIM)
 
     def __init__(self, **params: Any):
         super().__init__(**params)
@@ -225,7 +294,12 @@ class TINA(Attack):
         return {**super().fingerprint(), "resolved": dataclasses.asdict(self.resolved)}
 
     def notes(self, sampler: SamplerConfig) -> str:
-        notes = ["inversion on the run's sampler schedule (paper: 50 DDIM steps)"]
+        cfg = self.resolved
+        if cfg.solver == "lms":
+            return (f"inverted on a {cfg.steps}-step DDIM grid, sampled with LMS {cfg.steps} steps (official "
+                    f"TINA-Plus); the judged images are the LMS ones")
+        notes = [f"solver 'run' (exact-inverse variant): inversion on the run's sampler schedule and sampling with "
+                 f"it ({sampler.name}, {sampler.steps} steps; official: DDIM inversion, LMS sampling)"]
         if sampler.name != "ddim" or sampler.eta != 0:
             notes.append(f"sampler {sampler.name} eta {sampler.eta}: the latent is not an exact inversion "
                          f"(DDIM eta 0 is)")
@@ -235,8 +309,9 @@ class TINA(Attack):
         cfg = self.resolved
         rows, ipc = ctx.rows, ctx.config.images_per_check
         notes = self.notes(ctx.sampler)
-        if ctx.sampler.name != "ddim" or ctx.sampler.eta != 0:
+        if cfg.solver == "run" and (ctx.sampler.name != "ddim" or ctx.sampler.eta != 0):
             log.warning("erasebench: warning: tina: %s", notes)
+        judge_sampler = sampling_config(cfg, ctx.sampler)
         inverter_model = ctx.erased if cfg.invert_on == "erased" else ctx.original
         inverter = DDIMInverter(inverter_model, ctx.sampler, cfg)
         with torch.no_grad():
@@ -253,9 +328,11 @@ class TINA(Attack):
                 clean = inverter_model.encode_images(images.to(inverter_model.device))
             z = inverter.invert(clean, null.expand(len(prompts), -1, -1))
             latents = [z[j * ipc:(j + 1) * ipc].cpu() for j in range(len(active))]
-            ok = ctx.check(active, [""] * len(active), latents=latents)
+            ok = ctx.check(active, [""] * len(active), latents=latents, sampler=judge_sampler)
             for j, (i, s) in enumerate(zip(active, ok)):
                 found[i] = Found(success=s, adv_prompt="", adv_latent=latents[j],
-                                 extra={"tina_preset": cfg.preset, "tina_notes": notes})
+                                 extra={"tina_preset": cfg.preset, "tina_solver": cfg.solver,
+                                        "tina_sampler": f"{judge_sampler.name} {judge_sampler.steps}",
+                                        "tina_notes": notes})
             active = [i for i, s in zip(active, ok) if not s]
         return found
