@@ -75,6 +75,14 @@ class Deviation:
         return {"what": self.what, "official": self.official, "class": self.cls,
                 **({"kinds": list(self.kinds)} if self.kinds else {})}
 
+    @classmethod
+    def of(cls, entry: Deviation | dict[str, Any]) -> Deviation:
+        """A :class:`Deviation` from itself or from its dict form (``what``, ``official``, ``class``, ``kinds``)."""
+        if isinstance(entry, Deviation):
+            return entry
+        return cls(what=entry["what"], official=entry["official"], cls=entry["class"],
+                   kinds=tuple(entry.get("kinds", ())))
+
 
 @dataclass
 class MethodConfig:
@@ -131,7 +139,8 @@ class Method:
     conformance_overrides: ClassVar[dict[str, Any]] = {}
     # The remaining differences from the official code (docs/DEVELOPING.md, "Deviations"); shown by
     # ``erasebench show method``. Not part of the fingerprint: a changed list alone is the same edit.
-    deviations: ClassVar[tuple[Deviation, ...]] = ()
+    # Each a Deviation or its dict form ({"what", "official", "class", "kinds"}), so a module need not import it.
+    deviations: ClassVar[tuple[Deviation | dict[str, Any], ...]] = ()
     # A method with no deviation says what it was checked against (repository @ commit, files), never left empty.
     deviations_checked: ClassVar[str] = ""
 
@@ -182,7 +191,8 @@ class Method:
     @classmethod
     def deviations_for(cls, kind: str | None = None) -> list[dict[str, Any]]:
         """The method's :class:`Deviation` entries that concern concept ``kind`` (all with ``None``), as dicts."""
-        return [d.as_dict() for d in cls.deviations if kind is None or not d.kinds or kind in d.kinds]
+        entries = [Deviation.of(d) for d in cls.deviations]
+        return [d.as_dict() for d in entries if kind is None or not d.kinds or kind in d.kinds]
 
     def fingerprint(self) -> dict:
         out = {"method": self.name, "algorithm_version": self.algorithm_version,
