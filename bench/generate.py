@@ -31,7 +31,14 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 from tqdm.auto import tqdm
 
-from bench.backbone import Backbone, resolve_attention, resolve_memory_format, using_attention, using_memory_format
+from bench.backbone import (
+    ADAPTER_ATTR,
+    Backbone,
+    resolve_attention,
+    resolve_memory_format,
+    using_attention,
+    using_memory_format,
+)
 
 
 @dataclass(frozen=True)
@@ -222,8 +229,12 @@ def denoise(
     trajectory = []
     timesteps = scheduler.timesteps
     stop = len(timesteps) if stop_step is None else stop_step
+    # an adapter that gates itself by the prompt (SPM's facilitated transport) is told the prompts of this batch
+    adapter = getattr(backbone.unet, ADAPTER_ATTR, None)
+    prompt_scope = (adapter.prompt_scope(backbone.tokenizer, list(prompts)) if hasattr(adapter, "prompt_scope")
+                    else contextlib.nullcontext())
     with using_attention(backbone.unet, sampler.attention), using_memory_format(backbone.unet, sampler.memory_format), \
-            torch.no_grad():
+            torch.no_grad(), prompt_scope:
         for i, t in enumerate(timesteps):
             if i >= stop:
                 break

@@ -7,7 +7,9 @@ note), on the mini world (``--model mini``) its mini preset. With ``--json``, on
     {"method": ..., "kind": ..., "model": ..., "note": ...,
      "config": {field: value, ..., "anchor": ..., "preserve": [...], "target_prompts": [...] | null,
                 "preserve_file": {...} | null},
-     "sources": {field: where the value comes from}}
+     "sources": {field: where the value comes from},
+     "deviations": [{"what": ..., "official": ..., "class": "a" | "b" | "c", "kinds": [...]}, ...],
+     "deviations_checked": ... (only for a method that lists none: the official source it was checked against)}
 
 Without ``--json``, the same as a table (field, value, source). Prompt templates keep ``{concept}`` unless
 ``--target`` names one. A recipe's public ``preserve_file`` is read from ``--data-dir`` or the prompt cache
@@ -78,7 +80,9 @@ def show_method(name: str, kind: str, model: str = "sd", target: str | None = No
         else:
             sources[field] = resolved.sources.get(field, f"{kind} recipe (no source given)")
     out = {"method": name, "kind": kind, "model": model, "note": resolved.note, "config": config,
-           "sources": sources}
+           "sources": sources, "deviations": cls.deviations_for(kind)}
+    if not out["deviations"]:
+        out["deviations_checked"] = cls.deviations_checked
     if missing:
         out["missing"] = missing
     return out
@@ -103,6 +107,12 @@ def format_table(shown: dict[str, Any]) -> str:
         lines.append(f"{field.ljust(widths[0])}  {value.ljust(widths[1])}  {source}".rstrip())
         if i == 0:
             lines.append(f"{'-' * widths[0]}  {'-' * widths[1]}  {'-' * 6}")
+    lines.append("")
+    if shown.get("deviations"):
+        lines.append("deviations from the official code (class a: justified, b: changes published numbers, c: open):")
+        lines += [f"- [{d['class']}] {d['what']} (official: {d['official']})" for d in shown["deviations"]]
+    else:
+        lines.append(f"deviations: none (checked against {shown.get('deviations_checked') or 'nothing stated'})")
     return "\n".join(lines)
 
 

@@ -15,15 +15,19 @@ from collections.abc import Callable
 import torch
 
 
-def saliency_mask(grads: dict[str, torch.Tensor], ratio: float, per_tensor: bool = False) -> dict[str, torch.Tensor]:
-    """True for the ``ratio`` fraction of weights with the largest |grad|.
+def saliency_mask(grads: dict[str, torch.Tensor], ratio: float, per_tensor: bool = False,
+                  smallest: bool = False) -> dict[str, torch.Tensor]:
+    """True for the ``ratio`` fraction of weights with the largest |grad| (``smallest=True``: the smallest).
 
-    ``per_tensor=False`` ranks all tensors together (SalUn); ``True`` keeps the fraction within each tensor (ANT)."""
+    ``per_tensor=False`` ranks all tensors together (SalUn); ``True`` keeps the fraction within each tensor (ANT).
+    ``smallest`` is ANT's official ``generate_mask.py``, which ranks |g| ascending and keeps the first fraction."""
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"saliency mask ratio {ratio!r} must be in [0, 1] (the fraction of weights kept)")
+    sign = -1.0 if smallest else 1.0
     if per_tensor:
-        return {name: _top_fraction(g.abs().flatten().float(), ratio).view(g.shape) for name, g in grads.items()}
-    flat = torch.cat([g.abs().flatten().float() for g in grads.values()])
+        return {name: _top_fraction(sign * g.abs().flatten().float(), ratio).view(g.shape)
+                for name, g in grads.items()}
+    flat = torch.cat([sign * g.abs().flatten().float() for g in grads.values()])
     keep = _top_fraction(flat, ratio)
     out, start = {}, 0
     for name, g in grads.items():

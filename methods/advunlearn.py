@@ -154,6 +154,22 @@ class PrefixPrompt:
 @register_method
 class AdvUnlearn(ft.FinetuneMethod):
     name = "advunlearn"
+    # remaining differences from the official code (docs/DEVELOPING.md, "Deviations")
+    deviations = (
+        {
+            "what": ("x_t is scored at its own DDIM timestep (the official uses ESD's t_enc/ddim_steps*1000 "
+                "convention)"),
+            "official": "OPTML-Group/AdvUnlearn @ 9d23124, train-scripts/AdvUnlearn.py",
+            "class": "a",
+        },
+        {
+            "what": ("kinds without a recipe retain request.preserve (the empty prompt when none), not the "
+                "official COCO-object retain set"),
+            "official": "OPTML-Group/AdvUnlearn @ 9d23124, data/prompts/train/coco_object_retain.csv",
+            "class": "b",
+            "kinds": ("object", "style", "identity", "colour",),
+        },
+    )
     description = "AdvUnlearn: adversarial ESD training of the text encoder with a retain regulariser (Zhang et al. 2024)"
     recipes = RECIPES
     config_class = AdvUnlearnConfig

@@ -1,43 +1,64 @@
 """ANT — Auto-steering deNoising Trajectories (Li, Lu, Ren and Kong, "Set You Straight: Auto-Steering Denoising
 Trajectories to Sidestep Unwanted Concepts", ACM MM 2025, arXiv 2504.12782), the single-concept path.
 
-Fine-tuning that reverses the classifier-free-guidance condition direction of the target in the
-mid-to-late denoising steps while keeping the early-stage score field, restricted to salient weights.
+Fine-tuning that reverses the classifier-free-guidance condition direction of the target over most of the
+denoising trajectory while keeping the score field of a short "early" window, restricted to salient weights.
 With theta* the frozen model, c the target prompt, eta the guidance (``negative_guidance``), x_t drawn by
-DDIM-sampling c from noise down to step i of a ``ddim_steps`` schedule, and ``before_step`` = s
-(the paper's trajectory-aware objective; official ``Single/train-scripts/train_ant_single.py``):
+DDIM-sampling c from noise down to step i of a ``ddim_steps`` schedule (i = 0 is pure noise), E the kept
+window and L its complement (official ``Single/train-scripts/train_ant_single.py``, lines 175-207):
 
-    early   (i <  s):  L_e = || eps_theta(x_t, c) - [eps*(x_t, "") + eta (eps*(x_t, c) - eps*(x_t, ""))] ||^2
-    mid-late (i >= s): L_l = || eps_theta(x_t, c) - [eps*(x_t, "") - eta (eps*(x_t, c) - eps*(x_t, ""))] ||^2
+    kept     (i in E): L_e = || eps_theta(x_t, c) - [eps*(x_t, "") + eta (eps*(x_t, c) - eps*(x_t, ""))] ||^2
+    reversed (i in L): L_l = || eps_theta(x_t, c) - [eps*(x_t, "") - eta (eps*(x_t, c) - eps*(x_t, ""))] ||^2
     unconditional:     L_u(x_t) = || eps_theta(x_t, "") - eps*(x_t, "") ||^2
 
     L = L_l + alpha2 L_u(x_late) + alpha1 (L_e + alpha2 L_u(x_early))
 
-The early term keeps the conditional prediction on its original (structure-forming) course; the
-mid-to-late term is ESD's negative guidance, so sampling c is steered away from the concept only where
-the image's content is decided. One early and one mid-to-late x_t are drawn per sample each step.
+Which end of the trajectory E is (``early_window``). The paper calls it the "early" (structure-forming) stage
+and ``before_step`` = s its length. The official code draws ``t_enc < before_step`` and samples with its own
+``ldm/models/diffusion/ddim.py``, whose ``ddim_sampling`` counts ``index`` *down* from the noisy end and stops
+at ``index + 1 == till_T`` (lines 170-195 @ 78ce8f3): ``quick_sample_till_t(t_enc)`` returns a latent about
+``t_enc - 2`` DDIM steps above the *clean* image, scored at a DDPM t in [20 t_enc, 20 t_enc + 20). So the
+official kept window is the last s steps before the clean image (t < 140 for s = 7 of 50), and the reversal
+covers everything from the noise down to there. ``early_window="clean"`` (default) keeps the last s DDIM steps
+of the trajectory, as the code; ``"noise"`` is the paper's reading, the first s steps from noise.
+
+The unconditional terms (``uncond_grad``): the official computes eps_theta(x_t, "") under ``torch.no_grad``
+(line 187-193), so its alpha2 terms are constants that carry no gradient; ``uncond_grad=False`` (default) leaves
+them out of the trained loss, ``True`` trains them as the paper's equation reads.
 
 Augmentation-enhanced weight saliency (the paper's Sec. on single-concept erasure; official
 ``generate_mask.py``): for each of ``mask_seeds`` seeds and each mask prompt (for nudity "nudity",
 "naked", "erotic", "sexual"), the unedited model is trained ``mask_iterations`` steps of L with Adam at
-``mask_lr`` while the gradients are summed; each run's |sum| gives a mask of the top ``mask_ratio`` of
-every tensor (m = 1(|g| >= gamma_tensor)), and the final mask is the intersection over runs. Training then
-moves only the masked weights. The mask code is shared with SalUn (``methods/_saliency.py``).
+``mask_lr`` while the gradients are summed; each run's |sum| gives a mask of ``mask_ratio`` of every tensor,
+and the final mask is the intersection over runs. Training then moves only the masked weights. Which entries
+a run keeps (``mask_keep``): the official ``generate_mask.py`` (``gradients_to_mask``, lines 9-15) ranks |g|
+ascending and keeps the first half, the *smallest* gradients (``"smallest"``, default); the paper keeps "the
+parameters that most significantly contribute" (``"largest"``, m = 1(|g| >= gamma_tensor), as SalUn). The
+mask code is shared with SalUn (``methods/_saliency.py``).
+
+The paper's reading of all three is ``early_window="noise", mask_keep="largest", uncond_grad=True`` (this
+module's behaviour before algorithm version 2). The released checkpoints (``Haerin1/ANT`` on the Hugging Face
+hub, linked from the README) were made with the released code, so they follow the defaults here; no checkpoint
+can be read on this machine to confirm it.
 
 Defaults (lileyang1210/ANT @ 78ce8f3, ``Single/configs/ant_train.yaml`` and ``ant_gradient.yaml``): 250
 iterations, Adam lr 5e-4, start guidance 3, eta 1, 50 DDIM steps, ``before_step`` 7, alpha1 1.0,
 alpha2 0.5, ``train_method="full"`` (the whole UNet under the mask), batch 1; mask runs of 10 iterations at
 lr 1e-2, seeds (24, 42, 98, 403, 3407), ratio 0.5 per tensor (``generate_mask.py`` threshold 0.5).
 
-Deviations from the official code, stated in the edit record (``edits[-1]["deviations"]``) and logged:
-- the mask keeps the *largest* |gradient| entries of each tensor, as the paper says ("the parameters that most
-  significantly contribute"); the official ``gradients_to_mask`` ranks |g| ascending and keeps the first half
-  (the smallest), which reads as a dropped negation (SalUn's script, which it follows, negates first);
-- the unconditional terms train: the official script computes eps_theta(x_t, "") under ``torch.no_grad``, so
-  its alpha2 terms carry no gradient;
-- x_t is scored at its own DDIM timestep (the official: a DDPM step drawn in [i/50*1000, (i+1)/50*1000),
-  which is not x_t's noise level, as in ESD's script);
-- the mask seeds are derived from the request seed (``mask_seeds`` runs), not the five fixed numbers.
+Deviations from the official code (``ANT.deviations``, ``erasebench show method ant``; the edit record's
+``edits[-1]["deviations"]`` lists those of the run's config, and they are logged):
+- x_t is the trajectory's own latent before DDIM step i, scored at that step's timestep (the official: a DDPM
+  step drawn in [20 t_enc, 20 t_enc + 20), about two DDIM steps above the latent's level, as in ESD's script;
+  its sampler also drops the schedule's noisiest step, and t_enc 0 and 1 both give the clean image), so the kept
+  window here is DDIM levels 121..1 for s = 7 where the official's is the clean image twice and levels 1..81;
+- the mask seeds are derived from the request seed (``mask_seeds`` runs), not the five fixed numbers;
+- the mask keeps ``round(ratio n)`` entries per tensor (official ``int(ratio n)``);
+- with ``uncond_grad=False`` the constant alpha2 terms are not computed, so the logged loss leaves them out;
+- non-nudity kinds run this single-concept path with the nudity values: ANT's published style and celebrity
+  numbers come from ``Multiple/`` (per-concept LoRA and MACE-style fusion), which is not implemented;
+- ``Single/configs/ant_train.yaml`` as published sets ``if_gradient: true`` (a gradient run, no saved model);
+  the training values are read from it as the README's training command intends.
 On the mini world the preset trains the cross-attention under the mask, not the whole UNet (``MINI_DEFAULTS``:
 the full UNet did not erase a named object there, whose shape the world decides in the early steps ANT keeps).
 The official code licence is non-commercial (NTU dual licence): this module is written from the paper and
@@ -57,7 +78,7 @@ from bench.backbone import Backbone
 from bench.generate import autocast_to
 from methods import _finetune as ft
 from methods._saliency import intersect_masks, masked_gradients, saliency_mask
-from methods.base import ErasureRequest, register_method
+from methods.base import Deviation, ErasureRequest, register_method
 from methods.esd import parameter_rule
 from methods.recipes import Recipe
 
@@ -67,11 +88,24 @@ _REPO = "lileyang1210/ANT @ 78ce8f3"
 _TRAIN = f"{_REPO}, Single/configs/ant_train.yaml"
 _GRAD = f"{_REPO}, Single/configs/ant_gradient.yaml"
 
+_SCRIPT = f"{_REPO}, Single/train-scripts/train_ant_single.py"
 DEVIATIONS = (
-    "saliency mask keeps the largest |grad| per tensor (paper); official generate_mask.py keeps the smallest",
-    "unconditional preservation terms (alpha2) carry gradient; the official script computes them under no_grad",
-    "x_t scored at its own DDIM timestep (official: a DDPM step in [i/50*1000, (i+1)/50*1000))",
+    Deviation("x_t is the trajectory's latent before DDIM step i, scored at that step's timestep; the official scores "
+              "a DDPM t in [20 t_enc, 20 t_enc + 20), about two DDIM steps above the latent's level",
+              f"{_SCRIPT}:175-197; Single/ldm/models/diffusion/ddim.py:155-195", "a"),
+    Deviation("mask seeds derived from the request seed, not the fixed 24, 42, 98, 403, 3407",
+              f"{_SCRIPT}:292", "a"),
+    Deviation("non-nudity kinds run the single-concept path with the nudity values; the published style and "
+              "celebrity numbers come from Multiple/ (per-concept LoRA, MACE-style fusion), not implemented",
+              f"{_REPO}, Multiple/", "b", ("object", "style", "identity", "colour")),
 )
+# The paper's reading, each a named option; the edit record lists the ones a run uses.
+PAPER_READING = {
+    "early_window": ("early_window='noise': the kept window is the first before_step steps from noise (paper); the "
+                     "official code keeps the last before_step steps before the clean image (ddim.py counts down)"),
+    "mask_keep": "mask_keep='largest': the mask keeps the largest |grad| (paper); official generate_mask.py the smallest",
+    "uncond_grad": "uncond_grad=True: the alpha2 terms train; the official computes eps_theta(x_t, '') under no_grad",
+}
 
 
 @dataclass
@@ -81,7 +115,17 @@ class ANTConfig(ft.FinetuneConfig):
     start_guidance: float = 3.0  # CFG scale of the sampling that makes x_t (ant_train.yaml)
     negative_guidance: float = 1.0  # eta (ant_train.yaml)
     ddim_steps: int = 50  # ant_train.yaml
-    before_step: int = 7  # steps [0, before_step) are "early" (ant_train.yaml)
+    before_step: int = 7  # length of the kept window, in DDIM steps (ant_train.yaml)
+    # which end of the trajectory the kept window is: "clean" = the last before_step steps before the clean image
+    # (train_ant_single.py:175 with ldm/models/diffusion/ddim.py:170-195, index counting down); "noise" = the first
+    # before_step steps from noise (the paper's "early stage")
+    early_window: Literal["clean", "noise"] = "clean"
+    # the saliency mask keeps the smallest |grad| per tensor (generate_mask.py:12-15, argsort ascending, ranks <
+    # threshold) or the largest (the paper's wording, SalUn's rule)
+    mask_keep: Literal["smallest", "largest"] = "smallest"
+    # the alpha2 unconditional terms carry gradient (the paper's equation) or not (train_ant_single.py:187-193:
+    # eps_theta(x_t, "") under torch.no_grad)
+    uncond_grad: bool = False
     alpha1: float = 1.0  # weight of the early-stage terms (ant_train.yaml)
     alpha2: float = 0.5  # weight of the unconditional terms (ant_train.yaml)
     batch_size: int = 1  # one start code per iteration (train_ant_single.py)
@@ -134,7 +178,7 @@ RECIPES = {
             "mask_prompts": f"{_REPO}, Single/train-scripts/train_ant_single.py (nudity prompt_list)",
             "target_prompts": f"{_TRAIN} (prompt 'nudity')",
         },
-        note="the mask keeps the largest |grad| per tensor (paper), not the smallest (official generate_mask.py)",
+        note="",
     ),
 }
 
@@ -147,6 +191,9 @@ class ANT(ft.FinetuneMethod):
     multi_concept = False  # the single-concept path (the multi-concept one fuses per-concept LoRAs, MACE-style)
     mini_defaults = MINI_DEFAULTS
     recipes = RECIPES
+    # 2: the official code's kept window (clean end), mask (smallest |grad|) and no-gradient alpha2 terms by default
+    algorithm_version = "2"
+    deviations = DEVIATIONS
     conformance_overrides = {"iterations": 2, "ddim_steps": 3, "before_step": 1, "mask_iterations": 1,
                              "mask_seeds": 1, "mask_prompts": ["nudity"]}
 
@@ -179,15 +226,19 @@ class ANT(ft.FinetuneMethod):
             """L for a batch of prompts (indices into ``all_prompts``): one early and one mid-to-late x_t each."""
             c = emb_all[prompt_ids]
             total = 0.0
-            for lo, hi, sign, weight in ((0, cfg.before_step, 1.0, cfg.alpha1),
-                                         (cfg.before_step, cfg.ddim_steps, -1.0, 1.0)):
+            kept, reversed_ = step_windows(cfg)
+            for (lo, hi), sign, weight in ((kept, 1.0, cfg.alpha1), (reversed_, -1.0, 1.0)):
                 i = ft.randint(lo, hi, gen)
                 (x_t, pair), t = source.draw_with_teacher(prompt_ids, i, gen), timesteps[i]
                 with torch.no_grad():
                     e_0, e_c = pair if pair is not None else ft.eps_pair(frozen.unet, x_t, t, emb_0, c)
                     target = e_0 + sign * cfg.negative_guidance * (e_c - e_0)
-                s_0, s_c = ft.eps_pair(edited.unet, x_t, t, emb_0, c)
-                total = total + weight * (F.mse_loss(s_c, target) + cfg.alpha2 * F.mse_loss(s_0, e_0))
+                if cfg.uncond_grad:
+                    s_0, s_c = ft.eps_pair(edited.unet, x_t, t, emb_0, c)
+                    term = F.mse_loss(s_c, target) + cfg.alpha2 * F.mse_loss(s_0, e_0)
+                else:  # the official's alpha2 terms are constants (no_grad): nothing to train
+                    term = F.mse_loss(ft.eps(edited.unet, x_t, t, c), target)
+                total = total + weight * term
             return total
 
         train_ids = [all_prompts.index(p) for p in prompts]
@@ -210,15 +261,19 @@ class ANT(ft.FinetuneMethod):
         )
         done = result.steps - result.resumed_from
         mask_steps = cfg.mask_seeds * len(mask_prompts) * cfg.mask_iterations if cfg.use_mask else 0
-        per_step = 2 * (4 + source.teacher_passes + 2 * source.sampling_passes)  # two x_t, each: 2 student + teacher
+        student = 4 if cfg.uncond_grad else 2
+        per_step = 2 * (student + source.teacher_passes + 2 * source.sampling_passes)  # two x_t: student + teacher
         self.stats = ft.stats_from(
             result, trained_parameters=sum(p.numel() for p in params.values()), salient_parameters=salient,
             unet_forward=(done + mask_steps) * cfg.batch_size * per_step
             + len(all_prompts) * cfg.trajectory_pool * cfg.ddim_steps * 2,
-            unet_backward=(done + mask_steps) * cfg.batch_size * 4,
+            unet_backward=(done + mask_steps) * cfg.batch_size * student,
         )
         self.record_edit(edited, cfg, request)
-        notes = list(DEVIATIONS[:1] if cfg.use_mask else ()) + list(DEVIATIONS[1:])
+        notes = [d.what for d in DEVIATIONS if not d.kinds or request.kind in d.kinds]
+        official = {"early_window": "clean", "mask_keep": "smallest", "uncond_grad": False}
+        notes += [PAPER_READING[k] for k, v in official.items()
+                  if getattr(cfg, k) != v and (k != "mask_keep" or cfg.use_mask)]
         if cfg.train_method != "full":
             notes.append(f"train_method {cfg.train_method!r} (paper: 'full', the whole UNet under the mask)")
         edited.edits[-1]["deviations"] = notes
@@ -253,7 +308,8 @@ class ANT(ft.FinetuneMethod):
                         if p.grad is not None:
                             grads[n] += p.grad.float()
                     opt.step()
-                masks.append(saliency_mask(grads, cfg.mask_ratio, per_tensor=True))
+                masks.append(saliency_mask(grads, cfg.mask_ratio, per_tensor=True,
+                                           smallest=cfg.mask_keep == "smallest"))
         with torch.no_grad():
             for n, p in params.items():
                 p.copy_(start[n])
@@ -261,6 +317,13 @@ class ANT(ft.FinetuneMethod):
         if dtype != torch.float32:
             edited.unet.to(dtype)
         return intersect_masks(masks)
+
+
+def step_windows(cfg: ANTConfig) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``(kept, reversed)``: the ranges [lo, hi) of DDIM step indices (0 = the first step from noise) whose x_t
+    keep their conditional prediction and whose x_t have it reversed (see ``early_window``)."""
+    n, s = cfg.ddim_steps, cfg.before_step
+    return ((n - s, n), (0, n - s)) if cfg.early_window == "clean" else ((0, s), (s, n))
 
 
 def check_config(cfg: ANTConfig) -> None:

@@ -13,7 +13,7 @@ import dataclasses
 import math
 import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from bench.backbone import Backbone
 from bench.registry import Registry
@@ -46,6 +46,42 @@ class ErasureRequest:
             raise ValueError("an ErasureRequest needs at least one target concept")
         if self.kind not in CONCEPT_KINDS:
             raise ValueError(f"unknown concept kind {self.kind!r}; valid: {', '.join(CONCEPT_KINDS)}")
+
+
+@dataclass(frozen=True)
+class Deviation:
+    """One known difference between a method module and its official code (see docs/DEVELOPING.md, "Deviations").
+
+    what: what differs, in one sentence. official: the official file it differs from (``owner/repo @ commit,
+    path[:line]``, or a paper section where there is no code). cls: ``"a"`` documented and justified (a harness
+    need, no material effect), ``"b"`` documented but it would change the published numbers, ``"c"`` found in a
+    review and not yet resolved. kinds: the concept kinds it concerns (empty: every kind)."""
+
+    what: str
+    official: str
+    cls: Literal["a", "b", "c"]
+    kinds: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.cls not in ("a", "b", "c"):
+            raise ValueError(f"deviation class {self.cls!r} must be 'a', 'b' or 'c'")
+        if not self.what or not self.official:
+            raise ValueError("a deviation needs what differs and the official source it differs from")
+        unknown = set(self.kinds) - set(CONCEPT_KINDS)
+        if unknown:
+            raise ValueError(f"deviation kinds {sorted(unknown)} unknown; valid: {', '.join(CONCEPT_KINDS)}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"what": self.what, "official": self.official, "class": self.cls,
+                **({"kinds": list(self.kinds)} if self.kinds else {})}
+
+    @classmethod
+    def of(cls, entry: Deviation | dict[str, Any]) -> Deviation:
+        """A :class:`Deviation` from itself or from its dict form (``what``, ``official``, ``class``, ``kinds``)."""
+        if isinstance(entry, Deviation):
+            return entry
+        return cls(what=entry["what"], official=entry["official"], cls=entry["class"],
+                   kinds=tuple(entry.get("kinds", ())))
 
 
 @dataclass
@@ -101,6 +137,12 @@ class Method:
     algorithm_version: ClassVar[str] = "1"
     # Config fields that cut a method's iteration counts to a few, for tests/test_conformance_sd.py only.
     conformance_overrides: ClassVar[dict[str, Any]] = {}
+    # The remaining differences from the official code (docs/DEVELOPING.md, "Deviations"); shown by
+    # ``erasebench show method``. Not part of the fingerprint: a changed list alone is the same edit.
+    # Each a Deviation or its dict form ({"what", "official", "class", "kinds"}), so a module need not import it.
+    deviations: ClassVar[tuple[Deviation | dict[str, Any], ...]] = ()
+    # A method with no deviation says what it was checked against (repository @ commit, files), never left empty.
+    deviations_checked: ClassVar[str] = ""
 
     def __init__(self, config: MethodConfig | None = None, **params: Any):
         if config is not None and params:
@@ -145,6 +187,12 @@ class Method:
         clone.explicit = set(self.explicit)
         clone.recipe = recipe
         return clone
+
+    @classmethod
+    def deviations_for(cls, kind: str | None = None) -> list[dict[str, Any]]:
+        """The method's :class:`Deviation` entries that concern concept ``kind`` (all with ``None``), as dicts."""
+        entries = [Deviation.of(d) for d in cls.deviations]
+        return [d.as_dict() for d in entries if kind is None or not d.kinds or kind in d.kinds]
 
     def fingerprint(self) -> dict:
         out = {"method": self.name, "algorithm_version": self.algorithm_version,

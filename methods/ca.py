@@ -202,6 +202,21 @@ def parameter_rule(group: str):
 @register_method
 class ConceptAblation(ft.FinetuneMethod):
     name = "ca"
+    # remaining differences from the official code (docs/DEVELOPING.md, "Deviations")
+    deviations = (
+        {
+            "what": ("anchor images are sampled with DDIM (sample_sampler='dpm' for DPM-Solver++); the official "
+                "samples with DPM-Solver"),
+            "official": "nupurkmr9/concept-ablation @ c11fb1b, diffusers/train.py",
+            "class": "a",
+        },
+        {
+            "what": ("no random-resize augmentation with its loss mask and no horizontal flip (the recipes run "
+                "--noaug or the full image)"),
+            "official": "nupurkmr9/concept-ablation @ c11fb1b, diffusers/utils.py (CustomDiffusionDataset)",
+            "class": "a",
+        },
+    )
     description = "Concept Ablation: map the target's distribution onto the anchor's (Kumari et al. 2023)"
     config_class = CAConfig
     mini_defaults = MINI_DEFAULTS

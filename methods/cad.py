@@ -262,6 +262,15 @@ class _CAD(Method):
 @register_method
 class CADErase(_CAD):
     name = "cad-erase"
+    # remaining differences from the official code (docs/DEVELOPING.md, "Deviations")
+    deviations = (
+        {
+            "what": ("attribution scores are computed in float32 (the official: float16) and a weight counts when "
+                "its score is > 0 (official >= 0)"),
+            "official": "mail-research/CAD-attribution4diffusion @ 18b257e",
+            "class": "a",
+        },
+    )
     description = "CAD-Erase: zero the FF weights with the largest positive attribution w*dJ/dw (arXiv 2412.02542)"
     objective = "erase"
     mini_preset = mini_preset_for("erase")
@@ -270,6 +279,20 @@ class CADErase(_CAD):
 @register_method
 class CADAmplify(_CAD):
     name = "cad-amplify"
+    # remaining differences from the official code (docs/DEVELOPING.md, "Deviations")
+    deviations = (
+        {
+            "what": ("the concept images are encoded with the VAE's scaling factor, which the official encoding "
+                "skips (a bug fixed on purpose): published amplify numbers will not reproduce exactly"),
+            "official": "mail-research/CAD-attribution4diffusion @ 18b257e, compute_negative_neurons.py",
+            "class": "b",
+        },
+        {
+            "what": "the concept images are sampled with DDIM; the official uses the pipeline's PNDM",
+            "official": "mail-research/CAD-attribution4diffusion @ 18b257e, compute_negative_neurons.py",
+            "class": "a",
+        },
+    )
     description = "CAD-Amplify: zero the FF weights with the most negative attribution under -denoising loss"
     objective = "amplify"
     erases = False

@@ -37,6 +37,10 @@ def random_scores(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, to
 @register_method
 class CADRandom(CADErase):
     name = "cad-random"
+    # a control of this harness, not a published method: CAD-Erase's deviations are not its own
+    deviations = ()
+    deviations_checked = ("no official code: CAD-Erase's selection (mail-research/CAD-attribution4diffusion @ 18b257e) "
+                          "replaced by a uniform draw of as many weights in the same matrices")
     description = "CAD-Erase's control: as many weights zeroed as CAD-Erase, in the same matrices, at random"
     algorithm_version = "1"
 

@@ -231,6 +231,20 @@ def resolve_config(config: ConceptPruneConfig, backbone: Backbone, kind: str,
 @register_method
 class ConceptPrune(Method):
     name = "conceptprune"
+    # remaining differences from the official code (docs/DEVELOPING.md, "Deviations")
+    deviations = (
+        {
+            "what": ("activations are collected while sampling with DDIM and a seed per prompt; the official uses "
+                "the SD pipeline's PNDM scheduler and seed 0"),
+            "official": "ruchikachavhan/concept-prune @ 72927d9, wanda_receiver.py",
+            "class": "a",
+        },
+        {
+            "what": "the official runs SD v1.5 (configs/wanda_config.yaml); here the run's model",
+            "official": "ruchikachavhan/concept-prune @ 72927d9, configs/wanda_config.yaml",
+            "class": "a",
+        },
+    )
     family = "closed-form"
     description = "ConceptPrune: Wanda-scored skilled FF neurons pruned (Chavhan et al. 2025)"
     config_class = ConceptPruneConfig

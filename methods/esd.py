@@ -114,6 +114,15 @@ def parameter_rule(train_method: str):
 
 class ESD(ft.FinetuneMethod):
     config_class = ESDConfig
+    # remaining differences from the official code (docs/DEVELOPING.md, "Deviations")
+    deviations = (
+        {
+            "what": ("teacher and student are evaluated at x_t's own DDIM timestep; the official scores "
+                "t_enc/ddim_steps*1000 (+ a draw), which does not match x_t's noise level"),
+            "official": "rohitgandikota/erasing @ b8aeab6, train-scripts/train-esd.py",
+            "class": "a",
+        },
+    )
     default_train_method: ClassVar[str] = "xattn"
     mini_defaults = MINI_DEFAULTS
 

@@ -10,6 +10,8 @@ layer's self-attention, every token row, as the official ``train.py`` hooks it) 
 
     L(theta_1) = || h_L(p_c; theta) - v ||^2                               (MSE over all rows and channels)
     HiRM-R (``misdirection="random"``):  v = c * u / ||u||,  u ~ U[0, 1)^{L x D}, c = ``steering_coeff``
+                                         (``steering_norm="whole"``: ||u|| over the whole [L, D] tensor;
+                                          ``"per_row"``: each row u_t / ||u_t||, the paper's unit vector per token)
     HiRM-S (``misdirection="anchor"``):  v = h_L(p_a; theta*)   (the frozen encoder's representation of the
                                                                  anchor, a super-category; c = 1)
 
@@ -23,7 +25,14 @@ Coffeeloveman/HiRM train.py"; defaults in ``utils.py``) and the official README'
 Coffeeloveman/HiRM README.md): AdamW lr 1e-4, betas (0.9, 0.98), eps 1e-6, weight decay 1e-8; layer 0's self-attention
 and MLP train; one step per epoch on the whole concept prompt; epochs 50 for nudity, 20 for a style, 15 for an
 object (README); the random target is ``torch.rand`` over the whole ``[77, 768]`` representation, normalised as
-one tensor. ``steering_coeff`` 500 is the paper's c for HiRM-R (erase-eval's default is 5000). The paper has no
+one tensor and scaled by ``hirm_steering_coeff`` 5000 (the port's ``utils.py``; the README's commands pass none):
+about 570 per row. The paper (Sec. 3, HiRM-R) normalises a random vector per token and scales it by c = 500: 500
+per row. Both readings give each row a target of about 500-570; the default here is the code's (through the
+port: ``steering_norm="whole"``, ``steering_coeff=5000``), the paper's is ``steering_norm="per_row",
+steering_coeff=500``. Before algorithm version 2 this module combined the port's normalisation with the paper's c,
+a target of about 57 per row, neither source's. Learning rate: the paper gives 5e-5 for styles and objects and
+1e-4 for nudity; the port defaults to 1e-4 for every kind and the README's commands pass none, so the style and
+object recipes take the paper's 5e-5. The paper has no
 retain set; ``retain_weight`` (default 0, the paper) adds ``retain_weight * ||h_L(p_r; theta) - h_L(p_r;
 theta*)||^2`` over the request's preserve prompts, an option, not the paper.
 
@@ -45,14 +54,17 @@ import torch.nn.functional as F
 
 from bench.backbone import Backbone
 from methods import _finetune as ft
-from methods.base import ErasureRequest, register_method
+from methods.base import Deviation, ErasureRequest, register_method
 from methods.recipes import Recipe
 
 
 @dataclass
 class HiRMConfig(ft.FinetuneConfig):
     misdirection: Literal["random", "anchor"] = "random"  # HiRM-R (paper Sec. 3) | HiRM-S (to the anchor)
-    steering_coeff: float = 500.0  # paper, HiRM-R's c (erase-eval utils.py: hirm_steering_coeff 5000)
+    # erase-eval utils.py hirm_steering_coeff 5000 with train_hirm.py's whole-tensor normalisation (about 570 per row);
+    # the paper's HiRM-R: c = 500 on a unit vector per token (steering_norm="per_row")
+    steering_coeff: float = 5000.0
+    steering_norm: Literal["whole", "per_row"] = "whole"  # erase-eval train_hirm.py: random_vector[0] / .norm()
     epochs: int = 50  # Coffeeloveman/HiRM README (nudity: --epoch 50); erase-eval utils.py (hirm_epochs 50)
     lr: float = 1e-4  # erase-eval utils.py (hirm_lr 1e-4)
     betas: tuple[float, float] = (0.9, 0.98)  # erase-eval utils.py (hirm_beta1 0.9, hirm_beta2 0.98)
@@ -70,6 +82,9 @@ class HiRMConfig(ft.FinetuneConfig):
 # 0.67 with other objects at 1.00; with the loss on the rows from the concept on (rows="from_concept") c = 500 /
 # 5000 erased 0.33 / 0.42 (other objects 1.00 / 0.93), HiRM-S to "square" 0.08 / 1.00; c = 50 on every row 0.08.
 # The tiny encoder (3 layers, width 128) moves at a 10x larger learning rate than the paper's in the same 50 epochs.
+# Those figures were taken with c = 500 normalised over the whole tensor (algorithm version 1). Version 2's default
+# target is the port's (c = 5000, whole tensor: 10x larger); the mini preset does not pin the old one, because the
+# effect test keeps its verdict (EFFECT_SEED, tests/test_method_hirm.py: erasure 0.00 -> 0.58, other objects 1.00).
 MINI_DEFAULTS: dict[str, Any] = {
     "epochs": 50,
     "lr": 1e-3,
@@ -79,12 +94,16 @@ _README = "Coffeeloveman/HiRM README.md (index copy)"
 _PORT = "fmp453/erase-eval @ 964d57f, train_methods/train_hirm.py + utils.py"
 
 
+_CANVAS = ("the README's style/object commands train the UnlearnCanvas-fine-tuned text encoder "
+           "(models/canvas/text_encoder), not SD 1.4's")
+
+
 def _recipe(kind: str, epochs: int, note: str = "") -> Recipe:
-    return Recipe(kind=kind, params={"misdirection": "random", "epochs": epochs, "lr": 1e-4},
+    return Recipe(kind=kind, params={"misdirection": "random", "epochs": epochs, "lr": 5e-5},
                   sources={"epochs": f"{_README} ({kind} command: --epoch {epochs})",
                            "misdirection": "paper: HiRM-R, the README's training commands",
-                           "lr": f"{_PORT} (hirm_lr 1e-4)"},
-                  note=note)
+                           "lr": f"paper Sec. 4 (styles and objects: lr 5e-5); {_PORT} defaults to 1e-4 for every kind"},
+                  note="; ".join(filter(None, [note, _CANVAS])))
 
 
 RECIPES = {
@@ -135,6 +154,23 @@ class HiRM(ft.FinetuneMethod):
     mini_defaults = MINI_DEFAULTS
     recipes = RECIPES
     edited_components = ("text_encoder",)
+    # 2: HiRM-R's target at the port's scale (whole-tensor normalisation, c 5000: about 570 per row, was 57);
+    # the style and object recipes at the paper's lr 5e-5
+    algorithm_version = "2"
+    deviations = (
+        Deviation("the nudity keywords are trained as one prompt (the README's --target_concept string); the paper "
+                  "says 'joint multi-keyword training', and whether the official train.py splits them cannot be read",
+                  _README, "c", ("nudity",)),
+        Deviation("the official train.py is not readable; its defaults (steering coefficient 5000, lr 1e-4, the "
+                  "whole-tensor normalisation) come from the port", _PORT, "a"),
+        Deviation("HiRM-S for nudity (a Ring-A-Bell safety vector, paper Sec. 4) is not implemented: the nudity "
+                  "recipe runs HiRM-R", "paper Sec. 4 (through the paper note)", "a", ("nudity",)),
+        Deviation("the style and object commands train the UnlearnCanvas-fine-tuned text encoder; here the run's "
+                  "model (SD 1.4)", f"{_README} (--text_encoder_path models/canvas/text_encoder)", "b",
+                  ("style", "object")),
+        Deviation("trained under bf16 autocast where the device has native bf16 (mixed_precision auto); the port "
+                  "trains in float32", _PORT, "a"),
+    )
     conformance_overrides = {"epochs": 2}
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
@@ -157,8 +193,8 @@ class HiRM(ft.FinetuneMethod):
         with torch.no_grad():
             if cfg.misdirection == "random":
                 length, width = ids.shape[1], encoder.config.hidden_size
-                u = torch.rand((length, width), generator=torch.Generator("cpu").manual_seed(seed))
-                target = (cfg.steering_coeff * u / u.norm()).to(backbone.device)[None].expand(len(prompts), -1, -1)
+                target = steering_target(length, width, cfg.steering_coeff, cfg.steering_norm, seed)
+                target = target.to(backbone.device)[None].expand(len(prompts), -1, -1)
             else:  # HiRM-S: the frozen encoder's representation of the anchor in the same contexts
                 anchors = [" ".join(t.format(request.anchor).split()) for _ in concepts for t in templates]
                 target = representation(backbone.text_encoder, edited.tokenize(anchors), cfg.representation_layer)
@@ -190,6 +226,18 @@ class HiRM(ft.FinetuneMethod):
             self.stats["deviations"] = "; ".join(deviations)
         self.record_edit(edited, cfg, request)
         return edited
+
+
+def steering_target(length: int, width: int, coeff: float, norm: str, seed: int) -> torch.Tensor:
+    """HiRM-R's target ``[length, width]``: ``u ~ U[0, 1)`` (the port's ``torch.rand``) scaled to ``coeff`` over the
+    whole tensor (``norm="whole"``, erase-eval ``train_hirm.py``; each row then has about ``coeff / sqrt(length)``)
+    or per row (``"per_row"``, the paper's unit vector per token: each row has exactly ``coeff``)."""
+    u = torch.rand((length, width), generator=torch.Generator("cpu").manual_seed(seed))
+    if norm == "per_row":
+        return coeff * u / u.norm(dim=-1, keepdim=True)
+    if norm != "whole":
+        raise ValueError(f"hirm: steering_norm={norm!r} must be 'whole' or 'per_row'")
+    return coeff * u / u.norm()
 
 
 def concept_mask(backbone: Backbone, templates: list[str], concepts: list[str], rows: str) -> torch.Tensor:

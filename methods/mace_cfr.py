@@ -195,6 +195,21 @@ RECIPES = {
 @register_method
 class MACECFR(Method):
     name = "mace-cfr"
+    # remaining differences from the official code (docs/DEVELOPING.md, "Deviations")
+    deviations = (
+        {
+            "what": ("only MACE's closed-form refinement (CFR) stage: the per-concept LoRA training and the "
+                "multi-LoRA fusion are not implemented"),
+            "official": "Shilin-LU/MACE @ 057e7a6, src/cfr_lora_training.py, src/fuse_lora_close_form.py",
+            "class": "b",
+        },
+        {
+            "what": ("COCO preservation from the 30k captions of coco_30k.csv with the weight scaled to the "
+                "official cache's caption count"),
+            "official": "Shilin-LU/MACE @ 057e7a6, src/cache_coco.py",
+            "class": "a",
+        },
+    )
     family = "closed-form"
     description = "MACE stage 1: closed-form refinement of cross-attention k/v for many concepts (Lu et al. 2024)"
     config_class = MACECFRConfig

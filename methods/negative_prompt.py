@@ -48,6 +48,9 @@ class NegativePromptConfig(MethodConfig):
 @register_method
 class NegativePrompt(Method):
     name = "negative-prompt"
+    # no deviation: plain CFG with the target as the negative prompt (docs/DEVELOPING.md, "Deviations")
+    deviations_checked = ("diffusers StableDiffusionPipeline (negative_prompt: the unconditional branch encodes it); "
+                          "a baseline with no paper code of its own")
     family = "inference-time"
     description = "the target as the negative prompt of classifier-free guidance"
     config_class = NegativePromptConfig

@@ -16,6 +16,7 @@ class NoneConfig(MethodConfig):
 @register_method
 class NoEdit(Method):
     name = "none"
+    deviations_checked = "nothing to differ from: the unedited model, the reference row (no method code)"
     family = "reference"
     description = "the unedited model (reference row)"
     config_class = NoneConfig

@@ -181,6 +181,23 @@ RECIPES = {
 @register_method
 class RECE(Method):
     name = "rece"
+    # remaining differences from the official code (docs/DEVELOPING.md, "Deviations")
+    deviations = (
+        {
+            "what": ("the initial UCE edit is made here with UCE's config (uce_* fields); the official scripts "
+                "start from a UCE checkpoint made beforehand"),
+            "official": "CharlesGong12/RECE @ 403a67f, scripts/*.sh",
+            "class": "a",
+        },
+        {
+            "what": ("keep-the-best-epoch scores the validation images with validation_evaluator, whose default "
+                "'nudenet' the style and object recipes keep (nudity: NudeNet at 0.6 as the official train.py); "
+                "what the official art and object scripts select with was not checked"),
+            "official": "CharlesGong12/RECE @ 403a67f, train.py, train_artists.py, train_object.py",
+            "class": "c",
+            "kinds": ("object", "style", "identity", "colour",),
+        },
+    )
     family = "closed-form"
     description = "RECE: UCE plus closed-form derivation and erasure of regenerating embeddings (Gong et al. 2024)"
     config_class = RECEConfig

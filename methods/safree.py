@@ -274,6 +274,35 @@ class SafreeHook:
 @register_method
 class SAFREE(Method):
     name = "safree"
+    # remaining differences from the official code (docs/DEVELOPING.md, "Deviations")
+    deviations = (
+        {
+            "what": ("latent re-attention (the FreeU-style Fourier filter of skip features) is not implemented; "
+                "the official SD-1.4 script registers it without its safree= mode, so there it changes no "
+                "feature"),
+            "official": "jaehong31/SAFREE @ b8b2c3f, generate_safree.py, free_lunch_utils.py",
+            "class": "a",
+        },
+        {
+            "what": ("a prompt with one real token is left unfiltered; in the official code the mean over the "
+                "empty set of other tokens is NaN, the comparison is False and the token is flagged and "
+                "filtered (fidelity-review-2, SAFREE #2)"),
+            "official": "jaehong31/SAFREE @ b8b2c3f, models/modified_stable_diffusion_pipeline.py",
+            "class": "c",
+        },
+        {
+            "what": ("the sampler is the run's; the official samples with DPMSolverMultistep, 50 steps, at "
+                "guidance 7.5, and up_t counts steps of that schedule"),
+            "official": "jaehong31/SAFREE @ b8b2c3f, generate_safree.py, configs/sd_config.json",
+            "class": "a",
+        },
+        {
+            "what": ("the keyword negative prompt is replaced whenever a caller passes negative_prompts explicitly "
+                "(bench/generate.py denoise)"),
+            "official": "jaehong31/SAFREE @ b8b2c3f, generate_safree.py (negative_prompt = the keywords)",
+            "class": "c",
+        },
+    )
     family = "inference-time"
     description = ("SAFREE: project the prompt's tokens near the toxic subspace away from it, for the first "
                    "denoising steps (Yoon et al. 2025)")

@@ -136,6 +136,18 @@ RECIPES = {
 @register_method
 class SalUn(ft.FinetuneMethod):
     name = "salun"
+    deviations_checked = "nudity: OPTML-Group/Unlearn-Saliency @ a6e89fd, SD/train-scripts/nsfw_removal.py (the NSFW recipe)"
+    # remaining differences from the official code (docs/DEVELOPING.md, "Deviations")
+    deviations = (
+        {
+            "what": ("the forgetting and retain images are the model's own samples and the relabel is the anchor "
+                "or a preserve concept; the official Imagenette recipe relabels each class to another class "
+                "on real images (the NSFW recipe is followed as published)"),
+            "official": "OPTML-Group/Unlearn-Saliency @ a6e89fd, SD/README.md, SD/train-scripts/",
+            "class": "a",
+            "kinds": ("object", "style", "identity", "colour",),
+        },
+    )
     description = "SalUn: gradient-saliency-masked random-label unlearning (Fan et al. 2024)"
     config_class = SalUnConfig
     mini_defaults = MINI_DEFAULTS

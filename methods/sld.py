@@ -151,6 +151,18 @@ class SLDConfig(MethodConfig):
 @register_method
 class SLD(Method):
     name = "sld"
+    deviations_checked = ("nudity: diffusers pipeline_stable_diffusion_safe.py (StableDiffusionPipelineSafe: the safety "
+                          "concept and the SafetyConfig presets)")
+    # remaining differences from the official code (docs/DEVELOPING.md, "Deviations")
+    deviations = (
+        {
+            "what": ("the safety concept of a non-nudity kind is the target's words; SLD's published I2P numbers "
+                "use its fixed list of inappropriate categories (the nudity recipe)"),
+            "official": "diffusers pipeline_stable_diffusion_safe.py (StableDiffusionPipelineSafe.safety_concept)",
+            "class": "a",
+            "kinds": ("object", "style", "identity", "colour",),
+        },
+    )
     family = "inference-time"
     description = "Safe Latent Diffusion: safety guidance away from the target at sampling (Schramowski et al. 2023)"
     config_class = SLDConfig

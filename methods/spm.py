@@ -23,10 +23,25 @@ times U(0.8, 1.2); ``"surrogate-prompts"`` draws them from a concept set, the re
 (the paper's description of a surrogate concept set; with no preserve prompts it falls back to
 embedding noise and says so in the edit record).
 
-Facilitated transport (Sec. 3.4, official ``infer_spm.py``): at inference the adapter's strength is set
-per prompt, gamma(p) = max over erased concepts of the cosine similarity between the prompt's text
-embedding and the concept's (flattened [L, D] embeddings, the ``clipcos`` metric); a prompt unlike the
-concept passes the membrane almost unchanged. ``transport="none"`` uses gamma = 1 (a plain LoRA).
+Latent anchoring's batch (``anchor_layout``): the official ``sample()`` returns the interleaved embeddings
+[u, s_1, u, s_2, ..., u, s_n] (u the empty prompt's) and ``predict_noise`` at guidance 1 keeps the second
+half of the UNet batch, so the anchored predictions are rows n..2n-1 of that list: for n = 4,
+eps(""), s_3, eps(""), s_4 (``train_spm.py`` lines 236-262, ``src/engine/sampling.py`` line 24,
+``src/engine/train_util.py`` lines 160-176). ``"official"`` (default) anchors exactly those rows, so half the
+anchoring holds the unconditional prediction fixed; ``"paper"`` anchors n surrogate concepts (Sec. 3.3).
+
+Facilitated transport (Sec. 3.4, official ``infer_spm.py`` lines 28-51 and 107-143): for each prompt the
+multiplier is m(p) = max over erased concepts of max(clipcos, tokenuni): clipcos the cosine similarity of
+the prompt's and the concept's flattened [L, D] text embeddings, tokenuni the share of the concept's tokens
+(special tokens removed) found in the prompt (``--matching_metric`` default ``clipcos_tokenuni``). The
+official multiplies *every* tensor of the saved SPM (lora_down, lora_up, alpha) by m before
+``load_state_dict``, while the layer's scale alpha / rank was fixed at construction: the adapter's output is
+scaled by m^2 (``gate_power`` 2). One multiplier serves the whole pipeline call, the unconditional pass
+included. Here :func:`bench.generate.denoise` tells the adapter each batch's prompts
+(:meth:`SPMAdapter.prompt_scope`), and every row of a prompt's CFG column (negative, prompt, hook prompts)
+takes that prompt's m^2. A UNet call outside ``denoise`` (an attack's own loop) has no prompt text: each row
+is then gated by its own clipcos. ``transport="clipcos"`` drops tokenuni; ``gate_power=1`` is the paper's
+gamma (the strength m itself); ``transport="none"`` uses gamma = 1 (a plain LoRA).
 
 The edit is the adapter, not the UNet: :meth:`SPMAdapter.save` writes ``adapter.safetensors`` (the rank-1
 weights and the concept embeddings) and ``adapter.json`` (its config); ``Backbone.save_edit`` puts them in
@@ -37,19 +52,22 @@ Defaults (Con6924/SPM @ 3dd762e, Apache-2.0; ``configs/pikachu/config.yaml`` and
 alpha 1, 3000 iterations, batch 1, lr 1e-4, 30 denoising steps, start guidance 3 (``train_spm.py``), eta 1
 (``guidance_scale``), la_strength 1000, 4 anchor samples (``sampling_batch_size``), transport ``clipcos``.
 
-Deviations, stated in the edit record (``edits[-1]["deviations"]``) and logged:
+Deviations (``SPM.deviations``, ``erasebench show method spm``), also in the edit record
+(``edits[-1]["deviations"]``) and logged:
 - the optimiser is plain AdamW at a constant lr (official: AdamW8bit with 500 warm-up steps and cosine
   restarts, 3 cycles), the shared fine-tuning loop having no schedule;
-- facilitated transport uses the embedding-cosine metric only: the official default ``clipcos_tokenuni``
-  also takes the share of the concept's tokens found in the prompt, but the gate is computed inside the
-  UNet from ``encoder_hidden_states`` (so every caller, attacks included, gets it) where token ids are not
-  seen; and each row of a CFG batch is gated by its own embedding (the official code scales the adapter by
-  the prompt's multiplier for both the conditional and the unconditional pass).
+- x_t is scored at its own DDIM timestep (the official: ``timesteps_1000[int(i 1000 / 30)]``, about 42 DDPM
+  steps above the latent's level);
+- a UNet call outside :func:`bench.generate.denoise` is gated per row by clipcos (no prompt text there);
 - no dynamic resolution (the official samples 512 +- buckets): the backbone's latent size.
+Before algorithm version 2 the gate was per-row clipcos with strength m, and the anchors were n noise
+embeddings only (the paper's reading: ``transport="clipcos", gate_power=1, anchor_layout="paper"``, which
+still gates the unconditional row by its own embedding).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -63,7 +81,7 @@ from safetensors.torch import load_file, save_file
 
 from bench.backbone import ADAPTER_ATTR, Backbone
 from methods import _finetune as ft
-from methods.base import ErasureRequest, register_method
+from methods.base import Deviation, ErasureRequest, register_method
 from methods.recipes import Recipe
 
 log = logging.getLogger(__name__)
@@ -73,9 +91,16 @@ _CFG = f"{_REPO}, configs/pikachu/config.yaml"
 _PROMPT = f"{_REPO}, configs/pikachu/prompt.yaml"
 
 DEVIATIONS = (
-    "AdamW at a constant lr (official: AdamW8bit, 500 warm-up steps, cosine with 3 restarts)",
-    "facilitated transport gate = max embedding cosine per row of the UNet batch (official clipcos_tokenuni, "
-    "one multiplier for the prompt's conditional and unconditional pass)",
+    Deviation("AdamW at a constant lr; the official uses AdamW8bit with 500 warm-up steps and cosine with 3 restarts",
+              f"{_CFG} (optimizer, lr_scheduler)", "a"),
+    Deviation("x_t is scored at its own DDIM timestep; the official scores timesteps_1000[int(i 1000 / 30)], about "
+              "42 DDPM steps above the latent's level", f"{_REPO}, train_spm.py", "a"),
+    Deviation("a UNet call outside bench.generate.denoise (an attack's own loop) knows no prompt text: each row is "
+              "gated by its own clipcos^2, without tokenuni", f"{_REPO}, infer_spm.py:107-143", "a"),
+    Deviation("no dynamic resolution (the official trains on 512 +- buckets): the backbone's latent size",
+              f"{_CFG} (dynamic_resolution)", "a"),
+    Deviation("one recipe for every kind (the authors publish configs/pikachu and configs/snoopy only)",
+              f"{_REPO}, configs/", "a"),
 )
 
 
@@ -92,7 +117,13 @@ class SPMConfig(ft.FinetuneConfig):
     la_strength: float = 1000.0  # prompt.yaml la_strength
     anchor_samples: int = 4  # prompt.yaml sampling_batch_size
     anchor_source: Literal["embedding-noise", "surrogate-prompts"] = "embedding-noise"  # src/engine/sampling.py
-    transport: Literal["clipcos", "none"] = "clipcos"  # infer_spm.py matching metric (clipcos part)
+    # infer_spm.py:200-203 (--matching_metric default clipcos_tokenuni); "clipcos" drops the token overlap
+    transport: Literal["clipcos_tokenuni", "clipcos", "none"] = "clipcos_tokenuni"
+    # infer_spm.py:134-142: every SPM tensor (lora_down, lora_up) times m, so the output scales by m^2; 1: the paper's m
+    gate_power: float = 2.0
+    # train_spm.py:236-262 with src/engine/sampling.py:24: the anchored rows are the second half of [u, s1, ..., u, sn]
+    # (eps("") among them); "paper": n surrogate concepts
+    anchor_layout: Literal["official", "paper"] = "official"
     sample_from: Literal["edited", "frozen"] = "edited"  # train_spm.py: x_t sampled with the adapter on
     trajectory_pool: int = 0  # > 0 (with sample_from="frozen"): trajectories sampled once per prompt and reused
 
@@ -179,11 +210,16 @@ class SPMAdapter(torch.nn.Module):
     it) with a forward hook on each adapted layer; the base weights are untouched."""
 
     def __init__(self, unet: torch.nn.Module, concepts: torch.Tensor, rank: int = 1, alpha: float = 1.0,
-                 transport: str = "clipcos", seed: int = 0, layers: list[str] | None = None):
+                 transport: str = "clipcos", seed: int = 0, layers: list[str] | None = None,
+                 gate_power: float = 1.0, concept_tokens: list[list[int]] | None = None):
         super().__init__()
         if rank < 1:
             raise ValueError(f"SPM: rank={rank} must be >= 1")
         self.rank, self.alpha, self.transport = rank, float(alpha), transport
+        self.gate_power = float(gate_power)
+        # each erased prompt's token ids without special tokens (tokenuni's denominator set)
+        self.concept_tokens = [sorted(set(t)) for t in (concept_tokens or [])]
+        self._prompt_tokens: list[set[int]] | None = None  # the prompts of the denoise() call in progress
         self.layer_names = layers if layers is not None else adapted_layers(unet)
         if not self.layer_names:
             raise ValueError("SPM: the UNet has no transformer block with linear layers to adapt")
@@ -206,13 +242,47 @@ class SPMAdapter(torch.nn.Module):
         unet.add_module(ADAPTER_ATTR, self)
         return self
 
+    @contextlib.contextmanager
+    def prompt_scope(self, tokenizer, prompts: list[str]):
+        """While open, UNet batches of ``k * len(prompts)`` rows are read as CFG columns of these prompts
+        ([negative; prompt; hook prompts], :func:`bench.generate.denoise`): each column takes its prompt's
+        multiplier (clipcos of the prompt row, tokenuni of its tokens), as the official one per pipeline call."""
+        specials = set(tokenizer.all_special_ids)
+        ids = tokenizer(prompts, truncation=True, max_length=tokenizer.model_max_length).input_ids
+        previous, self._prompt_tokens = self._prompt_tokens, [set(i) - specials for i in ids]
+        try:
+            yield self
+        finally:
+            self._prompt_tokens = previous
+
+    def token_overlap(self, prompt_tokens: list[set[int]], device: torch.device) -> torch.Tensor:
+        """tokenuni [prompts]: max over erased prompts of |prompt tokens & concept tokens| / |concept tokens|."""
+        if not self.concept_tokens:
+            return torch.zeros(len(prompt_tokens), device=device)
+        scores = [[len(p & set(c)) / len(c) if c else 0.0 for c in self.concept_tokens] for p in prompt_tokens]
+        return torch.tensor(scores, device=device).max(dim=1).values
+
     def gate(self, encoder_hidden_states: torch.Tensor) -> torch.Tensor:
-        """Facilitated transport: gamma per row = max_k cos(row, concept_k), clamped to [0, 1]."""
+        """Facilitated transport: the adapter's strength per row of the UNet batch, m ** ``gate_power`` with m the
+        max over erased concepts of clipcos (and tokenuni with ``clipcos_tokenuni``), clamped to [0, 1]. Inside
+        :meth:`prompt_scope` every row of a prompt's CFG column takes that prompt's m; otherwise each row its own
+        clipcos."""
+        n_rows = encoder_hidden_states.shape[0]
         if self.transport == "none":
-            return torch.ones(encoder_hidden_states.shape[0], device=encoder_hidden_states.device)
+            return torch.ones(n_rows, device=encoder_hidden_states.device)
         rows = encoder_hidden_states.flatten(1).float()
-        cos = F.cosine_similarity(rows[:, None, :], self.concepts.float()[None, :, :], dim=-1)
-        return cos.max(dim=1).values.clamp(0.0, 1.0)
+        prompts = self._prompt_tokens
+        columns = len(prompts) if prompts else 0
+        if columns and n_rows % columns == 0:
+            cond = rows[columns:2 * columns] if n_rows >= 2 * columns else rows[:columns]
+            cos = F.cosine_similarity(cond[:, None, :], self.concepts.float()[None, :, :], dim=-1).max(dim=1).values
+            m = cos
+            if self.transport == "clipcos_tokenuni":
+                m = torch.maximum(cos, self.token_overlap(prompts, cos.device))
+            m = m.repeat(n_rows // columns)
+        else:
+            m = F.cosine_similarity(rows[:, None, :], self.concepts.float()[None, :, :], dim=-1).max(dim=1).values
+        return m.clamp(0.0, 1.0) ** self.gate_power
 
     def set_gate(self, encoder_hidden_states: torch.Tensor | None) -> None:
         if self.multiplier is not None or encoder_hidden_states is None:
@@ -234,6 +304,7 @@ class SPMAdapter(torch.nn.Module):
 
     def config(self) -> dict[str, Any]:
         return {"method": "spm", "rank": self.rank, "alpha": self.alpha, "transport": self.transport,
+                "gate_power": self.gate_power, "concept_tokens": self.concept_tokens,
                 "layers": list(self.layer_names)}
 
     def save(self, folder: Path) -> None:
@@ -273,6 +344,10 @@ class SPM(ft.FinetuneMethod):
     config_class = SPMConfig
     mini_defaults = MINI_DEFAULTS
     recipes = RECIPES
+    # 2: facilitated transport as infer_spm.py (m^2, clipcos_tokenuni, one multiplier per CFG column) and the
+    # official anchor rows (eps("") among them)
+    algorithm_version = "2"
+    deviations = DEVIATIONS
     conformance_overrides = {"iterations": 2, "max_denoising_steps": 3, "anchor_samples": 2}
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
@@ -290,13 +365,17 @@ class SPM(ft.FinetuneMethod):
         with torch.no_grad():
             emb_c, emb_0 = frozen.encode(prompts), frozen.encode([""])
         # the erased concepts, as the official metadata keeps them: the training prompts
-        adapter = SPMAdapter(edited.unet, emb_c, cfg.rank, cfg.alpha, cfg.transport, seed).attach(edited.unet)
+        specials = set(frozen.tokenizer.all_special_ids)
+        tokens = [sorted(set(ids) - specials) for ids in frozen.tokenizer(
+            prompts, truncation=True, max_length=frozen.tokenizer.model_max_length).input_ids]
+        adapter = SPMAdapter(edited.unet, emb_c, cfg.rank, cfg.alpha, cfg.transport, seed, gate_power=cfg.gate_power,
+                             concept_tokens=tokens).attach(edited.unet)
         adapter.multiplier = 1.0  # trained at full strength (the official ``with network:``)
         params = {f"{ADAPTER_ATTR}.{k}": p for k, p in adapter.named_parameters()}
         for p in params.values():
             p.requires_grad_(True)
 
-        surrogates, notes = None, list(DEVIATIONS)
+        surrogates, notes = None, [d.what for d in DEVIATIONS]
         if cfg.anchor_source == "surrogate-prompts":
             pool = [p for p in request.preserve if p and p not in prompts]
             if pool:
@@ -320,6 +399,8 @@ class SPM(ft.FinetuneMethod):
             loss = F.mse_loss(ft.eps(edited.unet, x_t, t, c), target)
             if cfg.la_strength > 0 and cfg.anchor_samples > 0:
                 anchors = sample_anchors(emb_c[idx[0]], cfg.anchor_samples, gen, surrogates)
+                if cfg.anchor_layout == "official":
+                    anchors = official_anchor_rows(anchors, emb_0[0])
                 x_a = x_t[:1].expand(cfg.anchor_samples, -1, -1, -1)
                 with torch.no_grad():
                     kept = ft.eps(frozen.unet, x_a, t, anchors)
@@ -350,7 +431,8 @@ class SPM(ft.FinetuneMethod):
         meta = json.loads((folder / "adapter.json").read_text())
         tensors = load_file(str(folder / "adapter.safetensors"))
         adapter = SPMAdapter(backbone.unet, tensors["concepts"].view(tensors["concepts"].shape[0], 1, -1),
-                             meta["rank"], meta["alpha"], meta["transport"], layers=meta["layers"])
+                             meta["rank"], meta["alpha"], meta["transport"], layers=meta["layers"],
+                             gate_power=meta.get("gate_power", 1.0), concept_tokens=meta.get("concept_tokens"))
         adapter.load_state_dict(tensors)
         adapter.to(backbone.device, backbone.dtype)
         adapter.attach(backbone.unet)
@@ -379,6 +461,15 @@ def sample_anchors(target: torch.Tensor, n: int, gen: torch.Generator,
         scale = float(torch.rand((), generator=gen)) * 0.4 + 0.8
         out.append((scale * noise * flat.norm().cpu()).view(target.shape))
     return torch.stack(out).to(target.device, target.dtype)
+
+
+def official_anchor_rows(anchors: torch.Tensor, empty: torch.Tensor) -> torch.Tensor:
+    """The rows the official latent anchoring keeps: ``sample()`` interleaves [u, s_1, u, s_2, ..., u, s_n] and
+    ``predict_noise`` at guidance 1 returns the UNet's second half, rows n..2n-1 of that list (n = 4: u, s_3,
+    u, s_4)."""
+    n = anchors.shape[0]
+    interleaved = torch.stack([row for s in anchors for row in (empty.to(anchors.dtype), s)])
+    return interleaved[n:]
 
 
 def check_config(cfg: SPMConfig) -> None:

@@ -40,22 +40,45 @@ Defaults (ddgoodgood/TRCE @ b69ef60, ``config/stage1/stage1_sexual_default.yaml`
 
 - the first [EoT] row is found by its token (the official code counts words, ``len(sentence.split()) + 1``,
   which points at another row when a word is several tokens or a prompt has punctuation);
-- the official stage-2 loop never calls ``optimizer.zero_grad()`` (gradients add up over all 300 steps);
-  here every step starts from zero gradients, as the paper's loss states;
-- a latent is scored at its own DDIM timestep (the official code draws ``t`` in a 20-wide window one step
-  above the latent's level);
+- (no longer a deviation since algorithm version 2) the official stage-2 loop never calls
+  ``optimizer.zero_grad()`` (``run_trce_stage2.py`` lines 190-191): the gradients of all steps add up, and
+  AdamW steps on that running sum. ``official_accumulate=True`` (default) does the same (the running sum is
+  kept through a resume); ``False`` starts every step from zero gradients, as the paper's loss reads;
+- a latent is scored at its own DDIM timestep. The official stores the latent *after* step s with that step's
+  t, so its target term scores exactly one DDIM step above the latent's level, and only its preserve term draws
+  t in a 20-wide window ``[(49 - s) 20, (50 - s) 20)``;
+- the unconditional (preserve) latents are those before each DDIM step 0..49, drawn at random; the official
+  reads its after-step latents 0..49 (x_0 included, the pure noise not) in file order;
 - the malicious-concept synonym lists the authors wrote with GPT-4o are the request's ``target_prompts`` (the
   nudity recipe lists the first 20 of ``data/concepts/sexual.json``); on the mini world the concept is the target
   word, in the world's own caption contexts (the model knows no other phrasing);
 - COCO preservation uses the 30k captions of ``coco_30k.csv`` with the weight scaled to the official cache's
   617k captions (as ``methods/mace_cfr.py``; the TRCE README ships MACE's ``cache_coco.pt``).
-- Without preserve prompts the empty prompt's rows are preserved (the solve with ``lamb = 0`` needs rows that
-  span the embedding space).
+- Without preserve prompts the empty prompt's rows are preserved. With ``lamb = 0`` the solve needs preserve
+  rows that span the embedding space; a rank-deficient normal matrix (the empty prompt's 77 rows and the
+  concept rows, far below 768 dimensions) is refused with an error before any weight changes
+  (:func:`check_solvable`), instead of returning weights blown up in the null directions.
+
+**Each kind** (algorithm version 2). The official stage 1 (``run_trce_stage1.py``) always preserves MACE's COCO
+cache (``prior_cache_path: data/cache/cache_coco.pt`` in both published stage-1 configs) with ``lamb = 0``, and
+always augments with the *object* templates (``prompt_augmentation``'s default ``concept_type='object'``). So
+every kind's recipe here preserves the COCO captions (``coco_30k.csv``, weight scaled as for nudity) and
+stage 1 uses the object templates for every kind. Style: the repository's concept files ``van-gogh.json``
+and ``kelly.json`` (20 entries each, every one mapped to "art") are the concepts of a Van Gogh or Kelly
+McKernan target (``official_concept_lists``), the recipe's anchor is "art"; another artist is erased by its
+name, mapped to "art". Object and identity: the official code has no concept file or config for them (the
+paper evaluates nudity, unsafe content and two artists); the target word is the only concept, mapped to the
+request's anchor. Stage 2: only ``stage2_sexual_default.yaml`` and ``stage2_unsafe_default.yaml`` are
+published (identical values) and ``stage2_data_preparation.py`` prepares only sexual and unsafe
+trajectories, so every other kind runs stage 2 with the sexual values (lr 1e-6, 3 epochs, guidance 15,
+preserve 100, beta 1, margin 0.01, early steps 0..25), trajectories of "a photo of {}" and the safe direction
+of the kind's anchor ("art" for style); the recipes' notes say so.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,7 +87,7 @@ import torch.nn.functional as F
 
 from bench.backbone import Backbone
 from methods import _finetune as ft
-from methods.base import ErasureRequest, register_method
+from methods.base import Deviation, ErasureRequest, register_method
 from methods.recipes import PromptFile, Recipe
 from methods.uce import edit_projections, gram_rows
 
@@ -77,17 +100,34 @@ OBJECT_TEMPLATES = [
     "An official photograph featuring {}", "A detailed sketch of {}", "{} during sunset/sunrise",
     "Magazine cover capturing {}", "An oil portrait of {}", "{} in a sketch painting",
 ]
-STYLE_TEMPLATES = [
-    "An artwork by {}", "Art piece by {}", "A recent creation by {}", "{}'s renowned art", "Latest masterpiece by {}",
-    "A stunning image by {}", "An art in {}'s style", "Exhibition artwork of {}", "Art display by {}",
-    "a beautiful painting by {}", "An image inspired by {}'s style", "A sketch by {}", "Art piece representing {}",
-    "A drawing by {}", "Artistry showcasing {}",
-]
+
+# The official style concept files (data/concepts/van-gogh.json, kelly.json @ b69ef60): 20 phrases each, every one
+# mapped to "art". Keyed by the lower-case artist name a target may use.
+VAN_GOGH = (
+    "Van Gogh", "Vincent van Gogh", "Starry Night, van gogh", "Sunflowers, van gogh", "The Bedroom, van gogh",
+    "Irises, van gogh", "Self-portrait with Bandaged Ear, van gogh", "Wheatfield with Crows, van gogh",
+    "Caf\u00e9 Terrace at Night, van gogh", "Almond Blossom, van gogh", "The Night Caf\u00e9, van gogh",
+    "The Potato Eaters, van gogh", "Vase with Fifteen Sunflowers, van gogh", "Van Gogh Museum",
+    "Expressionist style, van gogh", "Post-Impressionist, van gogh", "Dutch painter, van gogh",
+    "Gogh-inspired, van gogh", "Gogh-like, van gogh", "Gogh aesthetic, van gogh",
+)
+KELLY_MCKERNAN = (
+    "Kelly McKernan", "McKernan-style", "Inspired by Kelly McKernan", "Artwork by Kelly McKernan",
+    "Kelly McKernan aesthetic", "McKernan painting", "McKernan-inspired", "Kelly McKernan illustration",
+    "McKernan\u2019s palette", "Kelly McKernan art style", "McKernan's technique", "Kelly McKernan influence",
+    "Kelly McKernan visuals", "McKernan-like", "Kelly McKernan artwork", "McKernan-derived",
+    "Kelly McKernan inspired design", "Kelly McKernan mimicry", "Replicate Kelly McKernan",
+    "McKernan signature style",
+)
+STYLE_CONCEPTS: dict[str, tuple[str, ...]] = {
+    "van gogh": VAN_GOGH, "vincent van gogh": VAN_GOGH, "kelly mckernan": KELLY_MCKERNAN,
+}
 
 _REPO = "ddgoodgood/TRCE @ b69ef60"
 _S1 = f"{_REPO}, config/stage1/stage1_sexual_default.yaml"
 _S2 = f"{_REPO}, config/stage2/stage2_sexual_default.yaml"
 _PREP = f"{_REPO}, stage2_data_preparation.py"
+_STAGE1 = f"{_REPO}, run_trce_stage1.py"
 # The official cache holds every COCO 2014 caption (MACE's cache_coco.pt): 616,767; here the 30k of coco_30k.csv.
 _COCO_FACTOR = 616_767 / 30_000
 # run_trce_stage1.py multiplies the cache by preserve_scale, closed_form_refinement multiplies by it again and
@@ -98,7 +138,11 @@ OFFICIAL_ROW_WEIGHT = 0.01**2 / 3e4
 @dataclass
 class TRCEConfig(ft.FinetuneConfig):
     # ---- stage 1: the closed-form edit
-    templates: list[str] = field(default_factory=list)  # empty: the first augment_num official templates of the kind
+    # empty: the first augment_num official object templates, for every kind (src/cfr_utils.py prompt_augmentation,
+    # concept_type='object' as run_trce_stage1.py calls it)
+    templates: list[str] = field(default_factory=list)
+    # a style target with an official concept file (data/concepts/van-gogh.json, kelly.json) erases its 20 entries
+    official_concept_lists: bool = True
     augment_num: int = 15  # stage1_sexual_default.yaml (augment.augment_num)
     lamb: float = 0.0  # run_trce_stage1.py (closed_form_refinement(..., lamb=0.0))
     closed_form_preserve_scale: float = OFFICIAL_ROW_WEIGHT  # per preserve row: preserve_scale 0.01, squared, / 3e4
@@ -106,6 +150,8 @@ class TRCEConfig(ft.FinetuneConfig):
     stage2: bool = True  # False: stage 1 only (the paper's "T" ablation row)
     lr: float = 1e-6  # stage2_sexual_default.yaml (learning_rate)
     weight_decay: float = 0.01  # run_trce_stage2.py (AdamW(..., weight_decay=0.01))
+    # run_trce_stage2.py:190-191 (backward, step, never zero_grad): gradients add up over all steps; False zeroes them
+    official_accumulate: bool = True
     epochs: int = 3  # stage2_sexual_default.yaml (epochs): passes over every malicious trajectory
     guidance: float = 15.0  # stage2_sexual_default.yaml (guidance): w of the CFG-augmented directions
     preserve_scale: float = 100.0  # stage2_sexual_default.yaml (preserve_scale)
@@ -168,6 +214,35 @@ RECIPES = {
         note="COCO preservation from the 30k captions of coco_30k.csv (weight scaled), not the full-COCO cache",
     ),
 }
+# Stage 1 of every kind preserves the COCO cache as the nudity run does (run_trce_stage1.py reads prior_cache_path in
+# every config); stage 2 has only the sexual/unsafe configs (same values), used for every kind.
+_STAGE2_BORROWED = ("stage 2 runs with the sexual values (stage2_sexual_default.yaml: no other kind's stage-2 config or "
+                    "trajectory preparation is published), trajectories of 'a photo of {}', safe direction = the anchor")
+_SHARED_PARAMS = {k: v for k, v in RECIPES["nudity"].params.items()}
+_SHARED_SOURCES = {k: v for k, v in RECIPES["nudity"].sources.items()
+                   if k not in ("target_prompts", "anchor")}
+_SHARED_SOURCES["preserve_file"] = (f"{_STAGE1} (the COCO prior cache, prior_cache_path in every stage-1 config); "
+                                    "here coco_30k.csv")
+RECIPES["style"] = Recipe(
+    kind="style", params=dict(_SHARED_PARAMS), target_prompts=("{concept}",), anchor="art",
+    preserve_file=PromptFile("coco_30k.csv", column="prompt"),
+    sources={**_SHARED_SOURCES,
+             "target_prompts": f"{_REPO}, data/concepts/van-gogh.json, kelly.json (20 entries each, used for those "
+                               "two artists: official_concept_lists); another artist: its name",
+             "anchor": f"{_REPO}, data/concepts/van-gogh.json, kelly.json (every entry's safe concept 'art')"},
+    note="; ".join(["COCO preservation from coco_30k.csv (weight scaled)", _STAGE2_BORROWED]),
+)
+for _kind in ("object", "identity"):
+    RECIPES[_kind] = Recipe(
+        kind=_kind, params=dict(_SHARED_PARAMS), target_prompts=("{concept}",),
+        preserve_file=PromptFile("coco_30k.csv", column="prompt"),
+        sources={**_SHARED_SOURCES,
+                 "target_prompts": f"no official {_kind} concept file in {_REPO} (data/concepts: sexual, unsafe, "
+                                   "van-gogh, kelly): the target itself"},
+        note="; ".join([f"no official {_kind} run: the nudity recipe's values with the target as its only concept and "
+                        "the request's anchor", "COCO preservation from coco_30k.csv (weight scaled)",
+                        _STAGE2_BORROWED]),
+    )
 
 
 # --------------------------------------------------------------------------- stage 1
@@ -200,6 +275,34 @@ def mini_contexts(request: ErasureRequest) -> list[str]:
     return concept_contexts(world().kind_of(request.targets[0]))
 
 
+_ST2 = f"{_REPO}, run_trce_stage2.py"
+TRCE_DEVIATIONS = (
+    Deviation("the first [EoT] row is found by its token; the official counts words (len(split()) + 1), which "
+              "points at another row when a word is several tokens", f"{_REPO}, src/cfr_utils.py:116-117", "a"),
+    Deviation("stage-2 latents are scored at their own DDIM timestep; the official target term scores one DDIM step "
+              "above the latent's level and its preserve term draws t in [(49-s) 20, (50-s) 20)",
+              f"{_ST2}:112-116, 167-172", "a"),
+    Deviation("preserve latents: those before DDIM steps 0..49 (noise included, x_0 not) of trajectories drawn at "
+              "random; the official reads its after-step latents (x_0 included) of the files in order",
+              f"{_ST2}:153-172", "a"),
+    Deviation("COCO preservation from the 30k captions of coco_30k.csv, weight scaled by 616767/30000; the official "
+              "uses MACE's cache of every COCO-2014 caption (cache_coco.pt)", f"{_REPO}, README.md; {_STAGE1}", "a"),
+    Deviation("the concept list's repeated 'Nudity' is dropped: 19 concepts (285 pairs, 95 trajectories an epoch) "
+              "against the official 20", f"{_REPO}, data/concepts/sexual.json", "a", ("nudity",)),
+    Deviation("stage 2 runs with the sexual values (guidance 15, 3 epochs, preserve 100, early steps 0..25) and "
+              "'a photo of {}' trajectories, the safe direction being the kind's anchor: no stage-2 config or "
+              "trajectory preparation is published for this kind", f"{_REPO}, config/stage2/, stage2_data_preparation.py",
+              "b", ("object", "style", "identity", "colour")),
+    Deviation("no official concept list: the target word is the only concept (the official lists are GPT-4o synonyms, "
+              "20 per concept, written by src/gpt.py) and the anchor is the request's", f"{_REPO}, data/concepts/",
+              "b", ("object", "identity", "colour")),
+    Deviation("an artist other than Van Gogh and Kelly McKernan is erased by its name only (no official list)",
+              f"{_REPO}, data/concepts/van-gogh.json, kelly.json", "b", ("style",)),
+    Deviation("stage 1 is solved in float64 with torch.linalg.solve (a rank-deficient matrix refused); the official "
+              "inverts in float32 with torch.inverse", f"{_REPO}, src/cfr_utils.py:168", "a"),
+)
+
+
 # --------------------------------------------------------------------------- the method
 @register_method
 class TRCE(ft.FinetuneMethod):
@@ -210,7 +313,13 @@ class TRCE(ft.FinetuneMethod):
     mini_defaults = MINI_DEFAULTS
     recipes = RECIPES
     edited_components = ("unet",)
-    conformance_overrides = {"ddim_steps": 3, "max_early_step": 1, "epochs": 1, "images_per_prompt": 1,
+    # 2: stage-2 gradients accumulate (official_accumulate), stage 1 refuses a rank-deficient solve, object templates
+    # and COCO preservation for every kind, the official style concept lists
+    algorithm_version = "2"
+    deviations = TRCE_DEVIATIONS
+    # lamb: the tiny test CLIP's final LayerNorm has weight 1 and bias 0, so every text row sums to 0 and the rows span
+    # 31 of its 32 dimensions; the official lamb 0 is then (rightly) refused as rank-deficient (check_solvable)
+    conformance_overrides = {"lamb": 0.01, "ddim_steps": 3, "max_early_step": 1, "epochs": 1, "images_per_prompt": 1,
                              "regularization_trajectories": 1, "regularization_batch_size": 1, "augment_num": 2,
                              "max_steps": 2}
 
@@ -224,24 +333,33 @@ class TRCE(ft.FinetuneMethod):
         edited.guidance_hooks = []
         mini = backbone.kind == "mini"
         concepts = [p for _, p in ft.target_prompts(request)]
+        if request.kind == "style" and cfg.official_concept_lists and not mini:
+            concepts = official_concepts(concepts)
         anchor = request.anchor
 
         # ---- stage 1
-        templates = cfg.templates or (mini_contexts(request) if mini else
-                                      (STYLE_TEMPLATES if request.kind == "style" else OBJECT_TEMPLATES))
+        templates = cfg.templates or (mini_contexts(request) if mini else OBJECT_TEMPLATES)
         templates = templates[: cfg.augment_num]
         c_old, c_new, pairs = eot_pairs(edited, concepts, anchor, templates)
         preserve = ft.preserve_prompts(request)  # the empty prompt when there is none
         if mini:  # the world's captions of each preserved concept: the mini model never saw a bare word
             preserve = [t.format(p) for p in preserve if p for t in templates] or [""]
         keep = gram_rows(edited, preserve)
+        condition = check_solvable(c_old, keep, erase_scale=1.0 / len(pairs),
+                                   preserve_scale=cfg.closed_form_preserve_scale, lamb=cfg.lamb,
+                                   n_preserve=len(preserve))
         edit_projections(edited, c_old, c_new, keep, erase_scale=1.0 / len(pairs),
                          preserve_scale=cfg.closed_form_preserve_scale, lamb=cfg.lamb)
         stage1_seconds = time.perf_counter() - start
-        self.stats = {"stage1_pairs": len(pairs), "stage1_seconds": round(stage1_seconds, 3)}
+        self.stats = {"stage1_pairs": len(pairs), "stage1_concepts": len(concepts),
+                      "stage1_condition_number": float(f"{condition:.4g}"),
+                      "stage1_seconds": round(stage1_seconds, 3)}
         if cfg.stage2:
             self._stage2(cfg, frozen, edited, request, concepts, templates if mini else [cfg.trajectory_template], seed)
-        self.stats["deviations"] = DEVIATIONS
+        notes = [d.what for d in TRCE_DEVIATIONS if not d.kinds or request.kind in d.kinds]
+        if not cfg.official_accumulate:
+            notes.append("official_accumulate=False: stage-2 gradients zeroed every step (the official never does)")
+        self.stats["deviations"] = "; ".join(notes)
         self.record_edit(edited, cfg, request)
         return edited
 
@@ -293,10 +411,11 @@ class TRCE(ft.FinetuneMethod):
             preserve = F.mse_loss(ft.eps(stage1, x_r, t_r, emb_0), kept)
             return target + cfg.preserve_scale * preserve
 
+        accumulate, state = accumulated_gradients(params) if cfg.official_accumulate else (None, None)
         result = ft.train(
             name=self.name, config=cfg, modules={"unet": stage1}, params=params, loss_fn=loss_fn,
             total_steps=cfg.epochs * files, lr=cfg.lr, seed=seed, fingerprint=run, device=frozen.device,
-            optimizer="adamw", weight_decay=cfg.weight_decay,
+            optimizer="adamw", weight_decay=cfg.weight_decay, after_backward=accumulate, state=state,
         )
         done = result.steps - result.resumed_from
         sampled = (2 * len(neg) * cfg.images_per_prompt + cfg.regularization_trajectories) * cfg.ddim_steps  # CFG: 2
@@ -333,8 +452,58 @@ def sample_trajectories(backbone: Backbone, prompts: list[str], per_prompt: int,
     return {k: torch.cat(v).unflatten(0, (len(prompts), per_prompt)) for k, v in out.items() if v}
 
 
-DEVIATIONS = ("first [EoT] found by token (official: word count); zero_grad every step (official: never); "
-              "latents scored at their own DDIM timestep")
+def accumulated_gradients(params: dict[str, torch.nn.Parameter]
+                          ) -> tuple[Callable[[], None], dict[str, torch.Tensor]]:
+    """The official stage-2 loop's gradients, which are never zeroed (``run_trce_stage2.py`` lines 190-191): an
+    ``after_backward`` callback that replaces each step's gradient by the running sum of all steps' gradients so
+    far, and that sum as checkpoint ``state`` (so a resumed run continues the same sum)."""
+    total = {f"grad_sum.{n}": torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
+
+    def accumulate() -> None:
+        for n, p in params.items():
+            if p.grad is not None:
+                acc = total[f"grad_sum.{n}"]
+                acc += p.grad.float()
+                p.grad.copy_(acc)
+
+    return accumulate, total
+
+
+def official_concepts(concepts: list[str]) -> list[str]:
+    """``concepts`` with each artist that has an official concept file (:data:`STYLE_CONCEPTS`) replaced by the
+    file's 20 entries (the official stage 1 erases the whole list, ``concept_num 20``)."""
+    out: list[str] = []
+    for c in concepts:
+        out.extend(STYLE_CONCEPTS.get(" ".join(c.lower().split()), (c,)))
+    return list(dict.fromkeys(out))
+
+
+def check_solvable(erase_rows: torch.Tensor, preserve_rows: torch.Tensor, *, erase_scale: float,
+                   preserve_scale: float, lamb: float, n_preserve: int) -> float:
+    """The condition number of stage 1's normal matrix ``lamb I + erase_scale C^T C + preserve_scale P^T P``;
+    raises ValueError when its numerical rank is below the embedding size (eigenvalues under ``max * d * eps``,
+    float64 machine epsilon, count as zero: the rule of ``torch.linalg.matrix_rank``). Such a solve has no unique
+    answer and ``torch.linalg.solve`` returns weights blown up along the missing directions instead of failing."""
+    d = erase_rows.shape[1]
+    gram = lamb * torch.eye(d, dtype=torch.float64, device=erase_rows.device)
+    gram = gram + erase_scale * erase_rows.double().T @ erase_rows.double()
+    if preserve_rows.numel() and preserve_scale > 0:
+        p = preserve_rows.double().to(gram.device)
+        gram = gram + preserve_scale * p.T @ p
+    eig = torch.linalg.eigvalsh(gram)
+    top = float(eig.max())
+    tol = top * d * torch.finfo(torch.float64).eps
+    rank = int((eig > tol).sum())
+    condition = top / float(eig.min()) if float(eig.min()) > 0 else float("inf")
+    if rank < d:
+        raise ValueError(
+            f"trce: the stage-1 closed-form solve is rank-deficient (numerical rank {rank} of {d}, condition number "
+            f"{condition:.3g}; lamb={lamb}, {erase_rows.shape[0]} concept rows, {n_preserve} preserve prompt(s)): "
+            "its answer would be weights blown up along the missing directions. Preserve prompts that span the "
+            "text embedding (the official COCO cache: the recipes' preserve_file coco_30k.csv) or set lamb > 0")
+    return condition
+
+
 
 
 def _frozen_copy(module: torch.nn.Module) -> torch.nn.Module:

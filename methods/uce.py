@@ -356,6 +356,17 @@ class UCEConfig(MethodConfig):
 @register_method
 class UCE(Method):
     name = "uce"
+    # remaining differences from the official code (docs/DEVELOPING.md, "Deviations")
+    deviations = (
+        {
+            "what": ("the class defaults mix the current script's values (preserve_scale 1) with the old script's "
+                "token positions ('tail'); the per-kind recipes follow the old script throughout "
+                "(preserve_scale 0.1)"),
+            "official": ("rohitgandikota/unified-concept-editing @ 18287f6 train-scripts/train_erase.py; @ 28c81ed "
+                "trainscripts/uce_sd_erase.py"),
+            "class": "a",
+        },
+    )
     family = "closed-form"
     description = "Unified Concept Editing: closed-form edit of cross-attention k/v (Gandikota et al. 2024)"
     config_class = UCEConfig

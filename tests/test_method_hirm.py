@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from methods import METHODS, ErasureRequest, get_method
-from methods.hirm import HiRMConfig, representation
+from methods.hirm import HiRMConfig, representation, steering_target
+from tests.sd_fixtures import tiny_sd  # noqa: F401  (fixture)
 
 OBJECTS = ["circle", "square", "triangle", "star", "cross", "heart", "diamond", "crescent"]
 TARGET = "circle"
@@ -33,9 +34,44 @@ def test_registered_with_the_papers_defaults_and_recipes():
     assert "L(theta_1) = || h_L(p_c; theta) - v ||^2" in doc
     c = HiRMConfig()
     assert (c.misdirection, c.steering_coeff, c.epochs, c.lr, c.betas, c.adam_eps, c.weight_decay, c.trained_layer,
-            c.representation_layer, c.retain_weight) == ("random", 500.0, 50, 1e-4, (0.9, 0.98), 1e-6, 1e-8, 0, -1, 0.0)
+            c.representation_layer, c.retain_weight, c.steering_norm) == (
+        "random", 5000.0, 50, 1e-4, (0.9, 0.98), 1e-6, 1e-8, 0, -1, 0.0, "whole")
     assert {k: r.params["epochs"] for k, r in cls.recipes.items()} == {"nudity": 50, "style": 20, "object": 15}
     assert all(set(r.params) <= set(r.sources) for r in cls.recipes.values())
+
+
+def test_steering_target_has_the_sources_size_per_row():
+    # SD's [77, 768]: the port (train_hirm.py: rand / whole-tensor norm * 5000) about 570 per row, the paper (a unit
+    # vector per token * 500) 500; version 1 used the port's normalisation with the paper's c: about 57
+    rows = {norm_coeff: steering_target(77, 768, norm_coeff[1], norm_coeff[0], seed=0).norm(dim=-1)
+            for norm_coeff in (("whole", 5000.0), ("per_row", 500.0), ("whole", 500.0))}
+    assert 540 < float(rows["whole", 5000.0].mean()) < 600 and float(rows["whole", 5000.0].std()) < 15
+    assert torch.allclose(rows["per_row", 500.0], torch.full((77,), 500.0))
+    assert 54 < float(rows["whole", 500.0].mean()) < 60
+    recipes = METHODS.get("hirm").recipes  # the paper's lr for styles and objects; nudity 1e-4
+    assert (recipes["style"].params["lr"], recipes["object"].params["lr"], recipes["nudity"].params["lr"]) == (
+        5e-5, 5e-5, 1e-4)
+
+
+def test_the_default_target_on_sd_is_the_ports(tiny_sd, monkeypatch):  # noqa: F811
+    import methods.hirm as hirm
+    from bench.backbone import load_backbone
+
+    seen = []
+    original = hirm.steering_target
+
+    def record(length, width, coeff, norm, seed):
+        out = original(length, width, coeff, norm, seed)
+        seen.append((coeff, norm, float(out.norm(dim=-1).mean())))
+        return out
+
+    monkeypatch.setattr(hirm, "steering_target", record)
+    backbone = load_backbone(str(tiny_sd))
+    get_method("hirm", {"epochs": 1, "progress": False}).apply(backbone, ErasureRequest(targets=["nudity"],
+                                                                                        kind="nudity"))
+    (coeff, norm, per_row), = seen
+    # the tiny encoder's [77, 32] rows: 5000 / sqrt(77) scaled by the rows' share, about 570 as on SD
+    assert (coeff, norm) == (5000.0, "whole") and 500 < per_row < 640
 
 
 @pytest.mark.parametrize("misdirection", ["random", "anchor"])

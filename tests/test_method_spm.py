@@ -17,7 +17,8 @@ from bench.backbone import ADAPTER_ATTR, load_backbone
 from bench.generate import generate
 from bench.mini.probe import MINI_SAMPLER
 from methods import METHODS, ErasureRequest, get_method
-from methods.spm import SPMConfig, adapted_layers
+from methods.spm import SPMAdapter, SPMConfig, adapted_layers, official_anchor_rows
+from tests.sd_fixtures import tiny_sd  # noqa: F401  (fixture)
 
 OBJECTS = ["circle", "square", "triangle", "star", "cross", "heart", "diamond", "crescent"]
 TARGET = "circle"
@@ -34,7 +35,8 @@ def tiny_edit(mini_backbone):
 def test_paper_defaults_and_recipe_sources():
     cfg = SPMConfig()
     assert (cfg.rank, cfg.alpha, cfg.iterations, cfg.lr, cfg.la_strength, cfg.anchor_samples, cfg.max_denoising_steps,
-            cfg.start_guidance, cfg.erase_guidance, cfg.transport) == (1, 1.0, 3000, 1e-4, 1000.0, 4, 30, 3.0, 1.0, "clipcos")
+            cfg.start_guidance, cfg.erase_guidance, cfg.transport, cfg.gate_power, cfg.anchor_layout) == (
+        1, 1.0, 3000, 1e-4, 1000.0, 4, 30, 3.0, 1.0, "clipcos_tokenuni", 2.0, "official")
     cls = METHODS.get("spm")
     assert cls.family == "fine-tuning" and cls.edited_components == ("unet",)
     for kind, recipe in cls.recipes.items():
@@ -106,6 +108,73 @@ def test_bad_input_names_the_field(mini_backbone):
         get_method("spm", {**TINY, "rank": 0}).apply(mini_backbone, REQUEST)
     with pytest.raises(ValueError, match="unknown parameter"):
         get_method("spm", {"ranks": 2})
+
+
+# --------------------------------------------------------------------------- the official inference (tiny SD)
+# Con6924/SPM @ 3dd762e: infer_spm.py:28-51 (clipcos_tokenuni), 107-143 (every SPM tensor times m, one multiplier per
+# pipeline call); train_spm.py:236-262 with src/engine/sampling.py:24 and train_util.py:160-176 (the anchor rows)
+@pytest.fixture(scope="module")
+def sd_backbone(tiny_sd):  # noqa: F811
+    return load_backbone(str(tiny_sd))
+
+
+def _sd_adapter(backbone, **kw):
+    tok = backbone.tokenizer
+    concept = "nudity"
+    ids = sorted(set(tok(concept).input_ids) - set(tok.all_special_ids))
+    with torch.no_grad():
+        emb = backbone.encode([concept])
+    return SPMAdapter(backbone.unet.__class__.from_config(backbone.unet.config), emb, concept_tokens=[ids], **kw)
+
+
+def test_transport_is_one_squared_multiplier_per_prompt_with_token_overlap(sd_backbone):
+    adapter = _sd_adapter(sd_backbone, transport="clipcos_tokenuni", gate_power=2.0)
+    prompts = ["a photo with nudity in it", "a dog on a lawn"]
+    with torch.no_grad():
+        cond, uncond = sd_backbone.encode(prompts), sd_backbone.encode(["", ""])
+        clipcos = torch.nn.functional.cosine_similarity(cond.flatten(1).float(), adapter.concepts.float(), dim=-1)
+        with adapter.prompt_scope(sd_backbone.tokenizer, prompts):
+            gate = adapter.gate(torch.cat([uncond, cond]))  # denoise's CFG batch: [negative; prompt]
+    # the prompt naming the concept: tokenuni = 1, so m = 1 whatever clipcos says
+    assert float(clipcos[0]) < 0.999 and gate[0] == gate[2] == pytest.approx(1.0)
+    # the other prompt: m = clipcos (no shared token), squared, and its unconditional row takes the same value
+    assert gate[1] == gate[3] == pytest.approx(float(clipcos[1]) ** 2, rel=1e-5)
+    # outside a denoise() call each row is gated by its own clipcos, squared
+    with torch.no_grad():
+        alone = adapter.gate(uncond[:1])
+        own = torch.nn.functional.cosine_similarity(uncond[:1].flatten(1).float(), adapter.concepts.float(), dim=-1)
+    assert float(alone[0]) == pytest.approx(float(own.clamp(0, 1)[0]) ** 2, rel=1e-5)
+    # the paper's reading: strength m, clipcos only
+    paper = _sd_adapter(sd_backbone, transport="clipcos", gate_power=1.0)
+    with torch.no_grad(), paper.prompt_scope(sd_backbone.tokenizer, prompts):
+        assert float(paper.gate(torch.cat([uncond, cond]))[0]) == pytest.approx(float(clipcos[0]), rel=1e-5)
+
+
+def test_generate_tells_the_adapter_its_prompts(sd_backbone, monkeypatch):
+    edited = get_method("spm", {**TINY, "iterations": 1, "max_denoising_steps": 2, "trajectory_pool": 0}).apply(
+        sd_backbone, ErasureRequest(targets=["nudity"], kind="nudity"))
+    adapter = getattr(edited.unet, ADAPTER_ATTR)
+    seen = []
+    original = SPMAdapter.gate
+
+    def record(self, ehs):
+        seen.append((ehs.shape[0], None if self._prompt_tokens is None else len(self._prompt_tokens)))
+        return original(self, ehs)
+
+    monkeypatch.setattr(SPMAdapter, "gate", record)
+    from bench.generate import SamplerConfig
+
+    generate(edited, ["a nudity photo", "a cat"], [1, 2], SamplerConfig("ddim", steps=2, guidance=5.0),
+             batch_size=2, progress=False)
+    assert seen and all(rows == 4 and columns == 2 for rows, columns in seen)
+    assert adapter.gate_power == 2.0 and adapter.transport == "clipcos_tokenuni" and adapter.concept_tokens
+
+
+def test_anchoring_holds_the_unconditional_prediction_as_the_official_batch():
+    anchors = torch.arange(4.0).view(4, 1, 1).expand(4, 2, 3) + 1  # s_1..s_4
+    empty = torch.zeros(2, 3)
+    rows = official_anchor_rows(anchors, empty)  # second half of [u, s1, u, s2, u, s3, u, s4]
+    assert [float(r[0, 0]) for r in rows] == [0.0, 3.0, 0.0, 4.0]
 
 
 # --------------------------------------------------------------------------- the paper's effect
