@@ -4,7 +4,7 @@
     erasebench run [--config FILE] [--model M] [--methods M...] [--targets T...] [--suite S] [--tier T]
                    [--device D] [--images-per-prompt K] [--seed S] [--batch-size B] ... [--out DIR] [--shard I/N]
     erasebench submit --config FILE --out DIR --shards N [--partition P ...]
-    erasebench report RUN_DIR... [--format md|csv|latex|html] [--detail | --columns C,...] [--output FILE]
+    erasebench report RUN_DIR... [--format md|csv|csv-long|latex|html] [--detail | --columns C,...] [--output FILE]
     erasebench attribute --model M --concept C [--anchor A] [--objective erase|amplify] --out FILE
     erasebench compare BASE_RUN NEW_RUN [--tolerance 0.02] [--json]
     erasebench show method NAME --kind KIND [--model sd|mini] [--json]
@@ -259,13 +259,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="render a leaderboard table from run directories")
     p.add_argument("runs", nargs="+", type=Path)
-    p.add_argument("--format", choices=["md", "csv", "latex", "html"], default="md")
+    p.add_argument("--format", choices=["md", "csv", "csv-long", "latex", "html"], default="md",
+                   help="md (default), csv (wide: one row per method and target), csv-long (one row per method, "
+                        "target, task and metric), latex, html")
     p.add_argument("--output", type=Path, default=None)
     group = p.add_mutually_exclusive_group()
     group.add_argument("--detail", action="store_true",
                        help="every metric of every task, and the cost figures in a table of their own")
     group.add_argument("--columns", default=None, metavar="C,...",
-                       help="columns by role, task, metric or task/metric (comma-separated)")
+                       help="columns by role, task, metric, task/metric or the name a header prints "
+                            "(comma-separated), e.g. 'efficacy,general/mini_fd' or 'edit time (s)'")
     p.set_defaults(func=cmd_report)
 
     for _name, register in EXTRA_COMMANDS.items():

@@ -235,6 +235,82 @@ def test_report_cli(two_runs, tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope")]) == 2
 
 
+def test_columns_accept_the_names_the_headers_print(two_runs, capsys):
+    from bench.cli import main
+
+    board = load_runs(two_runs)
+    header = render(board, "md", detail=True).splitlines()[0].strip("| ").split(" | ")[2:]
+    assert header[0] == "efficacy: target/erasure_rate ↑ (n=40)"
+    for name in header + ["edit time (s)", "edit time", "target/erasure_rate ↑", "Specificity: others/accuracy"]:
+        text = render(board, "md", columns=name)
+        got = text.splitlines()[0].strip("| ").split(" | ")[2:]
+        assert len(got) == 1 and _same_column(got[0], name), (name, got)
+    assert main(["report", *map(str, two_runs), "--columns", "efficacy: target/erasure_rate ↑ (n=40),edit time (s)"]) == 0
+    printed = capsys.readouterr().out.splitlines()[0]
+    assert printed.strip("| ").split(" | ")[2:] == ["efficacy: target/erasure_rate ↑ (n=40)", "cost: edit time (s) ↓ (n=1)"]
+    with pytest.raises(ValueError, match="names no column"):
+        render(board, "md", columns="efficacy: target/accuracy")  # the right words for another column still fail
+
+
+def _same_column(printed: str, asked: str) -> bool:
+    def core(text):
+        return text.split(": ")[-1].split(" ↑")[0].split(" ↓")[0].split(" (n=")[0].removesuffix(" (s)").lower()
+    return core(printed) == core(asked)
+
+
+def test_csv_long_has_one_row_per_method_target_task_metric(two_runs, capsys):
+    from bench.cli import main
+
+    board = load_runs(two_runs)
+    df = pd.read_csv(io.StringIO(render(board, "csv-long")))
+    assert list(df.columns[:9]) == ["method", "target", "role", "task", "metric", "value", "ci_low", "ci_high", "n"]
+    assert not df.duplicated(["method", "target", "task", "metric"]).any()
+    assert len(df) == len(board.figures) == 3 * 2 + 2  # none, uce, esd x 2 tasks, and the edit time of uce and esd
+    assert list(dict.fromkeys(df["method"])) == ["none", "uce", "esd"]
+    for rec in df.to_dict("records"):
+        fig = board.figure(rec["method"], rec["target"], rec["role"], rec["task"], rec["metric"])
+        assert rec["value"] == pytest.approx(fig["value"], rel=1e-5) and rec["n"] == fig["n"]
+        assert rec["ci_low"] == pytest.approx(fig["ci_low"], rel=1e-5)
+    esd = df[(df["method"] == "esd") & (df["metric"] == "accuracy")].iloc[0]
+    assert esd["rel_kind"] == "ratio" and esd["higher_is_better"] and esd["run"] == "run-b"
+    assert df[df["role"] == "cost"]["rel"].isna().all()
+    # --columns filters, the CLI takes the format
+    assert set(pd.read_csv(io.StringIO(render(board, "csv-long", columns="efficacy")))["metric"]) == {"erasure_rate"}
+    assert main(["report", *map(str, two_runs), "--format", "csv-long"]) == 0
+    assert pd.read_csv(io.StringIO(capsys.readouterr().out)).shape == df.shape
+
+
+def _rescale_reference(run: Path, factor: float) -> None:
+    store = RunStore(run)
+    rows = store.read_summary().to_dict("records")
+    for row in rows:
+        if row["method"] == "none":
+            row.update({k: row[k] * factor for k in ("value", "ci_low", "ci_high")})
+    store.write_summary(rows)
+
+
+def test_figures_that_agree_within_a_tolerance_share_one_row_and_the_board_says_so(tmp_path, capsys):
+    from bench.cli import main
+
+    a = make_run(tmp_path / "a", {"none": {"target": 0.1, "others": 0.9}, "uce": {"target": 0.5, "others": 0.8}})
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    _rescale_reference(b, 1 + 1e-7)  # what another machine's float sums can give
+    board = load_runs([a, b])
+    assert [m for m, _ in board.rows()] == ["none", "uce"]
+    assert board.notes == ["runs agree on none within 1e-06 relative (not bit for bit): one row each, "
+                           "with the first run's figures"]
+    _rescale_reference(b, 1 + 1e-5)  # a real difference (still far below the 3 decimals shown)
+    board = load_runs([a, b])
+    assert [m for m, _ in board.rows()] == ["none [a]", "uce", "none [b]"] or \
+        [m for m, _ in board.rows()] == ["none [a]", "none [b]", "uce"]
+    assert board.notes == ["runs disagree on none: those rows are kept apart as 'method [run]'"]
+    # the terminal shows the labels as written: brackets alone are literal Markdown, not escaped
+    assert main(["report", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "| none [a] | circle |" in out and "| none [b] | circle |" in out and "\\[" not in out
+
+
 # --------------------------------------------------------------------------- HTML
 def _embedded_images(page: str) -> list[np.ndarray]:
     return [np.asarray(Image.open(io.BytesIO(base64.b64decode(m))).convert("RGB"))
