@@ -376,6 +376,35 @@ def _resolve(model: str) -> tuple[str, bool]:
     return model, False
 
 
+WHOLE_FILE_LIMIT = 64 * 2**20  # files up to this size are hashed whole; larger ones by size, head and tail
+EDGE = 4 * 2**20  # bytes hashed at each end of a larger file
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if size <= WHOLE_FILE_LIMIT:
+            for block in iter(lambda: f.read(2**20), b""):
+                h.update(block)
+        else:
+            h.update(f.read(EDGE))
+            f.seek(size - EDGE)
+            h.update(f.read(EDGE))
+    return h.hexdigest()
+
+
+def model_files_signature(model: str) -> dict[str, list] | None:
+    """{relative path: [size, sha256]} of every file of a local model folder ('mini' or a path); None for a hub id
+    or a missing folder. Files above ``WHOLE_FILE_LIMIT`` are hashed by their first and last ``EDGE`` bytes (an SD
+    UNet is 3.4 GB; a weight file that changes changes there too)."""
+    root = MINI_MODEL_DIR if model == "mini" else Path(model).expanduser()
+    if not root.is_dir():
+        return None
+    return {str(p.relative_to(root)): [p.stat().st_size, _file_digest(p)]
+            for p in sorted(root.rglob("*")) if p.is_file() and not any(part.startswith(".") for part in p.parts)}
+
+
 def load_backbone(
     model: str,
     device: str | torch.device = "cpu",

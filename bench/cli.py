@@ -4,7 +4,7 @@
     erasebench run [--config FILE] [--model M] [--methods M...] [--targets T...] [--suite S] [--tier T]
                    [--device D] [--images-per-prompt K] [--seed S] [--batch-size B] ... [--out DIR] [--shard I/N]
     erasebench submit --config FILE --out DIR --shards N [--partition P ...]
-    erasebench report RUN_DIR... [--format md|csv|latex|html] [--detail | --columns C,...] [--output FILE]
+    erasebench report RUN_DIR... [--format md|csv|csv-long|latex|html] [--detail | --columns C,...] [--output FILE]
     erasebench attribute --model M --concept C [--anchor A] [--objective erase|amplify] --out FILE
     erasebench compare BASE_RUN NEW_RUN [--tolerance 0.02] [--json]
     erasebench show method NAME --kind KIND [--model sd|mini] [--json]
@@ -163,12 +163,26 @@ def cmd_run(args) -> int:
     out = args.out or Path("runs") / time.strftime("run-%Y%m%d-%H%M%S")
     workers = _workers(args.workers, config)
     t0 = time.perf_counter()
-    if workers > 1:
-        from bench.distributed import launch_workers
-        from bench.runner import check_run
+    from bench.rerun import finished_run, refuse_another_config
+    from bench.runner import check_run
 
-        check_run(config, out)  # a bad input reported once, before the processes start
+    # before a model loads or a process starts: a bad input or a run directory of another config is reported once;
+    # this config's finished run (summary verified) needs nothing more
+    resolved = check_run(config, out)
+    refuse_another_config(config, out)
+    nothing_left = finished_run(config, out, resolved) is not None
+    if nothing_left:
+        path = Path(out)
+        print(f"{path}: this config's run is finished and its summary verified: nothing left to do (no model loaded; "
+              f"delete {path / 'summary.json'} to have it computed again)")
+    elif workers > 1:
+        from bench.distributed import launch_workers
+
         code = launch_workers([*args.argv, "--out", str(out), "--workers", "1"], workers)
+        if code == EXIT_USAGE:  # an input error found by a worker (printed above): running again would not help
+            print(f"erasebench: error: a worker process stopped on an input error (exit status {code}); what each "
+                  f"did is in {out / 'logs'}", file=sys.stderr)
+            return code
         if code:
             print(f"erasebench: error: a worker process stopped with exit status {code}; what each did is in "
                   f"{out / 'logs'}; run the same command again to resume", file=sys.stderr)
@@ -186,7 +200,9 @@ def cmd_run(args) -> int:
     board = load_runs([path])
     print(render(board, "md"))
     page = Path(path) / "report.html"
-    render(board, "html", output=page, title=f"erasebench: {Path(path).name}")
+    summary = Path(path) / "summary.json"
+    if not (nothing_left and page.exists() and page.stat().st_mtime >= summary.stat().st_mtime):  # else: up to date
+        render(board, "html", output=page, title=f"erasebench: {Path(path).name}")
     print(f"run finished in {time.perf_counter() - t0:.1f} s: {path}")
     print(f"report page: {page}")
     print(f"full table: erasebench report {path} --detail")
@@ -259,13 +275,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="render a leaderboard table from run directories")
     p.add_argument("runs", nargs="+", type=Path)
-    p.add_argument("--format", choices=["md", "csv", "latex", "html"], default="md")
+    p.add_argument("--format", choices=["md", "csv", "csv-long", "latex", "html"], default="md",
+                   help="md (default), csv (wide: one row per method and target), csv-long (one row per method, "
+                        "target, task and metric), latex, html")
     p.add_argument("--output", type=Path, default=None)
     group = p.add_mutually_exclusive_group()
     group.add_argument("--detail", action="store_true",
                        help="every metric of every task, and the cost figures in a table of their own")
     group.add_argument("--columns", default=None, metavar="C,...",
-                       help="columns by role, task, metric or task/metric (comma-separated)")
+                       help="columns by role, task, metric, task/metric or the name a header prints "
+                            "(comma-separated), e.g. 'efficacy,general/mini_fd' or 'edit time (s)'")
     p.set_defaults(func=cmd_report)
 
     for _name, register in EXTRA_COMMANDS.items():

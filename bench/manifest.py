@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from bench.backbone import Backbone, resolve_attention
+from bench.backbone import Backbone, model_files_signature, resolve_attention
 from bench.config import ConfigError, RunConfig
 from bench.generate import SamplerConfig
 from bench.locks import FileLock
@@ -69,6 +69,7 @@ def open_manifest(store: RunStore, out: str | Path, config: RunConfig, resolved:
     method_fps.update({f"{row}__{t}": m.fingerprint() for (row, t), (m, _) in units.items()})
     method_fps = json.loads(json_bytes(method_fps))  # as the manifest holds them (a tuple reads back as a list)
     store.root.mkdir(parents=True, exist_ok=True)
+    files = model_files_signature(config.model)
     adopted = {}  # sampler choices taken from the manifest rather than resolved here: {field: (here, recorded)}
     with FileLock(store.locks_dir / "manifest.lock"):  # one of the run's processes writes the manifest
         try:
@@ -89,6 +90,9 @@ def open_manifest(store: RunStore, out: str | Path, config: RunConfig, resolved:
             adopted = {k: (getattr(resolved.sampler, k), getattr(kept, k)) for k in DEVICE_CHOICES
                        if getattr(resolved.sampler, k) != getattr(kept, k)}
             resolved = dataclasses.replace(resolved, sampler=kept)
+            if (previous.get("model") or {}).get("files") != files:  # the same weights (fingerprint checked above):
+                # their files as they are now, so that the next re-run of the finished run needs no model
+                store.write_manifest({**previous, "model": {**(previous.get("model") or {}), "files": files}})
         else:
             store.write_manifest({
                 "config": config_dump,
@@ -98,7 +102,8 @@ def open_manifest(store: RunStore, out: str | Path, config: RunConfig, resolved:
                 "attention": {"sampling": resolved.sampler.attention,
                               "gradients": resolve_attention("auto", device, "gradients")},
                 "packages": package_versions(),
-                "model": {"name": config.model, "fingerprint": base_fp, "kind": base.kind},
+                # files: what bench.rerun.finished_run compares to finish a re-run without loading the model
+                "model": {"name": config.model, "fingerprint": base_fp, "kind": base.kind, "files": files},
                 "methods": method_fps,
                 "recipes": {f"{row}__{t}": recipe_record(m.recipe) for (row, t), (m, _) in units.items()},
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

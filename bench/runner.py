@@ -87,10 +87,15 @@ def library_progress_bars(enabled: bool):
 
 
 def _run(config: RunConfig, out: str | Path, progress: bool, shard: tuple[int, int] | None) -> Path:
+    from bench.rerun import finished_run, refuse_another_config
+
     worker = worker_from_env(shard)
-    # 1. check
+    # 1. check; a run directory of another config refused, this config's finished run done (no model loaded)
     resolved = check_run(config, out)
+    refuse_another_config(config, out)
     store = RunStore(out)
+    if finished_run(config, out, resolved) is not None:
+        return store.root
     # 2. load the base model; the manifest written (or a resumed run checked against it)
     device = worker.device(config.device)
     if device.type == "cuda":

@@ -19,8 +19,11 @@ on the reference value. Each run's entries are compared with that run's own ``no
 without one uses the ``none`` row of another run on the board (and the board says so in
 ``notes``).
 
-When two runs hold the same (method, target, task, metric) with the same figures, the entry
-appears once; with different figures, the rows are kept apart as ``method [run]``.
+When two runs hold the same (method, target, task, metric) with the same figures (value, interval and n
+agreeing within ``MERGE_REL_TOL`` relative: 1e-6, far below the 3 decimals shown, and above the last-bit
+differences of floating point sums across machines), the entry appears once, the first run's figures kept,
+and when they were not bit-identical the board's notes say so; with different figures, the rows are kept
+apart as ``method [run]``.
 
 The *compact* view (:meth:`Leaderboard.headline_columns`, the default of ``erasebench report``)
 keeps one column per task, its headline metric (the first metric the task reports, except a
@@ -55,6 +58,8 @@ SUPPORTING_METRICS = frozenset({"pre_asr"})
 EDIT_TIME = ("cost", "edit", "edit_seconds")
 # Cost figures with a direction (what a user pays); every other cost figure is a counter without one.
 COST_DIRECTIONS = {"edit_seconds": False, "peak_memory_mb": False}
+# Figures of one entry in several runs that agree within this (relative) are the same figure.
+MERGE_REL_TOL = 1e-6
 
 
 @dataclass
@@ -349,12 +354,12 @@ def _relative(figures: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
     return figures
 
 
-def _same(a: pd.Series, b: pd.Series) -> bool:
+def _same(a: pd.Series, b: pd.Series, rel_tol: float = MERGE_REL_TOL) -> bool:
     for col in ("value", "ci_low", "ci_high", "n"):
         x, y = a[col], b[col]
         if _isnan(x) and _isnan(y):
             continue
-        if _isnan(x) or _isnan(y) or not math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12):
+        if _isnan(x) or _isnan(y) or not math.isclose(x, y, rel_tol=rel_tol, abs_tol=1e-12):
             return False
     return True
 
@@ -365,10 +370,13 @@ def _merge_duplicates(figures: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
     figures["source_method"] = figures["method"]
     key = ["method", "target", "task", "metric"]
     conflicting: set[tuple[str, str]] = set()  # (run, method)
+    near: set[str] = set()  # methods whose figures merged within the tolerance, not bit-identical
     for _, group in figures.groupby(key, sort=False):
         first = group.iloc[0]
         if any(not _same(first, row) for _, row in group.iloc[1:].iterrows()):
             conflicting.update((r, first["method"]) for r in group["run"])
+        elif any(not _same(first, row, rel_tol=0.0) for _, row in group.iloc[1:].iterrows()):
+            near.add(first["method"])
     keep = [(r, m) not in conflicting for r, m in zip(figures["run"], figures["method"])]
     repeated = figures.duplicated(subset=key, keep="first") & pd.Series(keep, index=figures.index)
     figures = figures[~repeated]
@@ -378,6 +386,10 @@ def _merge_duplicates(figures: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
             figures.loc[mask, "method"] = f"{method} [{run}]"
         methods = sorted({m for _, m in conflicting})
         notes.append(f"runs disagree on {', '.join(methods)}: those rows are kept apart as 'method [run]'")
+    near -= {m for _, m in conflicting}
+    if near:
+        notes.append(f"runs agree on {', '.join(sorted(near))} within {MERGE_REL_TOL:g} relative (not bit for bit): "
+                     "one row each, with the first run's figures")
     return figures
 
 

@@ -24,6 +24,14 @@ Verdicts, for a tolerance t (default 0.02, in the metric's units):
   gate fails (a renamed method or a dropped task must not pass silently) unless
   ``--allow-missing``.
 
+Settings: the two manifests are compared on suite, tier, seed, model, sampler and each method's settings (its
+config, algorithm version and recipe, for the methods both runs hold). A difference is a warning (a note, and
+``settings`` in the JSON and JUnit reports); with ``strict`` it fails the gate.
+
+Reports: the text report (stdout) lists the compared figures and, grouped by (verdict, method, task) with
+counts, the failing ones, capped at ``MAX_GROUPS`` lines; ``--json FILE`` and ``--junit FILE`` write the full
+machine-readable reports in the same call (``-`` or a bare ``--json``: JSON on stdout instead of the text).
+
 Exit status: 1 when the gate fails, 0 when it passes, 2 on bad input (e.g. nothing pairs).
 Set metrics (FID, KID) have no per-image values and cost figures are timings; both are left out
 of the gate (and listed in the notes).
@@ -34,6 +42,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -46,6 +55,9 @@ DEFAULT_TOLERANCE = 0.02
 DEFAULT_CONFIDENCE = 0.95
 DEFAULT_RESAMPLES = 2000
 EXIT_USAGE = 2
+MAX_GROUPS = 15  # failure groups the text report lists; --json / --junit list every figure
+MAX_NAMES = 3  # targets (or metrics) named in one failure group line
+MAX_SETTINGS = 12  # settings differences the text report lists
 # When a run has no summary.json metric list, the metric implied by a task's role and record columns.
 FALLBACK_METRICS = {("efficacy", "target_present"): "erasure_rate", ("robustness", "target_present"): "asr",
                     ("specificity", "correct"): "accuracy", ("efficacy", "correct"): "accuracy",
@@ -82,6 +94,8 @@ class Comparison:
     rows: list[MetricComparison]
     notes: list[str] = field(default_factory=list)
     allow_missing: bool = False
+    settings: list[str] = field(default_factory=list)  # how the runs' settings differ (from the manifests)
+    strict: bool = False  # a settings difference fails the gate
 
     @property
     def failures(self) -> list[MetricComparison]:
@@ -89,42 +103,137 @@ class Comparison:
         return [r for r in self.rows if r.status in bad]
 
     @property
+    def settings_fail(self) -> bool:
+        return self.strict and bool(self.settings)
+
+    @property
     def passed(self) -> bool:
-        return not self.failures
+        return not self.failures and not self.settings_fail
 
     def to_dict(self) -> dict:
         def clean(v):
             return None if isinstance(v, float) and math.isnan(v) else v
 
         return {"passed": self.passed, "base": self.base, "new": self.new, "tolerance": self.tolerance,
-                "confidence": self.confidence, "allow_missing": self.allow_missing,
-                "failures": len(self.failures),
+                "confidence": self.confidence, "allow_missing": self.allow_missing, "strict": self.strict,
+                "failures": len(self.failures), "settings_differ": bool(self.settings), "settings": self.settings,
+                "failure_groups": [{"status": s, "method": m, "task": t, "count": len(rs),
+                                    "targets": sorted({r.target for r in rs}), "metrics": sorted({r.metric for r in rs})}
+                                   for (s, m, t), rs in self.failure_groups().items()],
                 "rows": [{k: clean(v) for k, v in asdict(r).items()} for r in self.rows], "notes": self.notes}
+
+    def failure_groups(self) -> dict[tuple[str, str, str], list[MetricComparison]]:
+        """The failing figures by (status, method, task), worse before missing, in row order."""
+        groups: dict[tuple[str, str, str], list[MetricComparison]] = {}
+        for r in sorted(self.failures, key=lambda r: r.status != "worse"):
+            groups.setdefault((r.status, r.method, r.task), []).append(r)
+        return groups
 
     def to_text(self) -> str:
         header = ["method", "target", "task", "metric", "n", "base", "new", "improvement", f"{self.confidence:.0%} CI",
                   "verdict"]
         lines = []
-        for r in self.rows:
+        shown = [r for r in self.rows if r.status != "missing"]  # missing figures: grouped below, not a row each
+        for r in shown:
             arrow = "↑" if r.higher_is_better else "↓"
             ci = "–" if math.isnan(r.ci_low) else f"[{r.ci_low:+.3f}, {r.ci_high:+.3f}]"
             lines.append([r.method, r.target, r.task, f"{r.metric} {arrow}", str(r.n_pairs), _f(r.base), _f(r.new),
                           "–" if math.isnan(r.improvement) else f"{r.improvement:+.3f}", ci,
                           r.status.upper() if r in self.failures else r.status])
         widths = [max(len(h), *(len(x[i]) for x in lines)) if lines else len(h) for i, h in enumerate(header)]
-        out = ["  ".join(h.ljust(w) for h, w in zip(header, widths)),
+        out = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip(),
                "  ".join("-" * w for w in widths)]
-        out += ["  ".join(x.ljust(w) for x, w in zip(row, widths)) for row in lines]
+        out += ["  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip() for row in lines]
+        missing = [r for r in self.rows if r.status == "missing"]
+        if missing:
+            how = "allowed (--allow-missing)" if self.allow_missing else "each fails the gate"
+            out.append(f"({len(missing)} figure(s) of BASE have no paired image in NEW: {how}; see below)")
         out.append("")
         out.append(f"improvement: NEW - BASE oriented so that > 0 is better (↑ higher / ↓ lower is better); "
                    f"tolerance {self.tolerance}")
         out += [f"note: {n}" for n in self.notes]
+        if self.settings:
+            what = "fails the gate (--strict)" if self.strict else "a warning (--strict fails the gate)"
+            out.append(f"{'SETTINGS DIFFER' if self.strict else 'warning'}: the runs differ in their settings, "
+                       f"{what}:")
+            out += [f"  {d}" for d in self.settings[:MAX_SETTINGS]]
+            if len(self.settings) > MAX_SETTINGS:
+                out.append(f"  ... and {len(self.settings) - MAX_SETTINGS} more (--json FILE lists them all)")
         if self.passed:
             out.append(f"PASS: no metric is worse than the tolerance with {self.confidence:.0%} confidence")
-        else:
-            what = ", ".join(f"{r.method}/{r.target}/{r.task}/{r.metric} ({r.status})" for r in self.failures)
-            out.append(f"FAIL: {what}")
+            return "\n".join(out)
+        counts = {s: sum(r.status == s for r in self.failures) for s in ("worse", "missing")}
+        parts = [f"{n} {s}" for s, n in counts.items() if n]
+        if self.settings_fail:
+            parts.append(f"{len(self.settings)} settings difference(s) under --strict")
+        out.append(f"FAIL: {', '.join(parts)}" + (":" if self.failures else ""))
+        groups = list(self.failure_groups().items())
+        width = max((len(f"{m}/{t}") for (_, m, t), _ in groups), default=0)
+        for (status, method, task), rs in groups[:MAX_GROUPS]:
+            targets = list(dict.fromkeys(r.target for r in rs))
+            metrics = list(dict.fromkeys(r.metric for r in rs))
+            out.append(f"  {status.upper():<7}  {f'{method}/{task}':<{width}}  {len(rs)} figure(s): "
+                       f"{_names(targets, 'target')}; {_names(metrics, 'metric')}")
+        if len(groups) > MAX_GROUPS:
+            rest = sum(len(rs) for _, rs in groups[MAX_GROUPS:])
+            out.append(f"  ... and {len(groups) - MAX_GROUPS} more group(s), {rest} figure(s) "
+                       f"(--json FILE or --junit FILE list every figure)")
         return "\n".join(out)
+
+    def to_junit(self) -> str:
+        """A JUnit XML report: one test case per compared figure (``classname`` method.target.task, ``name``
+        the metric), a ``failure`` element for each failing one, ``skipped`` for a missing one that
+        ``allow_missing`` lets through, and a ``settings`` case (a failure under ``strict``)."""
+        suite = ET.Element("testsuite", name="erasebench compare")
+        props = ET.SubElement(suite, "properties")
+        for k, v in (("base", self.base), ("new", self.new), ("tolerance", self.tolerance),
+                     ("confidence", self.confidence), ("allow_missing", self.allow_missing), ("strict", self.strict)):
+            ET.SubElement(props, "property", name=k, value=str(v))
+        failures = skipped = 0
+        for r in self.rows:
+            case = ET.SubElement(suite, "testcase", classname=f"{r.method}.{r.target}.{r.task}", name=r.metric,
+                                 time="0")
+            detail = (f"{r.method}/{r.target}/{r.task}/{r.metric} ({'higher' if r.higher_is_better else 'lower'} is "
+                      f"better): base {_f(r.base)}, new {_f(r.new)}, n={r.n_pairs}")
+            if r.status == "missing":
+                detail = f"{r.method}/{r.target}/{r.task}/{r.metric}: BASE has it, NEW has no paired image"
+            else:
+                detail += (f", improvement {r.improvement:+.4f} [{r.ci_low:+.4f}, {r.ci_high:+.4f}] "
+                           f"({self.confidence:.0%} CI), tolerance {self.tolerance}")
+            if r in self.failures:
+                failures += 1
+                ET.SubElement(case, "failure", type=r.status, message=f"{r.status}: {detail}").text = detail
+            elif r.status == "missing":
+                skipped += 1
+                ET.SubElement(case, "skipped", message=f"missing (allowed): {detail}")
+            else:
+                ET.SubElement(case, "system-out").text = f"{r.status}: {detail}"
+        case = ET.SubElement(suite, "testcase", classname="settings", name="same suite, tier, seed, model, sampler "
+                             "and method settings", time="0")
+        if self.settings:
+            text = "\n".join(self.settings)
+            if self.strict:
+                failures += 1
+                ET.SubElement(case, "failure", type="settings", message="the runs differ in their settings "
+                              "(--strict)").text = text
+            else:
+                ET.SubElement(case, "system-out").text = "warning: the runs differ in their settings\n" + text
+        if self.notes:
+            ET.SubElement(suite, "system-out").text = "\n".join(self.notes)
+        suite.set("tests", str(len(self.rows) + 1))
+        suite.set("failures", str(failures))
+        suite.set("errors", "0")
+        suite.set("skipped", str(skipped))
+        root = ET.Element("testsuites", name="erasebench compare", tests=suite.get("tests"), failures=str(failures),
+                          errors="0", skipped=str(skipped))
+        root.append(suite)
+        ET.indent(root)
+        return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _names(items: list[str], what: str) -> str:
+    head = ", ".join(items[:MAX_NAMES]) + (f", ... ({len(items)} {what}s)" if len(items) > MAX_NAMES else "")
+    return f"{what}{'s' if len(items) > 1 else ''} {head}"
 
 
 def _f(x: float) -> str:
@@ -197,6 +306,7 @@ def _summary(run: Path) -> pd.DataFrame | None:
 def metrics_to_compare(base_summary: pd.DataFrame | None, base_records: pd.DataFrame,
                        notes: list[str]) -> list[tuple[str, str, str, str, str]]:
     """(method, target, task, role, metric) for every per-image metric the base run reports."""
+    import bench.evaluators  # noqa: F401  (the evaluator modules register their set metrics: mini_fd, fid, kid)
     from bench.metrics import METRICS
 
     wanted: list[tuple[str, str, str, str, str]] = []
@@ -239,8 +349,10 @@ def _per_image(metric: str, df: pd.DataFrame) -> np.ndarray:
 
 def compare_runs(base: str | Path, new: str | Path, tolerance: float = DEFAULT_TOLERANCE,
                  confidence: float = DEFAULT_CONFIDENCE, resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
-                 allow_missing: bool = False) -> Comparison:
-    """Compare NEW against BASE image by image; see the module docstring for the verdicts."""
+                 allow_missing: bool = False, strict: bool = False) -> Comparison:
+    """Compare NEW against BASE image by image; see the module docstring for the verdicts.
+
+    ``strict``: a difference in the runs' settings (:func:`settings_differences`) fails the gate."""
     from bench.metrics import METRICS
 
     if not math.isfinite(tolerance) or tolerance < 0:  # NaN or inf would switch the gate off
@@ -256,7 +368,7 @@ def compare_runs(base: str | Path, new: str | Path, tolerance: float = DEFAULT_T
     for df in (rb, rn):
         for k in keys:
             df[k] = _key_text(df[k])
-    _warn_on_manifests(base, new, notes)
+    settings = settings_differences(_manifest(base), _manifest(new))
     wanted = metrics_to_compare(_summary(base), rb, notes)
     if not wanted:
         raise CompareError(f"{base}: no per-image metric to compare")
@@ -296,37 +408,94 @@ def compare_runs(base: str | Path, new: str | Path, tolerance: float = DEFAULT_T
     if extra:
         notes.append(f"{len(extra)} unit(s) only in NEW, not compared: "
                      + ", ".join("/".join(u) for u in extra[:5]) + (" ..." if len(extra) > 5 else ""))
-    return Comparison(str(base), str(new), tolerance, confidence, rows, notes, allow_missing)
+    return Comparison(str(base), str(new), tolerance, confidence, rows, notes, allow_missing, settings, strict)
 
 
-def _warn_on_manifests(base: Path, new: Path, notes: list[str]) -> None:
-    def manifest(p: Path) -> dict:
-        from bench.store import RunStore
+def _manifest(run: Path) -> dict:
+    from bench.store import RunStore
 
-        return RunStore(p).read_manifest() or {}
+    return RunStore(run).read_manifest() or {}
 
-    mb, mn = manifest(base), manifest(new)
-    for key, get in (("suite", lambda m: m.get("suite")), ("seed", lambda m: (m.get("config") or {}).get("seed")),
-                     ("model", lambda m: (m.get("model") or {}).get("fingerprint")
-                      if isinstance(m.get("model"), dict) else m.get("model")),
-                     ("sampler", lambda m: m.get("sampler"))):
+
+def _flat(value, prefix: str = "") -> dict[str, object]:
+    """A nested dict as {"a.b.c": leaf}; lists and scalars are leaves."""
+    if isinstance(value, dict):
+        out: dict[str, object] = {}
+        for k, v in value.items():
+            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: value}
+
+
+def settings_differences(mb: dict, mn: dict) -> list[str]:
+    """How two manifests differ in what decides the figures: suite, tier, seed, images per prompt, model,
+    sampler, and, for each method (label) both runs hold, its settings (config, algorithm version, recipe).
+
+    A field one manifest lacks is not a difference (older runs record less). One line per difference.
+    """
+    def config(m):
+        return m.get("config") or {}
+
+    def model(m):
+        return m["model"].get("fingerprint") if isinstance(m.get("model"), dict) else m.get("model")
+
+    out = []
+    for key, get in (("suite", lambda m: m.get("suite")), ("tier", lambda m: config(m).get("tier")),
+                     ("seed", lambda m: config(m).get("seed")),
+                     ("images_per_prompt", lambda m: config(m).get("images_per_prompt")),
+                     ("model", model)):
         a, b = get(mb), get(mn)
         if a is not None and b is not None and a != b:
-            notes.append(f"the runs differ in {key}: {a!r} vs {b!r}")
+            out.append(f"{key}: {a!r} vs {b!r}")
+    out += _dict_differences("sampler", mb.get("sampler"), mn.get("sampler"))
+    methods_b, methods_n = mb.get("methods") or {}, mn.get("methods") or {}
+    if isinstance(methods_b, dict) and isinstance(methods_n, dict):
+        for label in methods_b:
+            if label in methods_n:
+                out += _dict_differences(f"method {label}", methods_b[label], methods_n[label])
+    return out
+
+
+def _dict_differences(what: str, a, b) -> list[str]:
+    if a is None or b is None or a == b:
+        return []
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return [f"{what}: {a!r} vs {b!r}"]
+    fa, fb = _flat(a), _flat(b)
+    out = []
+    for k in dict.fromkeys([*fa, *fb]):
+        va, vb = fa.get(k, "(unset)"), fb.get(k, "(unset)")
+        if va != vb:
+            out.append(f"{what}: {k} {va!r} vs {vb!r}")
+    return out
 
 
 # --------------------------------------------------------------------------- CLI
 def cmd_compare(args) -> int:
-    from bench.store import DamagedFileError
+    from bench.store import DamagedFileError, atomic_write_bytes
 
+    problems = [f"--{flag} {dest}: is a folder; give a file name" for flag, dest in (("json", args.json),
+                                                                                     ("junit", args.junit))
+                if dest not in (None, "-") and Path(dest).is_dir()]
+    if args.json == "-" and args.junit == "-":
+        problems.append("--json - and --junit -: only one report can go to stdout")
     try:
+        if problems:
+            raise CompareError("\n".join(problems))
         result = compare_runs(args.base, args.new, tolerance=args.tolerance, confidence=args.confidence,
-                              resamples=args.resamples, seed=args.seed, allow_missing=args.allow_missing)
+                              resamples=args.resamples, seed=args.seed, allow_missing=args.allow_missing,
+                              strict=args.strict)
     except (CompareError, DamagedFileError) as exc:  # bad input: status 2, one line per problem on stderr
         for line in str(exc).splitlines():
             print(f"erasebench: error: {line}", file=sys.stderr)
         return EXIT_USAGE
-    print(json.dumps(result.to_dict(), indent=2) if args.json else result.to_text())
+    reports = {"json": json.dumps(result.to_dict(), indent=2) + "\n", "junit": result.to_junit()}
+    stdout = next((kind for kind in ("json", "junit") if getattr(args, kind) == "-"), None)
+    for kind in ("json", "junit"):
+        dest = getattr(args, kind)
+        if dest not in (None, "-"):
+            atomic_write_bytes(Path(dest), reports[kind].encode())
+    print(reports[stdout].rstrip("\n") if stdout else result.to_text())
     return 0 if result.passed else 1
 
 
@@ -346,5 +515,13 @@ def register_cli(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default %(default)s)")
     p.add_argument("--allow-missing", action="store_true",
                    help="pass even when NEW lacks images for a figure of BASE")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--strict", action="store_true",
+                   help="fail when the runs differ in suite, tier, seed, model, sampler or method settings "
+                        "(by default a warning)")
+    p.add_argument("--json", nargs="?", const="-", default=None, metavar="FILE",
+                   help="write the JSON report to FILE (the text report still goes to stdout); a bare --json or "
+                        "'-': JSON on stdout instead of the text")
+    p.add_argument("--junit", default=None, metavar="FILE",
+                   help="write a JUnit XML report (one test case per figure, a failure for each failing one) to "
+                        "FILE; '-': on stdout instead of the text")
     p.set_defaults(func=cmd_compare)

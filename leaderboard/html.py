@@ -1,7 +1,15 @@
 """A static, self-contained HTML page for a leaderboard.
 
-- a sortable table (click a header; ``page.html#sort=<column index>-<asc|desc>`` opens it sorted),
-- an efficacy-vs-specificity plot per target with its Pareto front (matplotlib PNG, embedded),
+- a sortable table (click a header; ``page.html#sort=<column index>-<asc|desc>`` opens it sorted) of the
+  compact columns (one per task, its headline metric, and the edit time: ``Leaderboard.headline_columns``),
+  and every column in a second sortable table behind a ``<details>`` toggle. Both sit in a box that scrolls
+  sideways on its own, with the method and target columns pinned (CSS ``position: sticky``), and headers
+  wrap, so the page stays as wide as the window (usable at 1,400 px). A value relative to ``none`` is
+  coloured by its metric's direction: green when better, red when worse, grey when equal or without a
+  direction (class ``rel better|worse|neutral``; see :func:`rel_direction`),
+- an efficacy-vs-specificity plot per target with its Pareto front (matplotlib PNG, embedded); point labels
+  are placed so that they overlap neither each other nor the legend, which sits below the axes
+  (:func:`place_labels`),
 - per-method image grids: for each target and task, one row per method over the same prompts
   and seeds (taken from the ``none`` row when there is one), so rows compare image for image,
 - attribution plots found as PNGs under a run's ``attribution/`` folder (CAD runs).
@@ -34,17 +42,32 @@ ROLE_COLOURS = {"efficacy": "#fde2e1", "specificity": "#e1effd", "utility": "#e5
                 "cost": "#eeeeee"}
 
 CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1.5rem; color: #222; }
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1rem 1.25rem; color: #222; }
 h1 { font-size: 1.4rem; } h2 { font-size: 1.15rem; margin-top: 2rem; } h3 { font-size: 1rem; }
-table.leaderboard { border-collapse: collapse; font-size: 0.85rem; }
-table.leaderboard th, table.leaderboard td { border: 1px solid #ccc; padding: 0.25rem 0.45rem; white-space: nowrap; }
-table.leaderboard td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.table-wrap { overflow-x: auto; max-width: 100%; margin-bottom: 0.5rem; }
+table.leaderboard { border-collapse: separate; border-spacing: 0; font-size: 0.85rem;
+  border-top: 1px solid #ccc; border-left: 1px solid #ccc; }
+table.leaderboard th, table.leaderboard td { border-right: 1px solid #ccc; border-bottom: 1px solid #ccc;
+  padding: 0.25rem 0.35rem; background: #fff; }
+table.leaderboard th { white-space: normal; overflow-wrap: break-word; vertical-align: bottom; min-width: 4rem;
+  max-width: 10rem; }
+table.leaderboard th.role { vertical-align: middle; }
+table.leaderboard td { white-space: nowrap; }
+table.leaderboard td.label { white-space: normal; overflow-wrap: break-word; max-width: 12rem; }
+table.leaderboard td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: normal; }
+table.leaderboard td.num > span { white-space: nowrap; }
+table.leaderboard .sticky { position: sticky; z-index: 1; }
+table.leaderboard thead .sticky { z-index: 2; }
+table.leaderboard .c0 { left: 0; }
+table.leaderboard .c1 { left: var(--c1-left, 6rem); box-shadow: 2px 0 0 #bbb; }
+details.detail-table > summary { cursor: pointer; margin: 0.5rem 0; color: #245; }
 table.leaderboard th[data-col] { cursor: pointer; user-select: none; }
 table.leaderboard th[data-col]:after { content: " \\21C5"; color: #999; }
 table.leaderboard th[aria-sort=ascending]:after { content: " \\25B2"; color: #333; }
 table.leaderboard th[aria-sort=descending]:after { content: " \\25BC"; color: #333; }
 table.leaderboard tr.reference td { font-style: italic; background: #fafafa; }
-.ci, .n { color: #666; font-size: 0.75rem; } .rel { color: #0a5; font-size: 0.75rem; margin-left: 0.3rem; }
+.ci, .n { color: #666; font-size: 0.72rem; } .rel { font-size: 0.72rem; margin-left: 0.3rem; }
+.rel.better { color: #0a7a3c; } .rel.worse { color: #c0392b; } .rel.neutral { color: #777; }
 .notes { color: #864; } .warning { background: #fee; border: 1px solid #c66; padding: 0.5rem; }
 table.grid { border-collapse: collapse; margin-bottom: 1rem; }
 table.grid th { text-align: left; padding-right: 0.6rem; font-weight: normal; white-space: nowrap; }
@@ -93,6 +116,16 @@ document.querySelectorAll('table.sortable').forEach(function (table) {
     });
   });
 });
+function pinColumns(table) {
+  // the target column sticks right of the method column, whatever the labels' width
+  var first = table.querySelector('thead th.c0');
+  if (!first || !first.offsetWidth) return;
+  table.style.setProperty('--c1-left', first.getBoundingClientRect().width + 'px');
+}
+function pinAll() { document.querySelectorAll('table.leaderboard').forEach(pinColumns); }
+pinAll();
+window.addEventListener('resize', pinAll);
+document.querySelectorAll('details').forEach(function (d) { d.addEventListener('toggle', pinAll); });
 function applyHash() {
   var m = /sort=(\d+)-(asc|desc)/.exec(location.hash);
   var table = document.getElementById('leaderboard');
@@ -158,12 +191,71 @@ def thumbnail_uri(path: Path, blur: bool, size: int = THUMB) -> str | None:
 
 
 # --------------------------------------------------------------------------- plot
-def tradeoff_plot_png(board: Leaderboard) -> bytes | None:
-    """Efficacy (y) against specificity (x) per target, the Pareto front drawn as a step line; None without data."""
+# Where a point's label may go, in points from the point (tried in order; farther rings after the near one).
+LABEL_OFFSETS = [(dx * r, dy * r) for r in (1, 2, 3.5, 5) for dx, dy in
+                 ((5, 4), (5, -11), (-5, 4), (-5, -11), (0, 9), (0, -16), (9, -4), (-9, -4))]
+
+
+def place_labels(ax, points: list[tuple[float, float]], labels: list[str], avoid=()) -> list:
+    """Annotate each point with its label where it overlaps no label placed before it, no marker and
+    nothing in ``avoid`` (display-space boxes, e.g. the legend's), trying ``LABEL_OFFSETS`` in turn; a label
+    that fits nowhere takes the offset with the least overlap and a leader line. Returns the annotations."""
+    from matplotlib.transforms import Bbox
+
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    to_px = fig.dpi / 72.0
+    marker = 5 * to_px  # half a marker's size, in pixels
+    point_boxes = [Bbox.from_extents(x - marker, y - marker, x + marker, y + marker)
+                   for x, y in ax.transData.transform(points)] if points else []
+    placed: list = []
+    annotations = []
+    blocked = list(avoid)
+    for i, ((x, y), label) in enumerate(zip(points, labels)):
+        best = None
+        for dx, dy in LABEL_OFFSETS:
+            ann = ax.annotate(label, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=7,
+                              ha="left" if dx > 0 else "right" if dx < 0 else "center", parse_math=False,
+                              annotation_clip=False)
+            box = ann.get_window_extent(renderer).expanded(1.05, 1.1)
+            others = placed + blocked + [b for j, b in enumerate(point_boxes) if j != i]
+            overlap = sum(_overlap_area(box, b) for b in others)
+            if best is None or overlap < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (overlap, ann, box, (dx, dy))
+            else:
+                ann.remove()
+            if overlap == 0:
+                break
+        _, ann, box, (dx, dy) = best
+        if abs(dx) + abs(dy) > 20:  # moved away from its point: a thin line shows which point it names
+            ann.remove()
+            ann = ax.annotate(label, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=7,
+                              ha="left" if dx > 0 else "right" if dx < 0 else "center", parse_math=False,
+                              annotation_clip=False, arrowprops={"arrowstyle": "-", "color": "#999", "lw": 0.6})
+        placed.append(box)
+        annotations.append(ann)
+    return annotations
+
+
+def _overlap_area(a, b) -> float:
+    w = min(a.x1, b.x1) - max(a.x0, b.x0)
+    h = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return w * h if w > 0 and h > 0 else 0.0
+
+
+def tradeoff_figure(board: Leaderboard):
+    """The matplotlib figure of :func:`tradeoff_plot_png` and, per axes, its label annotations; None without data.
+
+    Efficacy (y) against specificity (x) per target, the Pareto front drawn as a step line; one legend below
+    the axes (inside them it covered points), labels placed by :func:`place_labels`.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     scores = board.scores()
     scores = scores[scores["efficacy"].notna() & scores["specificity"].notna()]
@@ -172,33 +264,52 @@ def tradeoff_plot_png(board: Leaderboard) -> bytes | None:
     targets = list(dict.fromkeys(scores["target"]))
     ncols = min(3, len(targets))
     nrows = math.ceil(len(targets) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.8 * nrows), squeeze=False)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.8 * nrows + 0.4), squeeze=False)
     relative = bool(scores["specificity_relative"].any())
+    drawn = []
     for ax, target in zip(axes.flat, targets):
         s = scores[scores["target"] == target].reset_index(drop=True)
         front = pareto_front(s["specificity"], s["efficacy"])
         for i, row in s.iterrows():
             ref = row["method"] == REFERENCE_METHOD
-            xerr = _err(row, "specificity")
-            yerr = _err(row, "efficacy")
-            ax.errorbar(row["specificity"], row["efficacy"], xerr=xerr, yerr=yerr, fmt="s" if ref else "o",
+            ax.errorbar(row["specificity"], row["efficacy"], xerr=_err(row, "specificity"),
+                        yerr=_err(row, "efficacy"), fmt="s" if ref else "o",
                         color="#777" if ref else ("#c0392b" if front[i] else "#2c7fb8"), ecolor="#bbb",
                         elinewidth=1, capsize=2, markersize=6, zorder=3)
-            ax.annotate(row["method"], (row["specificity"], row["efficacy"]), textcoords="offset points",
-                        xytext=(4, 4), fontsize=7, parse_math=False)  # a label is text, never mathtext
         fs = s[front].sort_values("specificity", ascending=False)
         if len(fs) > 0:
-            ax.step(fs["specificity"], fs["efficacy"], where="post", color="#c0392b", lw=1.2, alpha=0.8,
-                    label="Pareto front", zorder=2)
-            ax.legend(fontsize=7, loc="lower left")
+            ax.step(fs["specificity"], fs["efficacy"], where="post", color="#c0392b", lw=1.2, alpha=0.8, zorder=2)
         ax.set_title(f"target: {target}", fontsize=9, parse_math=False)
         ax.set_xlabel("specificity (relative to none)" if relative else "specificity", fontsize=8)
         ax.set_ylabel("efficacy (higher is better)", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
+        ax.margins(0.12)  # room for the labels of the outermost points
+        drawn.append((ax, s))
     for ax in list(axes.flat)[len(targets):]:
         ax.axis("off")
-    fig.tight_layout()
+    handles = [Line2D([], [], color="#c0392b", lw=1.2, label="Pareto front"),
+               Line2D([], [], color="#c0392b", marker="o", lw=0, label="on the front"),
+               Line2D([], [], color="#2c7fb8", marker="o", lw=0, label="dominated"),
+               Line2D([], [], color="#777", marker="s", lw=0, label=REFERENCE_METHOD)]
+    legend = fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.canvas.draw()
+    labels = {}
+    for ax, s in drawn:
+        labels[ax] = place_labels(ax, list(zip(s["specificity"], s["efficacy"])), list(s["method"]),
+                                  avoid=[legend.get_window_extent(fig.canvas.get_renderer())])
+    return fig, labels
+
+
+def tradeoff_plot_png(board: Leaderboard) -> bytes | None:
+    """The efficacy-against-specificity plot (:func:`tradeoff_figure`) as PNG bytes; None without data."""
+    import matplotlib.pyplot as plt
+
+    made = tradeoff_figure(board)
+    if made is None:
+        return None
+    fig, _ = made
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
@@ -213,12 +324,33 @@ def _err(row, role):
 
 
 # --------------------------------------------------------------------------- sections
-def table_html(board: Leaderboard) -> str:
-    cols, rows, lookup = cells(board)
+def rel_direction(rec: dict) -> str:
+    """``better``, ``worse`` or ``neutral``: whether the value relative to ``none`` is on the good side of its
+    metric's direction (a delta above 0 or a ratio above 1 is better for a higher-is-better metric, worse for
+    a lower-is-better one); ``neutral`` when equal to the reference or when the metric has no direction."""
+    rel, hib = rec.get("rel"), rec.get("higher_is_better")
+    if rel is None or hib is None or (isinstance(hib, float) and math.isnan(hib)) or math.isnan(rel):
+        return "neutral"
+    change = rel - 1.0 if rec.get("rel_kind") == "ratio" else rel
+    if abs(change) <= 1e-12:
+        return "neutral"
+    return "better" if (change > 0) == bool(hib) else "worse"
+
+
+def _header_label(c) -> str:
+    """The column label with a line-break opportunity after each slash (long task/metric names wrap there)."""
+    return "/<wbr>".join(esc(part) for part in column_label(c).split("/"))
+
+
+def table_html(board: Leaderboard, cols: list | None = None, table_id: str = "leaderboard") -> str:
+    """A sortable table of ``cols`` (default: every column) in a box that scrolls sideways, the method and
+    target columns pinned."""
+    cols, rows, lookup = cells(board, cols)
+    rows = [r for r in rows if any((r, c) in lookup for c in cols)]
     ns = {c: column_n(board, c) for c in cols}
-    out = ['<table id="leaderboard" class="leaderboard sortable">', "<thead>", "<tr>",
-           '<th rowspan="2" data-col="0" data-best="asc">method</th>',
-           '<th rowspan="2" data-col="1" data-best="asc">target</th>']
+    out = ['<div class="table-wrap">', f'<table id="{esc(table_id)}" class="leaderboard sortable">', "<thead>", "<tr>",
+           '<th rowspan="2" data-col="0" data-best="asc" class="sticky c0">method</th>',
+           '<th rowspan="2" data-col="1" data-best="asc" class="sticky c1">target</th>']
     groups: list[list] = []
     for c in cols:
         if groups and groups[-1][0] == c[0]:
@@ -235,30 +367,43 @@ def table_html(board: Leaderboard) -> str:
         n = f' <span class="n">n={ns[c]}</span>' if ns[c] is not None else ""
         out.append(f'<th data-col="{i}" data-best="{best}" data-role="{esc(c[0])}" '
                    f'style="background:{ROLE_COLOURS.get(c[0], "#fff")}" title="{esc(c[0])}: {esc(c[1])} / '
-                   f'{esc(c[2])}">{esc(column_label(c))} {mark}{n}</th>')
+                   f'{esc(c[2])}">{_header_label(c)} {mark}{n}</th>')
     out += ["</tr>", "</thead>", "<tbody>"]
     for r in rows:
         cls = ' class="reference"' if r[0] == REFERENCE_METHOD else ""
         out.append(f"<tr{cls}>")
-        out.append(f'<td data-sort="{esc(r[0])}">{esc(r[0])}</td><td data-sort="{esc(r[1])}">{esc(r[1])}</td>')
+        out.append(f'<td data-sort="{esc(r[0])}" class="label sticky c0">{esc(r[0])}</td>'
+                   f'<td data-sort="{esc(r[1])}" class="label sticky c1">{esc(r[1])}</td>')
         for c in cols:
             rec = lookup.get((r, c))
             if rec is None or rec["value"] is None or math.isnan(rec["value"]):
                 out.append('<td class="num" data-sort="">–</td>')
                 continue
-            text = esc(fmt_number(rec["value"]))
+            text = f'<span class="v">{esc(fmt_number(rec["value"]))}</span>'
             if not (rec["ci_low"] == rec["value"] == rec["ci_high"]) and not math.isnan(rec["ci_low"]):
                 text += f' <span class="ci">[{esc(fmt_number(rec["ci_low"]))}, {esc(fmt_number(rec["ci_high"]))}]</span>'
             if ns[c] is None:
                 text += f' <span class="n">n={esc(fmt_n(rec["n"]))}</span>'
             rel = fmt_relative(rec)
             if rel:
-                text += f' <span class="rel" title="relative to none">{esc(rel)}</span>'
+                direction = rel_direction(rec)
+                text += (f' <span class="rel {direction}" title="relative to none: {direction}">{esc(rel)}</span>')
             sort_key = repr(float(rec["value"]))
             out.append(f'<td class="num" data-sort="{sort_key}">{text}</td>')
         out.append("</tr>")
-    out += ["</tbody>", "</table>"]
+    out += ["</tbody>", "</table>", "</div>"]
     return "\n".join(out)
+
+
+def tables_html(board: Leaderboard) -> str:
+    """The compact table (``#leaderboard``), then every column (``#leaderboard-detail``) behind a toggle when
+    the board has more columns than the compact set."""
+    compact, every = board.headline_columns(), board.columns()
+    out = table_html(board, compact, "leaderboard")
+    if len(every) > len(compact):
+        out += (f'\n<details class="detail-table" id="detail"><summary>Every metric and cost figure '
+                f"({len(every)} columns)</summary>\n{table_html(board, every, 'leaderboard-detail')}\n</details>")
+    return out
 
 
 def select_samples(task_records: pd.DataFrame, max_images: int) -> list[tuple]:
@@ -387,9 +532,11 @@ def render_html(board: Leaderboard, show_unsafe: bool = False, max_images: int =
 <h1>{esc(title)}</h1>
 <h2>Leaderboard</h2>
 <p>Cells: value <span class="ci">[95 % bootstrap interval]</span> <span class="n">n</span>
-<span class="rel">relative to the <code>none</code> row of the same target (Δ difference, % ratio)</span>.
-↑/↓: higher/lower is better. Click a header to sort.</p>
-{table_html(board)}
+<span class="rel neutral">relative to the <code>none</code> row of the same target (Δ difference, % ratio)</span>:
+<span class="rel better">better</span>, <span class="rel worse">worse</span>,
+<span class="rel neutral">equal or no direction</span>. ↑/↓: higher/lower is better. Click a header to sort.
+One column per task (its headline metric) and the edit time; every metric below the table.</p>
+{tables_html(board)}
 {f'<ul class="notes">{notes}</ul>' if notes else ''}
 <h2>Efficacy against specificity</h2>
 <section id="plot">{plot_html}</section>

@@ -1,12 +1,14 @@
 """Renderers of a :class:`~leaderboard.aggregate.Leaderboard`: Markdown, CSV, LaTeX (booktabs), HTML.
 
-    render(board, "md" | "csv" | "latex" | "html", output=None, detail=False, columns=None, **options) -> str
+    render(board, "md" | "csv" | "csv-long" | "latex" | "html", output=None, detail=False, columns=None,
+           **options) -> str
 
 The text formats are *compact* by default: one column per task (its headline metric, see
 :meth:`~leaderboard.aggregate.Leaderboard.headline_columns`), grouped by role, plus the edit
 time. ``detail=True`` gives every score column and, in Markdown and LaTeX, the cost figures in a
 table of their own (CSV keeps them as columns of its one table); ``columns="efficacy,general/mini_fd"``
-picks columns by role, task, metric or ``task/metric``. The HTML page always holds everything.
+picks columns by role, task, metric, ``task/metric`` or the name a header prints. ``csv-long`` is the tidy
+form: one row per (method, target, task, metric). The HTML page always holds everything.
 
 Every cell shows the figure, its 95 % interval and (when the column's sample counts differ) its
 n, with the value relative to the ``none`` row beside it: ``Δ`` for a difference, ``%`` for a
@@ -18,13 +20,14 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
 
 from leaderboard.aggregate import EDIT_TIME, FIELDS, ROLES, Leaderboard
 
-FORMATS = ("md", "csv", "latex", "html")
+FORMATS = ("md", "csv", "csv-long", "latex", "html")
 
 
 def fmt_number(x: float | None) -> str:
@@ -65,7 +68,9 @@ Column = tuple[str, str, str]
 
 def select_columns(board: Leaderboard, detail: bool = False, columns: str | list[str] | None = None) -> list[Column]:
     """The score columns a text table shows: the compact set, every score column (``detail``), or
-    those named in ``columns`` (comma-separated or a list; each a role, a task, a metric or ``task/metric``).
+    those named in ``columns`` (comma-separated or a list; each a role, a task, a metric or ``task/metric``,
+    or a column's name as a table header prints it: ``efficacy: target/erasure_rate ↑ (n=6)``, ``edit time (s)``,
+    with or without the role, the arrow and the n, in any letter case).
 
     Raises ValueError naming a selector that matches no column, with the valid names.
     """
@@ -74,7 +79,9 @@ def select_columns(board: Leaderboard, detail: bool = False, columns: str | list
         every = board.columns()
         out: list[Column] = []
         for w in wanted:
+            key = _header_key(w)
             hits = [c for c in every if w in (c[0], c[1], c[2], f"{c[1]}/{c[2]}")]
+            hits = hits or [c for c in every if key in _header_keys(c)]
             if not hits:
                 valid = sorted({c[0] for c in every} | {f"{c[1]}/{c[2]}" for c in every})
                 raise ValueError(f"--columns: {w!r} names no column; valid: {', '.join(valid)}")
@@ -82,6 +89,25 @@ def select_columns(board: Leaderboard, detail: bool = False, columns: str | list
         rank = {c: i for i, c in enumerate(every)}
         return sorted(out, key=rank.__getitem__)
     return board.score_columns() if detail else board.headline_columns()
+
+
+_HEADER_N = re.compile(r"\(\s*n\s*=\s*\d+\s*\)")
+
+
+def _header_key(text: str) -> str:
+    """A header as typed by a user, normalised: no direction arrow, no ``(n=...)``, single spaces, lower case."""
+    text = _HEADER_N.sub(" ", text.replace("↑", " ").replace("↓", " "))
+    return " ".join(text.replace(" :", ":").split()).lower()
+
+
+def _header_keys(col: Column) -> set[str]:
+    """The normalised names a column's headers print: with and without the role prefix (Markdown prints
+    ``role: label``; HTML and LaTeX the label under a role group), the edit time also without its unit."""
+    label = column_label(col)
+    names = {label, f"{col[0]}: {label}"}
+    if col == EDIT_TIME:
+        names |= {"edit time", f"{col[0]}: edit time"}
+    return {_header_key(n) for n in names}
 
 
 def column_n(board: Leaderboard, col: tuple[str, str, str]) -> int | None:
@@ -135,13 +161,20 @@ def _md_escape(text: str) -> str:
     return text.replace("|", "\\|")
 
 
-_MD_LABEL_SPECIAL = set("\\`*_[]<>|~$&")
+_MD_LABEL_SPECIAL = set("\\`*_<>|~$&")
+_MD_LINK = re.compile(r"\]\s*[(\[:]")  # "](", "][", "]:" : brackets that would make a link or a reference
 
 
 def md_label(text: str) -> str:
     """A method or target label as literal Markdown text: the characters Markdown (and GitHub's math and HTML)
-    would interpret are backslash-escaped, so a label renders as written and cannot open a table cell."""
-    return "".join("\\" + ch if ch in _MD_LABEL_SPECIAL else ch for ch in str(text))
+    would interpret are backslash-escaped, so a label renders as written and cannot open a table cell.
+
+    Brackets are escaped only where they could form a link (``[x](url)``, ``[x][ref]``, ``[x]: url``): a
+    bracket pair alone is literal text in Markdown (a table cell cannot define the reference it would need),
+    so the ``method [run]`` rows of a board read as written in a terminal too, not as ``\\[run\\]``."""
+    text = str(text)
+    special = _MD_LABEL_SPECIAL | (set("[]") if _MD_LINK.search(text) else set())
+    return "".join("\\" + ch if ch in special else ch for ch in text)
 
 
 def _markdown_table(board: Leaderboard, cols: list[Column], role_prefix: bool = True) -> list[str]:
@@ -201,6 +234,41 @@ def render_csv(board: Leaderboard, detail: bool = False, columns: str | list[str
     buf = io.StringIO()
     flat.reset_index().to_csv(buf, index=False, float_format="%.6g", lineterminator="\n")
     return buf.getvalue()
+
+
+LONG_COLUMNS = ("method", "target", "role", "task", "metric", "value", "ci_low", "ci_high", "n", "higher_is_better",
+                "rel_kind", "rel", "rel_low", "rel_high", "run")
+
+
+def render_csv_long(board: Leaderboard, detail: bool = False, columns: str | list[str] | None = None) -> str:
+    """Long ("tidy") CSV: one row per (method, target, task, metric) with ``value, ci_low, ci_high, n``, the
+    role, the metric's direction (``higher_is_better``: True, False or empty), the value relative to the ``none``
+    row (``rel_kind``: delta or ratio; ``rel, rel_low, rel_high``) and the run it comes from.
+
+    Every figure by default (cost included: a long table is for analysis, not for reading); ``columns``
+    keeps the columns chosen (see :func:`select_columns`). Rows in table order (targets, ``none`` first),
+    columns by role, task and metric as the wide table orders them.
+    """
+    keep = select_columns(board, detail, columns) if columns else board.columns()
+    rank = {c: i for i, c in enumerate(keep)}
+    rows = {r: i for i, r in enumerate(board.rows())}
+    f = board.figures
+    f = f[[(r, t, m) in rank for r, t, m in zip(f["role"], f["task"], f["metric"])]].copy()
+    f["_row"] = [rows[(m, t)] for m, t in zip(f["method"], f["target"])]
+    f["_col"] = [rank[(r, t, m)] for r, t, m in zip(f["role"], f["task"], f["metric"])]
+    f = f.sort_values(["_row", "_col"], kind="stable")
+    f["higher_is_better"] = [None if _missing(h) else bool(h) for h in f["higher_is_better"]]
+    f["n"] = [None if _missing(n) else int(n) for n in f["n"]]
+    for col in ("rel", "rel_low", "rel_high"):
+        f.loc[f["role"] == "cost", col] = float("nan")  # cost has no reference row
+    f.loc[f["role"] == "cost", "rel_kind"] = ""
+    buf = io.StringIO()
+    f[list(LONG_COLUMNS)].to_csv(buf, index=False, float_format="%.6g", lineterminator="\n")
+    return buf.getvalue()
+
+
+def _missing(x) -> bool:
+    return x is None or (isinstance(x, float) and math.isnan(x))
 
 
 # --------------------------------------------------------------------------- LaTeX (booktabs)
@@ -293,6 +361,8 @@ def render(board: Leaderboard, fmt: str = "md", output: str | Path | None = None
         text = render_markdown(board, detail, columns)
     elif fmt == "csv":
         text = render_csv(board, detail, columns)
+    elif fmt == "csv-long":
+        text = render_csv_long(board, detail, columns)
     elif fmt == "latex":
         text = render_latex(board, detail, columns)
     elif fmt == "html":
@@ -308,4 +378,5 @@ def render(board: Leaderboard, fmt: str = "md", output: str | Path | None = None
     return text
 
 
-__all__ = ["FIELDS", "FORMATS", "ROLES", "render", "render_csv", "render_latex", "render_markdown", "select_columns"]
+__all__ = ["FIELDS", "FORMATS", "ROLES", "render", "render_csv", "render_csv_long", "render_latex", "render_markdown",
+           "select_columns"]

@@ -22,8 +22,12 @@ from leaderboard.compare import compare_runs, paired_bootstrap, verdict
 
 
 def make_run(root: Path, units: dict[tuple[str, str], np.ndarray], prompts: int = 40, samples: int = 2,
-             method: str = "candidate", target: str = "circle", seed_offset: int = 0, shuffle: bool = False) -> Path:
-    """A finished run. ``units`` maps (task, metric) to per-image 0/1 values of the metric's record column.
+             method: str = "candidate", target: str = "circle", seed_offset: int = 0, shuffle: bool = False,
+             methods: list[str] | None = None, targets: list[str] | None = None, manifest: dict | None = None,
+             extra_rows: list[dict] | None = None) -> Path:
+    """A finished run. ``units`` maps (task, metric) to per-image 0/1 values of the metric's record column,
+    the same for each of ``methods`` x ``targets`` (default: ``method`` x ``target``); ``manifest`` and
+    ``extra_rows`` (summary rows) are added as given.
 
     Tasks: ``target`` (efficacy, erasure_rate <- target_present), ``others`` (specificity,
     accuracy <- correct), ``attack`` (robustness, asr <- target_present).
@@ -32,26 +36,28 @@ def make_run(root: Path, units: dict[tuple[str, str], np.ndarray], prompts: int 
     columns = {"erasure_rate": "target_present", "accuracy": "correct", "asr": "target_present"}
     store = RunStore(root)
     rows = []
-    for (task, metric), values in units.items():
-        values = np.asarray(values)
-        assert len(values) == prompts * samples
-        recs = []
-        for i, v in enumerate(values):
-            p, k = divmod(i, samples)
-            recs.append({"method": method, "target": target, "task": task, "role": roles[task],
-                         "prompt_id": f"{task}-{p}", "prompt": f"prompt {p}", "sample_index": k,
-                         "seed": 1000 * p + k + seed_offset, "image_key": f"{root.name}{i}",
-                         "image_path": f"images/{i}.png", columns[metric]: bool(v)})
-        df = pd.DataFrame(recs)
-        if shuffle:
-            df = df.sample(frac=1.0, random_state=0).reset_index(drop=True)
-        store.write_unit(method, target, task, df)
-        rows.append({"method": method, "target": target, "task": task, "role": roles[task], "metric": metric,
-                     **compute_metric(metric, df)})
-    rows.append({"method": method, "target": target, "task": "edit", "role": "cost", "metric": "edit_seconds",
-                 "value": 1.0, "ci_low": 1.0, "ci_high": 1.0, "n": 1})
-    store.write_manifest({"suite": "synthetic", "config": {"seed": 0}})
-    store.write_summary(rows)
+    pairs = [(m, t) for m in (methods or [method]) for t in (targets or [target])]
+    for method, target in pairs:  # noqa: B020  (the list above is built from the defaults first)
+        for (task, metric), values in units.items():
+            values = np.asarray(values)
+            assert len(values) == prompts * samples
+            recs = []
+            for i, v in enumerate(values):
+                p, k = divmod(i, samples)
+                recs.append({"method": method, "target": target, "task": task, "role": roles[task],
+                             "prompt_id": f"{task}-{p}", "prompt": f"prompt {p}", "sample_index": k,
+                             "seed": 1000 * p + k + seed_offset, "image_key": f"{root.name}{i}",
+                             "image_path": f"images/{i}.png", columns[metric]: bool(v)})
+            df = pd.DataFrame(recs)
+            if shuffle:
+                df = df.sample(frac=1.0, random_state=0).reset_index(drop=True)
+            store.write_unit(method, target, task, df)
+            rows.append({"method": method, "target": target, "task": task, "role": roles[task], "metric": metric,
+                         **compute_metric(metric, df)})
+        rows.append({"method": method, "target": target, "task": "edit", "role": "cost", "metric": "edit_seconds",
+                     "value": 1.0, "ci_low": 1.0, "ci_high": 1.0, "n": 1})
+    store.write_manifest(manifest or {"suite": "synthetic", "config": {"seed": 0}})
+    store.write_summary(rows + (extra_rows or []))
     store.consolidate()
     return root
 
@@ -151,6 +157,96 @@ def test_runs_that_do_not_pair_are_bad_input(base, tmp_path, capsys):
     assert main(["compare", str(base), str(reseeded)]) == 2
     assert main(["compare", str(base), str(tmp_path / "nowhere")]) == 2
     assert main(["compare", str(base), str(base), "--tolerance", "-1"]) == 2
+
+
+def test_many_missing_figures_are_grouped_by_method_and_task_with_counts_and_capped(tmp_path, capsys):
+    methods = [f"m{i:02d}" for i in range(18)]
+    units = {("target", "erasure_rate"): flags(8, 0.1, 1), ("others", "accuracy"): ~flags(8, 0.1, 2)}
+    base = make_run(tmp_path / "base", units, prompts=4, methods=methods, targets=["circle", "square", "star"])
+    new = make_run(tmp_path / "new", units, prompts=4, methods=methods[:1], targets=["circle", "square", "star"])
+    assert main(["compare", str(base), str(new)]) == 1
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert max(map(len, lines)) < 200  # was one line naming every figure (10 KB for 206)
+    assert "FAIL: 102 missing:" in out  # 17 methods x 3 targets x 2 tasks
+    groups = [line for line in lines if line.startswith("  MISSING  ")]
+    assert len(groups) == 15  # MAX_GROUPS; one per (method, task), with its count and the targets it lacks
+    assert groups[0].split() == ["MISSING", "m01/target", "3", "figure(s):", "targets", "circle,", "square,", "star;",
+                                 "metric", "erasure_rate"]
+    assert "... and 19 more group(s), 57 figure(s)" in out
+    assert sum(" same" in line for line in lines) == 6  # m00's figures are compared; missing ones are no table row
+    assert "MISSING" not in out.split("FAIL")[0]
+
+
+SETTINGS = {"suite": "synthetic", "config": {"seed": 0, "tier": "smoke"},
+            "sampler": {"name": "ddim", "steps": 10, "guidance": 5.0},
+            "methods": {"candidate": {"method": "uce", "algorithm_version": "1", "config": {"erase_scale": 1.0}}}}
+
+
+def test_settings_that_differ_warn_and_fail_with_strict(tmp_path, capsys):
+    units = {("target", "erasure_rate"): flags(N, 0.1, 1)}
+    base = make_run(tmp_path / "base", units, manifest=SETTINGS)
+    same = make_run(tmp_path / "same", units, manifest=SETTINGS)
+    other = {**SETTINGS, "config": {"seed": 0, "tier": "standard"}, "sampler": {**SETTINGS["sampler"], "steps": 25},
+             "methods": {"candidate": {"method": "uce", "algorithm_version": "1", "config": {"erase_scale": 2.0}}}}
+    differ = make_run(tmp_path / "differ", units, manifest=other)
+    assert main(["compare", str(base), str(same), "--strict"]) == 0
+    assert "differ" not in capsys.readouterr().out
+    assert main(["compare", str(base), str(differ)]) == 0  # the figures agree: a warning only
+    out = capsys.readouterr().out
+    assert "warning: the runs differ in their settings" in out and "PASS" in out
+    for line in ("tier: 'smoke' vs 'standard'", "sampler: steps 10 vs 25", "method candidate: config.erase_scale 1.0 vs 2.0"):
+        assert f"  {line}\n" in out
+    assert main(["compare", str(base), str(differ), "--strict", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["passed"] is False and report["failures"] == 0 and report["strict"] is True
+    assert len(report["settings"]) == 3
+    assert main(["compare", str(base), str(differ), "--strict"]) == 1
+    assert "FAIL: 3 settings difference(s) under --strict" in capsys.readouterr().out
+
+
+def test_text_json_and_junit_reports_in_one_call(base, tmp_path, capsys):
+    import xml.etree.ElementTree as ET
+
+    weak = flags(N, 0.1, 1) | flags(N, 0.4, 3)
+    new = make_run(tmp_path / "new", {("target", "erasure_rate"): weak, ("others", "accuracy"): ~flags(N, 0.1, 2)})
+    js, junit = tmp_path / "out" / "compare.json", tmp_path / "out" / "compare.xml"
+    assert main(["compare", str(base), str(new), "--json", str(js), "--junit", str(junit)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL: 1 worse:" in out and "  WORSE    candidate/target  1 figure(s): target circle; metric erasure_rate" in out
+    report = json.loads(js.read_text())
+    assert report["passed"] is False and report["failure_groups"][0]["status"] == "worse"
+    root = ET.parse(junit).getroot()
+    assert root.tag == "testsuites" and root.get("failures") == "1" and root.get("tests") == "3"
+    cases = {(c.get("classname"), c.get("name")): c for c in root.iter("testcase")}
+    failing = cases[("candidate.circle.target", "erasure_rate")]
+    failure = failing.find("failure")
+    assert failure is not None and failure.get("type") == "worse" and "erasure_rate" in failure.get("message")
+    assert cases[("candidate.circle.others", "accuracy")].find("failure") is None
+    assert cases[("settings", "same suite, tier, seed, model, sampler and method settings")].find("failure") is None
+    # a missing figure allowed through is a skipped case; the JUnit report alone on stdout
+    partial = make_run(tmp_path / "partial", {("target", "erasure_rate"): flags(N, 0.1, 1)})
+    assert main(["compare", str(base), str(partial), "--allow-missing", "--junit", "-"]) == 0
+    root = ET.fromstring(capsys.readouterr().out)
+    case = next(c for c in root.iter("testcase") if c.get("name") == "accuracy")
+    assert case.find("skipped") is not None and root.get("skipped") == "1" and root.get("failures") == "0"
+
+
+def test_compare_knows_the_evaluators_set_metrics_in_a_fresh_process(base, tmp_path):
+    """``mini_fd`` is registered by bench.evaluators, which a fresh ``erasebench compare`` process did not import:
+    it said "unknown metrics not gated (not registered here): mini_fd" (in-process tests had it imported)."""
+    import os
+    import subprocess
+    import sys
+
+    fd = {"method": "candidate", "target": "circle", "task": "general", "role": "utility", "metric": "mini_fd",
+          "value": 3.0, "ci_low": 2.0, "ci_high": 4.0, "n": 80}
+    run = make_run(tmp_path / "fd", {("target", "erasure_rate"): flags(N, 0.1, 1)}, extra_rows=[fd])
+    res = subprocess.run([sys.executable, "-m", "bench.cli", "compare", str(run), str(run)], capture_output=True,
+                         text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert res.returncode == 0, res.stderr
+    assert "not registered" not in res.stdout
+    assert "note: set metrics not gated (no per-image values): mini_fd" in res.stdout
 
 
 def test_paired_bootstrap_resamples_prompts():

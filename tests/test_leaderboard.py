@@ -235,6 +235,82 @@ def test_report_cli(two_runs, tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope")]) == 2
 
 
+def test_columns_accept_the_names_the_headers_print(two_runs, capsys):
+    from bench.cli import main
+
+    board = load_runs(two_runs)
+    header = render(board, "md", detail=True).splitlines()[0].strip("| ").split(" | ")[2:]
+    assert header[0] == "efficacy: target/erasure_rate ↑ (n=40)"
+    for name in header + ["edit time (s)", "edit time", "target/erasure_rate ↑", "Specificity: others/accuracy"]:
+        text = render(board, "md", columns=name)
+        got = text.splitlines()[0].strip("| ").split(" | ")[2:]
+        assert len(got) == 1 and _same_column(got[0], name), (name, got)
+    assert main(["report", *map(str, two_runs), "--columns", "efficacy: target/erasure_rate ↑ (n=40),edit time (s)"]) == 0
+    printed = capsys.readouterr().out.splitlines()[0]
+    assert printed.strip("| ").split(" | ")[2:] == ["efficacy: target/erasure_rate ↑ (n=40)", "cost: edit time (s) ↓ (n=1)"]
+    with pytest.raises(ValueError, match="names no column"):
+        render(board, "md", columns="efficacy: target/accuracy")  # the right words for another column still fail
+
+
+def _same_column(printed: str, asked: str) -> bool:
+    def core(text):
+        return text.split(": ")[-1].split(" ↑")[0].split(" ↓")[0].split(" (n=")[0].removesuffix(" (s)").lower()
+    return core(printed) == core(asked)
+
+
+def test_csv_long_has_one_row_per_method_target_task_metric(two_runs, capsys):
+    from bench.cli import main
+
+    board = load_runs(two_runs)
+    df = pd.read_csv(io.StringIO(render(board, "csv-long")))
+    assert list(df.columns[:9]) == ["method", "target", "role", "task", "metric", "value", "ci_low", "ci_high", "n"]
+    assert not df.duplicated(["method", "target", "task", "metric"]).any()
+    assert len(df) == len(board.figures) == 3 * 2 + 2  # none, uce, esd x 2 tasks, and the edit time of uce and esd
+    assert list(dict.fromkeys(df["method"])) == ["none", "uce", "esd"]
+    for rec in df.to_dict("records"):
+        fig = board.figure(rec["method"], rec["target"], rec["role"], rec["task"], rec["metric"])
+        assert rec["value"] == pytest.approx(fig["value"], rel=1e-5) and rec["n"] == fig["n"]
+        assert rec["ci_low"] == pytest.approx(fig["ci_low"], rel=1e-5)
+    esd = df[(df["method"] == "esd") & (df["metric"] == "accuracy")].iloc[0]
+    assert esd["rel_kind"] == "ratio" and esd["higher_is_better"] and esd["run"] == "run-b"
+    assert df[df["role"] == "cost"]["rel"].isna().all()
+    # --columns filters, the CLI takes the format
+    assert set(pd.read_csv(io.StringIO(render(board, "csv-long", columns="efficacy")))["metric"]) == {"erasure_rate"}
+    assert main(["report", *map(str, two_runs), "--format", "csv-long"]) == 0
+    assert pd.read_csv(io.StringIO(capsys.readouterr().out)).shape == df.shape
+
+
+def _rescale_reference(run: Path, factor: float) -> None:
+    store = RunStore(run)
+    rows = store.read_summary().to_dict("records")
+    for row in rows:
+        if row["method"] == "none":
+            row.update({k: row[k] * factor for k in ("value", "ci_low", "ci_high")})
+    store.write_summary(rows)
+
+
+def test_figures_that_agree_within_a_tolerance_share_one_row_and_the_board_says_so(tmp_path, capsys):
+    from bench.cli import main
+
+    a = make_run(tmp_path / "a", {"none": {"target": 0.1, "others": 0.9}, "uce": {"target": 0.5, "others": 0.8}})
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    _rescale_reference(b, 1 + 1e-7)  # what another machine's float sums can give
+    board = load_runs([a, b])
+    assert [m for m, _ in board.rows()] == ["none", "uce"]
+    assert board.notes == ["runs agree on none within 1e-06 relative (not bit for bit): one row each, "
+                           "with the first run's figures"]
+    _rescale_reference(b, 1 + 1e-5)  # a real difference (still far below the 3 decimals shown)
+    board = load_runs([a, b])
+    assert [m for m, _ in board.rows()] == ["none [a]", "uce", "none [b]"] or \
+        [m for m, _ in board.rows()] == ["none [a]", "none [b]", "uce"]
+    assert board.notes == ["runs disagree on none: those rows are kept apart as 'method [run]'"]
+    # the terminal shows the labels as written: brackets alone are literal Markdown, not escaped
+    assert main(["report", str(a), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert "| none [a] | circle |" in out and "| none [b] | circle |" in out and "\\[" not in out
+
+
 # --------------------------------------------------------------------------- HTML
 def _embedded_images(page: str) -> list[np.ndarray]:
     return [np.asarray(Image.open(io.BytesIO(base64.b64decode(m))).convert("RGB"))
@@ -353,3 +429,138 @@ def test_html_page_renders_in_headless_chromium(two_runs, tmp_path, chromium):
     assert img.shape[1] == 1280 and img.std() > 10
     dark = (img.mean(axis=2) < 128).mean()
     assert 0.001 < dark < 0.6  # text and images on a light background
+
+
+# --------------------------------------------------------------------------- a wide board in the browser
+# role -> (tasks, metrics): 3*4 + 4*4 + 1*4 + 3*3 score columns and 7 cost columns = 48, as the issue's board; the
+# compact table: one column per task (3 + 4 + 1 + 3) and the edit time = 12
+WIDE = {"efficacy": (["target", "target-synonyms", "target-implicit"],
+                     ["erasure_rate", "accuracy", "clip_score", "lpips"]),
+        "specificity": (["other-objects", "other-styles", "in-prompt", "nearby-colours"],
+                        ["accuracy", "clip_score", "lpips", "mini_fd"]),
+        "utility": (["general"], ["clip_score", "lpips", "mini_fd", "accuracy"]),
+        "robustness": (["ring-a-bell", "unlearn-diff-atk", "p4d"], ["asr", "pre_asr", "clip_score"])}
+WIDE_COST = ("edit_seconds", "peak_memory_mb", "resumed_from", "trained_parameters", "unet_forward", "unet_backward",
+             "iterations")
+WIDE_METHODS = ["none", "uce", "esd", "concept-ablation [run-b]", "safree", "ant"]
+
+
+def wide_run(root: Path) -> Path:
+    """A finished run (summary only) with 48 columns; every method's figures are ``none``'s moved by +0.1
+    (so erasure_rate and accuracy deltas are better and worse by the metrics' directions alike: +0.1 on a
+    lower-is-better asr is worse); the cost counter ``resumed_from`` has no direction."""
+    rows = []
+    for mi, method in enumerate(WIDE_METHODS):
+        for role, (tasks, metrics) in WIDE.items():
+            for task in tasks:
+                for metric in metrics:
+                    v = 0.4 + (0.1 if mi else 0.0)
+                    rows.append({"method": method, "target": "circle", "task": task, "role": role, "metric": metric,
+                                 "value": v, "ci_low": v - 0.05, "ci_high": v + 0.05, "n": 48})
+        if method != "none":
+            for metric in WIDE_COST:
+                v = 12.5 * mi
+                rows.append({"method": method, "target": "circle", "task": "edit", "role": "cost", "metric": metric,
+                             "value": v, "ci_low": v, "ci_high": v, "n": 1})
+    store = RunStore(root)
+    store.write_manifest({"suite": "synthetic", "model": {"name": "mini"}})
+    store.write_summary(rows)
+    return root
+
+
+def test_delta_colour_follows_the_metrics_direction(tmp_path):
+    from leaderboard.html import rel_direction
+
+    board = load_runs([wide_run(tmp_path / "wide")])
+    page = render(board, "html")
+    cells = re.findall(r'<span class="rel (\w+)" title="relative to none: \w+">([^<]+)</span>', page)
+    assert cells and {d for d, _ in cells} == {"better", "worse", "neutral"}
+    uce = {(c[1], c[2]): board.figure("uce", "circle", *c) for c in board.score_columns()}
+    assert rel_direction(uce[("target", "erasure_rate")]) == "better"  # +0.1 erased: better
+    assert rel_direction(uce[("other-objects", "accuracy")]) == "better"  # ratio 1.25 kept: better
+    assert rel_direction(uce[("ring-a-bell", "asr")]) == "worse"  # +0.1 attack success: worse
+    assert rel_direction(uce[("general", "lpips")]) == "worse" and rel_direction(uce[("general", "mini_fd")]) == "worse"
+    none = board.figure("none", "circle", "efficacy", "target", "erasure_rate")
+    assert rel_direction(none) == "neutral"  # the reference itself
+    assert rel_direction({**uce[("target", "erasure_rate")], "higher_is_better": None}) == "neutral"
+    assert rel_direction({**uce[("target", "erasure_rate")], "rel": -0.1}) == "worse"
+    # each cell's class is its figure's direction: a delta on a lower-is-better metric is red, not green
+    compact = page.split('id="leaderboard"')[1].split("</table>")[0]
+    assert compact.count('class="rel worse"') == 5 * 3  # every method but none on the 3 asr columns
+    assert compact.count('class="rel better"') == 5 * (3 + 4 + 1)  # erasure_rate, accuracy, clip_score
+    assert compact.count('class="rel neutral"') == 3 + 4 + 1 + 3  # the none row
+    assert "Δ+0.100</span>" in compact
+
+
+def test_plot_labels_overlap_neither_each_other_nor_the_legend(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from leaderboard.html import tradeoff_figure
+
+    # eight methods at nearly the same point: labels at one fixed offset would be drawn over each other
+    probs = {m: {"target": 0.5, "others": 0.8} for m in ["none", "uce", "esd", "ca", "safree", "ant", "mace", "spm"]}
+    run = make_run(tmp_path / "crowd", probs, prompts=40, samples=1)
+    fig, labels = tradeoff_figure(load_runs([run]))
+    renderer = fig.canvas.get_renderer()
+    (annotations,) = labels.values()
+    assert sorted(a.get_text() for a in annotations) == sorted(probs)
+    boxes = [a.get_window_extent(renderer) for a in annotations]
+    legend = fig.legends[0].get_window_extent(renderer)
+    for i, a in enumerate(boxes):
+        assert not a.overlaps(legend)
+        for b in boxes[i + 1:]:
+            assert not a.overlaps(b), (a, b)
+    plt.close(fig)
+
+
+MEASURE = r"""<script>
+window.addEventListener('load', function () { setTimeout(function () {
+  var b = document.body, de = document.documentElement;
+  function px(x) { return String(Math.round(x)); }
+  var compact = document.getElementById('leaderboard'), wrap = compact.parentElement;
+  b.dataset.pageWidth = px(de.scrollWidth);
+  b.dataset.compactOverflow = px(wrap.scrollWidth - wrap.clientWidth);
+  var details = document.getElementById('detail');
+  b.dataset.detailClosed = details.open ? '0' : '1';
+  details.open = true; pinAll();
+  var table = document.getElementById('leaderboard-detail'), dw = table.parentElement;
+  b.dataset.detailWidth = px(table.getBoundingClientRect().width);
+  dw.scrollLeft = dw.scrollWidth;
+  details.scrollIntoView({block: 'start'});
+  b.dataset.scrolled = px(dw.scrollLeft);
+  b.dataset.pageWidthOpen = px(de.scrollWidth);
+  var row = table.tBodies[0].rows[3], method = row.cells[0], target = row.cells[1];
+  var m = method.getBoundingClientRect(), t = target.getBoundingClientRect(), w = dw.getBoundingClientRect();
+  b.dataset.methodLeft = px(m.left - w.left);
+  b.dataset.targetGap = px(t.left - m.right);
+  var hit = document.elementFromPoint(m.left + m.width / 2, m.top + m.height / 2);
+  b.dataset.methodOnTop = (hit === method || method.contains(hit)) ? '1' : '0';
+  var hitT = document.elementFromPoint(t.left + t.width / 2, t.top + t.height / 2);
+  b.dataset.targetOnTop = (hitT === target || target.contains(hitT)) ? '1' : '0';
+  ['better', 'worse', 'neutral'].forEach(function (k) {
+    b.dataset['colour' + k.charAt(0).toUpperCase() + k.slice(1)] = getComputedStyle(document.querySelector('#leaderboard .rel.' + k)).color;
+  });
+}, 0); });
+</script></body>"""
+
+
+def test_wide_board_fits_1400_px_with_pinned_columns_in_chromium(tmp_path, chromium):
+    board = load_runs([wide_run(tmp_path / "wide")])
+    assert len(board.columns()) == 48
+    page = tmp_path / "wide.html"
+    page.write_text(render(board, "html").replace("</body>", MEASURE))
+    res = run_chromium(chromium, page.as_uri(), "--dump-dom", "--window-size=1400,900")
+    got = dict(re.findall(r'data-([a-z-]+)="([^"]*)"', res.stdout.split("<body", 1)[1].split(">", 1)[0]))
+    assert "method-left" in got, res.stderr[-2000:]
+    assert int(got["page-width"]) <= 1400 and int(got["page-width-open"]) <= 1400  # the page never scrolls sideways
+    assert got["detail-closed"] == "1" and int(got["compact-overflow"]) == 0  # the compact table fits as it is
+    assert int(got["detail-width"]) > 2000 and int(got["scrolled"]) > 600  # the full table scrolls in its box...
+    assert abs(int(got["method-left"])) <= 1 and got["method-on-top"] == "1"  # ...with the method column pinned
+    assert abs(int(got["target-gap"])) <= 1 and got["target-on-top"] == "1"  # and the target right beside it
+    assert got["colour-better"] == "rgb(10, 122, 60)" and got["colour-worse"] == "rgb(192, 57, 43)"
+    assert got["colour-neutral"] == "rgb(119, 119, 119)"
+    # the same, drawn (the script above opened the full table and scrolled it to its right end)
+    shot = Path(os.environ.get("ERASEBENCH_SCREENSHOT_DIR", tmp_path)) / "wide.png"
+    run_chromium(chromium, page.as_uri(), f"--screenshot={shot}", "--window-size=1400,900")
+    img = np.asarray(Image.open(shot).convert("RGB"))
+    assert img.shape[:2] == (900, 1400) and img.std() > 10
