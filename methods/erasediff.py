@@ -115,9 +115,12 @@ class EraseDiff(ft.FinetuneMethod):
     recipes = RECIPES
     conformance_overrides = {"epochs": 1, "k_steps": 1, "num_images": 2, "batch_size": 2, "sample_steps": 2}
     deviations = (
-        "D_f / D_r sampled from the unedited model, num_images each (official: pre-generated nsfw.csv images, $N)",
-        "a random batch per step, ceil(num_images / batch_size) steps a pass",
-        "no adaptive lambda (--lambda_bome < 0): the published run fixes 1",
+        {"what": "D_f / D_r sampled from the unedited model, num_images each (official: pre-generated nsfw.csv images, $N)",
+         "official": "JingWu321/EraseDiff @ 14f4e98, erasediff_nsfw.py", "class": "b"},
+        {"what": "a random batch per step, ceil(num_images / batch_size) steps a pass",
+         "official": "JingWu321/EraseDiff @ 14f4e98, erasediff_nsfw.py", "class": "a"},
+        {"what": "no adaptive lambda (--lambda_bome < 0): the published run fixes 1",
+         "official": "JingWu321/EraseDiff @ 14f4e98, erasediff_nsfw.py", "class": "a"},
     )
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:

@@ -226,9 +226,12 @@ class ForgetMeNot(ft.FinetuneMethod):
     recipes = RECIPES
     conformance_overrides = {"iterations": 2, "num_images": 2, "sample_steps": 2}
     deviations = (
-        "concept images sampled from the unedited model (official: real photos in data/<concept>/)",
-        "no textual-inversion stage: the concept's own words (the code's use_ti: false path)",
-        "concept positions matched per sample (official: head-major mask repeat; same at batch 1)",
+        {"what": "concept images sampled from the unedited model (official: real photos in data/<concept>/)",
+         "official": "SHI-Labs/Forget-Me-Not @ a4a81e8, src/train_attn.py", "class": "b"},
+        {"what": "no textual-inversion stage: the concept's own words (the code's use_ti: false path)",
+         "official": "SHI-Labs/Forget-Me-Not @ a4a81e8, src/train_attn.py", "class": "a"},
+        {"what": "concept positions matched per sample (official: head-major mask repeat; same at batch 1)",
+         "official": "SHI-Labs/Forget-Me-Not @ a4a81e8, src/train_attn.py", "class": "a"},
     )
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:

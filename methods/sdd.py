@@ -109,8 +109,10 @@ class SDD(ft.FinetuneMethod):
     recipes = RECIPES
     conformance_overrides = {"iterations": 2, "ddim_steps": 3}
     deviations = (
-        "the loss's forward passes at the shared loop's precision (bf16 autocast where native; official fp32)",
-        "z_T, k and t from per-step generators (resumable; official: one global generator)",
+        {"what": "the loss's forward passes at the shared loop's precision (bf16 autocast where native; official fp32)",
+         "official": "nannullna/safe-diffusion @ a2e820c, train_sdd.py", "class": "a"},
+        {"what": "z_T, k and t from per-step generators (resumable; official: one global generator)",
+         "official": "nannullna/safe-diffusion @ a2e820c, train_sdd.py", "class": "a"},
     )
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:

@@ -249,9 +249,12 @@ class SPEED(Method):
     recipes = RECIPES
     mini_preset = MINI_PRESET
     deviations = (
-        "k-means of the empty prompt's rows: Lloyd's from seeded rows (official: kmeans_pytorch, numpy's global RNG)",
-        "retain shuffling and DPA noise from generators seeded by the request (official: the global torch RNG)",
-        "retain concepts naming a target are dropped without the official one-to-one assertion",
+        {"what": "k-means of the empty prompt's rows: Lloyd's from seeded rows (official: kmeans_pytorch, numpy's global RNG)",
+         "official": "Ouxiang-Li/SPEED @ 6d3df0c, train_erase_null.py", "class": "a"},
+        {"what": "retain shuffling and DPA noise from generators seeded by the request (official: the global torch RNG)",
+         "official": "Ouxiang-Li/SPEED @ 6d3df0c, train_erase_null.py", "class": "a"},
+        {"what": "retain concepts naming a target are dropped without the official one-to-one assertion",
+         "official": "Ouxiang-Li/SPEED @ 6d3df0c, train_erase_null.py", "class": "a"},
     )
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
