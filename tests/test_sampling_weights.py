@@ -88,3 +88,21 @@ def test_using_weights_leaves_buffers_and_modules_already_in_the_dtype_alone():
     with using_weights(module.to(torch.bfloat16), torch.bfloat16) as did:
         assert not did
 
+
+
+def test_a_run_config_chooses_the_weights_and_a_resumed_run_keeps_what_its_manifest_recorded():
+    from bench.config import ConfigError, parse_config
+    from bench.runner import recorded_sampler, resolve
+
+    base = {"model": "mini", "targets": ["circle"], "methods": [{"name": "none"}]}
+    for sampler, weights in (({"precision": "bf16"}, "cast"), ({"precision": "bf16", "weights": "fp32"}, "fp32"),
+                             ({"precision": "fp32", "weights": "cast"}, "fp32")):
+        assert resolve(parse_config({**base, "sampler": sampler})).sampler.weights == weights
+    with pytest.raises(ConfigError, match="weights"):
+        parse_config({**base, "sampler": {"weights": "half"}})
+    now = resolve_sampler(dataclasses.replace(SAMPLER, precision="auto"), "cpu")
+    # a manifest written before the choice existed sampled bf16 with fp32 weights under autocast: it goes on so
+    started = {k: v for k, v in dataclasses.asdict(now).items() if k != "weights"}
+    assert recorded_sampler(started, now).weights == "fp32"
+    assert recorded_sampler({**started, "weights": "cast"}, now).weights == "cast"
+    assert recorded_sampler({**started, "precision": "fp32", "weights": "fp32"}, now).precision == "fp32"
