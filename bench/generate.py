@@ -67,7 +67,9 @@ class SamplerConfig:
     # while they do not change, bench.backbone.using_weights), as a diffusers user casts a pipeline; the text
     # encoder stays fp32 (it runs once per batch, and guidance hooks see fp32 embeddings). Edits are computed
     # and saved in fp32 either way. "auto": "cast" for bf16, and for fp16 on a GPU; else "fp32". Measured on a
-    # 2-core AMD EPYC (Zen 4, native bf16): benchmarks/results/generate_vs_diffusers_cpu_bf16_weights_*.json.
+    # 2-core AMD EPYC (Zen 4, native bf16) under heavy shared load, it was no faster than autocast there (bf16 against
+    # diffusers' bf16 weights, CPU-time ratio 0.857 against 0.896 before on the SD-shaped model; a probe points at the
+    # channels-last layout: benchmarks/results/README.md, generate_vs_diffusers_cpu_bf16_weights_*.json).
     # Part of an image's key when "cast" (fp32 keys, and keys of bf16 runs made before the choice, stay valid);
     # a resumed run keeps what its manifest recorded (a manifest without it: "fp32").
     weights: str = "auto"
