@@ -142,6 +142,58 @@ def using_memory_format(unet: torch.nn.Module, memory_format: str) -> Iterator[N
         lay_out(MEMORY_FORMATS[before])
 
 
+def _stamp(params: list[torch.nn.Parameter]) -> tuple:
+    """What identifies the values of ``params`` cheaply: each one's storage, version counter (bumped by every
+    in-place change of the parameter: an optimiser step, ``load_state_dict``, a closed-form ``weight.copy_``),
+    shape and dtype. Assigning ``p.data`` changes the storage; a change made through ``p.data`` in place is the one
+    it cannot see (no method here edits that way)."""
+    return tuple((p.data_ptr(), p._version, tuple(p.shape), p.dtype) for p in params)
+
+
+@contextlib.contextmanager
+def using_weights(module: torch.nn.Module, dtype: torch.dtype | None, memory_format: str = "contiguous",
+                  cache: dict | None = None) -> Iterator[bool]:
+    """Run a block with ``module``'s floating-point parameters cast to ``dtype`` (4-d ones laid out in
+    ``memory_format``), then put the original tensors back. Yields whether it cast anything.
+
+    Each Parameter is kept (its ``.data`` swapped, as ``Module.to`` does), so optimisers, hooks and adapters holding
+    it are unaffected, and the originals come back unchanged: edits are computed and saved in their own precision.
+    The cast tensors are made outside inference mode (a caller sampling under ``torch.inference_mode()`` must leave
+    weights a method can still train), and kept in ``cache`` (a dict the caller owns: the backbone's) under the
+    module's parameters' :func:`_stamp`: the next call on unchanged weights swaps them in without casting again; a
+    changed parameter (trained, edited) casts again. Buffers are not cast. A no-op for ``dtype`` None or a module
+    whose parameters are already in ``dtype``.
+    """
+    params = [p for p in module.parameters() if p.is_floating_point()]
+    if dtype is None or all(p.dtype == dtype for p in params):
+        yield False
+        return
+    fmt = MEMORY_FORMATS[memory_format]
+    key = (id(module), dtype, memory_format)
+    stamp = _stamp(params)
+    held = cache.get(key) if cache is not None else None
+    if held is None or held[0] != stamp:
+        if cache is not None:
+            cache.pop(key, None)  # the stale copy goes before the new one is made
+        with torch.inference_mode(False), torch.no_grad():
+            cast = [p.data.to(dtype=dtype, memory_format=fmt if p.dim() == 4 else torch.preserve_format)
+                    for p in params]
+        if cache is not None:
+            cache[key] = (stamp, cast)
+    else:
+        cast = held[1]
+    originals = [p.data for p in params]
+    with torch.inference_mode(False), torch.no_grad():
+        for p, c in zip(params, cast):
+            p.data = c
+    try:
+        yield True
+    finally:
+        with torch.inference_mode(False), torch.no_grad():
+            for p, o in zip(params, originals):
+                p.data = o
+
+
 def attention_of(unet: torch.nn.Module) -> str | None:
     """The stock processor every attention layer of ``unet`` uses (``sdpa``/``math``), or None if mixed/custom."""
     kinds = {type(p) for p in unet.attn_processors.values()}
@@ -193,6 +245,9 @@ class Backbone:
     dtype: torch.dtype = torch.float32
     guidance_hooks: list[Any] = field(default_factory=list)
     edits: list[dict] = field(default_factory=list)  # provenance of the edits applied so far
+    # sampling's copies of the weights in a lower precision (bench.generate: ``weights: cast``), kept by
+    # :func:`using_weights` across calls while the weights do not change; never copied with the backbone
+    sampling_weights: dict = field(default_factory=dict, repr=False, compare=False)
 
     # ------------------------------------------------------------------ text
     def tokenize(self, prompts: list[str]) -> torch.Tensor:

@@ -50,11 +50,14 @@ class SamplerSpec(BaseModel):
     steps: int = Field(25, ge=1, le=1000)
     guidance: float = Field(5.0, ge=0.0)
     eta: float = Field(0.0, ge=0.0, le=1.0)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"  # autocast of the UNet while sampling
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"  # the UNet's precision while sampling
     # the UNet's attention while sampling: auto = the measured choice for the device (bench.backbone)
     attention: Literal["auto", "sdpa", "math"] = "auto"
     # the UNet's convolution weights' layout while sampling: auto = the measured choice for the device (bench.backbone)
     memory_format: Literal["auto", "contiguous", "channels_last"] = "auto"
+    # bf16/fp16 sampling: the UNet's and VAE's weights cast once ("cast") or fp32 under autocast ("fp32");
+    # auto = cast for bf16, and for fp16 on a GPU (bench.generate.SamplerConfig.weights)
+    weights: Literal["auto", "fp32", "cast"] = "auto"
 
 
 class MethodSpec(BaseModel):

@@ -38,6 +38,7 @@ from bench.backbone import (
     resolve_memory_format,
     using_attention,
     using_memory_format,
+    using_weights,
 )
 
 
@@ -63,8 +64,21 @@ class SamplerConfig:
     # UNet's convolution weights while sampling; part of an image's key when not "contiguous" (keys made before
     # the choice existed stay valid).
     memory_format: str = "auto"
+    # "fp32" | "cast" | "auto": the weights sampling runs with when ``precision`` is not fp32. "fp32": the weights
+    # stay fp32 and the UNet runs under autocast (every convolution and linear layer casts its weight on every
+    # call); "cast": the UNet's and the VAE's weights are cast to the precision's dtype once (kept across calls
+    # while they do not change, bench.backbone.using_weights), as a diffusers user casts a pipeline; the text
+    # encoder stays fp32 (it runs once per batch, and guidance hooks see fp32 embeddings). Edits are computed
+    # and saved in fp32 either way. "auto": "cast" for bf16, and for fp16 on a GPU; else "fp32". Measured on a
+    # 2-core AMD EPYC (Zen 4, native bf16) under heavy shared load, it was no faster than autocast there (bf16 against
+    # diffusers' bf16 weights, CPU-time ratio 0.857 against 0.896 before on the SD-shaped model; a probe points at the
+    # channels-last layout: benchmarks/results/README.md, generate_vs_diffusers_cpu_bf16_weights_*.json).
+    # Part of an image's key when "cast" (fp32 keys, and keys of bf16 runs made before the choice, stay valid);
+    # a resumed run keeps what its manifest recorded (a manifest without it: "fp32").
+    weights: str = "auto"
 
 
+WEIGHTS = ("fp32", "cast")
 SAMPLERS = ("ddim", "dpm", "lms", "default")
 
 
@@ -159,15 +173,44 @@ def resolve_precision(precision: str, device: torch.device | str) -> str:
     return precision
 
 
+def resolve_weights(weights: str, precision: str, device: torch.device | str) -> str:
+    """``auto`` -> ``cast`` where ``precision`` (resolved) is bf16, or fp16 on a GPU; else ``fp32``. Any choice is
+    ``fp32`` for fp32 sampling (there is nothing to cast)."""
+    if weights not in (*WEIGHTS, "auto"):
+        raise ValueError(f"unknown weights {weights!r}; valid: auto, {', '.join(WEIGHTS)}")
+    precision = resolve_precision(precision, device)
+    if precision == "fp32":
+        return "fp32"
+    if weights == "auto":
+        return "cast" if precision == "bf16" or torch.device(device).type == "cuda" else "fp32"
+    return weights
+
+
 def resolve_sampler(sampler: SamplerConfig, device: torch.device | str) -> SamplerConfig:
-    """``sampler`` with its device-dependent choices (``precision``, ``attention``, ``memory_format``) made concrete
-    for ``device``.
+    """``sampler`` with its device-dependent choices (``precision``, ``attention``, ``memory_format``, ``weights``)
+    made concrete for ``device``.
 
     Images are keyed by the resolved sampler, so ``auto`` never stands for two different computations.
     """
-    return dataclasses.replace(sampler, precision=resolve_precision(sampler.precision, device),
+    precision = resolve_precision(sampler.precision, device)
+    return dataclasses.replace(sampler, precision=precision,
                                attention=resolve_attention(sampler.attention, device, "sampling"),
-                               memory_format=resolve_memory_format(sampler.memory_format, device))
+                               memory_format=resolve_memory_format(sampler.memory_format, device),
+                               weights=resolve_weights(sampler.weights, precision, device))
+
+
+def sampling_weights(backbone: Backbone, sampler: SamplerConfig, modules: tuple[str, ...] = ("unet",)):
+    """The context that gives ``backbone``'s ``modules`` the weights the (resolved) ``sampler`` samples with: cast to
+    its precision's dtype (and the UNet's 4-d weights laid out in its memory format) for ``weights: cast``, cached on
+    the backbone (:func:`bench.backbone.using_weights`); a no-op otherwise."""
+    dtype = PRECISIONS[sampler.precision] if sampler.weights == "cast" else None
+    stack = contextlib.ExitStack()
+    for name in modules:
+        module = getattr(backbone, name)
+        if module is not None:
+            stack.enter_context(using_weights(module, dtype, sampler.memory_format if name == "unet" else "contiguous",
+                                              backbone.sampling_weights))
+    return stack
 
 
 def autocast_to(device: torch.device, dtype: torch.dtype | None):
@@ -222,6 +265,8 @@ def denoise(
         context = torch.cat([uncond, cond, *extra.values()])
     latents = latents * scheduler.init_noise_sigma
     autocast = unet_autocast(latents.device, sampler.precision)
+    # cast weights: the UNet's inputs go in its dtype (autocast stays on for what a hook adds in fp32)
+    unet_dtype = PRECISIONS[sampler.precision] if sampler.weights == "cast" else None
     use_cfg = sampler.guidance > 1.0 or bool(hooks)
     n_embs = 2 + len(extra)
     state: dict[str, Any] = {}
@@ -233,8 +278,8 @@ def denoise(
     adapter = getattr(backbone.unet, ADAPTER_ATTR, None)
     prompt_scope = (adapter.prompt_scope(backbone.tokenizer, list(prompts)) if hasattr(adapter, "prompt_scope")
                     else contextlib.nullcontext())
-    with using_attention(backbone.unet, sampler.attention), using_memory_format(backbone.unet, sampler.memory_format), \
-            torch.no_grad(), prompt_scope:
+    with sampling_weights(backbone, sampler), using_attention(backbone.unet, sampler.attention), \
+            using_memory_format(backbone.unet, sampler.memory_format), torch.no_grad(), prompt_scope:
         for i, t in enumerate(timesteps):
             if i >= stop:
                 break
@@ -250,6 +295,7 @@ def denoise(
                                                                    step_cond, state))
                 step_context = torch.cat([uncond, step_cond, *extra.values()])
             if use_cfg:
+                model_in, step_context = model_in.to(unet_dtype), step_context.to(unet_dtype)
                 with autocast:
                     eps = backbone.unet(torch.cat([model_in] * n_embs), t, step_context).sample.to(latents.dtype)
                 eps = eps.contiguous()  # NCHW for the hooks and the scheduler whatever the weights' memory format
@@ -265,7 +311,8 @@ def denoise(
                     noise_pred = eps_u + sampler.guidance * (eps_c - eps_u)
             else:
                 with autocast:
-                    noise_pred = backbone.unet(model_in, t, step_cond).sample.to(latents.dtype)
+                    noise_pred = backbone.unet(model_in.to(unet_dtype), t, step_cond.to(unet_dtype)).sample.to(
+                        latents.dtype)
                 noise_pred = noise_pred.contiguous()
             latents = scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
     if return_trajectory:
@@ -334,8 +381,10 @@ def image_key(model_fingerprint: str, prompt: str, negative_prompt: str, seed: i
     """The cache key of one image. ``latent``: the :func:`latent_digest` of a given starting latent (None: the
     seed's noise; then the key is what it was before starting latents existed, so cached images stay valid)."""
     spec = asdict(sampler)
-    if spec.get("memory_format") == "contiguous":  # the layout images had before the choice existed: same keys
-        del spec["memory_format"]
+    # the values images had before each choice existed are left out: their keys stay what they were
+    for name, before in (("memory_format", "contiguous"), ("weights", "fp32")):
+        if spec.get(name) == before:
+            del spec[name]
     fields = {"model": model_fingerprint, "prompt": prompt, "negative": negative_prompt, "seed": int(seed),
               "sampler": spec}
     if latent is not None:
@@ -398,6 +447,7 @@ def generate(
     todo = [i for k, i in first.items() if found[k] is None]
     desc = progress if isinstance(progress, str) else "generate"
     with tqdm(total=len(todo), desc=desc, unit="img", disable=not progress or not todo, leave=False) as bar, \
+            sampling_weights(backbone, sampler, ("unet", "vae")) if todo else contextlib.nullcontext(), \
             torch.inference_mode():
         for start in range(0, len(todo), batch_size):
             idx = todo[start : start + batch_size]

@@ -35,13 +35,15 @@ def as_current_config(recorded: Any) -> dict | None:
 
 
 # what a manifest written before a sampler field existed sampled with
-SAMPLER_BEFORE_FIELD = {"memory_format": "contiguous"}
-DEVICE_CHOICES = ("precision", "attention", "memory_format")  # the sampler fields "auto" resolves per machine
+# (weights "fp32": bf16 sampling autocast fp32 weights before ``weights: cast`` existed, issue 38)
+SAMPLER_BEFORE_FIELD = {"memory_format": "contiguous", "weights": "fp32"}
+# the sampler fields "auto" resolves per machine
+DEVICE_CHOICES = ("precision", "attention", "memory_format", "weights")
 
 
 def recorded_sampler(recorded: dict | None, resolved: SamplerConfig) -> SamplerConfig:
     """The sampler a resumed run goes on with: ``resolved`` with the device choices (precision, attention, memory
-    format) the run's manifest recorded when it started. A config's ``auto`` resolves per machine and version (bf16
+    format, weights) the run's manifest recorded when it started. A config's ``auto`` resolves per machine and version (bf16
     where the CPU has it natively, channels-last weights where measured faster), and one run must not mix two
     samplers: a shard on another node, or a resume after an upgrade, samples as the run began. The config itself
     is the same (checked before), so only fields it left to ``auto`` can differ."""

@@ -18,7 +18,7 @@ import torch
 from bench.backbone import resolve_attention, resolve_memory_format
 from bench.config import ConfigError, RunConfig
 from bench.evaluators import EVALUATORS
-from bench.generate import SamplerConfig, resolve_precision
+from bench.generate import SamplerConfig, resolve_precision, resolve_weights
 from bench.metrics import METRICS
 from bench.registry import UnknownNameError
 from bench.suites import Suite, SuiteError, load_suite
@@ -202,6 +202,8 @@ def _check(config: RunConfig, skip: set[str] = frozenset(), index: dict[str, lis
         sampler_spec["precision"] = resolve_precision(sampler_spec.get("precision", "fp32"), config.device)
         sampler_spec["attention"] = resolve_attention(sampler_spec.get("attention", "auto"), config.device, "sampling")
         sampler_spec["memory_format"] = resolve_memory_format(sampler_spec.get("memory_format", "auto"), config.device)
+        sampler_spec["weights"] = resolve_weights(sampler_spec.get("weights", "auto"), sampler_spec["precision"],
+                                                  config.device)
     except ValueError as exc:
         return [f"suite {suite.name}: sampler: {exc}"], None
     return [], ResolvedRun(config, suite, resolved, SamplerConfig(**sampler_spec), attacks=attack_specs)

@@ -39,6 +39,7 @@ import argparse
 import functools
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -156,6 +157,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help="the checkout whose `bench` is run (default: the one holding this script)")
     p.add_argument("--label", default="", help="a note stored in the JSON (e.g. 'before', 'under load')")
     p.add_argument("--workers", default="auto", help="erasebench run --workers (default: auto, as a user runs it)")
+    p.add_argument("--run-args", default="", help="more `erasebench run` arguments, one string (e.g. '--device cuda "
+                   "--batch-size 256'; benchmarks/gpu_checks.py)")
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--child"]:  # PROFILE STARTED erasebench-arguments...
         return child(argv[1], float(argv[2]), argv[3:])
@@ -173,7 +176,8 @@ def main(argv: list[str] | None = None) -> dict:
         started = time.time()
         t0 = time.perf_counter()
         subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", str(profile_path), repr(started),
-                        "run", "--out", str(run_dir), "--quiet", "--workers", args.workers], check=True, env=env)
+                        "run", "--out", str(run_dir), "--quiet", "--workers", args.workers, *shlex.split(args.run_args)],
+                       check=True, env=env)
         wall = time.perf_counter() - t0
         manifest = json.loads((run_dir / "manifest.json").read_text())
         summary = json.loads((run_dir / "summary.json").read_text())["rows"]
@@ -194,6 +198,7 @@ def main(argv: list[str] | None = None) -> dict:
     exclusive = profile["exclusive_seconds"]
     result = {
         "label": args.label,
+        "run_args": args.run_args,
         "wall_seconds": round(wall, 1),
         "budget_seconds": BUDGET_SECONDS,
         "within_budget": wall < BUDGET_SECONDS,

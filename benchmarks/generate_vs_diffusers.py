@@ -19,9 +19,10 @@ For each (model, precision, attention) both sides sample the same prompts from t
 noise, with the same scheduler (DDIM, ``--steps``, guidance ``--guidance``) in the same batch; the
 runs alternate and repeat (``--repeats``), and the best time of each side gives images/s and the
 ratio (harness / diffusers; above 1 the harness is faster); ``ratio_cpu`` is the same ratio of process
-CPU seconds, the steadier figure on a CPU shared with other work. Precision: the harness autocasts the
-UNet (its ``precision`` setting); diffusers runs with its weights cast to the dtype, as a user of the
-pipeline does. ``max_pixel_difference`` (8-bit levels) checks both sides make the same images.
+CPU seconds, the steadier figure on a CPU shared with other work. Precision: diffusers runs with its weights cast to the dtype, as a user of the pipeline does;
+the harness samples with its ``precision`` and ``weights`` settings (``--weights``): ``auto`` (the default:
+bf16, and fp16 on a GPU, with weights cast once, ``weights: cast``; bf16 weights on both sides is the like-for-like
+comparison), ``fp32`` (fp32 weights under autocast: the harness before issue 38) or ``cast``. ``max_pixel_difference`` (8-bit levels) checks both sides make the same images.
 ``defaults``: the harness with the choices it makes for the device (``precision: auto``,
 ``attention: auto``) against plain fp32 diffusers with its default SDPA attention (goal: 1.5x).
 ``--compile``: also the defaults with the harness's UNet wrapped in ``torch.compile`` (inductor), a choice the
@@ -142,7 +143,7 @@ def compare(backbone, name: str, precision: str, attention: str, args, baseline_
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.images)]
     seeds = [image_seed(f"p{i}", 0, 0) for i in range(args.images)]
     sampler = resolve_sampler(SamplerConfig("ddim", args.steps, args.guidance, precision=precision,
-                                            attention=attention), device)
+                                            attention=attention, weights=args.weights), device)
     plain_precision = "fp32" if baseline_attention else sampler.precision
     if backbone.dtype != torch.float32:  # weights already in half precision (--half-weights): no autocast
         sampler = dataclasses.replace(sampler, precision="fp32")
@@ -185,7 +186,8 @@ def compare(backbone, name: str, precision: str, attention: str, args, baseline_
     best = {side: min(ts) for side, ts in times.items()}
     row = {
         "model": name, "precision": plain_precision if backbone.dtype != torch.float32 else sampler.precision,
-        "weights_dtype": str(backbone.dtype).removeprefix("torch."), "attention": sampler.attention,
+        "weights_dtype": str(backbone.dtype).removeprefix("torch."), "weights": sampler.weights,
+        "attention": sampler.attention,
         "diffusers_precision": plain_precision, "diffusers_attention": baseline_attention or sampler.attention,
         "images": args.images, "batch_size": args.batch_size, "steps": args.steps,
         "harness_images_per_s": round(args.images / best["harness"], 3),
@@ -199,7 +201,7 @@ def compare(backbone, name: str, precision: str, attention: str, args, baseline_
         "max_pixel_difference": round(float(diff), 2),
         "compiled": compile_unet, "compile_seconds": compile_seconds,
     }
-    print(json.dumps({k: row[k] for k in ("model", "precision", "attention", "harness_images_per_s",
+    print(json.dumps({k: row[k] for k in ("model", "precision", "weights", "attention", "harness_images_per_s",
                                            "diffusers_images_per_s", "ratio", "ratio_cpu", "max_pixel_difference")}),
           flush=True)
     return row
@@ -221,6 +223,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--half-weights", action=argparse.BooleanOptionalAction, default=None,
                    help="load the harness's weights in the precision's dtype (as `dtype: float16` in a run config "
                         "does) instead of autocasting fp32 weights; default: on for cuda")
+    p.add_argument("--weights", choices=["auto", "fp32", "cast"], default="auto",
+                   help="the harness's sampler `weights` (bf16/fp16 sampling: cast once, or fp32 under autocast)")
     p.add_argument("--compile", action="store_true", help="add a row: the defaults with a torch.compile'd UNet")
     p.add_argument("--out", type=Path, default=Path("runs/bench/generate_vs_diffusers.json"))
     args = p.parse_args(argv)
@@ -252,7 +256,9 @@ def main(argv: list[str] | None = None) -> dict:
                 defaults.append(compare(backbone, name, "auto", "auto", run_args, baseline_attention="sdpa",
                                         compile_unet=True))
             del backbone
-    return write_result(args.out, {"device": str(device), "rows": rows, "defaults_vs_plain_fp32": defaults},
+    return write_result(args.out, {"device": str(device), "command": " ".join(["python", "benchmarks/generate_vs_diffusers.py",
+                                                                  *(sys.argv[1:] if argv is None else argv)]), "rows": rows,
+                                   "defaults_vs_plain_fp32": defaults},
                         device=str(device))
 
 

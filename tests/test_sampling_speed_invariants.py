@@ -149,7 +149,8 @@ def test_memory_format_is_resolved_per_device_and_is_part_of_the_key():
     assert keys["contiguous"] != keys["channels_last"]
     assert image_key("fp", "a red circle", "", 1, auto) == keys[auto.memory_format]
     # contiguous images keep the keys they had before the choice existed (cached images stay valid)
-    fields = {k: v for k, v in dataclasses.asdict(auto).items() if k != "memory_format"}
+    assert auto.weights == "fp32"  # fp32 sampling: nothing cast, so no weights field in the key either
+    fields = {k: v for k, v in dataclasses.asdict(auto).items() if k not in ("memory_format", "weights")}
     before = hashlib.sha256(json.dumps({"model": "fp", "prompt": "a red circle", "negative": "", "seed": 1,
                                         "sampler": fields}, sort_keys=True).encode()).hexdigest()
     assert keys["contiguous"] == before
