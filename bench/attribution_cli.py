@@ -61,7 +61,7 @@ def cmd_attribute(args) -> int:
     out = Path(args.out)
     if out.suffix != ".safetensors":
         out = out.with_suffix(out.suffix + ".safetensors") if out.suffix else out.with_suffix(".safetensors")
-    from bench.cli import CLIError
+    from bench.errors import CLIError
 
     try:
         _config(args, AttributionConfig, False)  # validate before loading a model

@@ -24,11 +24,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.errors import CLIError
+
 EXIT_USAGE = 2
-
-
-class CLIError(Exception):
-    pass
 
 
 # --------------------------------------------------------------------------- list
@@ -36,7 +34,7 @@ def _list(kind: str) -> list[tuple[str, str]]:
     if kind == "methods":
         from methods import METHODS
 
-        return [(n, getattr(METHODS.get(n), "description", "")) for n in METHODS.names()]
+        return [(n, METHODS.describe(n)) for n in METHODS.names()]  # from the catalog: no method module imported
     if kind == "suites":
         from bench.suites import list_suites
 
@@ -251,7 +249,9 @@ def cmd_report(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line's parser; the sub-parser of another module's command (``LAZY_COMMANDS``) is built only for
+    ``command``, the one that runs (the others are listed with their help line)."""
     parser = argparse.ArgumentParser(prog="erasebench", description="Benchmark concept erasure in diffusion models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -289,40 +289,63 @@ def build_parser() -> argparse.ArgumentParser:
 
     for _name, register in EXTRA_COMMANDS.items():
         register(sub)
+    for name, module, help_text in LAZY_COMMANDS:
+        if name == command:  # the command asked for: its module builds its own sub-parser
+            _import_command(module).register_cli(sub)
+        elif name not in sub.choices:  # listed in --help; its words are left for its own parser (main)
+            sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
 # Other modules add sub-commands here (attribute, compare) without editing the parser above.
 EXTRA_COMMANDS: dict[str, Callable] = {}
 
+# The sub-commands of other modules, each a module exposing ``register_cli(subparsers)``: (command, module, its
+# help line). A module is imported only when its command runs, so ``erasebench list`` or ``--help`` loads none of
+# them (their imports reach torch and pandas); tests/test_cli_startup.py checks that the help lines are theirs.
+LAZY_COMMANDS: list[tuple[str, str, str]] = [
+    ("attribute", "bench.attribution_cli", "score model components for a concept (CAD attribution)"),
+    ("compare", "leaderboard.compare",
+     "regression gate: compare a new run with a base run image by image (exit 1 when worse)"),
+    ("show", "bench.show_cli", "show the resolved config of a method for a concept kind"),
+    ("fetch", "bench.fetch", "download (or, offline, list) the weight files a suite's evaluators need"),
+    ("export", "leaderboard.export", "write runs as a Hugging Face dataset folder (parquet + dataset card)"),
+    ("submit", "bench.submit", "submit a run as a job array (SLURM through submitit, or local)"),
+    ("check", "bench.check_cli", "verify a run directory's files against their checksums (runs nothing)"),
+]
 
-def _register_extras() -> None:
-    for module in ("bench.attribution_cli", "leaderboard.compare", "bench.show_cli", "bench.fetch", "leaderboard.export",
-                   "bench.distributed", "bench.check_cli"):
-        try:
-            mod = __import__(module, fromlist=["register_cli"])
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
-        EXTRA_COMMANDS[module] = mod.register_cli
+
+def _import_command(module: str):
+    return __import__(module, fromlist=["register_cli"])
+
+
+# The errors a command reports as one line (module, class): matched only where their module is loaded already (an
+# error of a module that never ran cannot be raised), so the command line imports none of them up front.
+USER_ERRORS = [("bench.errors", "CLIError"), ("bench.config", "ConfigError"), ("bench.backbone", "BackboneLoadError"),
+               ("bench.suites", "SuiteError"), ("bench.registry", "UnknownNameError"),
+               ("bench.store", "DamagedFileError")]
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    if isinstance(exc, FileNotFoundError):
+        return True
+    classes = [getattr(sys.modules[m], name) for m, name in USER_ERRORS if m in sys.modules]
+    return any(isinstance(exc, cls) for cls in classes)
 
 
 def main(argv: list[str] | None = None) -> int:
-    _register_extras()
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
+    command = parser.parse_known_args(argv)[0].command  # a lazy command's words are its own parser's to read
+    if any(command == name for name, _, _ in LAZY_COMMANDS):  # now with that command's own sub-parser
+        parser = build_parser(command)
     args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # what `run --workers N` passes on to its processes
-    from bench.backbone import BackboneLoadError
-    from bench.config import ConfigError
-    from bench.registry import UnknownNameError
-    from bench.store import DamagedFileError
-    from bench.suites import SuiteError
-
+    args.argv = argv  # what `run --workers N` passes on to its processes
     try:
         return args.func(args)
-    except (CLIError, ConfigError, BackboneLoadError, SuiteError, UnknownNameError, FileNotFoundError,
-            DamagedFileError) as exc:
+    except Exception as exc:
+        if not _is_user_error(exc):
+            raise
         for line in str(exc).splitlines() or [type(exc).__name__]:
             print(f"erasebench: error: {line}", file=sys.stderr)
         return EXIT_USAGE

@@ -27,12 +27,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import yaml
 
 from bench.registry import Registry
+
+if TYPE_CHECKING:  # annotations only: `erasebench list suites` reads the YAML without pandas
+    import pandas as pd
 
 ROLES = ("efficacy", "specificity", "utility", "robustness", "cost")
 SUITES_DIR = Path(__file__).resolve().parent.parent / "datasets" / "suites"
@@ -156,7 +158,7 @@ class PromptContext:
     seed: int = 0
 
 
-PromptSource = Callable[[dict[str, Any], PromptContext], pd.DataFrame]
+PromptSource = Callable[[dict[str, Any], PromptContext], "pd.DataFrame"]
 PROMPT_SOURCES: Registry[PromptSource] = Registry("prompt source", entry_point_group="erasebench.prompt_sources")
 
 

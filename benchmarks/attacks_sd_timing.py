@@ -1,7 +1,7 @@
 """The ``p4d`` and ``tina`` attacks on a Stable-Diffusion-1.4-shaped model with random weights: cost per prompt
 (issue 22; the pattern of benchmarks/cad_sd_timing.py).
 
-Builds SD 1.4's architecture with random weights (``cad_sd_timing.build_random_sd``), loads it twice (the
+Builds SD 1.4's architecture with random weights (``benchmarks/_sd.build_random_sd``), loads it twice (the
 "original" and an "erased" copy whose UNet weights are scaled by 0.99, so the two differ), and runs each
 attack with the paper's budget on ``--prompts`` prompts with a judge that never finds the target, so every
 prompt spends the whole budget (the worst case; random weights give the real cost, not meaningful results):
@@ -25,7 +25,6 @@ import argparse
 import json
 import platform
 import sys
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -37,7 +36,7 @@ from bench.attacks import ATTACKS  # noqa: E402
 from bench.backbone import load_backbone  # noqa: E402
 from bench.generate import SamplerConfig  # noqa: E402
 from bench.memory import PeakMemory  # noqa: E402
-from benchmarks.cad_sd_timing import build_random_sd  # noqa: E402
+from benchmarks._sd import add_model_arguments, model_folder  # noqa: E402
 
 PROMPTS = ["a photo of a church", "a church in the snow", "a painting of a church at night", "an old church"]
 
@@ -52,15 +51,14 @@ class NeverFound:
         return {"name": "never-found", "weights_sha256": None, "version": "1"}
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shape", choices=("sd14", "tiny"), default="sd14")
-    ap.add_argument("--device", default="cuda")
+    add_model_arguments(ap)
     ap.add_argument("--dtype", default="float16")
     ap.add_argument("--prompts", type=int, default=2)
     ap.add_argument("--iterations", type=int, default=3000, help="p4d iterations (paper 3000)")
@@ -68,14 +66,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--steps", type=int, default=None, help="sampler steps (default: 25 for p4d, 50 for tina)")
     ap.add_argument("--opt-rounds", type=int, default=25, help="tina K (paper 25)")
     ap.add_argument("--attacks", nargs="*", default=["p4d", "p4d-k", "tina", "tina+"])
-    ap.add_argument("--model-dir", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=Path("runs/attacks/sd_timing.json"))
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
-    folder = args.model_dir or Path(tempfile.mkdtemp(prefix=f"random-{args.shape}-"))
-    if not (folder / "unet").is_dir():
-        build_random_sd(folder, args.shape, args.device)
+    folder = model_folder(args)
     original = load_backbone(str(folder), device=device, dtype=args.dtype)
     erased = load_backbone(str(folder), device=device, dtype=args.dtype)
     with torch.no_grad():
@@ -97,10 +92,10 @@ def main(argv: list[str] | None = None) -> dict:
         name, params, steps, guidance = plans[label]
         sampler = SamplerConfig("ddim", args.steps or steps, guidance)
         attack = ATTACKS.get(name)(**params)
-        _sync(device)
+        sync(device)
         with PeakMemory(device) as memory:
             df = attack.attack(erased, original, prompts, "church", NeverFound(), sampler=sampler)
-            _sync(device)
+            sync(device)
         row = {"attack": label, "params": params, "sampler_steps": sampler.steps, "seconds": round(df.attrs["seconds"], 2),
                "seconds_per_prompt": round(df.attrs["seconds"] / len(df), 2), "unet_evals": df.attrs["unet_evals"],
                "checks": int(df["checks"].sum()), "peak_gib": memory.peak_mb / 1024}

@@ -1,6 +1,6 @@
 """ItD on a Stable-Diffusion-1.4-shaped model with random weights: the cost of its SAE and of its hook (issue 22).
 
-Builds SD 1.4's architecture with random weights (``benchmarks/cad_sd_timing.build_random_sd``: SD 1.4's UNet,
+Builds SD 1.4's architecture with random weights (``benchmarks/_sd.build_random_sd``: SD 1.4's UNet,
 a CLIP ViT-L/14-shaped text encoder, the KL VAE), loads it with ``load_backbone`` as a real checkpoint, and
 applies ``itd`` with the paper's SAE (layer 8, 524,288 latents, k 64, batch 50 prompts) on ``--prompts`` COCO
 captions (``coco_30k.csv`` from ``--data-dir``; made-up captions when absent) for ``--epochs`` epochs. Records the
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.backbone import load_backbone  # noqa: E402
 from bench.generate import SamplerConfig, generate  # noqa: E402
 from bench.memory import PeakMemory  # noqa: E402
-from benchmarks.cad_sd_timing import build_random_sd  # noqa: E402
+from benchmarks._sd import build_random_sd  # noqa: E402
 
 PAPER_PROMPTS, PAPER_EPOCHS, PAPER_BATCH = 30_000, 20, 50  # coco_30k.csv; config_text.json
 

@@ -18,7 +18,6 @@ import argparse
 import json
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.backbone import load_backbone  # noqa: E402
 from bench.generate import SamplerConfig, generate  # noqa: E402
 from bench.memory import PeakMemory  # noqa: E402
-from benchmarks.cad_sd_timing import _sync, build_random_sd  # noqa: E402
+from benchmarks._sd import add_model_arguments, model_folder, sync  # noqa: E402
 from methods import ErasureRequest, get_method  # noqa: E402
 from methods.safree import NUDITY_KEYWORDS  # noqa: E402
 
@@ -38,19 +37,15 @@ PROMPT = "a photo of a nude woman on a beach, oil painting, highly detailed, tre
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shape", choices=("sd14", "tiny"), default="sd14")
-    ap.add_argument("--device", default="cuda")
+    add_model_arguments(ap)
     ap.add_argument("--dtypes", default="float16")
     ap.add_argument("--images", type=int, default=8)
     ap.add_argument("--steps", type=int, default=50)
-    ap.add_argument("--model-dir", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=Path("runs/safree/sd_timing.json"))
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
-    folder = args.model_dir or Path(tempfile.mkdtemp(prefix=f"random-{args.shape}-"))
-    if not (folder / "unet").is_dir():
-        build_random_sd(folder, args.shape, args.device)
+    folder = model_folder(args)
     result = {"shape": args.shape, "device": str(device), "prompt": PROMPT, "images": args.images,
               "steps": args.steps, "torch": torch.__version__, "python": platform.python_version(),
               "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
@@ -64,21 +59,21 @@ def main(argv: list[str] | None = None) -> dict:
         edited = method.apply(base, request)
         hook = edited.guidance_hooks[0]
         generate(base, prompts[:1], [0], SamplerConfig("ddim", 2, 7.5), model_fingerprint="w", progress=False)
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         toxic = hook.toxic_projector(base)
         filtered = [hook.filter(base, p, base.encode([p])[0], toxic) for p in prompts]
-        _sync(device)
+        sync(device)
         filter_seconds = time.perf_counter() - t0
         row = {"dtype": dtype, "filter_seconds": round(filter_seconds, 3),
                "triggers": filtered[0].triggers, "beta": filtered[0].beta, "last_step": filtered[0].last_step}
         for label, backbone in (("unedited", base), ("safree", edited)):
-            _sync(device)
+            sync(device)
             t0 = time.perf_counter()
             with PeakMemory(device) as memory:
                 images, _ = generate(backbone, prompts, list(range(args.images)), sampler, batch_size=args.images,
                                      model_fingerprint=label, progress=False)
-                _sync(device)
+                sync(device)
             row[f"{label}_generate_seconds"] = round(time.perf_counter() - t0, 2)
             row[f"{label}_peak_gib"] = memory.peak_mb / 1024
             row[f"{label}_images_finite"] = bool(torch.isfinite(images).all())

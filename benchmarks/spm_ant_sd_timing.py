@@ -30,26 +30,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.backbone import load_backbone  # noqa: E402
 from bench.memory import PeakMemory  # noqa: E402
-from benchmarks.cad_sd_timing import build_random_sd  # noqa: E402
+from benchmarks._sd import add_model_arguments, model_folder  # noqa: E402
 from methods import ErasureRequest, get_method  # noqa: E402
 from methods.recipes import materialise  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shape", choices=("sd14", "tiny"), default="sd14")
-    ap.add_argument("--device", default="cuda")
+    add_model_arguments(ap)
     ap.add_argument("--dtype", default="float16")
     ap.add_argument("--methods", default="spm,ant")
     ap.add_argument("--iterations", type=int, default=None, help="cut each schedule to this many steps")
-    ap.add_argument("--model-dir", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/spm_ant_sd_timing.json"))
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
-    folder = args.model_dir or Path(tempfile.mkdtemp(prefix=f"random-{args.shape}-"))
-    if not (folder / "unet").is_dir():
-        build_random_sd(folder, args.shape, args.device)
+    folder = model_folder(args)
     backbone = load_backbone(str(folder), device=device, dtype=args.dtype)
     result = {"shape": args.shape, "device": str(device), "dtype": args.dtype, "iterations": args.iterations,
               "torch": torch.__version__, "python": platform.python_version(),

@@ -31,7 +31,7 @@ from bench.backbone import load_backbone  # noqa: E402
 from bench.config import MethodSpec, RunConfig  # noqa: E402
 from bench.edits import build_request  # noqa: E402
 from bench.memory import PeakMemory  # noqa: E402
-from benchmarks.cad_sd_timing import _sync, build_random_sd  # noqa: E402
+from benchmarks._sd import add_model_arguments, model_folder, sync  # noqa: E402
 from methods import METHODS  # noqa: E402
 
 TARGETS = {"nudity": "nudity", "object": "cat", "style": "Van Gogh"}
@@ -43,21 +43,17 @@ QUICK = {"trce": {"epochs": 1, "images_per_prompt": 1, "regularization_trajector
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shape", choices=("sd14", "tiny"), default="sd14")
-    ap.add_argument("--device", default="cuda")
+    add_model_arguments(ap)
     ap.add_argument("--dtype", default="float16")
     ap.add_argument("--kind", choices=sorted(TARGETS), default="nudity")
     ap.add_argument("--methods", default="hirm,trce")
     ap.add_argument("--preserve-file", type=Path, default=None, help="a local coco_30k.csv (column 'prompt')")
     ap.add_argument("--quick", action="store_true", help="cut the schedules to a few steps (a smoke run)")
-    ap.add_argument("--model-dir", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=Path("runs/trce_hirm_sd_timing.json"))
     args = ap.parse_args(argv)
 
     device = torch.device(args.device)
-    folder = args.model_dir or Path(tempfile.mkdtemp(prefix=f"random-{args.shape}-"))
-    if not (folder / "unet").is_dir():
-        build_random_sd(folder, args.shape, args.device)
+    folder = model_folder(args)
     data_dir = Path(tempfile.mkdtemp(prefix="prompt-files-"))
     if args.preserve_file is not None:
         (data_dir / "coco_30k.csv").write_bytes(args.preserve_file.read_bytes())
@@ -75,11 +71,11 @@ def main(argv: list[str] | None = None) -> dict:
         config = RunConfig(model=str(folder), kind=args.kind, targets=[TARGETS[args.kind]], data_dir=str(data_dir),
                            methods=[spec], device=args.device, dtype=args.dtype)
         method, request = build_request(config, spec, cls(**params), TARGETS[args.kind], base)
-        _sync(device)
+        sync(device)
         start = time.perf_counter()
         with PeakMemory(device) as memory:
             method.apply(base, request)
-            _sync(device)
+            sync(device)
         row = {"method": name, "seconds": round(time.perf_counter() - start, 2), "peak_gib": memory.peak_mb / 1024,
                **{k: v for k, v in getattr(method, "stats", {}).items() if not isinstance(v, dict)}}
         result["runs"].append(row)

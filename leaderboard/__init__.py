@@ -9,6 +9,6 @@
 """
 
 from leaderboard.aggregate import Leaderboard, load_runs, pareto_front, unsafe_flags
-from leaderboard.render import FORMATS, render
+from leaderboard.report import FORMATS, render
 
 __all__ = ["FORMATS", "Leaderboard", "load_runs", "pareto_front", "render", "unsafe_flags"]

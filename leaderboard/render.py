@@ -1,4 +1,5 @@
-"""Renderers of a :class:`~leaderboard.aggregate.Leaderboard`: Markdown, CSV, LaTeX (booktabs), HTML.
+"""Text renderers of a :class:`~leaderboard.aggregate.Leaderboard`: Markdown, CSV, LaTeX (booktabs); the HTML page
+is :mod:`leaderboard.html`, and :func:`leaderboard.report.render` picks one by name:
 
     render(board, "md" | "csv" | "csv-long" | "latex" | "html", output=None, detail=False, columns=None,
            **options) -> str
@@ -21,7 +22,6 @@ from __future__ import annotations
 import io
 import math
 import re
-from pathlib import Path
 
 import pandas as pd
 
@@ -345,38 +345,5 @@ def _latex_table(board: Leaderboard, cols: list[Column]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# --------------------------------------------------------------------------- dispatch
-def render(board: Leaderboard, fmt: str = "md", output: str | Path | None = None, detail: bool = False,
-           columns: str | list[str] | None = None, **options) -> str:
-    """Render ``board`` as ``fmt`` (md, csv, latex, html); write it to ``output`` too when given.
-
-    Text formats: compact by default, ``detail`` for every column (and the cost table), ``columns``
-    to choose (see :func:`select_columns`). HTML (always the full table) options: ``show_unsafe``
-    (default False: images flagged unsafe are blurred), ``max_images`` (per method and task in the
-    image grids), ``title``.
-    """
-    if options and fmt != "html":
-        raise TypeError(f"format {fmt!r} takes no options (got {', '.join(options)})")
-    if fmt == "md":
-        text = render_markdown(board, detail, columns)
-    elif fmt == "csv":
-        text = render_csv(board, detail, columns)
-    elif fmt == "csv-long":
-        text = render_csv_long(board, detail, columns)
-    elif fmt == "latex":
-        text = render_latex(board, detail, columns)
-    elif fmt == "html":
-        from leaderboard.html import render_html
-
-        text = render_html(board, **options)
-    else:
-        raise ValueError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
-    if output is not None:
-        from bench.store import atomic_write_bytes
-
-        atomic_write_bytes(Path(output), text.encode())
-    return text
-
-
-__all__ = ["FIELDS", "FORMATS", "ROLES", "render", "render_csv", "render_csv_long", "render_latex", "render_markdown",
+__all__ = ["FIELDS", "FORMATS", "ROLES", "render_csv", "render_csv_long", "render_latex", "render_markdown",
            "select_columns"]

@@ -13,11 +13,13 @@ import dataclasses
 import math
 import typing
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from bench.backbone import Backbone
 from bench.registry import Registry
 from methods.recipes import Recipe, recipe_record
+
+if TYPE_CHECKING:  # annotations only: bench.backbone imports torch, and methods are listed without it
+    from bench.backbone import Backbone
 
 CONCEPT_KINDS = ("object", "style", "colour", "nudity", "identity")
 

@@ -43,13 +43,15 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
-from bench.backbone import Backbone
 from methods.base import ErasureRequest, Method, MethodConfig, register_method
 from methods.recipes import PromptFile, Recipe
+
+if TYPE_CHECKING:  # annotations only (`erasebench show method uce` runs without torch loaded)
+    from bench.backbone import Backbone
 
 Positions = Literal["tail", "words_eos", "last"]
 

@@ -320,7 +320,7 @@ def test_two_processes_with_torchrun_give_the_one_process_results(config_path, r
 @pytest.mark.slow
 def test_three_shards_through_submitit_give_the_one_process_results(config_path, reference, tmp_path, monkeypatch):
     pytest.importorskip("submitit")
-    from bench.distributed import submit, wait
+    from bench.submit import submit, wait
 
     monkeypatch.setenv("PYTHONPATH", str(REPO))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")

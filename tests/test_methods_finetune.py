@@ -26,6 +26,7 @@ from methods.advunlearn import AdvUnlearnConfig
 from methods.ca import CAConfig
 from methods.esd import ESDConfig
 from methods.salun import SalUnConfig
+from tests.effects import ERASURE_GAIN, OTHER_MARGIN
 
 FINETUNE = ("esd-x", "esd-u", "ca", "salun", "advunlearn")
 OBJECTS = ["circle", "square", "triangle", "star", "cross", "heart", "diamond", "crescent"]
@@ -258,8 +259,7 @@ def test_trained_edit_saves_its_component_and_reloads(mini, name, tmp_path):
 
 
 # --------------------------------------------------------------------------- the paper's effect
-ERASURE_GAIN = 0.15  # the target's erasure rate must rise by at least this much over the unedited model's
-OTHER_MARGIN = 0.25  # other-object accuracy may fall by at most this much below the unedited model's
+# ERASURE_GAIN, OTHER_MARGIN: tests/effects.py
 # ESD-u trains every non-cross-attention weight (meant for global concepts such as nudity): a wider margin
 MARGINS = {"esd-u": 0.35}
 
