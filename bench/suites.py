@@ -33,9 +33,10 @@ import pandas as pd
 import yaml
 
 from bench.registry import Registry
+from bench.resources import data_root
 
 ROLES = ("efficacy", "specificity", "utility", "robustness", "cost")
-SUITES_DIR = Path(__file__).resolve().parent.parent / "datasets" / "suites"
+SUITES_DIR = data_root() / "suites"
 
 
 class SuiteError(ValueError):
