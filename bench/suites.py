@@ -32,7 +32,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from bench.registry import Registry
+from bench.registry import Registry, did_you_mean
 from bench.resources import data_root
 
 ROLES = ("efficacy", "specificity", "utility", "robustness", "cost")
@@ -103,7 +103,8 @@ def load_suite(name_or_path: str) -> Suite:
     if not (path.suffix in (".yaml", ".yml") and path.exists()):
         files = suite_files()
         if name_or_path not in files:
-            raise SuiteError(f"unknown suite {name_or_path!r}; valid: {', '.join(files)}")
+            raise SuiteError(f"unknown suite {name_or_path!r}{did_you_mean(str(name_or_path), files)}; "
+                             f"valid: {', '.join(files)}")
         path = files[name_or_path]
     try:
         spec = yaml.safe_load(path.read_text())
