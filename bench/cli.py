@@ -1,8 +1,11 @@
 """The ``erasebench`` command: a thin layer over :func:`bench.run` and the leaderboard.
 
+    erasebench [--plugin FILE.py]... COMMAND ...                    # methods from a file (docs/plugins.md)
+    erasebench --version
     erasebench list methods|suites|evaluators|attacks|metrics
     erasebench run [--config FILE] [--model M] [--methods M...] [--targets T...] [--suite S] [--tier T]
                    [--device D] [--images-per-prompt K] [--seed S] [--batch-size B] ... [--out DIR] [--shard I/N]
+                   [--method-args METHOD:KEY=VALUE[,KEY=VALUE...]]...
     erasebench submit --config FILE --out DIR --shards N [--partition P ...]
     erasebench report RUN_DIR... [--format md|csv|latex|html] [--detail | --columns C,...] [--output FILE]
     erasebench attribute --model M --concept C [--anchor A] [--objective erase|amplify] --out FILE
@@ -257,6 +260,9 @@ def _version_line() -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="erasebench", description="Benchmark concept erasure in diffusion models.")
     parser.add_argument("--version", action="version", version=_version_line())
+    parser.add_argument("--plugin", action="append", default=None, metavar="FILE.py",
+                        help="load methods (evaluators, attacks) registered in a Python file, before the command "
+                             "runs; repeatable (docs/plugins.md)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="list registered methods, suites, evaluators, attacks or metrics")
@@ -314,10 +320,24 @@ def _register_extras() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bench.plugins import PluginError, load_plugin, take_plugin_args
+
+    raw = list(sys.argv[1:] if argv is None else argv)
+    try:  # --plugin files first, wherever they stand: what they register is there for every sub-command
+        rest, plugin_files = take_plugin_args(raw)
+        for path in plugin_files:
+            load_plugin(path)
+    except PluginError as exc:
+        print(f"erasebench: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     _register_extras()
     parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # what `run --workers N` passes on to its processes
+    args = parser.parse_args(rest)
+    args.argv = raw  # what `run --workers N` passes on to its processes (--plugin included: each loads the files)
+    if plugin_files and args.command == "submit":
+        print("erasebench: error: --plugin does not reach the jobs of `submit`; install the plugin as a package "
+              "with an entry point (docs/plugins.md) or use `run --shard`", file=sys.stderr)
+        return EXIT_USAGE
     from bench.backbone import BackboneLoadError
     from bench.config import ConfigError
     from bench.registry import UnknownNameError
