@@ -141,3 +141,17 @@ def test_bad_method_args_exit_2_with_one_line(argv, expected, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0], err
     assert not out.exists()
+
+
+def test_a_suite_file_with_a_mistyped_evaluator_gets_did_you_mean(tmp_path, capsys):
+    import yaml
+
+    from bench.resources import data_root
+
+    spec = yaml.safe_load((data_root() / "suites" / "mini-quick.yaml").read_text())
+    spec["tasks"][0]["evaluator"] = "mini-clasifier"
+    suite = tmp_path / "my-suite.yaml"
+    suite.write_text(yaml.safe_dump(spec))
+    assert main(["run", "--suite", str(suite), "--methods", "none", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown evaluator 'mini-clasifier' (did you mean 'mini-classifier'?); valid: " in err, err
