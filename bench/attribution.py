@@ -39,6 +39,7 @@ import copy
 import json
 import math
 import re
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -48,6 +49,7 @@ from typing import Literal
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from bench.backbone import Backbone
 from bench.generate import SamplerConfig, denoise, from_uint8, generate, image_seed, make_scheduler
@@ -347,8 +349,10 @@ def objective_value(unet: nn.Module, samples: ObjectiveSamples, batch_size: int 
 
 
 def objective_gradients(unet: nn.Module, samples: ObjectiveSamples, params: dict[str, nn.Parameter],
-                        batch_size: int = 16, counter: PassCounter | None = None) -> tuple[dict[str, torch.Tensor], float]:
-    """dJ/dw (fp32, summed over all samples) for the given parameters only, and J itself."""
+                        batch_size: int = 16, counter: PassCounter | None = None,
+                        progress: bool = False) -> tuple[dict[str, torch.Tensor], float]:
+    """dJ/dw (fp32, summed over all samples) for the given parameters only, and J itself. ``progress``: a tqdm
+    bar over the batches (on stderr)."""
     flags = {n: p.requires_grad for n, p in unet.named_parameters()}
     for p in unet.parameters():
         p.requires_grad_(False)
@@ -360,7 +364,9 @@ def objective_gradients(unet: nn.Module, samples: ObjectiveSamples, params: dict
     total = 0.0
     try:
         with torch.enable_grad():
-            for sl in _batches(len(samples), batch_size):
+            batches = tqdm(list(_batches(len(samples), batch_size)), desc="attribution: gradients", unit="batch",
+                           disable=not progress, file=sys.stderr)
+            for sl in batches:
                 J = samples.sign * _residual(unet, samples, sl).pow(2).sum()
                 gs = torch.autograd.grad(J, plist)
                 if counter is not None:
@@ -412,14 +418,14 @@ class Attribution:
 
     # ---- persistence
     def save(self, path: str | Path) -> Path:
-        from safetensors.torch import save_file
+        from bench.filemode import save_safetensors
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {"objective": self.objective, "prompts": self.prompts, "config": self.config, "J": self.J,
                 "stats": self.stats}
         tmp = path.with_name(path.name + ".tmp")
-        save_file({k: v.contiguous() for k, v in self.scores.items()}, str(tmp),
+        save_safetensors({k: v.contiguous() for k, v in self.scores.items()}, tmp,
                   metadata={"erasebench_attribution": json.dumps(meta, default=str)})
         tmp.replace(path)
         return path
@@ -437,7 +443,7 @@ class Attribution:
 
 def attribute(backbone: Backbone, prompts: str | list[str], config: AttributionConfig | None = None,
               reference: Backbone | None = None, return_samples: bool = False, images: torch.Tensor | None = None,
-              **overrides):
+              progress: bool = False, **overrides):
     """Score every selected component of ``backbone.unet`` for the concept shown by ``prompts``.
 
     ``reference``: amplify only, the backbone whose images define the concept (default ``backbone``);
@@ -445,7 +451,8 @@ def attribute(backbone: Backbone, prompts: str | list[str], config: AttributionC
     images of the concept ([N, 3, H, W] in [0, 1]) instead of generated ones. Keyword ``overrides`` replace
     fields of ``config``. The backbone is not modified (``requires_grad`` flags are restored); a half
     precision UNet is copied to fp32 for the gradient passes. Returns an :class:`Attribution` (and the
-    :class:`ObjectiveSamples` when ``return_samples``).
+    :class:`ObjectiveSamples` when ``return_samples``). ``progress``: a line per phase and a bar over the
+    gradient batches, on stderr (``erasebench attribute`` sets it).
     """
     cfg = config or AttributionConfig()
     if overrides:
@@ -456,10 +463,17 @@ def attribute(backbone: Backbone, prompts: str | list[str], config: AttributionC
     if next(unet.parameters()).dtype != torch.float32:
         unet = copy.deepcopy(unet).float()
     counter = PassCounter(backbone.unet, unet, reference.unet if reference is not None else None)
+    def phase(message: str) -> None:
+        if progress:
+            print(f"attribution: {message} ({time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
+
     with counter:
+        phase(f"building the objective's samples ({cfg.objective}, {len(prompts)} prompt(s))")
         samples = build_samples(backbone, prompts, cfg, reference=reference, unet=unet, images=images)
         params = select_parameters(unet, cfg.selector)
-        grads, J = objective_gradients(unet, samples, params, cfg.batch_size, counter)
+        phase(f"{len(samples)} samples; gradients over {len(params)} weight tensors in batches of {cfg.batch_size}")
+        grads, J = objective_gradients(unet, samples, params, cfg.batch_size, counter, progress=progress)
+    phase("done")
     scores = {n: (params[n].detach().float() * g).cpu() for n, g in grads.items()}
     stats = {"attribution_seconds": time.perf_counter() - t0, **counter.as_dict(), "samples": len(samples),
              "components": sum(s.numel() for s in scores.values())}
@@ -530,7 +544,7 @@ class AblationEdit:
         return self
 
     def save(self, path: str | Path) -> Path:
-        from safetensors.torch import save_file
+        from bench.filemode import save_safetensors
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -538,7 +552,7 @@ class AblationEdit:
         tensors.update({f"{n}::values": v.contiguous() for n, v in self.values.items()})
         meta = {"shapes": {n: list(s) for n, s in self.shapes.items()}, "meta": self.meta}
         tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={"erasebench_ablation": json.dumps(meta, default=str)})
+        save_safetensors(tensors, tmp, metadata={"erasebench_ablation": json.dumps(meta, default=str)})
         tmp.replace(path)
         return path
 

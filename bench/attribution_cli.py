@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -67,10 +68,11 @@ def cmd_attribute(args) -> int:
         _config(args, AttributionConfig, False)  # validate before loading a model
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
+    print(f"attribution: loading {args.model}", file=sys.stderr, flush=True)
     backbone = load_backbone(args.model, device=args.device, dtype=args.dtype)
     reference = load_backbone(args.reference, device=args.device, dtype=args.dtype) if args.reference else None
     cfg = _config(args, AttributionConfig, args.objective == "amplify" and backbone.kind == "mini")
-    att = attribute(backbone, args.concept, cfg, reference=reference)
+    att = attribute(backbone, args.concept, cfg, reference=reference, progress=True)
     att.save(out)
     plot = Path(args.plot) if args.plot else out.with_suffix(".png")
     plot_attribution(att, plot)

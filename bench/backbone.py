@@ -340,6 +340,8 @@ class Backbone:
         import shutil
         import uuid
 
+        from bench.filemode import make_readable
+
         folder = Path(folder)
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
@@ -358,6 +360,7 @@ class Backbone:
             if adapters:
                 meta["adapters"] = adapters
             (tmp / "edit.json").write_text(json.dumps(meta, indent=2, default=str))
+            make_readable(tmp)  # save_pretrained's safetensors files are 0600 (bench.filemode)
             for _ in range(100):
                 try:
                     os.rename(tmp, folder)  # atomic; fails if ``folder`` exists and is not empty

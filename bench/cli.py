@@ -1,8 +1,11 @@
 """The ``erasebench`` command: a thin layer over :func:`bench.run` and the leaderboard.
 
+    erasebench [--plugin FILE.py]... COMMAND ...                    # methods from a file (docs/plugins.md)
+    erasebench --version
     erasebench list methods|suites|evaluators|attacks|metrics
     erasebench run [--config FILE] [--model M] [--methods M...] [--targets T...] [--suite S] [--tier T]
                    [--device D] [--images-per-prompt K] [--seed S] [--batch-size B] ... [--out DIR] [--shard I/N]
+                   [--method-args METHOD:KEY=VALUE[,KEY=VALUE...]]...
     erasebench submit --config FILE --out DIR --shards N [--partition P ...]
     erasebench report RUN_DIR... [--format md|csv|csv-long|latex|html] [--detail | --columns C,...] [--output FILE]
     erasebench attribute --model M --concept C [--anchor A] [--objective erase|amplify] --out FILE
@@ -95,11 +98,12 @@ def flag_overrides(args: argparse.Namespace) -> dict:
     return out
 
 
-def resolve_run_config(config_path: Path | None, overrides: dict):
+def resolve_run_config(config_path: Path | None, overrides: dict, method_args: list[str] | None = None):
     """``--config`` (or the defaults) with the flags applied, checked as one config before anything loads
     (:func:`bench.runner.check_config`: the schema, then names, targets, edit folders, devices).
 
     A bad flag gets the line a bad YAML key gets, naming the flag: ``--seed: Input should be a valid integer``.
+    ``method_args``: the ``--method-args`` values, merged into the methods' params (:mod:`bench.method_args`).
     """
     import re
 
@@ -118,12 +122,20 @@ def resolve_run_config(config_path: Path | None, overrides: dict):
             field, rest = re.match(r"([A-Za-z_]+)(.*)", loc).groups()
             lines.append(f"{flag_of.get(field, field)}{rest}: {msg}")
         raise ConfigError("\n".join(lines)) from None
-    if config_path is None and not overrides:
+    if config_path is None and not overrides and not method_args:
         return RunConfig()
     data = read_config_file(config_path) if config_path is not None else {}
     if not isinstance(data, dict):
         raise ConfigError(f"{config_path}: a run config is a YAML mapping, got {type(data).__name__}")
-    return check_config({**data, **overrides}, str(config_path) if config_path is not None else "flags")
+    data = {**data, **overrides}
+    if method_args:
+        from bench.method_args import MethodArgsError, apply_method_args, parse_method_args
+
+        try:
+            data["methods"] = apply_method_args(data.get("methods"), parse_method_args(method_args))
+        except MethodArgsError as exc:
+            raise CLIError(str(exc)) from None
+    return check_config(data, str(config_path) if config_path is not None else "flags")
 
 
 def _workers(value: str | None, config) -> int:
@@ -151,7 +163,7 @@ def cmd_run(args) -> int:
     from bench.runner import run
     from leaderboard import load_runs, render
 
-    config = resolve_run_config(args.config, flag_overrides(args))
+    config = resolve_run_config(args.config, flag_overrides(args), args.method_args)
     try:
         shard = parse_shard(args.shard) if args.shard else None
     except ShardError as exc:
@@ -249,10 +261,24 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _version_line() -> str:
+    """``erasebench 0.1.0 from DIR (python 3.11.7)``, as pip prints its own: the package's version and where it was
+    imported from (a checkout or an installed wheel)."""
+    import platform
+
+    from bench import __version__
+
+    return f"erasebench {__version__} from {Path(__file__).resolve().parent} (python {platform.python_version()})"
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The command line's parser; the sub-parser of another module's command (``LAZY_COMMANDS``) is built only for
     ``command``, the one that runs (the others are listed with their help line)."""
     parser = argparse.ArgumentParser(prog="erasebench", description="Benchmark concept erasure in diffusion models.")
+    parser.add_argument("--version", action="version", version=_version_line())
+    parser.add_argument("--plugin", action="append", default=None, metavar="FILE.py",
+                        help="load methods (evaluators, attacks) registered in a Python file, before the command "
+                             "runs; repeatable (docs/plugins.md)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="list registered methods, suites, evaluators, attacks or metrics")
@@ -264,6 +290,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="run directory (resumed if it exists)")
     for flag, field, kwargs in RUN_FLAGS:
         p.add_argument(flag, dest=field, default=None, **kwargs)
+    p.add_argument("--method-args", dest="method_args", action="append", default=None,
+                   metavar="METHOD:KEY=VALUE[,...]",
+                   help="parameters of a method of the run, typed as YAML params (repeatable), e.g. "
+                        "uce:erase_scale=2.0,preserve_scale=0.5")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="run part I of N (0-based), e.g. one task of a job array; all parts share --out")
@@ -334,13 +364,26 @@ def _is_user_error(exc: BaseException) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    from bench.plugins import PluginError, load_plugin, take_plugin_args
+
+    raw = list(sys.argv[1:] if argv is None else argv)
+    try:  # --plugin files first, wherever they stand: what they register is there for every sub-command
+        rest, plugin_files = take_plugin_args(raw)
+        for path in plugin_files:
+            load_plugin(path)
+    except PluginError as exc:
+        print(f"erasebench: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     parser = build_parser()
-    command = parser.parse_known_args(argv)[0].command  # a lazy command's words are its own parser's to read
+    command = parser.parse_known_args(rest)[0].command  # a lazy command's words are its own parser's to read
     if any(command == name for name, _, _ in LAZY_COMMANDS):  # now with that command's own sub-parser
         parser = build_parser(command)
-    args = parser.parse_args(argv)
-    args.argv = argv  # what `run --workers N` passes on to its processes
+    args = parser.parse_args(rest)
+    args.argv = raw  # what `run --workers N` passes on to its processes (--plugin included: each loads the files)
+    if plugin_files and args.command == "submit":
+        print("erasebench: error: --plugin does not reach the jobs of `submit`; install the plugin as a package "
+              "with an entry point (docs/plugins.md) or use `run --shard`", file=sys.stderr)
+        return EXIT_USAGE
     try:
         return args.func(args)
     except Exception as exc:

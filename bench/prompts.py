@@ -108,8 +108,9 @@ def _as_list(v: Any) -> list:
 
 
 def fetch(file: str | None, ctx: PromptContext, path: str | None = None, url: str | None = None,
-          hf: dict | str | None = None) -> Path:
-    """Find (or fetch into the cache) one data file; see the module docstring for the order."""
+          hf: dict | str | None = None, download: bool = True) -> Path:
+    """Find (or fetch into the cache) one data file; see the module docstring for the order. ``download=False``:
+    look only (``erasebench fetch --offline``)."""
     looked: list[str] = []
     if path:
         p = Path(path).expanduser()
@@ -135,6 +136,10 @@ def fetch(file: str | None, ctx: PromptContext, path: str | None = None, url: st
         if cached.is_file():
             return cached
     looked.append(str(cache_root() / "prompts"))
+    if not download:
+        public = f"; public at {url or hf_spec['name']}" if (url or hf_spec) else ""
+        raise SuiteError(f"prompt file {name} not found (looked in {', '.join(looked)}{public}); "
+                         f"put it in the run config's data_dir")
     errors = []
     for cached, (kind, source) in downloads:
         cached.parent.mkdir(parents=True, exist_ok=True)

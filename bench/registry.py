@@ -8,7 +8,8 @@ variant without touching this repository.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import difflib
+from collections.abc import Callable, Iterable, Iterator
 from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
@@ -20,6 +21,14 @@ class UnknownNameError(KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; we want it plain
         return str(self.args[0])
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'uce'?)`` for the registered name closest to a mistyped one (difflib's ratio >= 0.6, compared
+    in lower case), else ``''``: the hint that goes into an unknown-name error's one line."""
+    by_lower = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(str(name).lower(), list(by_lower), n=1)
+    return f" (did you mean {by_lower[close[0]]!r}?)" if close else ""
 
 
 class Registry(Generic[T]):
@@ -89,7 +98,8 @@ class Registry(Generic[T]):
             self._import_undeclared()
             self._load_entry_points()
         if name not in self._items:
-            raise UnknownNameError(f"unknown {self.kind} {name!r}; valid: {', '.join(self.names())}")
+            raise UnknownNameError(f"unknown {self.kind} {name!r}{did_you_mean(name, self.names())}; "
+                                   f"valid: {', '.join(self.names())}")
         return self._items[name]
 
     def describe(self, name: str) -> str:

@@ -20,7 +20,7 @@ from bench.config import ConfigError, RunConfig
 from bench.evaluators import EVALUATORS
 from bench.generate import SamplerConfig, resolve_precision, resolve_weights
 from bench.metrics import METRICS
-from bench.registry import UnknownNameError
+from bench.registry import UnknownNameError, did_you_mean
 from bench.suites import Suite, SuiteError, load_suite
 
 DEFAULT_SAMPLER = {"name": "ddim", "steps": 25, "guidance": 5.0}
@@ -165,11 +165,12 @@ def _check(config: RunConfig, skip: set[str] = frozenset(), index: dict[str, lis
     if suite is not None:
         for task in suite.tasks:
             if task.evaluator not in EVALUATORS:
-                errors.append(f"suite {suite.name}: task {task.name}: unknown evaluator {task.evaluator!r}; "
+                errors.append(f"suite {suite.name}: task {task.name}: unknown evaluator {task.evaluator!r}"
+                              f"{did_you_mean(task.evaluator, EVALUATORS.names())}; "
                               f"valid: {', '.join(EVALUATORS.names())}")
             for m in task.metrics:
                 if m not in METRICS:
-                    errors.append(f"suite {suite.name}: task {task.name}: unknown metric {m!r}; "
+                    errors.append(f"suite {suite.name}: task {task.name}: unknown metric {m!r}{did_you_mean(m, METRICS.names())}; "
                                   f"valid: {', '.join(METRICS.names())}")
 
     attack_specs = []

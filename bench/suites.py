@@ -31,13 +31,14 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from bench.registry import Registry
+from bench.registry import Registry, did_you_mean
+from bench.resources import data_root
 
 if TYPE_CHECKING:  # annotations only: `erasebench list suites` reads the YAML without pandas
     import pandas as pd
 
 ROLES = ("efficacy", "specificity", "utility", "robustness", "cost")
-SUITES_DIR = Path(__file__).resolve().parent.parent / "datasets" / "suites"
+SUITES_DIR = data_root() / "suites"
 
 
 class SuiteError(ValueError):
@@ -104,7 +105,8 @@ def load_suite(name_or_path: str) -> Suite:
     if not (path.suffix in (".yaml", ".yml") and path.exists()):
         files = suite_files()
         if name_or_path not in files:
-            raise SuiteError(f"unknown suite {name_or_path!r}; valid: {', '.join(files)}")
+            raise SuiteError(f"unknown suite {name_or_path!r}{did_you_mean(str(name_or_path), files)}; "
+                             f"valid: {', '.join(files)}")
         path = files[name_or_path]
     try:
         spec = yaml.safe_load(path.read_text())

@@ -35,10 +35,11 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from bench.backbone import Backbone
+from bench.filemode import save_safetensors
 from bench.generate import PRECISIONS, SamplerConfig, autocast_to, denoise, make_scheduler, native_bf16
 from methods.base import ErasureRequest, Method, MethodConfig
 
@@ -256,7 +257,7 @@ def cached_tensors(config: FinetuneConfig, name: str, run: dict,
     tensors = make()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp))
+    save_safetensors({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, tmp)
     tmp.replace(path)
     return tensors
 
@@ -519,10 +520,10 @@ class Checkpoint:
             if stale.exists() and (stale is tmp or cur.exists()):
                 shutil.rmtree(stale)
         tmp.mkdir(parents=True)
-        save_file({k: p.detach().to("cpu").contiguous() for k, p in params.items()}, str(tmp / "trained.safetensors"))
+        save_safetensors({k: p.detach().to("cpu").contiguous() for k, p in params.items()}, tmp / "trained.safetensors")
         torch.save(opt.state_dict(), tmp / "optimizer.pt")
         if state:
-            save_file({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, str(tmp / "extra.safetensors"))
+            save_safetensors({k: v.detach().to("cpu").contiguous() for k, v in state.items()}, tmp / "extra.safetensors")
         loss_value = None if loss is None or not math.isfinite(loss) else loss
         (tmp / "state.json").write_text(json.dumps(
             {"step": step, "loss": loss_value, "fingerprint": self.fingerprint}, indent=2))

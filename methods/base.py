@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from bench.registry import Registry
+from bench.registry import Registry, did_you_mean
 from methods.recipes import Recipe, recipe_record
 
 if TYPE_CHECKING:  # annotations only: bench.backbone imports torch, and methods are listed without it
@@ -215,8 +215,9 @@ def build_config(config_class: type[MethodConfig], params: dict[str, Any], owner
     fields = {f.name: f for f in dataclasses.fields(config_class)}
     unknown = sorted(set(params) - set(fields))
     if unknown:
+        hint = did_you_mean(unknown[0], fields) if len(unknown) == 1 else ""
         raise ValueError(
-            f"unknown parameter(s) for {owner or config_class.__name__}: {', '.join(unknown)}; "
+            f"unknown parameter(s) for {owner or config_class.__name__}: {', '.join(unknown)}{hint}; "
             f"valid: {', '.join(fields) or '(none)'}"
         )
     hints = typing.get_type_hints(config_class)

@@ -77,9 +77,10 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from bench.backbone import ADAPTER_ATTR, Backbone
+from bench.filemode import save_safetensors
 from methods import _finetune as ft
 from methods.base import Deviation, ErasureRequest, register_method
 from methods.recipes import Recipe
@@ -310,7 +311,7 @@ class SPMAdapter(torch.nn.Module):
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
-        save_file(tensors, str(folder / "adapter.safetensors"))
+        save_safetensors(tensors, folder / "adapter.safetensors")
         (folder / "adapter.json").write_text(json.dumps(self.config(), indent=2))
 
 

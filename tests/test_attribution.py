@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -240,5 +242,14 @@ def test_cli_attribute_writes_scores_and_plot(tmp_path, capsys):
     assert out.exists() and out.with_suffix(".png").stat().st_size > 1000
     back = Attribution.load(out)
     assert len(back.scores) == 14 and back.stats["unet_backward"] == 1
-    assert '"unet_forward"' in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert '"unet_forward"' in captured.out
+    # progress on stderr, a line per phase (it was silent for minutes), and files others can read
+    phases = [line for line in captured.err.splitlines() if line.startswith("attribution: ")]
+    assert [p.split(" (")[0].split(" ")[1] for p in phases[:2]] == ["loading", "building"] and "done" in phases[-1]
+    assert "gradients over 14 weight tensors" in captured.err
+    mask = int(next(ln for ln in Path("/proc/self/status").read_text().splitlines()
+                    if ln.startswith("Umask:")).split()[1], 8)
+    for path in (out, out.with_suffix(".png")):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~mask, (path, oct(path.stat().st_mode))
     assert main(["attribute", "--model", "mini", "--concept", "x", "--timesteps", "0", "--out", str(out)]) == 2

@@ -26,6 +26,7 @@ def empty_caches(tmp_path, monkeypatch):
     import huggingface_hub.constants as hf_constants
 
     monkeypatch.setenv("ERASEBENCH_WEIGHTS", str(tmp_path / "weights"))
+    monkeypatch.setenv("ERASEBENCH_CACHE", str(tmp_path / "erasebench-cache"))  # no cached prompt file either
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "torch-hub"))
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
@@ -39,9 +40,9 @@ def empty_caches(tmp_path, monkeypatch):
     return tmp_path, asked
 
 
-def test_fetch_offline_lists_each_missing_file_and_where(empty_caches, capsys):
+def test_fetch_offline_lists_each_missing_file_and_where(empty_caches, capsys, shared_prompts_dir):
     tmp, asked = empty_caches
-    assert main(["fetch", "--suite", "coco", "--offline"]) == 2
+    assert main(["fetch", "--suite", "coco", "--offline", "--data-dir", str(shared_prompts_dir)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(ln.startswith("erasebench: error: missing  ") for ln in err)
     text = "\n".join(err)
@@ -53,19 +54,37 @@ def test_fetch_offline_lists_each_missing_file_and_where(empty_caches, capsys):
     assert asked == []  # offline: nothing was downloaded or tried
 
 
-def test_fetch_reports_present_files_and_exits_0(empty_caches, capsys):
+def test_fetch_reports_present_files_and_exits_0(empty_caches, capsys, shared_prompts_dir):
     tmp, asked = empty_caches
     path = build_random_resnet50(tmp / "weights")
-    assert main(["fetch", "--suite", "imagenette", "--offline"]) == 0
-    assert f"present  resnet50-imagenet: torchvision ResNet50_Weights.IMAGENET1K_V2: {path}" in capsys.readouterr().out
+    assert main(["fetch", "--suite", "imagenette", "--offline", "--data-dir", str(shared_prompts_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"present  resnet50-imagenet: torchvision ResNet50_Weights.IMAGENET1K_V2: {path}" in out
+    assert f"present  prompts (task target-class): {shared_prompts_dir / 'imagenette.csv'}" in out
     assert main(["fetch", "--suite", "mini-quick"]) == 0  # the mini classifier ships with the package
     assert asked == []
 
 
-def test_fetch_online_uses_the_library_download(empty_caches, capsys, monkeypatch):
+def test_fetch_offline_lists_the_prompt_files_a_run_needs(empty_caches, capsys, shared_prompts_dir):
+    """An offline run needs the suite's prompt files as well as the weights: each missing one is named with where
+    it is public and where to put it; with a data_dir that holds them, each is reported present."""
+    tmp, asked = empty_caches
+    build_random_resnet50(tmp / "weights")  # the weights present: what is missing is the prompts
+    assert main(["fetch", "--suite", "imagenette", "--offline"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and all(ln.startswith("erasebench: error: missing  prompts (task ") for ln in err), err
+    assert any("prompt file imagenette.csv not found" in ln and "public at https://" in ln and "data_dir" in ln
+               for ln in err)
+    assert main(["fetch", "--suite", "imagenette", "--offline", "--data-dir", str(shared_prompts_dir)]) == 0
+    out = capsys.readouterr().out
+    assert len([ln for ln in out.splitlines() if ln.startswith("present  prompts (task ")]) == len(err)
+    assert asked == []
+
+
+def test_fetch_online_uses_the_library_download(empty_caches, capsys, monkeypatch, shared_prompts_dir):
     tmp, asked = empty_caches
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)  # tests/conftest.py sets it; fetch reads it as --offline
-    assert main(["fetch", "--suite", "imagenette"]) == 2  # not offline: the download is tried, and fails here
+    assert main(["fetch", "--suite", "imagenette", "--data-dir", str(shared_prompts_dir)]) == 2  # download tried
     assert asked == [torchvision.models.ResNet50_Weights.IMAGENET1K_V2.url]
     err = capsys.readouterr().err
     assert "download failed" in err and "network unreachable" in err

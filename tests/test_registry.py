@@ -91,7 +91,7 @@ def test_method_from_another_package_is_found_through_its_entry_point(plugin_pat
 def test_unknown_name_lists_the_valid_ones():
     with pytest.raises(UnknownNameError) as err:
         METHODS.get("nope")
-    assert "unknown method 'nope'; valid:" in str(err.value) and "none" in str(err.value)
+    assert "unknown method 'nope' (did you mean 'none'?); valid:" in str(err.value) and "uce" in str(err.value)
 
 
 def test_typed_config_rejects_bad_parameters():

@@ -23,19 +23,16 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image, ImageDraw
 
+from bench.resources import data_root
+
 ATTRIBUTES = ("object", "colour", "style")
 _SUPERSAMPLE = 2
 _CANON = 128
 
 
 def default_world_path() -> Path:
-    """The world spec shipped with the package (datasets/mini/world.yaml)."""
-    here = Path(__file__).resolve()
-    for root in (here.parents[2], here.parents[1]):
-        candidate = root / "datasets" / "mini" / "world.yaml"
-        if candidate.exists():
-            return candidate
-    raise FileNotFoundError("datasets/mini/world.yaml not found beside the bench package")
+    """The world spec shipped with the package (datasets/mini/world.yaml; bench/_datasets/ in a wheel)."""
+    return data_root() / "mini" / "world.yaml"
 
 
 @dataclass(frozen=True)
