@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from bench.store import EDIT_SUMS, verify_edit, write_edit_sums
+
 if TYPE_CHECKING:  # diffusers and transformers load when a model does (`erasebench list/report/check` need neither)
     from diffusers import AutoencoderKL, SchedulerMixin, UNet2DConditionModel
     from transformers import CLIPTextModel, PreTrainedTokenizerBase
@@ -302,7 +304,9 @@ class Backbone:
             meta = {"base": self.name, "components": list(components), "edits": self.edits, **(info or {})}
             if adapters:
                 meta["adapters"] = adapters
+            meta["checksums"] = EDIT_SUMS  # every file's SHA-256, verified on load (bench.store.verify_edit)
             (tmp / "edit.json").write_text(json.dumps(meta, indent=2, default=str))
+            write_edit_sums(tmp)
             for _ in range(100):
                 try:
                     os.rename(tmp, folder)  # atomic; fails if ``folder`` exists and is not empty
@@ -453,7 +457,7 @@ def apply_saved_edit(backbone: Backbone, edit: str | Path) -> Backbone:
     meta_path = folder / "edit.json"
     if not meta_path.exists():
         raise BackboneLoadError(f"{folder}: not an edit folder (no edit.json)")
-    meta = json.loads(meta_path.read_text())
+    meta = verify_edit(folder)  # whole (SHA256SUMS), and edit.json readable; DamagedFileError naming the file
     adapters = meta.get("adapters", {})
     for name in meta["components"]:
         if name in adapters:  # an adapter onto the base component, reloaded by the method that made it

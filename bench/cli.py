@@ -307,6 +307,20 @@ def main(argv: list[str] | None = None) -> int:
         for line in str(exc).splitlines() or [type(exc).__name__]:
             print(f"erasebench: error: {line}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("erasebench: error: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except (OSError, RecursionError, MemoryError) as exc:  # a full disk (DiskFullError), a folder that vanished...
+        print(f"erasebench: error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+              .rstrip(": "), file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001  (one named line, not a traceback; ERASEBENCH_DEBUG=1 shows it)
+        if os.environ.get("ERASEBENCH_DEBUG"):
+            raise
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        print(f"erasebench: error: {type(exc).__name__}: {first} (an erasebench bug: please report it; "
+              "ERASEBENCH_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
