@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.attacks import ATTACKS  # noqa: E402
 from bench.backbone import load_backbone  # noqa: E402
 from bench.generate import SamplerConfig  # noqa: E402
-from bench.runner import PeakMemory  # noqa: E402
+from bench.memory import PeakMemory  # noqa: E402
 from benchmarks.cad_sd_timing import build_random_sd  # noqa: E402
 
 PROMPTS = ["a photo of a church", "a church in the snow", "a painting of a church at night", "an old church"]

@@ -5,7 +5,7 @@ ViT-L/14-shaped text encoder, the KL VAE; a byte-level tokenizer) in a local fol
 ``load_backbone(folder, device, dtype)`` as a real checkpoint would be, and runs the attribution engine
 (bench/attribution.py) with the paper's defaults per (dtype, objective, mode): a 50-step DDIM grid, one
 latent per timestep, sampling guidance 3.0; amplify on ``--n-images`` concept images (the paper: 50).
-Records wall time, peak memory (``bench.runner.PeakMemory``: the CUDA allocator's peak, or RSS growth on
+Records wall time, peak memory (``bench.memory.PeakMemory``: the CUDA allocator's peak, or RSS growth on
 a CPU) and UNet passes; then zeroes the paper's selection (row,
 ``--ratio`` 0.001), samples images from the edited half-precision UNet, and undoes the edit. Random weights give
 the real cost, not meaningful scores. A warm-up attribution (2 timesteps) runs first for each dtype.
@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.sd_fixture
 from bench.attribution import AttributionConfig, attribute  # noqa: E402
 from bench.backbone import load_backbone  # noqa: E402
 from bench.generate import SamplerConfig, generate  # noqa: E402
-from bench.runner import PeakMemory  # noqa: E402
+from bench.memory import PeakMemory  # noqa: E402
 
 # diffusers' UNet2DConditionModel config of CompVis/stable-diffusion-v1-4 (860 M parameters)
 SD14_UNET = dict(

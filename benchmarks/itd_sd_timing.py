@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.backbone import load_backbone  # noqa: E402
 from bench.generate import SamplerConfig, generate  # noqa: E402
-from bench.runner import PeakMemory  # noqa: E402
+from bench.memory import PeakMemory  # noqa: E402
 from benchmarks.cad_sd_timing import build_random_sd  # noqa: E402
 
 PAPER_PROMPTS, PAPER_EPOCHS, PAPER_BATCH = 30_000, 20, 50  # coco_30k.csv; config_text.json

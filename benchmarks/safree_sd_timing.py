@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.backbone import load_backbone  # noqa: E402
 from bench.generate import SamplerConfig, generate  # noqa: E402
-from bench.runner import PeakMemory  # noqa: E402
+from bench.memory import PeakMemory  # noqa: E402
 from benchmarks.cad_sd_timing import _sync, build_random_sd  # noqa: E402
 from methods import ErasureRequest, get_method  # noqa: E402
 from methods.safree import NUDITY_KEYWORDS  # noqa: E402

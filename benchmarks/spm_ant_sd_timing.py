@@ -4,7 +4,7 @@ Builds SD 1.4's architecture with random weights (``benchmarks/cad_sd_timing.py`
 ``load_backbone(folder, device, dtype)`` as a real checkpoint would be, and runs each method's paper schedule
 (its ``nudity`` recipe's params: SPM 3000 iterations, ANT 250 iterations plus its 5 x 4 gradient runs of 10
 steps for the saliency map), or ``--iterations N`` steps of it for a short measurement (then the per-step time
-is what to read). Records edit seconds, the training loop's seconds, peak memory (``bench.runner.PeakMemory``)
+is what to read). Records edit seconds, the training loop's seconds, peak memory (``bench.memory.PeakMemory``)
 and the methods' own counters; for SPM also the size of the saved adapter folder. Random weights give the real
 cost, not meaningful edits.
 
@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.backbone import load_backbone  # noqa: E402
-from bench.runner import PeakMemory  # noqa: E402
+from bench.memory import PeakMemory  # noqa: E402
 from benchmarks.cad_sd_timing import build_random_sd  # noqa: E402
 from methods import ErasureRequest, get_method  # noqa: E402
 from methods.recipes import materialise  # noqa: E402

@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.backbone import load_backbone  # noqa: E402
 from bench.config import MethodSpec, RunConfig  # noqa: E402
-from bench.runner import PeakMemory, build_request  # noqa: E402
+from bench.edits import build_request  # noqa: E402
+from bench.memory import PeakMemory  # noqa: E402
 from benchmarks.cad_sd_timing import _sync, build_random_sd  # noqa: E402
 from methods import METHODS  # noqa: E402
 

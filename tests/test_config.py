@@ -50,7 +50,7 @@ def test_a_tier_overrides_the_suites_attacks_and_rejects_unknown_keys():
 
 def test_the_default_run_takes_every_registered_erasure_method():
     import methods  # noqa: F401
-    from bench.runner import resolve
+    from bench.run_checks import resolve
     from methods import METHODS
 
     rows = [row for row, _, _ in resolve(parse_config({})).methods]

@@ -27,8 +27,8 @@ import torch
 
 from bench.backbone import Backbone, load_backbone
 from bench.config import MethodSpec, RunConfig
+from bench.edits import build_request, edited_backbone
 from bench.generate import SamplerConfig, generate
-from bench.runner import build_request, edited_backbone
 from bench.store import RunStore
 from methods import METHODS, ErasureRequest, Method, MethodConfig
 from tests.sd_fixtures import tiny_sd  # noqa: F401  (fixture)

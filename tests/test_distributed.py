@@ -473,7 +473,8 @@ def test_a_process_killed_with_sigkill_resumes_without_loss_or_duplication(confi
 def test_the_plan_cuts_each_units_items_into_parts_of_batch_size_once(config_path):
     from bench.backbone import load_backbone
     from bench.config import load_config
-    from bench.runner import plan_run, resolve
+    from bench.planning import plan_run
+    from bench.run_checks import resolve
 
     resolved = resolve(load_config(config_path))
     plan = plan_run(resolved, load_backbone("mini"))

@@ -1,0 +1,272 @@
+"""Check a run before anything is written or a model loads: the config's names and parameters, the targets, the
+device, the run and cache folders (:func:`check_run`). The result is a :class:`ResolvedRun`, the plain data every
+later stage of a run reads (the suite for the tier, the method instances, the sampler, the attacks).
+
+:func:`check_config` reports a config's schema errors and the checks below together, one line per problem.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bench.backbone import resolve_attention, resolve_memory_format
+from bench.config import ConfigError, RunConfig
+from bench.evaluators import EVALUATORS
+from bench.generate import SamplerConfig, resolve_precision
+from bench.metrics import METRICS
+from bench.registry import UnknownNameError
+from bench.suites import Suite, SuiteError, load_suite
+
+DEFAULT_SAMPLER = {"name": "ddim", "steps": 25, "guidance": 5.0}
+
+
+@dataclass
+class ResolvedRun:
+    config: RunConfig
+    suite: Suite
+    methods: list[tuple[str, Any, Any]]  # (row name, MethodSpec, Method)
+    sampler: SamplerConfig
+    attacks: list = dataclasses.field(default_factory=list)  # AttackSpec: robustness rows per (method, target)
+
+
+def resolve(config: RunConfig) -> ResolvedRun:
+    """Check every name and parameter in the config; raise ConfigError listing all problems.
+
+    Everything that needs no model is checked here, before a model loads or a file is written: names
+    (suite, tier, methods, attacks, evaluators, metrics), method parameters, saved edit folders, the
+    targets of a mini-world suite, the device, and that row and target names stay distinct as file names.
+    """
+    errors, resolved = _check(config)
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return resolved
+
+
+def check_config(data: Any, source: str = "config") -> RunConfig:
+    """Validate raw config data (the YAML mapping) in full: the schema and, for every part that passes it,
+    the checks of :func:`resolve`, so a config with a wrong type and an unknown method name reports both.
+    Raises ConfigError with one line per problem."""
+    from pydantic import ValidationError
+
+    from bench.config import RunConfig, format_validation_error
+
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a run config is a YAML mapping, got {type(data).__name__}")
+    try:
+        config = RunConfig.model_validate(data)
+    except ValidationError as exc:
+        errors = format_validation_error(exc, source).splitlines()
+        errors += _partial_check(data, exc, source)
+        raise ConfigError("\n".join(errors)) from None
+    errors, _ = _check(config)
+    if errors:
+        raise ConfigError("\n".join(f"{source}: {e}" for e in errors))
+    return config
+
+
+def _partial_check(data: dict, exc, source: str) -> list[str]:
+    """resolve()'s checks on the parts of ``data`` that passed the schema (bad keys and list items left out)."""
+    from pydantic import ValidationError
+
+    from bench.config import RunConfig
+
+    bad_keys: set[str] = set()
+    bad_items: dict[str, set[int]] = {"methods": set(), "attacks": set()}
+    for err in exc.errors():
+        loc = err["loc"]
+        if not loc:
+            return []
+        if loc[0] in bad_items and len(loc) > 1 and isinstance(loc[1], int):
+            bad_items[loc[0]].add(loc[1])
+        else:
+            bad_keys.add(str(loc[0]))
+    partial = {k: v for k, v in data.items() if k not in bad_keys}
+    index: dict[str, list[int]] = {}
+    for key, bad in bad_items.items():
+        if key in partial and isinstance(partial[key], list):
+            index[key] = [i for i in range(len(partial[key])) if i not in bad]
+            partial[key] = [partial[key][i] for i in index[key]]
+    try:
+        config = RunConfig.model_validate(partial)
+    except ValidationError:
+        return []
+    errors, _ = _check(config, skip=bad_keys, index=index)
+    return [f"{source}: {e}" for e in errors]
+
+
+def _check(config: RunConfig, skip: set[str] = frozenset(), index: dict[str, list[int]] | None = None,
+           ) -> tuple[list[str], ResolvedRun | None]:
+    """(every problem, the resolved run when there is none). ``skip``: top-level keys already reported (checks
+    that depend on them are left out); ``index``: the original positions of the list items checked."""
+    import methods as methods_pkg  # noqa: F401  (registers the methods)
+    from bench.attacks.run import check_attacks
+    from bench.config import AttackSpec, MethodSpec
+    from bench.store import safe_name
+    from methods import METHODS
+
+    index = index or {}
+    errors: list[str] = []
+
+    def at(key: str, i: int) -> int:
+        return index[key][i] if key in index else i
+
+    suite = None
+    if not skip & {"suite", "tier"}:
+        try:
+            suite = load_suite(config.suite).for_tier(config.tier)
+        except SuiteError as exc:
+            errors.append(str(exc))
+
+    if config.methods is not None:
+        specs = config.methods
+    else:  # every registered erasure method with its defaults, the reference row first (not cad-amplify)
+        specs = [MethodSpec(name=n) for n in
+                 ["none", *(n for n in METHODS.names() if n != "none" and METHODS.get(n).erases)]]
+    resolved = []
+    rows: dict[str, int] = {}
+    files: dict[str, tuple[int, str]] = {}
+    for j, spec in enumerate(specs):
+        i = at("methods", j)
+        row = spec.row_name
+        try:
+            method = METHODS.get(spec.name)(**spec.params)
+        except (UnknownNameError, ValueError, TypeError) as exc:
+            errors.append(f"methods[{i}]: {exc}")
+            method = None
+        if spec.edit is not None:
+            folder = Path(spec.edit)
+            if not folder.is_dir():
+                errors.append(f"methods[{i}].edit: folder {spec.edit!r} not found; give a folder saved by an "
+                              "earlier run (RUN/edits/<method>__<target>)")
+            elif not (folder / "edit.json").is_file():
+                errors.append(f"methods[{i}].edit: {spec.edit!r} is not a saved edit (no edit.json)")
+        if "__" in row:  # file names join method, target and task with "__"
+            errors.append(f"methods[{i}]: row name {row!r} contains '__'; give a 'label' without it")
+        if row in rows:
+            errors.append(f"methods[{i}]: row name {row!r} appears twice (give one a 'label')")
+        elif safe_name(row) in files:
+            k, other = files[safe_name(row)]
+            errors.append(f"methods[{i}]: row name {row!r} and methods[{k}] {other!r} both become the file name "
+                          f"{safe_name(row)!r}; give labels that differ in letters, digits, '.', '-' or '_'")
+        rows.setdefault(row, i)
+        files.setdefault(safe_name(row), (i, row))
+        if method is not None:
+            resolved.append((row, spec, method))
+
+    if "targets" not in skip:
+        errors += _target_errors(config, suite, skip)
+
+    if suite is not None:
+        for task in suite.tasks:
+            if task.evaluator not in EVALUATORS:
+                errors.append(f"suite {suite.name}: task {task.name}: unknown evaluator {task.evaluator!r}; "
+                              f"valid: {', '.join(EVALUATORS.names())}")
+            for m in task.metrics:
+                if m not in METRICS:
+                    errors.append(f"suite {suite.name}: task {task.name}: unknown metric {m!r}; "
+                                  f"valid: {', '.join(METRICS.names())}")
+
+    attack_specs = []
+    if config.attacks is not None:
+        attack_specs = config.attacks
+        for err in check_attacks(attack_specs):
+            head, _, rest = err.partition(": ")
+            j = int(head.removeprefix("attacks[").removesuffix("]"))
+            errors.append(f"attacks[{at('attacks', j)}]: {rest}")
+    elif suite is not None:
+        attack_specs = [AttackSpec(**a) for a in suite.attacks]
+        errors += check_attacks(attack_specs)
+
+    if "device" not in skip:
+        errors += _device_errors(config.device)
+    for key in ("data_dir", "cache_dir"):
+        value = getattr(config, key)
+        if key not in skip and value is not None:
+            folder = Path(value)
+            if key == "data_dir" and not folder.is_dir():
+                errors.append(f"data_dir: folder {value!r} not found; give the folder with local copies of the "
+                              "prompt files")
+            elif folder.exists() and not folder.is_dir():
+                errors.append(f"{key}: {value!r} is a file, not a folder")
+
+    if errors or suite is None:
+        return errors, None
+    sampler_spec = config.sampler.model_dump() if config.sampler else {**DEFAULT_SAMPLER, **suite.sampler}
+    try:
+        sampler_spec["precision"] = resolve_precision(sampler_spec.get("precision", "fp32"), config.device)
+        sampler_spec["attention"] = resolve_attention(sampler_spec.get("attention", "auto"), config.device, "sampling")
+        sampler_spec["memory_format"] = resolve_memory_format(sampler_spec.get("memory_format", "auto"), config.device)
+    except ValueError as exc:
+        return [f"suite {suite.name}: sampler: {exc}"], None
+    return [], ResolvedRun(config, suite, resolved, SamplerConfig(**sampler_spec), attacks=attack_specs)
+
+
+def _target_errors(config: RunConfig, suite: Suite | None, skip: set[str]) -> list[str]:
+    """Targets that would collide as file names, and, on the mini model, targets the mini world does not have
+    (when the suite builds its prompts from the target)."""
+    from bench.store import safe_name
+
+    errors, files = [], {}
+    for i, target in enumerate(config.targets):
+        other = files.setdefault(safe_name(target), (i, target))
+        if other[0] != i:
+            errors.append(f"targets[{i}]: {target!r} and targets[{other[0]}] {other[1]!r} "
+                          + ("appear twice" if other[1] == target else
+                             f"both become the file name {safe_name(target)!r}; give distinct targets"))
+    uses_target = suite is not None and any(
+        t.prompts.get("source") == "mini" and t.prompts.get("set", "adherence") != "adherence" for t in suite.tasks)
+    if config.model == "mini" and "model" not in skip and uses_target:
+        from bench.mini.world import MiniWorld
+
+        world = MiniWorld.load()
+        known = world.objects + world.colours + world.styles
+        for i, target in enumerate(config.targets):
+            if target not in known:
+                errors.append(f"targets[{i}]: the mini world has no concept {target!r}; valid: {', '.join(known)}")
+    return errors
+
+
+def _device_errors(device: str) -> list[str]:
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            return [f"device: {device!r} but this machine has no CUDA GPU (torch.cuda.is_available() is False); "
+                    "use device: cpu"]
+        index = device.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            return [f"device: {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                    f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})"]
+    if device == "mps" and not torch.backends.mps.is_available():
+        return ["device: 'mps' but MPS is not available on this machine; use device: cpu"]
+    return []
+
+
+def check_out_dir(out: Path) -> list[str]:
+    """Problems with a run directory to write into, found before any model loads."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        return [f"--out {out}: is a file, not a folder; give a new or existing run folder"]
+    existing = out
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        return [f"--out {out}: cannot write in {existing}; give a folder you can write to"]
+    return []
+
+
+def check_run(config: RunConfig, out: str | Path) -> ResolvedRun:
+    """The config resolved (suite, methods, recipes) and the run and cache folders checked, before anything is
+    written or a model loaded; ConfigError naming every problem. ``erasebench run --workers N`` calls it
+    before it starts the processes, so a bad input is reported once."""
+    resolved = resolve(config)
+    problems = check_out_dir(Path(out))
+    if config.cache_dir:
+        problems += [p.replace("--out", "cache_dir") for p in check_out_dir(Path(config.cache_dir))]
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return resolved
