@@ -380,6 +380,32 @@ def _resolve(model: str) -> tuple[str, bool]:
     return model, False
 
 
+def _hub_reachable_or_cached(model: str, timeout: float = 3.0) -> None:
+    """BackboneLoadError at once for a hub id that is not in the local cache while the hub cannot be reached
+    (offline, or ``HF_HUB_OFFLINE``): the hub client would retry for about 50 s before failing (issue 37)."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return
+    for name in ("model_index.json", "unet/config.json"):
+        if isinstance(try_to_load_from_cache(model, name), str):
+            return
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+    if not offline:
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            return
+        except OSError:
+            pass
+    raise BackboneLoadError(f"cannot load model {model!r}: not in the local Hugging Face cache, and the hub ({host}) "
+                            "cannot be reached; give a local folder, or download it where there is a network")
+
+
 def load_backbone(
     model: str,
     device: str | torch.device = "cpu",
@@ -390,6 +416,8 @@ def load_backbone(
     torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     device = torch.device(device)
     source, local = _resolve(model)
+    if not local:
+        _hub_reachable_or_cached(model)
     root = Path(source)
     kind, s2d = "sd", 1
     if local:

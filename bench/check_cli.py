@@ -35,6 +35,7 @@ from bench.store import (
     checksum_path,
     inside,
     read_keyed_png,
+    safe_name,
     verify_edit,
 )
 
@@ -150,6 +151,11 @@ def check_run(root: str | Path) -> CheckReport:
     for path, kind in [(p, "records") for p in parts] + ([(consolidated, "consolidated")] if has_consolidated
                                                          else []):
         df = verify(path, kind, store.read_parquet)
+        if kind == "records" and isinstance(df, pd.DataFrame) and len(df):
+            # a unit file holds its own unit's records (two swapped unit files both verify)
+            names = [safe_name(str(v)) for c in ("method", "target") if c in df.columns for v in df[c].unique()]
+            if len(names) == 2 and not path.name.startswith("__".join(names) + "__"):
+                problem(path, kind, f"holds the records of another unit ({'__'.join(names)[:80]})")
         if isinstance(df, pd.DataFrame) and "image_path" in df.columns:
             image_paths.update(str(p) for p in df["image_path"].dropna())
     pngs = set()

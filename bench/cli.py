@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 EXIT_USAGE = 2
+MAX_WORKERS = 256  # --workers: processes on one machine (issue 37: 1000000000 was accepted)
 
 
 class CLIError(Exception):
@@ -142,6 +143,8 @@ def _workers(value: str | None, config) -> int:
         workers = 0
     if workers < 1:
         raise CLIError(f"--workers {value}: give a positive number of processes or 'auto'")
+    if workers > MAX_WORKERS:  # each process loads the model: a typo such as 1000000000 must not start them
+        raise CLIError(f"--workers {value}: at most {MAX_WORKERS} processes on one machine")
     if workers > 1 and under_launcher():
         raise CLIError(f"--workers {workers} under torchrun / accelerate: the launcher already started the processes; "
                        "drop --workers")

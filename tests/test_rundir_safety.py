@@ -280,3 +280,78 @@ def test_a_full_disk_is_a_clear_error_and_leaves_nothing_half_written(tmp_path, 
     assert [p.name for p in path.parent.iterdir()] == ["x.parquet"]  # no temporary file left
     atomic_write_bytes(path, b"new content")  # room again: the write goes through
     assert path.read_bytes() == b"new content"
+
+
+# ------------------------------------------------------------------ run: redo what is not the run's own
+def _figures(run: Path) -> list:
+    rows = json.loads((run / "summary.json").read_text())["rows"]
+    return sorted((r["method"], r["task"], r["metric"], r["value"], r["n"]) for r in rows if r["role"] != "cost")
+
+
+def _forget(run: Path, *units: str) -> None:
+    """The units' records, the summary and the consolidated records deleted: the next run redoes those units."""
+    for unit in units:
+        for p in (run / "records").glob(f"{unit}.parquet*"):
+            p.unlink()
+    for name in ("summary.json", "summary.json.sha256", "records.parquet", "records.parquet.sha256"):
+        (run / name).unlink(missing_ok=True)
+
+
+def test_swapped_images_are_generated_again_by_run_and_the_numbers_stay(run, small_run, capsys):
+    from tests.runs import SMALL_RUN_FLAGS
+
+    a, b = _uce_target_images(run)[0], _none_target_images(run)[0]
+    data_a, data_b = a.read_bytes(), b.read_bytes()
+    a.write_bytes(data_b)
+    b.write_bytes(data_a)
+    _forget(run, "uce__circle__target", "none__circle__target")
+    code, lines, _ = cli(capsys, "run", *SMALL_RUN_FLAGS, "--out", run, "--quiet", "--workers", "1")
+    assert code == 0, lines
+    assert _figures(run) == _figures(small_run[0])  # before the fix: none 0.00 -> 0.17, uce 0.67 -> 0.50 or so
+    assert cli(capsys, "check", run)[0] == 0
+
+
+def test_a_run_edit_linked_to_another_methods_edit_is_refused(run, tmp_path, capsys):
+    from tests.runs import SMALL_RUN_FLAGS
+
+    foreign = tmp_path / "esd-u__circle"
+    shutil.copytree(run / "edits" / "uce__circle", foreign)
+    meta = json.loads((foreign / "edit.json").read_text())
+    meta["edits"][-1]["method"] = "esd-u"
+    (foreign / "edit.json").write_text(json.dumps(meta))
+    write_edit_sums(foreign)
+    shutil.rmtree(run / "edits" / "uce__circle")
+    (run / "edits" / "uce__circle").symlink_to(foreign)
+    _forget(run, "uce__circle__target")
+    code, lines, _ = cli(capsys, "run", *SMALL_RUN_FLAGS, "--out", run, "--quiet", "--workers", "1")
+    errors = [ln for ln in lines if ln.startswith("erasebench: error:")]
+    assert code == 2 and len(errors) == 1 and "link out of the run directory" in errors[0], lines
+    assert not (run / "records" / "uce__circle__target.parquet").exists()
+
+
+def test_a_given_edit_of_another_method_is_an_input_error_before_the_model_loads(run, tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"methods: [{{name: esd-u, edit: {run / 'edits' / 'uce__circle'}}}]\n")
+    code, lines, _ = cli(capsys, "run", "--config", config, "--out", tmp_path / "out", "--quiet", "--workers", "1")
+    assert code == 2 and len(lines) == 1 and "the edit of method 'uce', not of 'esd-u'" in lines[0], lines
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------ flags
+def test_workers_has_an_upper_bound(tmp_path, capsys):
+    code, lines, _ = cli(capsys, "run", "--workers", "1000000000", "--out", tmp_path / "out")
+    assert code == 2 and len(lines) == 1 and "at most 256 processes" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_uncached_hub_id_offline_fails_at_once(monkeypatch):
+    import time
+
+    from bench.backbone import BackboneLoadError, load_backbone
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t0 = time.perf_counter()
+    with pytest.raises(BackboneLoadError, match="not in the local Hugging Face cache"):
+        load_backbone("nobody/no-such-model")
+    assert time.perf_counter() - t0 < 10  # was about 50 s of retries
+
