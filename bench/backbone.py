@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from bench.store import EDIT_SUMS, verify_edit, write_edit_sums
+
 if TYPE_CHECKING:  # diffusers and transformers load when a model does (`erasebench list/report/check` need neither)
     from diffusers import AutoencoderKL, SchedulerMixin, UNet2DConditionModel
     from transformers import CLIPTextModel, PreTrainedTokenizerBase
@@ -359,8 +361,10 @@ class Backbone:
             meta = {"base": self.name, "components": list(components), "edits": self.edits, **(info or {})}
             if adapters:
                 meta["adapters"] = adapters
+            meta["checksums"] = EDIT_SUMS  # every file's SHA-256, verified on load (bench.store.verify_edit)
             (tmp / "edit.json").write_text(json.dumps(meta, indent=2, default=str))
             make_readable(tmp)  # save_pretrained's safetensors files are 0600 (bench.filemode)
+            write_edit_sums(tmp)
             for _ in range(100):
                 try:
                     os.rename(tmp, folder)  # atomic; fails if ``folder`` exists and is not empty
@@ -463,6 +467,32 @@ def model_files_signature(model: str) -> dict[str, list] | None:
             for p in sorted(root.rglob("*")) if p.is_file() and not any(part.startswith(".") for part in p.parts)}
 
 
+def _hub_reachable_or_cached(model: str, timeout: float = 3.0) -> None:
+    """BackboneLoadError at once for a hub id that is not in the local cache while the hub cannot be reached
+    (offline, or ``HF_HUB_OFFLINE``): the hub client would retry for about 50 s before failing (issue 37)."""
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return
+    for name in ("model_index.json", "unet/config.json"):
+        if isinstance(try_to_load_from_cache(model, name), str):
+            return
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+    if not offline:
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            return
+        except OSError:
+            pass
+    raise BackboneLoadError(f"cannot load model {model!r}: not in the local Hugging Face cache, and the hub ({host}) "
+                            "cannot be reached; give a local folder, or download it where there is a network")
+
+
 def load_backbone(
     model: str,
     device: str | torch.device = "cpu",
@@ -473,6 +503,8 @@ def load_backbone(
     torch_dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     device = torch.device(device)
     source, local = _resolve(model)
+    if not local:
+        _hub_reachable_or_cached(model)
     root = Path(source)
     kind, s2d = "sd", 1
     if local:
@@ -540,7 +572,7 @@ def apply_saved_edit(backbone: Backbone, edit: str | Path) -> Backbone:
     meta_path = folder / "edit.json"
     if not meta_path.exists():
         raise BackboneLoadError(f"{folder}: not an edit folder (no edit.json)")
-    meta = json.loads(meta_path.read_text())
+    meta = verify_edit(folder)  # whole (SHA256SUMS), and edit.json readable; DamagedFileError naming the file
     adapters = meta.get("adapters", {})
     for name in meta["components"]:
         if name in adapters:  # an adapter onto the base component, reloaded by the method that made it

@@ -7,9 +7,13 @@ Every file the run wrote is read back and checked against what was written:
 - every PNG under ``images/`` decoded whole and checked against the pixel checksum it carries
   (:class:`bench.generate.ImageCache`);
 - every image a record points to (``image_path``) is present;
-- every saved edit under ``edits/`` has its ``edit.json``.
+- every image a record points to (``image_path``) is present, inside the run, and carries its own key;
+- every saved edit under ``edits/`` is whole (``SHA256SUMS``) and names the method and target of its folder;
+- every file the finished run's summary lists (``inventory``) is there, and no checksum lost its file;
+- nothing is read through a link out of the run directory (it is reported instead).
 
-Files written before checksums existed have none; they are only parsed, and counted as unverified.
+Files of runs written before checksums existed have none; they are only parsed, and counted as unverified. In
+any other run a missing checksum is damage (:meth:`bench.store.RunStore.requires_checksums`).
 One line per problem on stdout (or a JSON report with ``--json``), naming the file and what the next
 ``erasebench run`` does about it. Exit status: 0 when every file is whole, 1 when a file is damaged
 or missing, 2 when RUN_DIR is not a run directory.
@@ -24,7 +28,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.store import DamagedFileError, RunStore, checksum_path, read_verified_json, read_verified_parquet
+from bench.store import (
+    CHECKSUM_SUFFIX,
+    DamagedFileError,
+    RunStore,
+    checksum_path,
+    inside,
+    read_keyed_png,
+    safe_name,
+    verify_edit,
+)
 
 EXIT_DAMAGED = 1
 EXIT_USAGE = 2
@@ -66,53 +79,118 @@ class CheckReport:
                 "problems": [asdict(p) for p in self.problems]}
 
 
+def _method_names(manifest: object) -> dict[str, str]:
+    """Row name -> method name, from a manifest's recorded config ({} when it has none)."""
+    config = manifest.get("config") if isinstance(manifest, dict) else None
+    specs = config.get("methods") if isinstance(config, dict) else None
+    out = {}
+    for spec in specs if isinstance(specs, list) else []:
+        if isinstance(spec, dict) and isinstance(spec.get("name"), str):
+            out[str(spec.get("label") or spec["name"])] = spec["name"]
+    return out
+
+
 def check_run(root: str | Path) -> CheckReport:
     """Verify every file of a run directory; reads only, writes nothing."""
-    from bench.generate import read_checked_png
-
     store = RunStore(root)
     report = CheckReport(run=str(store.root))
+
+    def problem(path: Path, kind: str, text: str) -> None:
+        report.problems.append(Problem(str(path), kind, text, REDO[kind]))
 
     def verify(path: Path, kind: str, read) -> object | None:
         report.checked += 1
         try:
             value = read(path)
         except DamagedFileError as exc:
-            report.problems.append(Problem(str(path), kind, str(exc).removeprefix(f"{path}: "), REDO[kind]))
+            problem(path, kind, str(exc).removeprefix(f"{path}: "))
+            return None
+        except FileNotFoundError:
+            problem(path, kind, "missing")
             return None
         if not checksum_path(path).exists():
             report.unverified.append(str(path))
         return value
 
-    if store.manifest_path.exists():
-        verify(store.manifest_path, "manifest", read_verified_json)
+    manifest = None
+    if store.manifest_path.exists() or store.manifest_path.is_symlink():
+        manifest = verify(store.manifest_path, "manifest", store.read_json)
     else:
-        report.problems.append(Problem(str(store.manifest_path), "manifest", "missing", REDO["manifest"]))
-    if store.summary_path.exists():
-        verify(store.summary_path, "summary", read_verified_json)
+        problem(store.manifest_path, "manifest", "missing")
+    # a run written since issue 37: its images carry their keys and its edits their SHA256SUMS
+    new_run = isinstance(manifest, dict) and "store_format" in manifest
+    inventory: dict = {}
+    if store.summary_path.exists() or store.summary_path.is_symlink():
+        summary = verify(store.summary_path, "summary", store.read_json)
+        if isinstance(summary, dict) and isinstance(summary.get("inventory"), dict):
+            inventory = summary["inventory"]
+    # a checksum whose file is gone: the file was deleted
+    for folder in (store.root, store.records_dir):
+        for sums in sorted(folder.glob(f"*{CHECKSUM_SUFFIX}")) if folder.is_dir() and inside(store.root, folder) \
+                else []:
+            described = sums.with_name(sums.name.removesuffix(CHECKSUM_SUFFIX))
+            if not described.exists() and not described.is_symlink():
+                kind = {"manifest.json": "manifest", "summary.json": "summary", "records.parquet": "consolidated"}.get(
+                    described.name, "records" if folder == store.records_dir else None)
+                if kind is not None:
+                    problem(described, kind, "missing (its checksum is there)")
     image_paths: set[str] = set()
-    parts = sorted(store.records_dir.glob("*.parquet")) if store.records_dir.exists() else []
+    if store.records_dir.is_symlink() or (store.records_dir.exists() and not store.records_dir.is_dir()):
+        problem(store.records_dir, "records", "refused: not a folder of the run (a link or a file)")
+        parts = []
+    else:
+        parts = sorted(store.records_dir.glob("*.parquet")) if store.records_dir.is_dir() else []
+    for name in inventory.get("records", []) if isinstance(inventory.get("records"), list) else []:
+        path = store.records_dir / str(name)
+        if not path.exists() and not path.is_symlink() and not checksum_path(path).exists():
+            problem(path, "records", "missing (the run's summary lists it)")
     consolidated = store.root / "records.parquet"
-    for path, kind in [(p, "records") for p in parts] + ([(consolidated, "consolidated")] if consolidated.exists()
+    has_consolidated = consolidated.exists() or consolidated.is_symlink()
+    if not has_consolidated and inventory.get("consolidated") and not checksum_path(consolidated).exists():
+        problem(consolidated, "consolidated", "missing (the run's summary lists it)")
+    for path, kind in [(p, "records") for p in parts] + ([(consolidated, "consolidated")] if has_consolidated
                                                          else []):
-        df = verify(path, kind, read_verified_parquet)
+        df = verify(path, kind, store.read_parquet)
+        if kind == "records" and isinstance(df, pd.DataFrame) and len(df):
+            # a unit file holds its own unit's records (two swapped unit files both verify)
+            names = [safe_name(str(v)) for c in ("method", "target") if c in df.columns for v in df[c].unique()]
+            if len(names) == 2 and not path.name.startswith("__".join(names) + "__"):
+                problem(path, kind, f"holds the records of another unit ({'__'.join(names)[:80]})")
         if isinstance(df, pd.DataFrame) and "image_path" in df.columns:
             image_paths.update(str(p) for p in df["image_path"].dropna())
-    for path in sorted(store.images_dir.rglob("*.png")) if store.images_dir.exists() else []:
-        report.checked += 1
-        _, problem = read_checked_png(path)
-        if problem is not None:
-            report.problems.append(Problem(str(path), "image", f"damaged: {problem}", REDO["image"]))
+    pngs = set()
+    if store.images_dir.is_symlink() and not inside(store.root, store.images_dir):
+        problem(store.images_dir, "image", "refused: a link out of the run directory")
+    elif store.images_dir.is_dir():
+        pngs = set(store.images_dir.rglob("*.png"))
     for rel in sorted(image_paths):
-        if not (store.root / rel).exists():
-            report.problems.append(Problem(str(store.root / rel), "image", "missing (a record points to it)",
-                                           REDO["image"]))
-    edits = store.root / "edits"
-    for folder in sorted(p for p in edits.iterdir() if p.is_dir()) if edits.is_dir() else []:
+        path = store.root / rel
+        if Path(rel).is_absolute() or not inside(store.root, path):
+            problem(path, "image", "refused: a record points outside the run directory")
+        elif not path.exists() and not path.is_symlink():
+            problem(path, "image", "missing (a record points to it)")
+        else:
+            pngs.add(path)
+    for path in sorted(pngs):
         report.checked += 1
-        if not (folder / "edit.json").is_file():
-            report.problems.append(Problem(str(folder), "edit", "not a whole saved edit (no edit.json)",
-                                           REDO["edit"]))
+        _, trouble = read_keyed_png(path, root=store.root, require_key=new_run)
+        if trouble is not None:
+            problem(path, "image", trouble if trouble.startswith("refused") else f"damaged: {trouble}")
+    edits = store.root / "edits"
+    names = _method_names(manifest)
+    if edits.is_symlink() and not inside(store.root, edits):
+        problem(edits, "edit", "refused: a link out of the run directory")
+    folders = sorted(p for p in edits.iterdir() if not p.name.startswith(".")) if edits.is_dir() else []
+    for name in inventory.get("edits", []) if isinstance(inventory.get("edits"), list) else []:
+        if not (edits / str(name)).exists():
+            problem(edits / str(name), "edit", "missing (the run's summary lists it)")
+    for folder in folders:
+        report.checked += 1
+        row, _, target = folder.name.partition("__")
+        try:
+            verify_edit(folder, store.root, method=names.get(row), target=target or None, require_sums=new_run)
+        except DamagedFileError as exc:
+            problem(folder, "edit", str(exc))
     return report
 
 
@@ -122,7 +200,11 @@ def cmd_check(args) -> int:
         print(f"erasebench: error: {root}: not a run directory (no manifest.json, records/ or summary.json)",
               file=sys.stderr)
         return EXIT_USAGE
-    report = check_run(root)
+    try:
+        report = check_run(root)
+    except OSError as exc:  # a folder that cannot be listed, a file that vanished while read
+        print(f"erasebench: error: {root}: cannot be checked ({exc})", file=sys.stderr)
+        return EXIT_USAGE
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:

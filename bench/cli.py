@@ -30,6 +30,7 @@ from pathlib import Path
 from bench.errors import CLIError
 
 EXIT_USAGE = 2
+MAX_WORKERS = 256  # --workers: processes on one machine (issue 37: 1000000000 was accepted)
 
 
 # --------------------------------------------------------------------------- list
@@ -152,6 +153,8 @@ def _workers(value: str | None, config) -> int:
         workers = 0
     if workers < 1:
         raise CLIError(f"--workers {value}: give a positive number of processes or 'auto'")
+    if workers > MAX_WORKERS:  # each process loads the model: a typo such as 1000000000 must not start them
+        raise CLIError(f"--workers {value}: at most {MAX_WORKERS} processes on one machine")
     if workers > 1 and under_launcher():
         raise CLIError(f"--workers {workers} under torchrun / accelerate: the launcher already started the processes; "
                        "drop --workers")
@@ -386,12 +389,29 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return args.func(args)
-    except Exception as exc:
-        if not _is_user_error(exc):
-            raise
+    except KeyboardInterrupt:
+        print("erasebench: error: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001  (one named line, never a traceback; ERASEBENCH_DEBUG=1 shows it)
+        return _report_error(exc)
+
+
+def _report_error(exc: Exception) -> int:
+    """One ``erasebench: error:`` line per problem: a user's error (bad input, a damaged file) exits 2; a full disk,
+    a vanished folder or too deep a structure exits 1 with its name; anything else is called a bug (exit 1)."""
+    if _is_user_error(exc):
         for line in str(exc).splitlines() or [type(exc).__name__]:
             print(f"erasebench: error: {line}", file=sys.stderr)
         return EXIT_USAGE
+    if os.environ.get("ERASEBENCH_DEBUG"):
+        raise exc
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    if isinstance(exc, (OSError, RecursionError, MemoryError)):  # a full disk (DiskFullError), a folder that vanished
+        print(f"erasebench: error: {type(exc).__name__}: {first}".rstrip(": "), file=sys.stderr)
+        return 1
+    print(f"erasebench: error: {type(exc).__name__}: {first} (an erasebench bug: please report it; "
+          "ERASEBENCH_DEBUG=1 shows the traceback)", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

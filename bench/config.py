@@ -33,22 +33,78 @@ class ConfigError(ValueError):
 # Every model rejects NaN and infinities: no number in a run config means anything as one.
 STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 
+# Bounds (issue 37): a config is checked whole before anything is written or a model loads; past these a run
+# could not finish (images_per_prompt: 1e30) or its files could not be named (a 5,000-character label).
+MAX_NAME = 100  # characters of a method name, label or target: part of file names (method__target__task.parquet)
+MAX_TEXT = 1000  # characters of any other string (a prompt, a path)
+MAX_DEPTH = 16  # nesting of lists and mappings in a config (method and attack params)
+MAX_ITEMS = 10_000  # items of one list or mapping
+MAX_IMAGES_PER_PROMPT = 10_000
+MAX_BATCH = 4096
+INT64 = 2**63 - 1
 
-def _one_line_name(v: str | None, what: str) -> str | None:
+
+def _one_line_name(v: str | None, what: str, limit: int = MAX_NAME) -> str | None:
     if v is None:
         return v
     if not v.strip():
         raise ValueError(f"{what} is empty")
+    if len(v) > limit:
+        raise ValueError(f"{what} is {len(v)} characters long; at most {limit}")
     if any(not ch.isprintable() for ch in v):
-        raise ValueError(f"{what} {v!r} holds a control character (a newline, a tab...); write it on one line")
+        raise ValueError(f"{what} {v[:40]!r} holds a control character (a newline, a tab, NUL...); write it on one "
+                         "line")
     return v
+
+
+def value_problems(value: Any, where: str, depth: int = 0) -> list[str]:
+    """Problems of a free-form config value (method and attack ``params``): NaN or infinite numbers, strings with
+    control characters or longer than :data:`MAX_TEXT`, integers beyond 64 bits, nesting deeper than
+    :data:`MAX_DEPTH`, more than :data:`MAX_ITEMS` items. Iterative over the levels it accepts."""
+    import math
+
+    if depth > MAX_DEPTH:
+        return [f"{where}: nested more than {MAX_DEPTH} levels deep"]
+    if isinstance(value, bool) or value is None:
+        return []
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [f"{where}: {value} is not a finite number"]
+    if isinstance(value, int):
+        return [] if abs(value) <= INT64 else [f"{where}: {value} is beyond the 64-bit integers"]
+    if isinstance(value, str):
+        if len(value) > MAX_TEXT:
+            return [f"{where}: a string of {len(value)} characters; at most {MAX_TEXT}"]
+        return [f"{where}: holds a control character"] if any(not ch.isprintable() for ch in value) else []
+    if isinstance(value, (list, tuple, dict)):
+        if len(value) > MAX_ITEMS:
+            return [f"{where}: {len(value)} items; at most {MAX_ITEMS}"]
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        out = []
+        for k, v in items:
+            if isinstance(value, dict) and not isinstance(k, str):
+                out.append(f"{where}: key {k!r} is not a string")
+                continue
+            out += value_problems(v, f"{where}[{k}]" if isinstance(k, int) else f"{where}.{k}", depth + 1)
+        return out
+    return [f"{where}: a {type(value).__name__} is not a config value"]
+
+
+def _free_form(v: dict[str, Any], what: str) -> dict[str, Any]:
+    problems = value_problems(v, what)
+    if problems:
+        raise ValueError("; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""))
+    return v
+
+
+def _text(v: str | None, what: str) -> str | None:
+    return v if v is None else _one_line_name(v, what, MAX_TEXT)
 
 
 class SamplerSpec(BaseModel):
     model_config = STRICT
     name: Literal["ddim", "dpm", "default"] = "ddim"
     steps: int = Field(25, ge=1, le=1000)
-    guidance: float = Field(5.0, ge=0.0)
+    guidance: float = Field(5.0, ge=0.0, le=1000.0)
     eta: float = Field(0.0, ge=0.0, le=1.0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "fp32"  # the UNet's precision while sampling
     # the UNet's attention while sampling: auto = the measured choice for the device (bench.backbone)
@@ -76,6 +132,31 @@ class MethodSpec(BaseModel):
     def _label(cls, v: str | None) -> str | None:
         return _one_line_name(v, "label")
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _one_line_name(v, "name")
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _free_form(v, "params")
+
+    @field_validator("edit", "anchor")
+    @classmethod
+    def _strings(cls, v: str | None) -> str | None:
+        return v if v is None or v == "" else _text(v, "value")
+
+    @field_validator("preserve", "target_prompts")
+    @classmethod
+    def _prompt_lists(cls, v: list[str] | None) -> list[str] | None:
+        for p in v or []:
+            if p:
+                _text(p, "prompt")
+        if v is not None and len(v) > MAX_ITEMS:
+            raise ValueError(f"{len(v)} prompts; at most {MAX_ITEMS}")
+        return v
+
     @property
     def row_name(self) -> str:
         return self.label or self.name
@@ -86,26 +167,52 @@ class AttackSpec(BaseModel):
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _one_line_name(v, "name")
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _free_form(v, "params")
+
 
 class RunConfig(BaseModel):
     model_config = STRICT
     model: str = "mini"
-    seed: int = 0
+    seed: int = Field(0, ge=-INT64, le=INT64)
     sampler: SamplerSpec | None = None  # default: the suite's sampler
-    methods: list[MethodSpec] | None = None  # default: every registered erasure method with its defaults
-    targets: list[str] = Field(default_factory=lambda: ["circle"], min_length=1)
+    # default: every registered erasure method with its defaults
+    methods: list[MethodSpec] | None = Field(None, min_length=1, max_length=1000)
+    targets: list[str] = Field(default_factory=lambda: ["circle"], min_length=1, max_length=1000)
     kind: Literal["object", "style", "colour", "nudity", "identity"] | None = None
     anchor: str | None = None  # None: the method's recipe (or "", the empty prompt, where it has none)
     preserve: list[str] | None = None  # None: the method's recipe (or nothing to preserve)
     suite: str = "mini-quick"
     tier: str | None = None
-    images_per_prompt: int | None = Field(None, ge=1)
-    batch_size: int = Field(64, ge=1)
+    images_per_prompt: int | None = Field(None, ge=1, le=MAX_IMAGES_PER_PROMPT)
+    batch_size: int = Field(64, ge=1, le=MAX_BATCH)
     device: str = "cpu"
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    attacks: list[AttackSpec] | None = None  # default: the suite's attacks
+    attacks: list[AttackSpec] | None = Field(None, max_length=1000)  # default: the suite's attacks
     cache_dir: str | None = None
     data_dir: str | None = None  # local copies of prompt files (offline use)
+
+    @field_validator("model", "suite", "tier", "cache_dir", "data_dir", "anchor")
+    @classmethod
+    def _strings(cls, v: str | None) -> str | None:
+        return v if v is None or v == "" else _text(v, "value")
+
+    @field_validator("preserve")
+    @classmethod
+    def _prompt_list(cls, v: list[str] | None) -> list[str] | None:
+        for p in v or []:
+            if p:
+                _text(p, "prompt")
+        if v is not None and len(v) > MAX_ITEMS:
+            raise ValueError(f"{len(v)} prompts; at most {MAX_ITEMS}")
+        return v
 
     @field_validator("device")
     @classmethod
@@ -138,11 +245,28 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def _depth_problem(data: Any) -> str | None:
+    """A config nested deeper than :data:`MAX_DEPTH` (checked without recursion), or None."""
+    stack = [(data, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH + 2:  # params sit two levels down (methods[i].params)
+            return f"nested more than {MAX_DEPTH} levels deep"
+        if isinstance(value, dict):
+            stack += [(v, depth + 1) for v in value.values()]
+        elif isinstance(value, (list, tuple)):
+            stack += [(v, depth + 1) for v in value]
+    return None
+
+
 def parse_config(data: Any, source: str = "config") -> RunConfig:
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: a run config is a YAML mapping, got {type(data).__name__}")
+    deep = _depth_problem(data)
+    if deep:
+        raise ConfigError(f"{source}: {deep}")
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
@@ -162,6 +286,8 @@ def read_config_file(path: str | Path) -> Any:
         raise ConfigError(f"{path}: cannot be read ({exc})") from None
     try:
         data = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply (a config nests at most {MAX_DEPTH} levels)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

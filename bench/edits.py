@@ -88,6 +88,8 @@ def edited_backbone(base: Backbone, row: str, spec, method, request, store: RunS
         return edited, {"load_seconds": time.perf_counter() - t0}
     if method.family == "inference-time" or not components:
         return _apply(_in_unit_folder(method, saved), base, request)
+    if saved.exists() or saved.is_symlink():  # the run's own edit: whole, inside the run, of this method and target
+        _verify_saved(saved, store, spec.name, request.targets[0])
     if (saved / "edit.json").exists():
         return _attach_hooks(apply_saved_edit(base.copy(), saved), method, request), {}
     lock = FileLock(store.locks_dir / f"edit-{saved.name}.lock")
@@ -107,12 +109,29 @@ def edited_backbone(base: Backbone, row: str, spec, method, request, store: RunS
         lock.release()
 
 
+def _verify_saved(saved: Path, store: RunStore, method: str, target: str) -> None:
+    """DamagedFileError (one line, with the remedy) for a saved edit of the run that is damaged, that leads out of
+    the run through a link, or that is another method's or another target's edit (issue 37). A folder without
+    edit.json is a save that never finished: it is computed again (under the unit's lock)."""
+    from bench.store import DamagedFileError, verify_edit
+
+    if not saved.is_symlink() and not (saved / "edit.json").exists():
+        return
+    manifest = store.read_manifest() or {}
+    try:
+        verify_edit(saved, store.root, method=method, target=target, require_sums="store_format" in manifest)
+    except DamagedFileError as exc:
+        raise DamagedFileError(f"{exc}; delete {saved} and run the same command again to compute the edit "
+                               "again") from None
+
+
 def saved_cost(folder: Path) -> dict:
     """The cost figures saved in an edit folder's ``edit.json`` by the worker that computed it ({} if none)."""
     try:
-        cost = json.loads((folder / "edit.json").read_text()).get("cost")
+        meta = json.loads((folder / "edit.json").read_text())
     except (OSError, ValueError):
         return {}
+    cost = meta.get("cost") if isinstance(meta, dict) else None
     return dict(cost) if isinstance(cost, dict) else {}
 
 

@@ -8,7 +8,7 @@ Images come from :func:`bench.generate.generate` through the run's image cache (
 from __future__ import annotations
 
 import dataclasses
-import os
+import io
 from pathlib import Path
 
 import pandas as pd
@@ -21,7 +21,7 @@ from bench.generate import ImageCache, generate
 from bench.merging import parquet_safe, part_path
 from bench.planning import RunPlan, WorkItem
 from bench.run_checks import ResolvedRun
-from bench.store import RunStore
+from bench.store import RunStore, atomic_write_bytes
 from bench.suites import Task
 
 
@@ -139,10 +139,9 @@ def run_part(item: WorkItem, plan: RunPlan, store: RunStore, resolved: ResolvedR
                 records = records.drop(columns=column)
             records.insert(position, column, value)
         path = part_path(store, row, target, name, item.part)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        parquet_safe(records).to_parquet(tmp, index=False)
-        os.replace(tmp, path)
+        buf = io.BytesIO()
+        parquet_safe(records).to_parquet(buf, index=False)
+        atomic_write_bytes(path, buf.getvalue())  # a full disk: DiskFullError, no half part left (issue 37)
 
 
 def run_attack(item: WorkItem, store: RunStore, resolved: ResolvedRun, base: Backbone, base_fp: str,

@@ -20,15 +20,13 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
-from PIL import Image
-from PIL.PngImagePlugin import PngInfo
 from tqdm.auto import tqdm
 
 from bench.backbone import (
@@ -40,6 +38,7 @@ from bench.backbone import (
     using_memory_format,
     using_weights,
 )
+from bench.store import PIXEL_SHA256, read_keyed_png, write_keyed_png  # noqa: F401  (PIXEL_SHA256: re-exported)
 
 
 @dataclass(frozen=True)
@@ -335,10 +334,13 @@ class ImageCache:
         return self.root / key[:2] / f"{key}.png"
 
     def get(self, key: str) -> np.ndarray | None:
+        """The cached image of ``key``, or None. An image that is damaged, that carries another key than ``key`` (a
+        swapped or foreign file) or none, or that leads out of the cache folder through a link, is reported and
+        counts as absent (issue 37: the key is bound to the pixels in :mod:`bench.store`)."""
         p = self.path(key)
-        if not p.exists():
+        if not p.exists() and not p.is_symlink():
             return None
-        image, problem = read_checked_png(p)
+        image, problem = read_keyed_png(p, key, root=self.root)
         if problem is not None:
             logging.getLogger(__name__).warning("erasebench: warning: %s: damaged image (%s); generating it again",
                                                 p, problem)
@@ -346,34 +348,16 @@ class ImageCache:
 
     def put(self, key: str, image: np.ndarray) -> Path:
         p = self.path(key)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(f".{os.getpid()}.tmp")
-        info = PngInfo()
-        info.add_text(PIXEL_SHA256, _pixel_sha256(np.ascontiguousarray(image)))
-        Image.fromarray(image).save(tmp, format="PNG", pnginfo=info)
-        os.replace(tmp, p)
-        return p
+        if p.is_symlink() or p.is_dir():  # a link or folder put there: replaced by the image itself
+            p.unlink() if p.is_symlink() else shutil.rmtree(p)
+        return write_keyed_png(p, key, image)
 
 
-PIXEL_SHA256 = "erasebench-pixels-sha256"  # PNG text key: SHA-256 of the uint8 pixels (with their shape)
-
-
-def _pixel_sha256(pixels: np.ndarray) -> str:
-    return hashlib.sha256(f"{pixels.shape}".encode() + pixels.tobytes()).hexdigest()
-
-
-def read_checked_png(path: Path) -> tuple[np.ndarray | None, str | None]:
-    """``(pixels [H,W,3] uint8, None)``, or ``(None, problem)`` when the PNG does not decode whole or its pixels
-    differ from the checksum it carries (images written before checksums carry none and are only decoded)."""
-    try:
-        with Image.open(path) as im:
-            pixels = np.asarray(im.convert("RGB"))
-            expected = im.info.get(PIXEL_SHA256)
-    except (OSError, SyntaxError, ValueError) as exc:  # truncated, not a PNG, a bad chunk
-        return None, str(exc) or type(exc).__name__
-    if expected is not None and _pixel_sha256(np.ascontiguousarray(pixels)) != expected:
-        return None, "its pixels differ from the checksum kept when it was written"
-    return pixels, None
+def read_checked_png(path: Path, key: str | None = None, root: Path | None = None,
+                     ) -> tuple[np.ndarray | None, str | None]:
+    """``(pixels [H,W,3] uint8, None)``, or ``(None, problem)``: see :func:`bench.store.read_keyed_png` (the key
+    defaults to the file name's)."""
+    return read_keyed_png(Path(path), key, root=root)
 
 
 def image_key(model_fingerprint: str, prompt: str, negative_prompt: str, seed: int, sampler: SamplerConfig,

@@ -146,6 +146,14 @@ def _check(config: RunConfig, skip: set[str] = frozenset(), index: dict[str, lis
                               "earlier run (RUN/edits/<method>__<target>)")
             elif not (folder / "edit.json").is_file():
                 errors.append(f"methods[{i}].edit: {spec.edit!r} is not a saved edit (no edit.json)")
+            else:  # whole (SHA256SUMS), readable, and an edit of this method for every target (issue 37)
+                from bench.store import DamagedFileError, verify_edit
+
+                try:
+                    for target in config.targets:
+                        verify_edit(folder, method=spec.name, target=target)
+                except DamagedFileError as exc:
+                    errors.append(f"methods[{i}].edit: {exc}")
         if "__" in row:  # file names join method, target and task with "__"
             errors.append(f"methods[{i}]: row name {row!r} contains '__'; give a 'label' without it")
         if row in rows:

@@ -13,14 +13,15 @@ Hub's own CLI: ``hf upload USER/NAME DIR --repo-type dataset``.
 from __future__ import annotations
 
 import argparse
+import io
 import json
-import shutil
 import sys
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
+from bench.store import inside
 from leaderboard.aggregate import load_runs, run_labels
 from leaderboard.render import render_markdown
 
@@ -80,40 +81,54 @@ records = load_dataset("PATH_OR_REPO", "records", split="train").to_pandas()
 
 def export(runs: list[Path], out: Path, license: str = "cc-by-4.0", pretty_name: str = "erasebench results",
            images: int = 0) -> Path:
-    """Write the dataset folder ``out`` from the run directories ``runs``; returns ``out``."""
-    from bench.store import RunStore, atomic_write_bytes
+    """Write the dataset folder ``out`` from the run directories ``runs``; returns ``out``.
+
+    Every file is read (and verified against its checksum) before anything is written, and only from inside its
+    run directory: an ``image_path`` that leads out of its run (``..``, an absolute path, a link out) is a
+    DamagedFileError naming it. Nothing is written outside ``out``."""
+    from bench.store import DamagedFileError, RunStore, atomic_write_bytes, inside, read_keyed_png
 
     runs = [Path(r) for r in runs]
-    board = load_runs(runs)  # validates every summary.json (one clear error otherwise)
-    labels = run_labels(runs)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    summaries, records, manifests = [], [], []
+    summaries, records, manifests, copies = [], [], [], []
+    labels = run_labels(runs)
     for run, label in zip(runs, labels):
-        rows = json.loads((run / "summary.json").read_text())["rows"]
-        summaries.append(pd.DataFrame(rows).assign(run=label))
-        manifest = json.loads((run / "manifest.json").read_text()) if (run / "manifest.json").exists() else {}
+        store = RunStore(run)
+        summaries.append(store.read_summary().assign(run=label))
+        manifest = store.read_manifest() or {}
         manifests.append((label, manifest))
-        (out / "manifests").mkdir(exist_ok=True)
-        atomic_write_bytes(out / "manifests" / f"{_safe(label)}.json", json.dumps(manifest, indent=2).encode())
-        df = RunStore(run).all_records()
+        df = store.all_records()
         if not df.empty:
             records.append(df.assign(run=label))
-            if images:
+            if images and "image_path" in df.columns:
                 sample = df.groupby(["method", "target", "task"], sort=False).head(images)
                 for rel in sample["image_path"].dropna().unique():
+                    rel = Path(str(rel))
                     src = run / rel
+                    dst = out / "images" / _safe(label) / rel
+                    if rel.is_absolute() or ".." in rel.parts or not inside(run, src):
+                        raise DamagedFileError(f"{src}: refused: a record's image_path leads out of the run "
+                                               "directory")
                     if src.is_file():
-                        dst = out / "images" / _safe(label) / rel
-                        dst.parent.mkdir(parents=True, exist_ok=True)
-                        shutil.copyfile(src, dst)
+                        _, problem = read_keyed_png(src, root=run, require_key=False)
+                        if problem is not None:
+                            raise DamagedFileError(f"{src}: damaged: {problem}")
+                        copies.append((src, dst))
+    board = load_runs(runs)  # the summaries verified above; one clear error for a malformed one
+    text = card(render_markdown(board), manifests, license, pretty_name, images)
     summary = pd.concat(summaries, ignore_index=True)
     summary = summary[["run", *[c for c in summary.columns if c != "run"]]]
-    summary.to_parquet(out / "summary.parquet", index=False)
     recs = pd.concat(records, ignore_index=True) if records else pd.DataFrame({"run": []})
     recs = recs[["run", *[c for c in recs.columns if c != "run"]]]
-    recs.to_parquet(out / "records.parquet", index=False)
-    text = card(render_markdown(board), manifests, license, pretty_name, images)
+    out.mkdir(parents=True, exist_ok=True)
+    for label, manifest in manifests:
+        atomic_write_bytes(out / "manifests" / f"{_safe(label)}.json", json.dumps(manifest, indent=2).encode())
+    for src, dst in copies:
+        atomic_write_bytes(dst, src.read_bytes())
+    for name, df in (("summary.parquet", summary), ("records.parquet", recs)):
+        buf = io.BytesIO()
+        df.to_parquet(buf, index=False)
+        atomic_write_bytes(out / name, buf.getvalue())
     atomic_write_bytes(out / "README.md", text.encode())
     return out
 
@@ -121,10 +136,24 @@ def export(runs: list[Path], out: Path, license: str = "cc-by-4.0", pretty_name:
 def cmd_export(args) -> int:
     from bench.cli import EXIT_USAGE
 
+    problems = []
     for run in args.runs:
         if not (Path(run) / "summary.json").is_file():
-            print(f"erasebench: error: {run}: no summary.json (not a finished erasebench run)", file=sys.stderr)
-            return EXIT_USAGE
+            problems.append(f"{run}: no summary.json (not a finished erasebench run)")
+    if args.out.exists() and not args.out.is_dir():
+        problems.append(f"--out {args.out}: is a file; give a folder (new, or one written by export)")
+    if args.images < 0:
+        problems.append(f"--images {args.images}: give 0 or more images per (method, target, task)")
+    for flag, value in (("--name", args.name), ("--license", args.license)):
+        if len(value) > 200 or any(not ch.isprintable() for ch in value):
+            problems.append(f"{flag}: at most 200 printable characters on one line")
+    for run in args.runs:
+        if (Path(run) / "summary.json").is_file() and inside(Path(run), args.out):
+            problems.append(f"--out {args.out}: inside the run {run}; give a folder outside it")
+    if problems:
+        for line in problems:
+            print(f"erasebench: error: {line}", file=sys.stderr)
+        return EXIT_USAGE
     path = export(args.runs, args.out, license=args.license, pretty_name=args.name, images=args.images)
     print(f"wrote {path} (summary.parquet, records.parquet, README.md, manifests/)")
     print(f"publish: hf upload USER/NAME {path} --repo-type dataset")

@@ -190,6 +190,14 @@ def thumbnail_uri(path: Path, blur: bool, size: int = THUMB) -> str | None:
     return png_data_uri(buf.getvalue())
 
 
+def own_image(run_dir: Path, path: Path) -> bool:
+    """Whether ``path`` is an image of the run ``run_dir`` that may be shown: inside it once links are resolved,
+    whole, and carrying its own key (a swapped or foreign image is not shown; issue 37)."""
+    from bench.store import inside, read_keyed_png
+
+    return inside(run_dir, path) and read_keyed_png(path, root=run_dir, require_key=False)[1] is None
+
+
 # --------------------------------------------------------------------------- plot
 # Where a point's label may go, in points from the point (tried in order; farther rings after the near one).
 LABEL_OFFSETS = [(dx * r, dy * r) for r in (1, 2, 3.5, 5) for dx, dy in
@@ -466,7 +474,8 @@ def grids_html(board: Leaderboard, show_unsafe: bool, max_images: int) -> tuple[
                         stats["missing"] += 1
                         continue
                     blur = bool(rec["_unsafe"]) and not show_unsafe
-                    uri = thumbnail_uri(Path(rec["run_dir"]) / str(rec["image_path"]), blur=blur)
+                    src = Path(rec["run_dir"]) / str(rec["image_path"])
+                    uri = thumbnail_uri(src, blur=blur) if own_image(Path(rec["run_dir"]), src) else None
                     if uri is None:
                         out.append('<td class="missing" title="image file missing"></td>')
                         stats["missing"] += 1
