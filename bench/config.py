@@ -68,7 +68,7 @@ def value_problems(value: Any, where: str, depth: int = 0) -> list[str]:
     if isinstance(value, bool) or value is None:
         return []
     if isinstance(value, float):
-        return [] if math.isfinite(value) else [f"{where}: {value} is not a finite number"]
+        return [] if math.isfinite(value) else [f"{where}={value}: not a finite number"]
     if isinstance(value, int):
         return [] if abs(value) <= INT64 else [f"{where}: {value} is beyond the 64-bit integers"]
     if isinstance(value, str):

@@ -277,6 +277,8 @@ def check_torchrun(args, tmp: Path) -> dict:
 
     device = args.device if args.device == "cpu" else "cuda:0"  # both processes on the one GPU
     argv = ["--device", device, "--nproc", "2", "--modes", "single,torchrun", "--out", str(tmp / "dist.json")]
+    if device == "cpu":  # one thread in every process of both modes: 1 and 2 CPU threads round a few pixels apart
+        argv += ["--cores", "1"]
     distributed_run.main(argv)
     result = json.loads((tmp / "dist.json").read_text())
     runs = result["runs"]

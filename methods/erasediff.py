@@ -201,7 +201,7 @@ class EraseDiff(ft.FinetuneMethod):
         self.stats = ft.stats_from(
             result, trained_parameters=sum(p.numel() for p in params.values()),
             unet_forward=done * cfg.batch_size * 3 + 2 * cfg.num_images * cfg.sample_steps * 2,
-            unet_backward=done * cfg.batch_size, deviations="; ".join(self.deviations),
+            unet_backward=done * cfg.batch_size, deviations="; ".join(d["what"] for d in self.deviations_for()),
         )
         self.record_edit(edited, cfg, request)
         return edited

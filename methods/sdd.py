@@ -174,7 +174,7 @@ class SDD(ft.FinetuneMethod):
         done = result.steps - result.resumed_from
         self.stats = ft.stats_from(
             result, trained_parameters=sum(p.numel() for p in params.values()),
-            unet_forward=done * (2 + cfg.ddim_steps), unet_backward=done, deviations="; ".join(self.deviations),
+            unet_forward=done * (2 + cfg.ddim_steps), unet_backward=done, deviations="; ".join(d["what"] for d in self.deviations_for()),
         )
         self.record_edit(student, cfg, request)
         return student

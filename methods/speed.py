@@ -287,6 +287,6 @@ class SPEED(Method):
                     continue
                 w = layer.weight.detach().double()
                 layer.weight.copy_((w + speed_delta(w, s_tt, s_at, rows, k_rows, cfg, gen)).to(layer.weight.dtype))
-        self.stats = {"retain_rows": len(rows), "retain_concepts": len(retain), "deviations": "; ".join(self.deviations)}
+        self.stats = {"retain_rows": len(rows), "retain_concepts": len(retain), "deviations": "; ".join(d["what"] for d in self.deviations_for())}
         record_edit(self, edited, request, time.perf_counter() - start)
         return edited

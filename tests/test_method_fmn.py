@@ -41,7 +41,7 @@ def test_registered_with_the_official_defaults_and_recipes():
         "object": ["a photo of {concept}"], "identity": ["a photo of {concept}"],
         "style": ["a photo in the style of {concept}"]}
     assert all(set(r.params) <= set(r.sources) for r in cls.recipes.values())
-    assert len(cls.deviations) == 3 and all(isinstance(d, str) for d in cls.deviations)
+    assert len(cls.deviations) == 3 and all(d["what"] and d["official"] for d in cls.deviations_for())
 
 
 def test_concept_positions_are_the_concepts_tokens_and_end_of_text(mini_backbone):

@@ -16,6 +16,7 @@ import torch
 from bench.backbone import ADAPTER_ATTR, load_backbone
 from bench.generate import generate
 from bench.mini.probe import MINI_SAMPLER
+from bench.store import EDIT_SUMS
 from methods import METHODS, ErasureRequest, get_method
 from methods.spm import SPMAdapter, SPMConfig, adapted_layers, official_anchor_rows
 from tests.sd_fixtures import tiny_sd  # noqa: F401  (fixture)
@@ -85,7 +86,7 @@ def test_the_saved_edit_is_the_adapter_and_reloads_onto_the_base(mini_backbone, 
     _, edited = tiny_edit
     folder = edited.save_edit(tmp_path / "edit", components=("unet",))
     files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    assert files == ["adapter/unet/adapter.json", "adapter/unet/adapter.safetensors", "edit.json"]
+    assert files == [EDIT_SUMS, "adapter/unet/adapter.json", "adapter/unet/adapter.safetensors", "edit.json"]
     assert (folder / "adapter" / "unet" / "adapter.safetensors").stat().st_size < 200_000  # not a UNet
     assert json.loads((folder / "edit.json").read_text())["adapters"] == {"unet": "spm"}
     reloaded = load_backbone("mini", edit=folder)

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from bench.backbone import load_backbone
+from bench.store import EDIT_SUMS
 from methods import METHODS, ErasureRequest, get_method
 from methods import _finetune as ft
 from methods.advunlearn import AdvUnlearnConfig
@@ -251,7 +252,7 @@ def test_trained_edit_saves_its_component_and_reloads(mini, name, tmp_path):
     components = getattr(method, "edited_components", ("unet",))
     folder = edited.save_edit(tmp_path / "edit", components=components)
     saved = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
-    assert {s.split("/")[0] for s in saved} == {*components, "edit.json"}
+    assert {s.split("/")[0] for s in saved} == {*components, "edit.json", EDIT_SUMS}  # EDIT_SUMS: the checksums
     assert any(s.endswith(".safetensors") for s in saved) and not any(s.endswith((".bin", ".pt")) for s in saved)
     reloaded = load_backbone("mini", edit=folder)
     assert reloaded.fingerprint() == edited.fingerprint() != mini.fingerprint()
