@@ -90,7 +90,7 @@ def _sync(device) -> None:
 
 def build_model(folder: Path, tiny: bool, device: str) -> Path:
     """The SD-1.4-shaped random model (fp16 safetensors), or the tests' tiny one."""
-    from cad_sd_timing import build_random_sd
+    from benchmarks._sd import build_random_sd
 
     if not (folder / "unet").is_dir():
         build_random_sd(folder, "tiny" if tiny else "sd14", device if not tiny else "cpu")
