@@ -24,10 +24,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-hypothesis = pytest.importorskip("hypothesis")  # declared in the test extras
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings  # a test dependency (pyproject's test extra): never skipped
+from hypothesis import strategies as st
 
 CONFIG_EXAMPLES = max(300, int(os.environ.get("ERASEBENCH_FUZZ_EXAMPLES", "300")))
 DAMAGE_EXAMPLES = max(40, int(os.environ.get("ERASEBENCH_FUZZ_EXAMPLES", "0")) // 5)
