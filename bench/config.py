@@ -116,10 +116,25 @@ class SamplerSpec(BaseModel):
     weights: Literal["auto", "fp32", "cast"] = "auto"
 
 
-class MethodSpec(BaseModel):
+class _NamedWithParams(BaseModel):
+    """A registry name with free-form params (a method or an attack of the config): both bounded the same way."""
+
     model_config = STRICT
     name: str
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _one_line_name(v, "name")
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _free_form(v, "params")
+
+
+class MethodSpec(_NamedWithParams):
     label: str | None = None  # the row name when one method appears with several settings
     edit: str | None = None  # a folder saved by Backbone.save_edit: load it instead of applying the method
     # the recipe's prompt sets replaced for this method ("{concept}" is the target); None: the recipe's
@@ -131,16 +146,6 @@ class MethodSpec(BaseModel):
     @classmethod
     def _label(cls, v: str | None) -> str | None:
         return _one_line_name(v, "label")
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return _one_line_name(v, "name")
-
-    @field_validator("params")
-    @classmethod
-    def _params(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return _free_form(v, "params")
 
     @field_validator("edit", "anchor")
     @classmethod
@@ -162,20 +167,8 @@ class MethodSpec(BaseModel):
         return self.label or self.name
 
 
-class AttackSpec(BaseModel):
-    model_config = STRICT
-    name: str
-    params: dict[str, Any] = Field(default_factory=dict)
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return _one_line_name(v, "name")
-
-    @field_validator("params")
-    @classmethod
-    def _params(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return _free_form(v, "params")
+class AttackSpec(_NamedWithParams):
+    pass
 
 
 class RunConfig(BaseModel):
