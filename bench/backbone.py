@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # diffusers and transformers load when a model does (`erasebe
     from diffusers import AutoencoderKL, SchedulerMixin, UNet2DConditionModel
     from transformers import CLIPTextModel, PreTrainedTokenizerBase
 
-MINI_MODEL_DIR = Path(__file__).resolve().parent / "mini" / "weights" / "model"
+MINI_MODEL_DIR = Path(__file__).resolve().parent / "worlds" / "v1" / "weights" / "model"
 MARKER = "erasebench.json"
 COMPONENTS = ("unet", "text_encoder", "tokenizer", "scheduler", "vae")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -47,7 +47,7 @@ ADAPTER_ATTR = "erasebench_adapter"
 #   benchmarks/results/generate_vs_diffusers_cpu_fp32.json), 16 images x 5 DDIM steps took 4.7-5.3 CPU s
 #   with sdpa against 6.5-7.0 with math on an SD-shaped model, and 1.39 against 1.40-1.56 on the mini model.
 # - CPU gradients: math (its backward was several times faster than SDPA's on CPU when the mini model
-#   was trained, bench/mini/train.py); load_backbone leaves it set for the methods that train.
+#   was trained, bench/worlds/v1/train.py); load_backbone leaves it set for the methods that train.
 # - CUDA: sdpa for both (diffusers' default; flash / memory-efficient kernels).
 ATTENTION = ("sdpa", "math")
 
@@ -425,7 +425,7 @@ def _resolve(model: str) -> tuple[str, bool]:
     if model == "mini":
         if not (MINI_MODEL_DIR / "unet").is_dir():
             raise BackboneLoadError(
-                f"the bundled mini model is missing at {MINI_MODEL_DIR}; reproduce it with `python -m bench.mini.train`"
+                f"the bundled mini model is missing at {MINI_MODEL_DIR}; reproduce it with `python -m bench.worlds.v1.train`"
             )
         return str(MINI_MODEL_DIR), True
     path = Path(model).expanduser()

@@ -23,7 +23,7 @@ from bench.store import RunStore
 
 def infer_kind(backbone: Backbone, target: str) -> str:
     if backbone.kind == "mini":
-        from bench.mini.world import MiniWorld
+        from bench.worlds.v1.world import MiniWorld
 
         try:
             return MiniWorld.load().kind_of(target)

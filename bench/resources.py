@@ -13,7 +13,7 @@ _PACKAGE = Path(__file__).resolve().parent
 
 
 def data_root() -> Path:
-    """The folder that holds ``suites/`` and ``mini/world.yaml``: ``bench/_datasets`` in an installed wheel, else
+    """The folder that holds ``suites/`` and ``worlds/<id>/world.yaml``: ``bench/_datasets`` in an installed wheel, else
     the checkout's ``datasets/``."""
     for candidate in (_PACKAGE / "_datasets", _PACKAGE.parent / "datasets"):
         if (candidate / "suites").is_dir():

@@ -233,7 +233,7 @@ def _target_errors(config: RunConfig, suite: Suite | None, skip: set[str]) -> li
     uses_target = suite is not None and any(
         t.prompts.get("source") == "mini" and t.prompts.get("set", "adherence") != "adherence" for t in suite.tasks)
     if config.model == "mini" and "model" not in skip and uses_target:
-        from bench.mini.world import MiniWorld
+        from bench.worlds.v1.world import MiniWorld
 
         world = MiniWorld.load()
         known = world.objects + world.colours + world.styles

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict:
     from bench.backbone import load_backbone
     from bench.evaluators.mini_classifier import MiniClassifierEvaluator
     from bench.generate import ImageCache, SamplerConfig, image_seed, resolve_precision
-    from bench.mini.prompts import build_set
+    from bench.worlds.v1.prompts import build_set
     from methods import METHODS
     from methods.base import ErasureRequest
 

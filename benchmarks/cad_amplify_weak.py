@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from bench.attribution import AttributionConfig, attribute, objective_value
     from bench.backbone import load_backbone
-    from bench.mini.probe import MINI_SAMPLER, probe
+    from bench.worlds.v1.probe import MINI_SAMPLER, probe
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="mini")
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.images == "world":
         import random
 
-        from bench.mini.world import MiniWorld
+        from bench.worlds.v1.world import MiniWorld
 
         world = MiniWorld.load()
         rng = random.Random(0)

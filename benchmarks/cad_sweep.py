@@ -1,7 +1,7 @@
 """Sweep CAD-Erase's selection rule (ratio x granularity) on the mini world and pick the mini default.
 
 For each target the attribution is computed once (the scores do not depend on the selection); every
-selection is then applied to the model, probed with :func:`bench.mini.probe.probe` (the mini-quick prompt
+selection is then applied to the model, probed with :func:`bench.worlds.v1.probe.probe` (the mini-quick prompt
 sets, classifier ground truth) and undone. The `none` row is measured in the same run.
 
 Bar (issue 4): erasure_rate >= 0.7 with other-object accuracy within 0.10 of `none`.
@@ -45,7 +45,7 @@ def passes_bar(row: dict, none: dict, erasure: float = 0.7, tolerance: float = 0
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from bench.mini.probe import probe
+    from bench.worlds.v1.probe import probe
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="mini")

@@ -5,7 +5,7 @@
 
 Each config is ItD's mini preset with a few fields changed. For each: the edit (its SAE trained once per
 distinct SAE config, kept in a temporary ``sae_dir`` and reused by the configs that share it), then
-:func:`bench.mini.probe.probe` on run seed ``TUNING_SEED`` (0): the target's erasure rate and other-object
+:func:`bench.worlds.v1.probe.probe` on run seed ``TUNING_SEED`` (0): the target's erasure rate and other-object
 accuracy, with the unedited model's figures as the reference. The effect test (tests/test_method_itd.py)
 measures the chosen preset on EFFECT_SEED, other images of the same prompts.
 """
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     from bench.backbone import load_backbone
-    from bench.mini.probe import probe
+    from bench.worlds.v1.probe import probe
     from methods import ErasureRequest, get_method
     from methods.itd import MINI_PRESET
 

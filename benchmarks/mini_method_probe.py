@@ -10,7 +10,7 @@
         # the effect tests' seed (tests/seeds.py) with twice their images; --sampler card: the model card's DDIM 25
 
 Each spec is ``name:{json params}``. Prints, per method, the target's erasure rate, the synonym
-erasure rate and other-object accuracy from :func:`bench.mini.probe.probe` (12 target / 12 synonym /
+erasure rate and other-object accuracy from :func:`bench.worlds.v1.probe.probe` (12 target / 12 synonym /
 14 other-object prompts x 2 images (``--images-per-prompt``), the mini-quick seeds and sampler (``--sampler
 card``: the model card's DDIM 25); ``--guidance`` changes its CFG scale), and the edit's wall time.
 
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     from bench.backbone import load_backbone
-    from bench.mini.probe import CARD_SAMPLER, MINI_SAMPLER, probe
+    from bench.worlds.v1.probe import CARD_SAMPLER, MINI_SAMPLER, probe
     from methods import ErasureRequest, get_method
 
     mini = load_backbone(args.model)

@@ -1,7 +1,7 @@
 """Adherence of a mini model folder under sampler variants (how x0 clipping and guidance were chosen).
 
-    python benchmarks/mini_sampler_probe.py bench/mini/weights/model --clip 0 1 --guidance 5
-    python -m bench.mini.train --out runs/mini-train --export /tmp/snap && \\
+    python benchmarks/mini_sampler_probe.py bench/worlds/v1/weights/model --clip 0 1 --guidance 5
+    python -m bench.worlds.v1.train --out runs/mini-train --export /tmp/snap && \\
         python benchmarks/mini_sampler_probe.py /tmp/snap --captions 96
 
 Samples one image per caption of the mini adherence set (288 captions, or an evenly spaced subset)
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", help="a mini model folder (e.g. bench/mini/weights/model) or 'mini'")
+    p.add_argument("model", help="a mini model folder (e.g. bench/worlds/v1/weights/model) or 'mini'")
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--clip", type=int, nargs="*", default=[0, 1], help="clip the predicted x0 (0/1)")
     p.add_argument("--guidance", type=float, nargs="*", default=[5.0])
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     from bench.backbone import load_backbone
     from bench.evaluators.mini_classifier import MiniClassifierEvaluator
     from bench.generate import SamplerConfig, generate, image_seed
-    from bench.mini.prompts import build_set
+    from bench.worlds.v1.prompts import build_set
 
     backbone = load_backbone(args.model)
     df = build_set("adherence", None)

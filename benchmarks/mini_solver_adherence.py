@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> dict:
                      "unet_rows_per_image": 2 * int(steps),  # uncond + cond at each step
                      "seconds_this_call": round(time.perf_counter() - t0, 1)})  # ~0 when the run was already there
         print(spec, {k: v["value"] for k, v in figures.items()}, flush=True)
-    from bench.mini.card import read_adherence
+    from bench.worlds.v1.card import read_adherence
 
     card = {task: value for task, (value, _) in read_adherence().items()}
     result = {"seed": args.seed, "card": {"sampler": "ddim:25", "seed": 0, "figures": card}, "rows": rows,

@@ -4,7 +4,7 @@
 
 Each config is SAFREE with its paper defaults (``preset="paper"``: alpha 0.01, self-validating filter, upper_step 10, the keywords as
 negative prompt) and the listed overrides. ``keywords`` "caption" is the world caption ("a circle"); "synonyms"
-adds the world's synonyms and indirect phrasing of the target (``datasets/mini/world.yaml``), passed as the
+adds the world's synonyms and indirect phrasing of the target (``datasets/worlds/v1/world.yaml``), passed as the
 request's target prompts. Per config: the probe's figures (erasure on the target prompts, on the captions that
 leave it out, other-object accuracy; 2 images a prompt), and the token detection on the target prompts: the
 share of prompts whose target word is detected as a trigger, and of other-object prompts with any trigger.
@@ -43,7 +43,7 @@ CONFIGS: list[tuple[str, dict, str]] = [  # (label, params, keywords)
 def synonyms(target: str) -> list[str]:
     import yaml
 
-    world = yaml.safe_load((Path(__file__).resolve().parent.parent / "datasets/mini/world.yaml").read_text())
+    world = yaml.safe_load((Path(__file__).resolve().parent.parent / "datasets/worlds/v1/world.yaml").read_text())
     for kind in ("objects", "styles"):
         entry = (world.get(kind) or {}).get(target) if isinstance(world.get(kind), dict) else None
         if entry:
@@ -54,7 +54,7 @@ def synonyms(target: str) -> list[str]:
 
 def detection(method, backbone, request, target: str) -> dict:
     """The share of target prompts whose target word is a trigger, and of other-object prompts with any trigger."""
-    from bench.mini.prompts import build_set
+    from bench.worlds.v1.prompts import build_set
 
     hook = method.guidance_hooks_for(request, backbone)[0]
     toxic = hook.toxic_projector(backbone)
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     from bench.backbone import load_backbone
-    from bench.mini.probe import probe
+    from bench.worlds.v1.probe import probe
     from methods import ErasureRequest, get_method
 
     mini = load_backbone("mini")

@@ -7,7 +7,7 @@
 
 Each config is ``name:{json params}`` over the method's mini defaults. For each it trains the edit (target circle,
 the other objects as the preserve set, as tests/test_method_spm.py and tests/test_method_ant.py do) and probes the
-target prompts and the other objects (:func:`bench.mini.probe.probe`, run seed ``--seed``, default TUNING_SEED 0):
+target prompts and the other objects (:func:`bench.worlds.v1.probe.probe`, run seed ``--seed``, default TUNING_SEED 0):
 erasure rate, other-object accuracy, edit seconds. Writes ``benchmarks/results/spm_ant_sweep.json`` (or ``--out``).
 Presets are chosen here on the tuning seed; the effect tests measure on EFFECT_SEED (tests/seeds.py).
 """
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     from bench.backbone import load_backbone
-    from bench.mini.probe import probe
+    from bench.worlds.v1.probe import probe
     from methods import ErasureRequest, get_method
 
     mini = load_backbone("mini")

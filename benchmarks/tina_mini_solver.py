@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     from bench.backbone import load_backbone
     from bench.evaluators.mini_classifier import MiniClassifierEvaluator
     from bench.generate import SamplerConfig, generate
-    from bench.mini.prompts import build_set
+    from bench.worlds.v1.prompts import build_set
     from methods import METHODS
     from methods.base import ErasureRequest
 

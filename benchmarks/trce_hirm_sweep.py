@@ -1,5 +1,5 @@
 """Choose the mini presets of TRCE and HiRM on the tuning seed: a handful of configs, each probed on the
-target's prompts and the other objects (``bench.mini.probe``, run seed ``TUNING_SEED``).
+target's prompts and the other objects (``bench.worlds.v1.probe``, run seed ``TUNING_SEED``).
 
     python benchmarks/trce_hirm_sweep.py --method trce --out benchmarks/results/trce_sweep_mini.json
     python benchmarks/trce_hirm_sweep.py --method hirm --out benchmarks/results/hirm_sweep_mini.json
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from bench.backbone import load_backbone
-from bench.mini.probe import probe
+from bench.worlds.v1.probe import probe
 from methods import ErasureRequest, get_method
 from tests.seeds import TUNING_SEED
 

@@ -32,8 +32,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     from bench.backbone import load_backbone
     from bench.generate import generate
-    from bench.mini.probe import MINI_SAMPLER
-    from bench.mini.prompts import build_set
+    from bench.worlds.v1.probe import MINI_SAMPLER
+    from bench.worlds.v1.prompts import build_set
     from methods import ErasureRequest, get_method
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.random_prefixes:
         import random
 
-        from bench.mini.world import MiniWorld
+        from bench.worlds.v1.world import MiniWorld
 
         vocab, rng = MiniWorld.load().vocabulary(), random.Random(args.seed)
         prefixes += [" ".join(rng.choice(vocab) for _ in range(3)) for _ in range(args.random_prefixes)]

@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from bench.backbone import load_backbone
     from bench.generate import SamplerConfig, generate, image_seed, resolve_precision
-    from bench.mini.prompts import build_set
+    from bench.worlds.v1.prompts import build_set
 
     mini = load_backbone("mini")
     sampler = SamplerConfig("ddim", steps=25, guidance=5.0, precision=resolve_precision("auto", mini.device))

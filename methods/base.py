@@ -289,9 +289,9 @@ def target_phrases(request: ErasureRequest, backbone: Backbone | None, template:
 
     ``template`` (``"{concept}"`` is replaced) wins; ``None`` gives the bare words, except on the mini
     model, which only ever saw world captions, where the kind's caption is used ("a circle",
-    :data:`bench.mini.prompts.CONCEPT_CAPTIONS`)."""
+    :data:`bench.worlds.v1.prompts.CONCEPT_CAPTIONS`)."""
     if template is None:
-        from bench.mini.prompts import CONCEPT_CAPTIONS
+        from bench.worlds.v1.prompts import CONCEPT_CAPTIONS
 
         mini = backbone is not None and backbone.kind == "mini"
         template = CONCEPT_CAPTIONS.get(request.kind, "{concept}") if mini else "{concept}"

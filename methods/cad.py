@@ -57,7 +57,7 @@ from bench.attribution import (
     select_parameters,
 )
 from bench.backbone import Backbone
-from bench.mini.prompts import CONCEPT_CAPTIONS
+from bench.worlds.v1.prompts import CONCEPT_CAPTIONS
 from methods.base import ErasureRequest, Method, MethodConfig, register_method, with_mini_preset
 from methods.recipes import Recipe
 

@@ -162,7 +162,7 @@ class ConceptPruneConfig(MethodConfig):
 
 # The mini model samples with 25 DDIM steps at guidance 5 (its first 5 steps are the paper's first 9 of 50), its
 # FF layers are 384-512 wide (1 % would be 3-5 inputs a row), and it only saw world captions, so the concept
-# prompts are the world's contexts (bench.mini.prompts.concept_contexts: "a red {}", "a striped blue {}").
+# prompts are the world's contexts (bench.worlds.v1.prompts.concept_contexts: "a red {}", "a striped blue {}").
 # Chosen from `benchmarks/mini_method_probe.py --ref --sets target,target-implicit,other-objects,other-styles,general
 # 'conceptprune:{"skill_ratio":0.02}' ...` (circle, 24 images a set, 48 general): skill ratio 0.02 / 0.05 / 0.1
 # (5 timesteps, references deleted) -> named-prompt erasure 0.00 / 0.00 / 0.00, implicit erasure 0.71 / 0.71 /
@@ -223,7 +223,7 @@ def resolve_config(config: ConceptPruneConfig, backbone: Backbone, kind: str,
     preset mini)."""
     if not uses_mini_preset(config, backbone):  # the world's contexts exist for the world's kinds only
         return config
-    from bench.mini.prompts import concept_contexts
+    from bench.worlds.v1.prompts import concept_contexts
 
     return with_mini_preset(config, backbone, {**MINI_PRESET, "templates": concept_contexts(kind)}, explicit)
 

@@ -257,7 +257,7 @@ def concept_mask(backbone: Backbone, templates: list[str], concepts: list[str], 
 
 
 def _mini_contexts(request: ErasureRequest) -> list[str]:
-    from bench.mini.prompts import concept_contexts, world
+    from bench.worlds.v1.prompts import concept_contexts, world
 
     return concept_contexts(world().kind_of(request.targets[0]))
 

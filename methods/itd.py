@@ -429,7 +429,7 @@ class ITD(Method):
         preserve = list(request.preserve)
         corpus: list[str] = []
         if backbone.kind == "mini":
-            from bench.mini.prompts import build_set, concept_contexts, world
+            from bench.worlds.v1.prompts import build_set, concept_contexts, world
 
             w = world()
             if not targets:

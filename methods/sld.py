@@ -28,7 +28,7 @@ both measured on the step-6000 model with ``benchmarks/mini_method_probe.py`` (c
 12 synonym / 14 other-object prompts x 2 images; the unedited model erases 0.00 and keeps other
 objects at 1.00):
 
-- the concept is phrased as a caption of the world ("a circle", :data:`bench.mini.prompts.CONCEPT_CAPTIONS`):
+- the concept is phrased as a caption of the world ("a circle", :data:`bench.worlds.v1.prompts.CONCEPT_CAPTIONS`):
   the model never saw a bare word, and "circle" alone steers nothing (erasure 0.00 at medium and at
   max) while "a circle" does;
 - the preset is ``max`` (``medium`` elsewhere, the diffusers default). With "a circle": medium 0.00,

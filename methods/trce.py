@@ -270,7 +270,7 @@ def eot_pairs(backbone: Backbone, concepts: list[str], anchor: str, templates: l
 
 def mini_contexts(request: ErasureRequest) -> list[str]:
     """The mini world's caption contexts of the target's kind ("a red {}", ...): the only phrasings it knows."""
-    from bench.mini.prompts import concept_contexts, world
+    from bench.worlds.v1.prompts import concept_contexts, world
 
     return concept_contexts(world().kind_of(request.targets[0]))
 

@@ -150,11 +150,11 @@ def mini_backbone():
 
 @pytest.fixture(scope="session")
 def effect_probe(mini_backbone, build_once):
-    """``effect_probe(backbone, target, sets, images_per_prompt=2)``: :func:`bench.mini.probe.probe` on the
+    """``effect_probe(backbone, target, sets, images_per_prompt=2)``: :func:`bench.worlds.v1.probe.probe` on the
     effect-test seed. The unedited model's figures are computed once per (target, set, images) and shared
     by every module that compares an edit with them; under pytest-xdist also by every worker of this test
     run (``build_once``: a JSON file written by the first worker that needs it)."""
-    from bench.mini.probe import probe
+    from bench.worlds.v1.probe import probe
 
     cache: dict[tuple, dict] = {}
 

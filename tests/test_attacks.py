@@ -44,7 +44,7 @@ def erased(mini_backbone):
 
 @pytest.fixture(scope="module")
 def prompts():
-    from bench.mini.prompts import build_set
+    from bench.worlds.v1.prompts import build_set
 
     return build_set("target", TARGET).iloc[::2].reset_index(drop=True)  # 6 prompts, colours and styles
 

@@ -3,7 +3,7 @@ model draws what it is asked (the adherence of its model card), measured on imag
 
 - The classifier against the world's renderer (exact ground truth) on fresh scenes.
 - The shipped model on a third of the ``mini-adherence`` captions (every object, colour and style equally
-  often), one image each on the effect-test seed, against the card's figures (bench/mini/weights/MODEL_CARD.md,
+  often), one image each on the effect-test seed, against the card's figures (bench/worlds/v1/weights/MODEL_CARD.md,
   4 images per caption on run seed 0) less three binomial standard errors of this sample; the suite itself end
   to end through ``bench.run`` on its smoke tier.
 - Sampling precision: ``auto`` resolves as documented and samples as the precision it resolves to; ``bf16``
@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import torch
 
-from bench.mini.classifier import CLASSIFIER_DIR
+from bench.worlds.v1.classifier import CLASSIFIER_DIR
 from tests.seeds import EFFECT_SEED
 
 CARD = CLASSIFIER_DIR.parent / "MODEL_CARD.md"
@@ -29,7 +29,7 @@ FRESH_SEED = 20_261_130  # scenes no classifier training or held-out batch was d
 
 def card_adherence() -> dict[str, tuple[float, int]]:
     """{task: (accuracy, n)} from the model card's adherence table (fails if a task is missing)."""
-    from bench.mini.card import read_adherence
+    from bench.worlds.v1.card import read_adherence
 
     return read_adherence(CARD)
 
@@ -90,7 +90,7 @@ ADHERENCE_CARD_SAMPLE = 96  # a third of the 288 captions: 12 of each object, 16
 def _card_sample() -> pd.DataFrame:
     """Of each object's 36 captions (6 colours x 6 styles, colour-major), each colour with two styles three apart,
     shifted per object: every (object, colour) twice, every style twice per object."""
-    from bench.mini.prompts import build_set
+    from bench.worlds.v1.prompts import build_set
 
     full = build_set("adherence", None)
     idx = [obj * 36 + c * 6 + (c + 3 * k + obj) % 6 for obj in range(8) for c in range(6) for k in range(2)]
@@ -157,7 +157,7 @@ ADHERENCE_SAMPLE = 8
 
 
 def _sample_prompts() -> pd.DataFrame:
-    from bench.mini.prompts import build_set
+    from bench.worlds.v1.prompts import build_set
 
     full = build_set("adherence", None)
     return full.iloc[[i * 36 + (i * 7) % 36 for i in range(ADHERENCE_SAMPLE)]].reset_index(drop=True)

@@ -29,7 +29,7 @@ def mini(mini_backbone):
 @pytest.fixture(scope="module")
 def probe():
     """The mini probe on the effect-test seed (CAD's mini preset was chosen on the tuning seed)."""
-    from bench.mini.probe import probe
+    from bench.worlds.v1.probe import probe
 
     return functools.partial(probe, seed=EFFECT_SEED)
 
@@ -152,7 +152,7 @@ def test_cad_amplify_raises_a_weakly_drawn_concept(mini, probe):
     own images of it makes it drawn more often. Sampled with the model card's DDIM 25, where the crescent is
     weakly drawn without guidance (0.83); the probe's DPM-Solver++ 10 draws it in 0.98 unguided, too often for
     a rise to show."""
-    from bench.mini.probe import CARD_SAMPLER
+    from bench.worlds.v1.probe import CARD_SAMPLER
 
     unguided = dataclasses.replace(CARD_SAMPLER, guidance=1.0)
     p_weak = presence(probe(mini, WEAK, sampler=unguided, **LOW_GUIDANCE))
@@ -192,7 +192,7 @@ def test_cad_amplify_reads_real_concept_images_from_a_folder(mini, tmp_path):
     from PIL import Image
 
     from bench.attribution import load_concept_images
-    from bench.mini.world import MiniWorld
+    from bench.worlds.v1.world import MiniWorld
 
     world = MiniWorld.load()
     rng = random.Random(0)

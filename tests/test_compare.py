@@ -265,8 +265,8 @@ def test_paired_bootstrap_resamples_prompts():
 @pytest.fixture(scope="module")
 def mini_world_ready():
     from bench.evaluators import EVALUATORS
-    from bench.mini.classifier import CLASSIFIER_DIR
     from bench.suites import suite_files
+    from bench.worlds.v1.classifier import CLASSIFIER_DIR
 
     # parts of the product: missing, the test fails
     assert "mini-quick" in suite_files() and "mini-classifier" in EVALUATORS

@@ -60,7 +60,7 @@ def imports_of(name: str, path: Path, modules: set[str]) -> set[str]:
         else:
             continue
         for target in targets:
-            while target and target not in modules:  # `import bench.mini.world as w` names a module; a.b.attr does not
+            while target and target not in modules:  # `import bench.worlds.v1.world as w` names a module; a.b.attr does not
                 target = target.rpartition(".")[0]
             if target and target != name:
                 edges.add(target)

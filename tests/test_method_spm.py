@@ -15,8 +15,8 @@ import torch
 
 from bench.backbone import ADAPTER_ATTR, load_backbone
 from bench.generate import generate
-from bench.mini.probe import MINI_SAMPLER
 from bench.store import EDIT_SUMS
+from bench.worlds.v1.probe import MINI_SAMPLER
 from methods import METHODS, ErasureRequest, get_method
 from methods.spm import SPMAdapter, SPMConfig, adapted_layers, official_anchor_rows
 from tests.sd_fixtures import tiny_sd  # noqa: F401  (fixture)

@@ -65,7 +65,7 @@ def test_a_set_metric_resamples_only_its_columns_and_gets_the_whole_frames_figur
     different value), and ``n`` counts the records."""
     from bench.evaluators.mini_classifier import MiniClassifierEvaluator
     from bench.metrics import METRICS, bootstrap_set
-    from bench.mini.prompts import build_set
+    from bench.worlds.v1.prompts import build_set
 
     evaluator = MiniClassifierEvaluator()
     records = build_set("general", "circle").iloc[:10].reset_index(drop=True)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.mini.train import TrainConfig, Trainer
+from bench.worlds.v1.train import TrainConfig, Trainer
 
-SHIPPED = Path(__file__).resolve().parent.parent / "bench" / "mini" / "weights" / "model"
+SHIPPED = Path(__file__).resolve().parent.parent / "bench" / "worlds" / "v1" / "weights" / "model"
 
 
 def test_init_from_export_loads_the_shipped_weights_and_step(tmp_path):

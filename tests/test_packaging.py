@@ -100,7 +100,7 @@ def test_wheel_installs_into_a_fresh_venv_and_runs_without_the_source_tree(tmp_p
     tracked_code = {p.relative_to(ROOT).as_posix() for name in CODE_PACKAGES for p in (ROOT / name).rglob("*.py")
                     if "__pycache__" not in p.parts}
     assert tracked_code <= set(names), sorted(tracked_code - set(names))[:10]
-    weights = {p.relative_to(ROOT).as_posix() for p in (ROOT / "bench" / "mini" / "weights").rglob("*") if p.is_file()}
+    weights = {p.relative_to(ROOT).as_posix() for p in (ROOT / "bench" / "worlds" / "v1" / "weights").rglob("*") if p.is_file()}
     assert weights <= set(names), sorted(weights - set(names))[:10]
 
     venv, env = _fresh_venv(tmp_path)

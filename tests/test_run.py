@@ -13,8 +13,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from bench.mini.prompts import build_set
 from bench.store import write_checksummed
+from bench.worlds.v1.prompts import build_set
 
 SMOKE = {
     "model": "mini",
@@ -177,7 +177,7 @@ def test_a_unit_samples_all_its_tasks_in_full_batches_once(tmp_path, monkeypatch
 def test_implicit_set_leaves_the_targets_attribute_out(target):
     """``target-implicit`` names the two other attributes of the world but never the target's kind (nor its
     synonyms or indirect phrasing), so whatever the model draws there for that attribute is its own default."""
-    from bench.mini.prompts import world
+    from bench.worlds.v1.prompts import world
 
     w = world()
     kind = w.kind_of(target)

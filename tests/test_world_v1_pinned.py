@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import torch
 
-from bench.mini.prompts import MINI_SETS, build_set, world
-from bench.mini.train import TrainConfig, make_batch
+from bench.worlds.v1.prompts import MINI_SETS, build_set, world
+from bench.worlds.v1.train import TrainConfig, make_batch
 
 PIN = Path(__file__).parent / "data" / "world_v1_pin.npz"
 STEPS = (0, 1234, 5999)
 
-# sha256 of the shipped v1 weights (bench/mini/weights), as released with the v1 model card.
+# sha256 of the shipped v1 weights (bench/worlds/v1/weights), as released with the v1 model card.
 WEIGHT_SHA256 = {
     "model/unet/diffusion_pytorch_model.safetensors": "794f155023535424f6452c7e6cf5345b5ce1ac6d6fa73792e27607760c5a601b",
     "model/text_encoder/model.safetensors": "6e6abfe33f83f96bfb441b859f588889e7b8d35bfa3e3dcdfeb39c81e04bd805",

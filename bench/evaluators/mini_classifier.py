@@ -1,7 +1,7 @@
 """``mini-classifier``: exact ground truth for the mini world.
 
 Reads object, colour and style of single-object images and which objects a two-object image
-holds, with the CNN of :mod:`bench.mini.classifier`. Per image it writes the predicted
+holds, with the CNN of :mod:`bench.worlds.v1.classifier`. Per image it writes the predicted
 attributes, ``target_present`` (the item's target concept is what the classifier reads) and
 ``correct`` (every expectation of the item holds), and its 64-d features for ``mini_fd``.
 """
@@ -16,8 +16,8 @@ import torch
 
 from bench.evaluators.base import Evaluator, register_evaluator, sha256_file
 from bench.metrics import Metric, frechet_distance, register_metric
-from bench.mini.classifier import CLASSIFIER_DIR, load_classifier
-from bench.mini.world import MiniWorld
+from bench.worlds.v1.classifier import CLASSIFIER_DIR, load_classifier
+from bench.worlds.v1.world import MiniWorld
 
 PRESENT_THRESHOLD = 0.5
 

@@ -18,7 +18,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
-from bench.mini.world import MiniWorld
+from bench.worlds.v1.world import MiniWorld
 
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<|startoftext|>", "<|endoftext|>"
 MAX_LENGTH = 24

@@ -20,7 +20,7 @@ import numpy as np
 
 from bench.backbone import Backbone
 from bench.generate import SamplerConfig, generate, image_seed
-from bench.mini.prompts import build_set
+from bench.worlds.v1.prompts import build_set
 
 SETS = {
     "target": "erasure_rate",

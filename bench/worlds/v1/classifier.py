@@ -7,7 +7,7 @@ The pooled 64-d feature is the space of the ``mini_fd`` Frechet distance.
 It is trained on freshly rendered scenes with the blur, noise and contrast changes that
 generated images show, so it reads samples of the mini model as well as it reads renders:
 
-    python -m bench.mini.classifier --out bench/mini/weights/classifier --steps 2500
+    python -m bench.worlds.v1.classifier --out bench/worlds/v1/weights/classifier --steps 2500
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from bench.mini.world import MiniWorld
+from bench.worlds.v1.world import MiniWorld
 
 CLASSIFIER_DIR = Path(__file__).resolve().parent / "weights" / "classifier"
 FEATURE_DIM = 64
@@ -161,7 +161,7 @@ def load_classifier(folder: str | Path = CLASSIFIER_DIR, device: str | torch.dev
     folder = Path(folder)
     path = folder / "model.safetensors"
     if not path.exists():
-        raise FileNotFoundError(f"mini classifier weights missing: {path} (train with `python -m bench.mini.classifier`)")
+        raise FileNotFoundError(f"mini classifier weights missing: {path} (train with `python -m bench.worlds.v1.classifier`)")
     card = json.loads((folder / "config.json").read_text())
     model = MiniClassifier(card["n_objects"], card["n_colours"], card["n_styles"])
     model.load_state_dict(load_file(str(path)))

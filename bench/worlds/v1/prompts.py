@@ -28,8 +28,8 @@ from functools import lru_cache
 
 import pandas as pd
 
-from bench.mini.world import MiniWorld
 from bench.suites import PromptContext, register_prompt_source
+from bench.worlds.v1.world import MiniWorld
 
 # How a bare concept is phrased as a caption of the world (the model never saw a bare word): what
 # methods that condition on "the concept" alone (CAD's attribution prompts, SLD's safety concept) use.

@@ -1,7 +1,7 @@
-"""Write the mini model card (bench/mini/weights/MODEL_CARD.md) from measured runs.
+"""Write the mini model card (bench/worlds/v1/weights/MODEL_CARD.md) from measured runs.
 
     erasebench run --config configs/mini-adherence.yaml --out runs/adherence
-    python -m bench.mini.card --adherence runs/adherence [--quick runs/quick]
+    python -m bench.worlds.v1.card --adherence runs/adherence [--quick runs/quick]
 
 The card states the training config and steps (from the exported ``erasebench.json`` and the
 classifier's ``config.json``), the adherence figures read from the run's summary.json (with n
@@ -19,8 +19,8 @@ from pathlib import Path
 import pandas as pd
 
 from bench.evaluators.base import sha256_file
-from bench.mini import model as mm
-from bench.mini.train import TrainConfig
+from bench.worlds.v1 import model as mm
+from bench.worlds.v1.train import TrainConfig
 
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 
@@ -47,7 +47,7 @@ def write_card(adherence_run: Path | None, quick_run: Path | None = None, out: P
     lines = [
         "# The mini model: card",
         "",
-        "A tiny text-to-image diffusion model of the mini world (`datasets/mini/world.yaml`), with the module",
+        "A tiny text-to-image diffusion model of the mini world (`datasets/worlds/v1/world.yaml`), with the module",
         "types of Stable Diffusion, and the classifier that gives ground truth for its images.",
         "",
         "## Model",
@@ -92,14 +92,14 @@ def write_card(adherence_run: Path | None, quick_run: Path | None = None, out: P
     restart = TrainConfig().restart_step
     if marker["step"] > restart:  # made in two stages: the second continues an export (fresh optimiser)
         lines += ["", "Reproduce (two stages, as the shipped weights were made; each resumable):",
-                  f"`python -m bench.mini.train --out runs/mini-train --steps {restart}`, "
+                  f"`python -m bench.worlds.v1.train --out runs/mini-train --steps {restart}`, "
                   f"`--export runs/mini-{restart}`, then",
-                  f"`python -m bench.mini.train --out runs/mini-train-2 --init-from runs/mini-{restart} "
+                  f"`python -m bench.worlds.v1.train --out runs/mini-train-2 --init-from runs/mini-{restart} "
                   f"--steps {marker['step']}` and `--export`;",
-                  "`python -m bench.mini.classifier`; see README.md.", ""]
+                  "`python -m bench.worlds.v1.classifier`; see README.md.", ""]
     else:
-        lines += ["", f"Reproduce: `python -m bench.mini.train --out runs/mini-train --steps {marker['step']}` "
-                  "(resumable), then `--export`, and", "`python -m bench.mini.classifier`; see README.md.", ""]
+        lines += ["", f"Reproduce: `python -m bench.worlds.v1.train --out runs/mini-train --steps {marker['step']}` "
+                  "(resumable), then `--export`, and", "`python -m bench.worlds.v1.classifier`; see README.md.", ""]
     text = "\n".join(lines)
     out.write_text(text)
     return text

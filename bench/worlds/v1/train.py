@@ -1,7 +1,7 @@
 """Train the mini text-to-image model (UNet + text encoder jointly) on freshly rendered scenes.
 
-    python -m bench.mini.train --out runs/mini-train --minutes 90        # train / resume
-    python -m bench.mini.train --out runs/mini-train --export bench/mini/weights/model
+    python -m bench.worlds.v1.train --out runs/mini-train --minutes 90        # train / resume
+    python -m bench.worlds.v1.train --out runs/mini-train --export bench/worlds/v1/weights/model
 
 Recipe (chosen for a 2-core CPU; see the model card): epsilon prediction on a cosine DDPM
 schedule with min-SNR-gamma loss weighting (Hang et al. 2023, gamma = 5); AdamW with
@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import AttnProcessor
 from tqdm import tqdm
 
-from bench.mini import model as mm
-from bench.mini.world import MiniWorld, Scene
+from bench.worlds.v1 import model as mm
+from bench.worlds.v1.world import MiniWorld, Scene
 
 
 @dataclass
@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--export", type=Path, default=None, help="write the weights of the checkpoint here")
     p.add_argument("--init-from", type=Path, default=None,
-                   help="with no checkpoint in --out: continue from these exported weights (e.g. bench/mini/weights/model)")
+                   help="with no checkpoint in --out: continue from these exported weights (e.g. bench/worlds/v1/weights/model)")
     args = p.parse_args(argv)
     cfg = TrainConfig(seed=args.seed)
     trainer = Trainer(args.out, cfg, device=args.device)

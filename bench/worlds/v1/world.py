@@ -1,6 +1,6 @@
 """The mini world: shapes x colours x fill textures rendered at 32x32.
 
-The world is declared as data in ``datasets/mini/world.yaml``; this module reads it,
+The world is declared as data in ``datasets/worlds/v1/world.yaml``; this module reads it,
 renders scenes deterministically from a seed (vectorised in torch so training can render
 fresh batches on the fly) and writes captions from the declared templates.
 
@@ -31,8 +31,8 @@ _CANON = 128
 
 
 def default_world_path() -> Path:
-    """The world spec shipped with the package (datasets/mini/world.yaml; bench/_datasets/ in a wheel)."""
-    return data_root() / "mini" / "world.yaml"
+    """The world spec shipped with the package (datasets/worlds/v1/world.yaml; bench/_datasets/ in a wheel)."""
+    return data_root() / "worlds" / "v1" / "world.yaml"
 
 
 @dataclass(frozen=True)
