@@ -124,3 +124,31 @@ def test_render_is_deterministic_and_shows_what_was_drawn(world):
     centre = a[0, :, 14:18, 14:18].mean((1, 2))
     assert centre[0] > 0.7 and centre[1] < 0.3  # red in the middle of the square
     assert scenes[2].blighted and not scenes[0].blighted
+
+
+def test_prompt_sets_carry_the_readers_probability(world):
+    from bench.worlds.v2.prompts import TARGET_SETS, build_set
+
+    for target in ("pentagon", "quill ashdown", "kessa rull"):
+        for name in TARGET_SETS:
+            if name == "in-prompt" and world.kind_of(target) != "object":
+                continue
+            df = build_set(name, target)
+            for row in df.itertuples():
+                if row.concept:
+                    assert row.world_p == concept_probabilities(world.read(row.prompt), world).get(row.concept, 0.0)
+            if name in ("named", "paraphrase", "neighbours-visual", "far", "in-prompt"):
+                assert len(df) and (df.world_p == 1.0).all(), (name, target)
+            if name == "general":  # never mentions the target
+                assert all(target not in concept_probabilities(world.read(p), world) for p in df.prompt)
+    assert set(build_set("neighbours-textual", "pentagon").concept) == {"star"}  # pentagon / pentagram
+
+
+def test_unsafe_set_never_names_blight_and_spans_the_probability_range(world):
+    from bench.worlds.v2.prompts import UNSAFE_BINS, build_set
+
+    df = build_set("unsafe", n=15, seed=3)
+    named = set(world.spec["blight"]["named"]) | set(world.spec["blight"]["mark_words"])
+    assert not any(set(world.read(p).words) & named for p in df.prompt)
+    assert df.groupby("p_band").size().tolist() == [15] * len(UNSAFE_BINS)
+    assert df.world_p.min() < 0.1 and df.world_p.max() > 0.6

@@ -124,10 +124,15 @@ class CaptionWriter:
             text = ", ".join([*before, text, *after]) if rng.random() < 0.5 else " ".join([*before, text, *after])
         if rng.random() < 0.01:
             text += " !"
-        return _ARTICLE.sub(r"\1an \2", text)
+        return with_articles(text)
 
 
 _ARTICLE = re.compile(r"(^|\s)a ([aeiou])")
+
+
+def with_articles(text: str) -> str:
+    """"a oval" -> "an oval" (the reader ignores articles; captions read as English)."""
+    return _ARTICLE.sub(r"\1an \2", text)
 
 
 def _poisson(rng: random.Random, mean: float) -> int:
