@@ -25,12 +25,13 @@ import torch
 import torch.nn.functional as F
 
 from bench.store import EDIT_SUMS, verify_edit, write_edit_sums
+from bench.worlds import TRAIN_COMMANDS, WORLD_OF_MODEL, is_mini_model, model_dir
 
 if TYPE_CHECKING:  # diffusers and transformers load when a model does (`erasebench list/report/check` need neither)
     from diffusers import AutoencoderKL, SchedulerMixin, UNet2DConditionModel
     from transformers import CLIPTextModel, PreTrainedTokenizerBase
 
-MINI_MODEL_DIR = Path(__file__).resolve().parent / "worlds" / "v1" / "weights" / "model"
+MINI_MODEL_DIR = model_dir("mini")  # the v1 world's weights
 MARKER = "erasebench.json"
 COMPONENTS = ("unet", "text_encoder", "tokenizer", "scheduler", "vae")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -242,6 +243,7 @@ class Backbone:
     vae: AutoencoderKL | None = None
     name: str = "model"
     kind: str = "sd"  # "sd" or "mini"
+    world: str | None = None  # a mini model's world ("v1", "v2"); None for SD
     space_to_depth: int = 1  # mini: the exact pixel_unshuffle "autoencoder"
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
@@ -422,19 +424,20 @@ def _check_safetensors(folder: Path, component: str) -> None:
 
 def _resolve(model: str) -> tuple[str, bool]:
     """(path-or-id, is_local)."""
-    if model == "mini":
-        if not (MINI_MODEL_DIR / "unet").is_dir():
-            raise BackboneLoadError(
-                f"the bundled mini model is missing at {MINI_MODEL_DIR}; reproduce it with `python -m bench.worlds.v1.train`"
-            )
-        return str(MINI_MODEL_DIR), True
+    if is_mini_model(model):
+        folder = model_dir(model)
+        if not (folder / "unet").is_dir():
+            raise BackboneLoadError(f"the bundled {model} model is missing at {folder}; reproduce it with "
+                                    f"`{TRAIN_COMMANDS[WORLD_OF_MODEL[model]]}`")
+        return str(folder), True
     path = Path(model).expanduser()
     if path.exists():
         if not path.is_dir():
             raise BackboneLoadError(f"{model}: not a folder")
         return str(path), True
     if model.startswith((".", "/", "~")) or model.count("/") != 1:
-        raise BackboneLoadError(f"model folder not found: {model} (give 'mini', a local folder, or a hub id 'org/name')")
+        raise BackboneLoadError(f"model folder not found: {model} (give 'mini', 'mini-v2', a local folder, or a hub id "
+                                "'org/name')")
     return model, False
 
 
@@ -460,7 +463,7 @@ def model_files_signature(model: str) -> dict[str, list] | None:
     """{relative path: [size, sha256]} of every file of a local model folder ('mini' or a path); None for a hub id
     or a missing folder. Files above ``WHOLE_FILE_LIMIT`` are hashed by their first and last ``EDGE`` bytes (an SD
     UNet is 3.4 GB; a weight file that changes changes there too)."""
-    root = MINI_MODEL_DIR if model == "mini" else Path(model).expanduser()
+    root = model_dir(model) if is_mini_model(model) else Path(model).expanduser()
     if not root.is_dir():
         return None
     return {str(p.relative_to(root)): [p.stat().st_size, _file_digest(p)]
@@ -506,13 +509,14 @@ def load_backbone(
     if not local:
         _hub_reachable_or_cached(model)
     root = Path(source)
-    kind, s2d = "sd", 1
+    kind, s2d, world = "sd", 1, None
     if local:
         for component in ("unet", "text_encoder", "tokenizer", "scheduler"):
             _check_safetensors(root, component)
         if (root / MARKER).exists():
             marker = json.loads((root / MARKER).read_text())
             kind, s2d = marker.get("kind", "sd"), int(marker.get("space_to_depth", 1))
+            world = marker.get("world", "v1") if kind == "mini" else None  # v1's marker predates the field
     has_vae = kind != "mini" and (not local or (root / "vae").is_dir())
     if local and has_vae:
         _check_safetensors(root, "vae")
@@ -544,6 +548,7 @@ def load_backbone(
         vae=vae,
         name=model,
         kind=kind,
+        world=world,
         space_to_depth=s2d,
         device=device,
         dtype=torch_dtype,

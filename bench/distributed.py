@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import torch
 
+from bench.worlds import is_mini_model
+
 
 class ShardError(ValueError):
     """A malformed ``--shard`` value or launcher environment."""
@@ -202,7 +204,7 @@ def auto_workers(model: str, device: str, threads: int | None = None, env: dict 
     Otherwise 1: a Stable Diffusion process on the CPU needs gigabytes and its convolutions use the
     threads well; on GPUs, ``--workers N`` (or torchrun) starts one process per GPU. Under a launcher, 1.
     """
-    if under_launcher(env) or device != "cpu" or model != "mini":
+    if under_launcher(env) or device != "cpu" or not is_mini_model(model):
         return 1
     return max(1, min(threads or torch.get_num_threads(), MAX_AUTO_WORKERS))
 
