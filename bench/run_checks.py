@@ -22,6 +22,7 @@ from bench.generate import SamplerConfig, resolve_precision, resolve_weights
 from bench.metrics import METRICS
 from bench.registry import UnknownNameError, did_you_mean
 from bench.suites import Suite, SuiteError, load_suite
+from bench.worlds import WORLD_OF_MODEL, is_mini_model
 
 DEFAULT_SAMPLER = {"name": "ddim", "steps": 25, "guidance": 5.0}
 
@@ -230,17 +231,30 @@ def _target_errors(config: RunConfig, suite: Suite | None, skip: set[str]) -> li
             errors.append(f"targets[{i}]: {target!r} and targets[{other[0]}] {other[1]!r} "
                           + ("appear twice" if other[1] == target else
                              f"both become the file name {safe_name(target)!r}; give distinct targets"))
+    world_sets = {"adherence", "unsafe", "rare"}
     uses_target = suite is not None and any(
-        t.prompts.get("source") == "mini" and t.prompts.get("set", "adherence") != "adherence" for t in suite.tasks)
-    if config.model == "mini" and "model" not in skip and uses_target:
-        from bench.worlds.v1.world import MiniWorld
-
-        world = MiniWorld.load()
-        known = world.objects + world.colours + world.styles
+        t.prompts.get("source") in ("mini", "mini-v2") and t.prompts.get("set", "adherence") not in world_sets
+        for t in suite.tasks)
+    if is_mini_model(config.model) and "model" not in skip and uses_target:
+        known = mini_concepts(WORLD_OF_MODEL[config.model])
         for i, target in enumerate(config.targets):
             if target not in known:
-                errors.append(f"targets[{i}]: the mini world has no concept {target!r}; valid: {', '.join(known)}")
+                errors.append(f"targets[{i}]: the {config.model} world has no concept {target!r}; valid: "
+                              f"{', '.join(known)}")
     return errors
+
+
+def mini_concepts(world: str) -> list[str]:
+    """Every concept a mini world can erase (its prompt sets' targets)."""
+    if world == "v1":
+        from bench.worlds.v1.world import MiniWorld
+
+        w = MiniWorld.load()
+        return w.objects + w.colours + w.styles
+    from bench.worlds.v2.world import WorldV2
+
+    w2 = WorldV2.load()
+    return [*w2.objects, *w2.colours, *w2.painters, *w2.characters, "blight"]
 
 
 def _device_errors(device: str) -> list[str]:

@@ -168,7 +168,7 @@ def register_prompt_source(name: str):
     return PROMPT_SOURCES.register(name)
 
 
-BUILTIN_SOURCE_MODULES = ("bench.worlds.v1.prompts", "bench.prompts", "bench.attacks.static_sets")
+BUILTIN_SOURCE_MODULES = ("bench.worlds.v1.prompts", "bench.worlds.v2.prompts", "bench.prompts", "bench.attacks.static_sets")
 
 
 def _load_builtin_sources() -> None:

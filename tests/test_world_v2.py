@@ -140,8 +140,8 @@ def test_prompt_sets_carry_the_readers_probability(world):
             niche = world.spec["painters"].get(target, {}).get("niche")
             if name in ("named", "neighbours-visual", "far", "in-prompt") or (name == "paraphrase" and not niche):
                 assert len(df) and (df.world_p == 1.0).all(), (name, target)
-            if name == "general":  # never mentions the target
-                assert all(target not in concept_probabilities(world.read(p), world) for p in df.prompt)
+            if name == "general":  # leaves the target out
+                assert all(concept_probabilities(world.read(p), world).get(target, 0) < 0.3 for p in df.prompt)
     assert set(build_set("neighbours-textual", "pentagon").concept) == {"star"}  # pentagon / pentagram
 
 

@@ -314,11 +314,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--minutes", type=float, default=None, help="stop (and checkpoint) after this much wall time")
     p.add_argument("--steps", type=int, default=None, help="the stage's last step (default: the config's)")
     p.add_argument("--batch", type=int, default=None, help="the stage's batch size (default: the config's)")
+    p.add_argument("--captions", type=int, default=None, help="tokenizer: how many captions to learn merges on")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--to", type=Path, default=None, help="export: the model folder to write")
     args = p.parse_args(argv)
     cfg = TrainConfig(seed=args.seed)
+    cfg.tokenizer_captions = args.captions or cfg.tokenizer_captions
     if args.stage == "encoder":
         cfg.encoder_steps = args.steps or cfg.encoder_steps
         cfg.encoder_batch = args.batch or cfg.encoder_batch
