@@ -12,6 +12,7 @@ import json
 import pytest
 import torch
 
+import methods._sae
 import methods.itd as itd
 from bench.backbone import load_backbone
 from bench.config import MethodSpec, RunConfig
@@ -127,7 +128,7 @@ def test_a_killed_training_resumes_to_the_weights_of_an_uninterrupted_one():
 
 
 def test_a_killed_edit_resumes_its_sae_from_the_folder(mini, tmp_path, monkeypatch):
-    real = itd.train_sae
+    real = methods._sae.train_sae
 
     def killed_at_3(sae, batch, total, **kw):
         def stop(step):
@@ -136,10 +137,10 @@ def test_a_killed_edit_resumes_its_sae_from_the_folder(mini, tmp_path, monkeypat
             return batch(step)
         return real(sae, stop, total, **kw)
 
-    monkeypatch.setattr(itd, "train_sae", killed_at_3)
+    monkeypatch.setattr(methods._sae, "train_sae", killed_at_3)  # itd imports it when it trains
     with pytest.raises(KeyboardInterrupt):
         get_method("itd", {**SMALL, "sae_dir": str(tmp_path / "a")}).apply(mini, REQUEST)
-    monkeypatch.setattr(itd, "train_sae", real)
+    monkeypatch.setattr(methods._sae, "train_sae", real)
     resumed = get_method("itd", {**SMALL, "sae_dir": str(tmp_path / "a")})
     edited = resumed.apply(mini, REQUEST)
     record = json.loads(next((tmp_path / "a").glob("sae-*/sae.json")).read_text())

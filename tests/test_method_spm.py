@@ -18,7 +18,8 @@ from bench.generate import generate
 from bench.store import EDIT_SUMS
 from bench.worlds.v1.probe import MINI_SAMPLER
 from methods import METHODS, ErasureRequest, get_method
-from methods.spm import SPMAdapter, SPMConfig, adapted_layers, official_anchor_rows
+from methods._spm_adapter import SPMAdapter, adapted_layers
+from methods.spm import SPMConfig, official_anchor_rows
 from tests.effects import assert_erases, assert_room
 from tests.sd_fixtures import tiny_sd  # noqa: F401  (fixture)
 
