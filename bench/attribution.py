@@ -31,6 +31,10 @@ over all samples, as in the official code; the scale does not change any ranking
 
 Only the selection (flat indices and the original values, for undo) is stored for an edit, never the
 full gradients; scores can be saved separately (safetensors) for analysis.
+
+Longer than bench/'s usual 400 lines (docs/DEVELOPING.md): CAD's attribution engine in one place: selectors,
+objectives, Monte-Carlo samples, scores, selection rules, saveable edits and the linearity check all read one
+component index.
 """
 
 from __future__ import annotations

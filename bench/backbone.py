@@ -8,6 +8,10 @@ Weights are read from safetensors only and no remote code is ever run.
 Methods receive a backbone and return an edited one; the edited components can be saved with
 :meth:`Backbone.save_edit` and reloaded with ``load_backbone(base, edit=folder)`` so an
 expensive edit runs once.
+
+Longer than bench/'s usual 400 lines (docs/DEVELOPING.md): one job, the model object: loading (the mini model, a
+folder, a hub id), the per-device attention and weight choices loading makes, and saving and re-applying edits,
+which all read the Backbone's fields.
 """
 
 from __future__ import annotations

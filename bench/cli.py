@@ -16,6 +16,10 @@
     erasebench check RUN_DIR [--json]                              # verify a run directory; runs nothing
 
 Bad input exits with status 2 and one line per problem on stderr, and writes nothing.
+
+Longer than bench/'s usual 400 lines (docs/DEVELOPING.md): the parser and the light commands (list, run, report),
+which must start without importing the other commands' modules; every other command is a module of its own
+(LAZY_COMMANDS).
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ returned as they are stored (8-bit), so fresh and cached images score identicall
 Guidance hooks let inference-time methods (SLD, negative prompts) change the noise
 prediction at every step without touching weights; a hook with an optional ``condition(ctx)``
 (SAFREE) also changes the prompts' text embeddings the UNet sees, per prompt and per step.
+
+Longer than bench/'s usual 400 lines (docs/DEVELOPING.md): one job, sampling: the sampler config, initial noise, the
+CFG loop with its guidance hooks, and the image cache keyed by what the loop draws.
 """
 
 from __future__ import annotations

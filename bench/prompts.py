@@ -47,6 +47,9 @@ or ``role``: the runner adds those.)
     seeds: [188, 288, 588, 688, 888]
     select: target | others | all          # rows whose value on the target's list is / is not the target
     label: same | cross                    # label = the value on the target's list (same) or the other one
+
+Longer than bench/'s usual 400 lines (docs/DEVELOPING.md): the suites' two prompt sources (csv, template) and the
+file lookup, reading and filtering they share.
 """
 
 from __future__ import annotations
@@ -60,13 +63,14 @@ import os
 import re
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pandas as pd
 import yaml
 
 from bench.suites import PromptContext, SuiteError, register_prompt_source
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 RESERVED_COLUMNS = ("target", "method", "task", "role", "sample_index", "image_key", "image_path")
 
@@ -168,6 +172,9 @@ def fetch(file: str | None, ctx: PromptContext, path: str | None = None, url: st
 
 
 def read_table(p: Path, fmt: str = "csv", repair_column: str | None = None) -> pd.DataFrame:
+    import numpy as np
+    import pandas as pd
+
     if fmt == "lines":
         lines = [ln.strip() for ln in p.read_text(encoding="utf-8", errors="replace").splitlines()]
         return pd.DataFrame({"prompt": [ln for ln in lines if ln]})
@@ -191,10 +198,14 @@ def read_table(p: Path, fmt: str = "csv", repair_column: str | None = None) -> p
 
 
 def _numeric(series: pd.Series) -> pd.Series:
+    import pandas as pd
+
     return pd.to_numeric(series, errors="coerce")
 
 
 def apply_filters(df: pd.DataFrame, filters: list[dict], ctx: PromptContext, where: str) -> pd.DataFrame:
+    import pandas as pd
+
     for f in filters or []:
         f = dict(f)
         col = f.pop("column", None)
@@ -235,6 +246,8 @@ def apply_filters(df: pd.DataFrame, filters: list[dict], ctx: PromptContext, whe
 
 
 def order_rows(df: pd.DataFrame, spec: dict) -> pd.DataFrame:
+    import pandas as pd
+
     if spec.get("shuffle") is not None:
         df = df.sample(frac=1.0, random_state=int(spec["shuffle"]))
     if spec.get("balance"):
@@ -261,6 +274,8 @@ def _finish(df: pd.DataFrame, ctx: PromptContext, where: str) -> pd.DataFrame:
 # --------------------------------------------------------------------------- csv
 @register_prompt_source("csv")
 def csv_source(spec: dict[str, Any], ctx: PromptContext) -> pd.DataFrame:
+    import pandas as pd
+
     spec = dict(spec)
     known = {"file", "path", "url", "hf", "format", "repair_column", "columns", "keep", "filters", "label_choices",
              "balance", "shuffle", "id_prefix"}
@@ -347,6 +362,8 @@ def load_list(spec: Any, ctx: PromptContext, name: str) -> list[str]:
 
 @register_prompt_source("template")
 def template_source(spec: dict[str, Any], ctx: PromptContext) -> pd.DataFrame:
+    import pandas as pd
+
     spec = dict(spec)
     known = {"template", "lists", "seeds", "select", "label", "balance", "shuffle", "display"}
     unknown = set(spec) - known

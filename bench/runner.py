@@ -31,6 +31,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from bench import merging  # merging.merge_task read at call time: a test stops merges by patching it there
 from bench.backbone import load_backbone
 from bench.config import ConfigError, RunConfig
 from bench.distributed import AggregateProgress, Worker, assigned, worker_from_env
@@ -41,7 +42,6 @@ from bench.generate import ImageCache
 from bench.locks import FileLock
 from bench.manifest import open_manifest, recorded_sampler
 from bench.merging import item_done, missing_units
-from bench.merging import merge_task as _merge_task  # looked up here at call time: tests stop merges by patching it
 from bench.planning import RunPlan, item_weight, plan_run
 from bench.run_checks import ResolvedRun, check_config, check_run, resolve
 from bench.store import RunStore, write_checksummed
@@ -148,7 +148,7 @@ def _run(config: RunConfig, out: str | Path, progress: bool, shard: tuple[int, i
                         run_part(item, plan, store, resolved, base, base_fp, edited, fingerprint, cache, tasks,
                                  evaluator_for, inner_progress)
                         for name in item.tasks:  # each task whose parts are all written
-                            _merge_task(store, plan, item.row, item.target, name)
+                            merging.merge_task(store, plan, item.row, item.target, name)
                     else:
                         run_attack(item, store, resolved, base, base_fp, edited, fingerprint, evaluator_for,
                                    inner_progress)
@@ -165,7 +165,7 @@ def _run(config: RunConfig, out: str | Path, progress: bool, shard: tuple[int, i
             # workers that each wrote a part while the other's was missing): their items count as done, so only a
             # sweep merges them (each task once: a task has one item per part, and has_unit reads its file)
             for row, target, name in dict.fromkeys((i.row, i.target, t) for i in plan.items for t in i.tasks):
-                _merge_task(store, plan, row, target, name)
+                merging.merge_task(store, plan, row, target, name)
             # 7. summarise: whoever finds the run complete
             missing = missing_units(store, resolved)
             if not missing:

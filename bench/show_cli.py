@@ -15,13 +15,16 @@ Without ``--json``, the same as a table (field, value, source). Prompt templates
 ``--target`` names one. A recipe's public ``preserve_file`` is read from ``--data-dir`` or the prompt cache
 (never downloaded here); when it is in neither, ``preserve`` holds the recipe's short set and ``missing``
 says which file a run would fetch.
+
+``show`` imports the method's module for its config class, recipes and deviations, and nothing heavy: method modules
+import torch and the harness's model code inside the functions that use them (``methods/_grad.py``), so the command
+starts without torch, diffusers or pandas (tests/test_cli_startup.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import types
 from pathlib import Path
 from typing import Any
 
@@ -126,39 +129,9 @@ def _cell(value: Any, width: int = 48) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
-class _Deferred(types.ModuleType):
-    """Stands in ``sys.modules`` for a heavy module until one of its attributes is used: then the real module is
-    imported, replaces this one in ``sys.modules``, and every attribute is read from it."""
-
-    def __init__(self, name: str):
-        super().__init__(name)
-        self.__spec__ = None  # an `import NAME` of a module in sys.modules reads it (None: not initialising)
-
-    def __getattr__(self, attr: str):
-        import importlib
-        import sys
-
-        if sys.modules.get(self.__name__) is self:
-            del sys.modules[self.__name__]
-        real = importlib.import_module(self.__name__)
-        return getattr(real, attr)
-
-
-def defer_imports(*names: str) -> None:
-    """Defer the import of the modules ``names`` not imported yet (:class:`_Deferred`): ``import torch`` in a method
-    module then costs nothing until torch is used. ``show`` reads a method's config class and recipes only, so
-    ``erasebench show method uce`` runs without loading torch; a module that uses torch when it is imported (a base
-    class, a decorator) loads it then, as usual. Only the ``show`` command's process does this."""
-    import sys
-
-    for name in names:
-        sys.modules.setdefault(name, _Deferred(name))
-
-
 def cmd_show(args) -> int:
     from bench.errors import CLIError
 
-    defer_imports("torch")
     try:
         shown = show_method(args.name, args.kind, args.model, target=args.target, data_dir=args.data_dir)
     except ValueError as exc:

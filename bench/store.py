@@ -34,6 +34,9 @@ Issue 37 made damage that changed numbers without a word impossible to miss:
   target.
 - ``summary.json`` lists the files the finished run is made of (``inventory``), so ``check`` notices a deleted
   ``records.parquet``, ``records/`` or edit folder.
+
+Longer than bench/'s usual 400 lines (docs/DEVELOPING.md): one job, every read and write of a run directory, each
+with the checksum and path-safety rules above (split apart, a reader could skip one).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
-"""Start-up time of the light commands (``list methods``, ``list suites``, ``show method uce --kind object``,
-``--help``): wall and CPU seconds per command, the median of ``--repeat`` runs, and which heavy libraries each
-imports (read from ``python -X importtime``). ``import torch`` and an empty interpreter are measured beside them.
+"""Start-up time of the light commands (``list methods``, ``list suites``, ``show method uce --kind object``, ``show
+method esd-x --kind object --json``, ``--help``): wall and CPU seconds per command, the median of ``--repeat`` runs,
+and which heavy libraries each imports (read from ``python -X importtime``). ``import torch`` and an empty
+interpreter are measured beside them.
 
     python benchmarks/cli_startup.py --out benchmarks/results/cli_startup.json
     python benchmarks/cli_startup.py --tree /path/to/an/older/checkout --out /tmp/cli_startup_before.json
@@ -29,6 +30,7 @@ COMMANDS = {
     "list methods": ["-m", "bench.cli", "list", "methods"],
     "list suites": ["-m", "bench.cli", "list", "suites"],
     "show method uce --kind object": ["-m", "bench.cli", "show", "method", "uce", "--kind", "object"],
+    "show method esd-x --kind object --json": ["-m", "bench.cli", "show", "method", "esd-x", "--kind", "object", "--json"],
     "--help": ["-m", "bench.cli", "--help"],
     "import torch": ["-c", "import torch"],
     "python (nothing)": ["-c", "pass"],

@@ -1,12 +1,12 @@
 """ItD on a Stable-Diffusion-1.4-shaped model with random weights: the cost of its SAE and of its hook (issue 22).
 
-Builds SD 1.4's architecture with random weights (``benchmarks/_sd.build_random_sd``: SD 1.4's UNet,
-a CLIP ViT-L/14-shaped text encoder, the KL VAE), loads it with ``load_backbone`` as a real checkpoint, and
-applies ``itd`` with the paper's SAE (layer 8, 524,288 latents, k 64, batch 50 prompts) on ``--prompts`` COCO
-captions (``coco_30k.csv`` from ``--data-dir``; made-up captions when absent) for ``--epochs`` epochs. Records the
-SAE's training time per step and its extrapolation to the paper's schedule (30,000 captions x 20 epochs), the
-feature selection, peak memory, and the sampling time of ``--images`` images (50 DDIM steps) with and without
-the hook. Random weights give the real cost, not meaningful features.
+Builds SD 1.4's architecture with random weights (``benchmarks/_sd.model_folder``: SD 1.4's UNet, a CLIP
+ViT-L/14-shaped text encoder, the KL VAE; or times the folder ``--model-dir``), loads it with ``load_backbone`` as a
+real checkpoint, and applies ``itd`` with the paper's SAE (layer 8, 524,288 latents, k 64, batch 50 prompts) on
+``--prompts`` COCO captions (``coco_30k.csv`` from ``--data-dir``; made-up captions when absent) for ``--epochs``
+epochs. Records the SAE's training time per step and its extrapolation to the paper's schedule (30,000 captions x 20
+epochs), the feature selection, peak memory, and the sampling time of ``--images`` images (50 DDIM steps) with and
+without the hook. Random weights give the real cost, not meaningful features.
 
     python benchmarks/itd_sd_timing.py --device cuda --out benchmarks/results/itd_sd_timing_h200.json
     python benchmarks/itd_sd_timing.py --shape tiny --device cpu --n-latents 256 --k 8 --layer 0 --prompts 40
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.backbone import load_backbone  # noqa: E402
 from bench.generate import SamplerConfig, generate  # noqa: E402
 from bench.memory import PeakMemory  # noqa: E402
-from benchmarks._sd import build_random_sd  # noqa: E402
+from benchmarks._sd import add_model_arguments, model_folder  # noqa: E402
 
 PAPER_PROMPTS, PAPER_EPOCHS, PAPER_BATCH = 30_000, 20, 50  # coco_30k.csv; config_text.json
 
@@ -49,8 +49,7 @@ def captions(data_dir: str | None, n: int) -> list[str]:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shape", choices=("sd14", "tiny"), default="sd14")
-    ap.add_argument("--device", default="cuda")
+    add_model_arguments(ap)
     ap.add_argument("--dtype", default="float16")
     ap.add_argument("--prompts", type=int, default=2000, help="corpus size (the paper: 30,000 COCO captions)")
     ap.add_argument("--epochs", type=int, default=1)
@@ -78,7 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
     if device.type == "cuda":
         out["gpu"] = torch.cuda.get_device_name(device)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = build_random_sd(Path(tmp) / "sd", args.shape, args.device)
+        folder = model_folder(args)
         base = load_backbone(str(folder), device=args.device, dtype=args.dtype)
         method = get_method("itd", {**params, "sae_dir": str(Path(tmp) / "edit")})
         t0 = time.perf_counter()

@@ -2,10 +2,12 @@
 
 ``METHODS`` finds a method by name and imports only its module (:class:`bench.registry.Registry`): ``CATALOG``
 below names each built-in method's module and one-line description, so ``erasebench list methods`` and a run of
-one method never import the others (each imports torch). A new method module registers its class with
-``@register_method`` and adds one ``CATALOG`` line (``tests/test_registry.py`` checks that the lines match the
-classes); a module without a line is still found, by importing every undeclared module of this package when a name
-is not in the catalog.
+one method never import the others. A method module imports torch and the harness's model code inside the
+functions that use them (``methods/_grad.py``'s ``no_grad`` for a decorator; annotations under ``TYPE_CHECKING``), so
+``erasebench show`` reads its config, recipes and deviations without loading them (tests/test_cli_startup.py). A
+new method module registers its class with ``@register_method`` and adds one ``CATALOG`` line
+(``tests/test_registry.py`` checks that the lines match the classes); a module without a line is still found, by
+importing every undeclared module of this package when a name is not in the catalog.
 
 ``METHODS`` also reads the entry-point group ``erasebench.methods``, so a separate package can
 add a method without touching this repository::

@@ -32,16 +32,16 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import torch
-from safetensors.torch import load_file
-from tqdm.auto import tqdm
-
-from bench.backbone import Backbone
 from bench.filemode import save_safetensors
-from bench.generate import PRECISIONS, SamplerConfig, autocast_to, denoise, make_scheduler, native_bf16
+from methods._grad import no_grad
 from methods.base import ErasureRequest, Method, MethodConfig
+
+if TYPE_CHECKING:
+    import torch
+
+    from bench.backbone import Backbone
 
 BUDGET_FIELDS = ("max_steps", "max_minutes", "checkpoint_dir", "checkpoint_every", "progress", "use_mini_defaults",
                  "gradient_checkpointing")
@@ -133,16 +133,22 @@ def seed_of(config: FinetuneConfig, request: ErasureRequest) -> int:
 
 def step_generator(seed: int, step: int, stream: int = 0) -> torch.Generator:
     """A CPU generator for step ``step``: the randomness of a step depends only on (seed, step, stream)."""
+    import torch
+
     digest = hashlib.sha256(f"{seed}:{step}:{stream}".encode()).digest()
     return torch.Generator("cpu").manual_seed(int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF)
 
 
 def randn(shape: Iterable[int], gen: torch.Generator, like: torch.Tensor | Backbone) -> torch.Tensor:
+    import torch
+
     device, dtype = (like.device, like.dtype)
     return torch.randn(tuple(shape), generator=gen).to(device, dtype)
 
 
 def randint(low: int, high: int, gen: torch.Generator, n: int | None = None):
+    import torch
+
     values = torch.randint(low, high, (n or 1,), generator=gen)
     return int(values[0]) if n is None else values.tolist()
 
@@ -179,12 +185,14 @@ def preserve_prompts(request: ErasureRequest, extra: Iterable[str] = ()) -> list
 
 # --------------------------------------------------------------------------- diffusion helpers
 def ddim_timesteps(backbone: Backbone, steps: int) -> torch.Tensor:
+    from bench.generate import SamplerConfig, make_scheduler
+
     scheduler = make_scheduler(backbone, SamplerConfig("ddim", steps))
     scheduler.set_timesteps(steps, device=backbone.device)
     return scheduler.timesteps
 
 
-@torch.no_grad()
+@no_grad
 def sample_until(backbone: Backbone, prompts: list[str], noise: torch.Tensor, steps: int, guidance: float,
                  stop_step: int, precision: str = "fp32", negative_prompt: str = "") -> torch.Tensor:
     """DDIM-sample ``prompts`` from ``noise`` with CFG and return the latents *before* step ``stop_step``.
@@ -192,6 +200,8 @@ def sample_until(backbone: Backbone, prompts: list[str], noise: torch.Tensor, st
     Those latents sit at noise level ``ddim_timesteps(backbone, steps)[stop_step]``. ``negative_prompt``
     replaces the empty prompt of the unconditional branch (CA's nudity recipe samples its anchor images so).
     """
+    from bench.generate import SamplerConfig, denoise, make_scheduler
+
     sampler = SamplerConfig("ddim", steps=steps, guidance=guidance, precision=precision)
     if stop_step <= 0:
         return noise * make_scheduler(backbone, sampler).init_noise_sigma
@@ -199,7 +209,7 @@ def sample_until(backbone: Backbone, prompts: list[str], noise: torch.Tensor, st
                    stop_step=stop_step, hooks=[])
 
 
-@torch.no_grad()
+@no_grad
 def sample_latents(backbone: Backbone, prompts: list[str], gen: torch.Generator, steps: int, guidance: float,
                    batch_size: int = 64, precision: str = "fp32", negative_prompt: str = "",
                    sampler: str = "ddim") -> torch.Tensor:
@@ -208,6 +218,10 @@ def sample_latents(backbone: Backbone, prompts: list[str], gen: torch.Generator,
     ``sampler`` is ``"ddim"`` (eta 0) or ``"dpm"`` (DPM-Solver++ (2M), :class:`~bench.generate.SamplerConfig`).
     The noise of all prompts is drawn first, so the samples do not depend on ``batch_size``.
     """
+    import torch
+
+    from bench.generate import SamplerConfig, denoise
+
     if sampler not in ("ddim", "dpm"):
         raise ValueError(f"sampler must be 'ddim' or 'dpm', not {sampler!r}")
     config = SamplerConfig(sampler, steps=steps, guidance=guidance, precision=precision)
@@ -227,6 +241,8 @@ def add_noise(backbone: Backbone, latents: torch.Tensor, noise: torch.Tensor, ti
 
 def eps(unet: torch.nn.Module, latents: torch.Tensor, timesteps: torch.Tensor | int, emb: torch.Tensor) -> torch.Tensor:
     """The UNet's noise prediction (as float32, so losses are taken in full precision)."""
+    import torch
+
     if isinstance(timesteps, int) or timesteps.ndim == 0:
         timesteps = torch.full((latents.shape[0],), int(timesteps), device=latents.device, dtype=torch.long)
     if emb.shape[0] == 1 and latents.shape[0] > 1:
@@ -237,6 +253,8 @@ def eps(unet: torch.nn.Module, latents: torch.Tensor, timesteps: torch.Tensor | 
 def eps_pair(unet: torch.nn.Module, latents: torch.Tensor, timesteps: torch.Tensor | int, emb_a: torch.Tensor,
              emb_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`eps` under two conditionings in one UNet call (as a CFG batch): fewer, larger calls."""
+    import torch
+
     n = latents.shape[0]
     emb = torch.cat([emb_a.expand(n, -1, -1), emb_b.expand(n, -1, -1)])
     return eps(unet, torch.cat([latents, latents]), timesteps, emb).chunk(2)
@@ -248,6 +266,8 @@ def cached_tensors(config: FinetuneConfig, name: str, run: dict,
 
     ``run`` is the run's fingerprint (:func:`run_fingerprint`); the file name carries its hash.
     """
+    from safetensors.torch import load_file
+
     if not config.checkpoint_dir:
         return make()
     key = hashlib.sha256(json.dumps(run, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -327,10 +347,14 @@ class Trajectories:
             return x, None
         return x, (self.pool["eps_uncond"][prompt_idx, k, step].float(), self.pool["eps_cond"][prompt_idx, k, step].float())
 
-    @torch.no_grad()
+    @no_grad
     def _sample_pool(self, pool: int, seed: int) -> dict[str, torch.Tensor]:
         """[prompt, k, step, *latent]: the latents before each DDIM step of ``pool`` samples per prompt,
         and the two noise predictions CFG made there."""
+        import torch
+
+        from bench.generate import SamplerConfig, denoise
+
         gen = step_generator(seed, -1, stream=17)
         sampler = SamplerConfig("ddim", steps=self.steps, guidance=self.guidance, precision=self.precision)
         out: dict[str, list[torch.Tensor]] = {"x": [], "eps_uncond": [], "eps_cond": []}
@@ -349,6 +373,10 @@ class Trajectories:
 def autocast_dtype(device: torch.device, mode: str) -> torch.dtype | None:
     """The forward passes' autocast dtype: bf16 where the device has it natively (a CUDA GPU, or a CPU
     with AVX512-BF16/AMX), fp16 on other GPUs, none otherwise."""
+    import torch
+
+    from bench.generate import native_bf16
+
     if mode == "no":
         return None
     if device.type == "cpu":  # CPU autocast: bf16 only (fp16 has no fast CPU kernels)
@@ -362,6 +390,8 @@ def autocast_dtype(device: torch.device, mode: str) -> torch.dtype | None:
 
 def sampling_precision(config: FinetuneConfig, device: torch.device) -> str:
     """The sampler precision matching the training autocast (a method's own image sampling)."""
+    from bench.generate import PRECISIONS
+
     return {dtype: name for name, dtype in PRECISIONS.items()}[autocast_dtype(device, config.mixed_precision)]
 
 
@@ -402,6 +432,11 @@ def train(
     ``after_backward`` may edit the gradients (SalUn's saliency mask) before the optimiser step. ``state`` holds
     tensors that ``loss_fn`` updates in place and that a resume needs (AdvUnlearn's latest adversarial prompt).
     """
+    import torch
+    from tqdm.auto import tqdm
+
+    from bench.generate import autocast_to
+
     dtypes = {k: next(m.parameters()).dtype for k, m in modules.items()}
     for m in modules.values():
         if next(m.parameters()).dtype != torch.float32:
@@ -488,6 +523,9 @@ class Checkpoint:
 
     def load(self, params: dict[str, torch.nn.Parameter], opt: torch.optim.Optimizer,
              state: dict[str, torch.Tensor] | None = None) -> int:
+        import torch
+        from safetensors.torch import load_file
+
         where = self._current()
         if where is None:
             return 0
@@ -515,6 +553,8 @@ class Checkpoint:
 
     def save(self, params: dict[str, torch.nn.Parameter], opt: torch.optim.Optimizer, step: int,
              loss: float | None, state: dict[str, torch.Tensor] | None = None) -> None:
+        import torch
+
         tmp, cur, old = (self.folder / n for n in ("checkpoint.tmp", "checkpoint", "checkpoint.old"))
         for stale in (tmp, old):
             if stale.exists() and (stale is tmp or cur.exists()):

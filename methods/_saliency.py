@@ -11,8 +11,10 @@ before an optimiser step (``after_backward`` of :func:`methods._finetune.train`)
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def saliency_mask(grads: dict[str, torch.Tensor], ratio: float, per_tensor: bool = False,
@@ -21,6 +23,8 @@ def saliency_mask(grads: dict[str, torch.Tensor], ratio: float, per_tensor: bool
 
     ``per_tensor=False`` ranks all tensors together (SalUn); ``True`` keeps the fraction within each tensor (ANT).
     ``smallest`` is ANT's official ``generate_mask.py``, which ranks |g| ascending and keeps the first fraction."""
+    import torch
+
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"saliency mask ratio {ratio!r} must be in [0, 1] (the fraction of weights kept)")
     sign = -1.0 if smallest else 1.0
@@ -37,6 +41,8 @@ def saliency_mask(grads: dict[str, torch.Tensor], ratio: float, per_tensor: bool
 
 
 def _top_fraction(flat: torch.Tensor, ratio: float) -> torch.Tensor:
+    import torch
+
     keep = torch.zeros_like(flat, dtype=torch.bool)
     k = int(round(ratio * flat.numel()))
     if k > 0:

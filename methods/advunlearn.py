@@ -32,15 +32,16 @@ time) and the attack starts from a random prefix. Expensive (hours on SD): mind 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-import torch.nn.functional as F
-
-from bench.backbone import Backbone
 from methods import _finetune as ft
 from methods.base import ErasureRequest, register_method
 from methods.recipes import PromptFile, Recipe
+
+if TYPE_CHECKING:
+    import torch
+
+    from bench.backbone import Backbone
 
 
 @dataclass
@@ -133,11 +134,15 @@ class PrefixPrompt:
         self.vectors: torch.Tensor | None = None
 
     def ids(self, prompts: list[str]) -> torch.Tensor:
+        import torch
+
         ids = self.backbone.tokenize(prompts)
         filler = torch.full((ids.shape[0], self.k), self.backbone.tokenizer.pad_token_id or 0, device=ids.device)
         return torch.cat([ids[:, :1], filler, ids[:, 1:ids.shape[1] - self.k]], dim=1)
 
     def encode(self, text_encoder: torch.nn.Module, prompts: list[str], vectors: torch.Tensor) -> torch.Tensor:
+        import torch
+
         table = text_encoder.get_input_embeddings()
 
         def put_prefix(module, inputs, output):
@@ -177,6 +182,9 @@ class AdvUnlearn(ft.FinetuneMethod):
     edited_components = ("text_encoder",)
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
+        import torch
+        import torch.nn.functional as F
+
         self.check_request(request)
         cfg: AdvUnlearnConfig = self.effective_config(backbone)
         seed = ft.seed_of(cfg, request)

@@ -69,18 +69,18 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-import torch.nn.functional as F
-
-from bench.backbone import Backbone
-from bench.generate import autocast_to
 from methods import _finetune as ft
 from methods._saliency import intersect_masks, masked_gradients, saliency_mask
 from methods.base import Deviation, ErasureRequest, register_method
 from methods.esd import parameter_rule
 from methods.recipes import Recipe
+
+if TYPE_CHECKING:
+    import torch
+
+    from bench.backbone import Backbone
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +198,9 @@ class ANT(ft.FinetuneMethod):
                              "mask_seeds": 1, "mask_prompts": ["nudity"]}
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
+        import torch
+        import torch.nn.functional as F
+
         self.check_request(request)
         cfg: ANTConfig = self.effective_config(backbone)
         check_config(cfg)
@@ -286,6 +289,10 @@ class ANT(ft.FinetuneMethod):
         """The augmentation-enhanced saliency map: one gradient run per (seed, mask prompt), each from the unedited
         weights, ``mask_iterations`` Adam steps at ``mask_lr`` with the gradients summed; per-tensor top
         ``mask_ratio`` of |sum|, intersected over the runs. The weights are restored afterwards."""
+        import torch
+
+        from bench.generate import autocast_to
+
         dtype = next(edited.unet.parameters()).dtype
         if dtype != torch.float32:
             edited.unet.float()  # trained in float32 as ft.train does; cast back below

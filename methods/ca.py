@@ -35,15 +35,16 @@ horizontal flip.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-import torch.nn.functional as F
-
-from bench.backbone import Backbone
 from methods import _finetune as ft
 from methods.base import ErasureRequest, register_method
 from methods.recipes import Recipe
+
+if TYPE_CHECKING:
+    import torch
+
+    from bench.backbone import Backbone
 
 
 @dataclass
@@ -223,6 +224,9 @@ class ConceptAblation(ft.FinetuneMethod):
     recipes = RECIPES
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
+        import torch
+        import torch.nn.functional as F
+
         self.check_request(request)
         cfg: CAConfig = self.effective_config(backbone)
         seed = ft.seed_of(cfg, request)

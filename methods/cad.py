@@ -45,21 +45,14 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from bench.attribution import (
-    AblationEdit,
-    Attribution,
-    AttributionConfig,
-    attribute,
-    check_selectable,
-    load_concept_images,
-    select_parameters,
-)
-from bench.backbone import Backbone
-from bench.worlds.v1.prompts import CONCEPT_CAPTIONS
 from methods.base import ErasureRequest, Method, MethodConfig, register_method, with_mini_preset
 from methods.recipes import Recipe
+
+if TYPE_CHECKING:
+    from bench.attribution import AblationEdit, Attribution, AttributionConfig
+    from bench.backbone import Backbone
 
 # Attribution prompt per concept kind (cad.md 6.6); "identity" is an extrapolation (not in the code).
 PROMPT_TEMPLATES = {
@@ -193,6 +186,8 @@ class _CAD(Method):
         self.edit: AblationEdit | None = None
 
     def prompts_for(self, request: ErasureRequest, backbone: Backbone, config: CADConfig) -> list[str]:
+        from bench.worlds.v1.prompts import CONCEPT_CAPTIONS
+
         if request.target_prompts:
             return list(request.target_prompts)
         # the mini world's captions are templated ("a circle", "a striped square"), never bare words
@@ -209,6 +204,8 @@ class _CAD(Method):
         return template.format(concept=request.targets[0]) if template else ""
 
     def attribution_config(self, config: CADConfig, request: ErasureRequest, image_prompt: str = "") -> AttributionConfig:
+        from bench.attribution import AttributionConfig
+
         return AttributionConfig(
             objective=self.objective, anchor=request.anchor, timesteps=config.timesteps, samples=config.samples,
             guidance=config.guidance, mode=config.mode, selector=config.selector, n_images=config.n_images,
@@ -217,6 +214,8 @@ class _CAD(Method):
         )
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
+        from bench.attribution import attribute, check_selectable, load_concept_images, select_parameters
+
         self.check_request(request)
         config = resolve_config(self.config, backbone, self.objective, self.explicit)
         # fail before the (expensive) attribution when the rule cannot select anything

@@ -18,18 +18,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import TYPE_CHECKING
 
-import torch
-
-from bench.attribution import check_selectable, select_components, select_parameters
-from bench.backbone import Backbone
 from methods.base import ErasureRequest, register_method
 from methods.cad import CADErase, resolve_config
+
+if TYPE_CHECKING:
+    import torch
+
+    from bench.backbone import Backbone
 
 
 def random_scores(shapes: dict[str, tuple[int, ...]], seed: int) -> dict[str, torch.Tensor]:
     """Scores uniform on (0, 1] for every component, drawn matrix by matrix in name order from one generator
     seeded with ``seed`` (the same seed gives the same selection on any device)."""
+    import torch
+
     gen = torch.Generator("cpu").manual_seed(int(seed))
     return {name: 1.0 - torch.rand(shapes[name], generator=gen) for name in sorted(shapes)}
 
@@ -45,6 +49,8 @@ class CADRandom(CADErase):
     algorithm_version = "1"
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
+        from bench.attribution import check_selectable, select_components, select_parameters
+
         self.check_request(request)
         config = resolve_config(self.config, backbone, "erase", self.explicit)
         shapes = {n: tuple(p.shape) for n, p in select_parameters(backbone.unet, config.selector).items()}

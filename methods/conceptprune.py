@@ -51,16 +51,17 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-
-from bench.attribution import select_parameters
-from bench.backbone import Backbone
-from bench.generate import SamplerConfig, denoise, image_seed, initial_noise
 from methods.base import ErasureRequest, Method, MethodConfig, register_method, uses_mini_preset, with_mini_preset
 from methods.recipes import Recipe
 from methods.uce import record_edit
+
+if TYPE_CHECKING:
+    import torch
+
+    from bench.backbone import Backbone
+    from bench.generate import SamplerConfig
 
 DEFAULT_TEMPLATES = ["a {}", "a photo of a {}", "an image of a {}", "a picture of a {}"]
 
@@ -76,6 +77,8 @@ MODULE_SELECTORS = {
 
 def prunable_layers(unet: torch.nn.Module, modules: str = "ff") -> list[tuple[str, torch.nn.Linear]]:
     """The Linear layers ConceptPrune scores for ``modules`` (see :data:`MODULE_SELECTORS`), sorted by name."""
+    from bench.attribution import select_parameters
+
     if modules not in MODULE_SELECTORS:
         raise ValueError(f"unknown conceptprune modules {modules!r}; valid: {', '.join(MODULE_SELECTORS)}")
     paths = sorted(name.removesuffix(".weight") for name in select_parameters(unet, MODULE_SELECTORS[modules]))
@@ -90,6 +93,10 @@ def activation_norms(
 
     The squared norms are sums over every activation row (token, CFG branch and prompt), so sampling
     ``batch_size`` prompts at a time gives the same sums as one at a time (up to float rounding)."""
+    import torch
+
+    from bench.generate import denoise, initial_noise
+
     layers = prunable_layers(backbone.unet, modules)
     sq = {name: torch.zeros(timesteps, layer.in_features, dtype=torch.float64) for name, layer in layers}
     step = {"t": -1}
@@ -126,6 +133,8 @@ def skilled_mask(
     threshold: float,
 ) -> torch.Tensor:
     """ConceptPrune Eq. 2-4: the boolean mask of weights to prune, from per-step column norms ``[T, d_ff]``."""
+    import torch
+
     w = weight.detach().abs().double().cpu()
     steps = norms_concept.shape[0]
     k = int(skill_ratio * w.shape[1])
@@ -277,6 +286,10 @@ class ConceptPrune(Method):
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
         """Several targets: one mask per target (its own prompts vs references), pruned as a union
         (the official ``multi_concept_union.py``)."""
+        import torch
+
+        from bench.generate import SamplerConfig, image_seed
+
         self.check_request(request)
         cfg = resolve_config(self.config, backbone, request.kind, self.explicit)
         if cfg.timesteps < 1:

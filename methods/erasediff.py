@@ -34,15 +34,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-import torch.nn.functional as F
-
-from bench.backbone import Backbone
 from methods import _finetune as ft
 from methods.base import ErasureRequest, register_method, target_phrases
 from methods.recipes import Recipe
+
+if TYPE_CHECKING:
+    import torch
+
+    from bench.backbone import Backbone
 
 _REPO = "JingWu321/EraseDiff @ 14f4e98"
 _NSFW = f"{_REPO}, sd/train_scripts/erasediff_nsfw.py"
@@ -124,6 +125,9 @@ class EraseDiff(ft.FinetuneMethod):
     )
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
+        import torch
+        import torch.nn.functional as F
+
         self.check_request(request)
         cfg: EraseDiffConfig = self.effective_config(backbone)
         for name in ("epochs", "k_steps", "batch_size", "num_images", "sample_steps"):

@@ -35,15 +35,16 @@ other objects and styles at 1.00; tests/test_methods_finetune.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import torch
-import torch.nn.functional as F
-
-from bench.backbone import Backbone
 from methods import _finetune as ft
 from methods.base import ErasureRequest, register_method
 from methods.recipes import Recipe
+
+if TYPE_CHECKING:
+    import torch
+
+    from bench.backbone import Backbone
 
 
 @dataclass
@@ -127,6 +128,9 @@ class ESD(ft.FinetuneMethod):
     mini_defaults = MINI_DEFAULTS
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
+        import torch
+        import torch.nn.functional as F
+
         self.check_request(request)
         cfg: ESDConfig = self.effective_config(backbone)
         seed = ft.seed_of(cfg, request)

@@ -34,14 +34,16 @@ Deviations from the official code (also in :attr:`ForgetMeNot.deviations`):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-
-from bench.backbone import Backbone
 from methods import _finetune as ft
 from methods.base import ErasureRequest, register_method, target_phrases
 from methods.recipes import Recipe
+
+if TYPE_CHECKING:
+    import torch
+
+    from bench.backbone import Backbone
 
 _REPO = "SHI-Labs/Forget-Me-Not @ a4a81e8"
 _ATTN = f"{_REPO}, configs/attn.yaml"
@@ -137,6 +139,8 @@ class AttentionRecorder:
 
     def loss(self) -> torch.Tensor:
         """Eq. of the module docstring: the norm of everything kept since the last reset."""
+        import torch
+
         return torch.cat(self.kept).float().norm()
 
     def reset(self, positions: torch.Tensor | None = None) -> None:
@@ -150,6 +154,8 @@ class RecordingCrossAttention:
         self.recorder = recorder
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        import torch
+
         residual = hidden_states
         if attn.spatial_norm is not None:
             hidden_states = attn.spatial_norm(hidden_states, temb)
@@ -235,6 +241,8 @@ class ForgetMeNot(ft.FinetuneMethod):
     )
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
+        import torch
+
         self.check_request(request)
         cfg: FMNConfig = self.effective_config(backbone)
         for name in ("iterations", "batch_size", "num_images", "sample_steps"):

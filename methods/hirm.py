@@ -47,15 +47,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-import torch.nn.functional as F
-
-from bench.backbone import Backbone
 from methods import _finetune as ft
 from methods.base import Deviation, ErasureRequest, register_method
 from methods.recipes import Recipe
+
+if TYPE_CHECKING:
+    import torch
+
+    from bench.backbone import Backbone
 
 
 @dataclass
@@ -174,6 +175,9 @@ class HiRM(ft.FinetuneMethod):
     conformance_overrides = {"epochs": 2}
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
+        import torch
+        import torch.nn.functional as F
+
         self.check_request(request)
         cfg: HiRMConfig = self.effective_config(backbone)
         layers = len(encoder_layers(backbone.text_encoder))
@@ -232,6 +236,8 @@ def steering_target(length: int, width: int, coeff: float, norm: str, seed: int)
     """HiRM-R's target ``[length, width]``: ``u ~ U[0, 1)`` (the port's ``torch.rand``) scaled to ``coeff`` over the
     whole tensor (``norm="whole"``, erase-eval ``train_hirm.py``; each row then has about ``coeff / sqrt(length)``)
     or per row (``"per_row"``, the paper's unit vector per token: each row has exactly ``coeff``)."""
+    import torch
+
     u = torch.rand((length, width), generator=torch.Generator("cpu").manual_seed(seed))
     if norm == "per_row":
         return coeff * u / u.norm(dim=-1, keepdim=True)
@@ -244,6 +250,8 @@ def concept_mask(backbone: Backbone, templates: list[str], concepts: list[str], 
     """``[N, L]`` weights of the loss rows of each prompt (concept-major, as the prompts): every row, or (with
     ``"from_concept"``) the rows from the concept's first token on. Through a causal encoder the rows before it
     are those of every prompt with the same prefix ("a red" in "a red circle"), so misdirecting them is not local."""
+    import torch
+
     length = backbone.tokenizer.model_max_length
     mask = torch.ones(len(concepts) * len(templates), length, device=backbone.device)
     if rows == "all":

@@ -56,6 +56,7 @@ Deliberate deviations (each also in the edit's record, ``info``):
 - Retain and target prompts come from the recipe (COCO captions, the target's words), not the official
   ``*_target.csv`` / ``*_remain.csv`` lists. The SAE corpus is the authors' (the recipes' ``extra_files``, fetched
   from the repository at 6e8869a: ``diffusiondb_nsfw.csv`` for nudity; ``celebrity_100_concepts.csv`` and
+
   ``art_100_concepts.csv`` for identity and style) with COCO, deduplicated, COCO first (the official concatenates
   the authors' files first, so its ``b_pre`` starts from their first 500 prompts, and keeps repeated prompts).
 """
@@ -71,15 +72,18 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-
-from bench.backbone import Backbone, tensor_bytes
-from bench.generate import GuidanceContext
-from methods._sae import TopKSAE, init_from_data_, train_sae
+from methods._grad import no_grad
 from methods.base import ErasureRequest, Method, MethodConfig, register_method, target_phrases, with_mini_preset
 from methods.recipes import PromptFile, Recipe
+
+if TYPE_CHECKING:
+    import torch
+
+    from bench.backbone import Backbone
+    from bench.generate import GuidanceContext
+    from methods._sae import TopKSAE
 
 _REPO = "NANSirun/Interpret-then-deactivate @ 6e8869a"
 SAE_FILE = "sae.safetensors"
@@ -224,12 +228,16 @@ class SAEDeactivation:
 
     def __init__(self, sae: TopKSAE, layer: int, features: list[int], strength: float, threshold: float | None,
                  keep_residual: bool, sae_sha256: str):
+        import torch
+
         self.sae, self.layer, self.strength, self.threshold = sae, layer, float(strength), threshold
         self.features = torch.tensor(sorted(features), dtype=torch.long)
         self.keep_residual, self.sae_sha256 = keep_residual, sae_sha256
 
     def edit(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(x', change)``: every prompt's deactivated activations and its mean squared change."""
+        import torch
+
         sae, feats = self.sae, self.features.to(x.device)
         h = x.to(sae.pre_bias.dtype)
         z = sae.encode(h)
@@ -243,6 +251,8 @@ class SAEDeactivation:
         return out.to(x.dtype), change
 
     def __call__(self, module, args, output):
+        import torch
+
         hidden = output[0] if isinstance(output, tuple) else output
         if len(self.features) == 0:
             return output
@@ -273,7 +283,7 @@ class _Stop(Exception):
     pass
 
 
-@torch.no_grad()
+@no_grad
 def layer_activations(backbone: Backbone, prompts: list[str], layer: int, pad_to_max: bool = False) -> torch.Tensor:
     """The output of text-encoder layer ``layer`` for ``prompts``, ``[N, L, D]`` (float32): padded to the longest
     prompt (as the official training and feature selection) or to the tokenizer's max length (as at sampling).
@@ -297,7 +307,7 @@ def layer_activations(backbone: Backbone, prompts: list[str], layer: int, pad_to
     return got[0].float()
 
 
-@torch.no_grad()
+@no_grad
 def prompt_activations(backbone: Backbone, prompts: list[str], layer: int, chunk: int = 256) -> list[torch.Tensor]:
     """Each prompt's layer-``layer`` activations over its own tokens, [SoT] to [EoT] (``[T_i, D]``, float32):
     the SAE's training rows."""
@@ -313,6 +323,8 @@ def prompt_activations(backbone: Backbone, prompts: list[str], layer: int, chunk
 
 
 def _sha256_state(module: torch.nn.Module) -> str:
+    from bench.backbone import tensor_bytes
+
     h = hashlib.sha256()
     for key, tensor in sorted(module.state_dict().items()):
         h.update(key.encode())
@@ -476,7 +488,10 @@ class ITD(Method):
 
     def sae_for(self, backbone: Backbone, config: ITDConfig, corpus: list[str], seed: int) -> tuple[TopKSAE, dict]:
         """The trained SAE and its record: loaded from ``sae_dir`` when there, else trained (there, resumably)."""
+        import torch
         from safetensors.torch import load_file, save_file
+
+        from methods._sae import TopKSAE
 
         key = self.sae_key(backbone, config, corpus, seed)
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -528,6 +543,10 @@ class ITD(Method):
 
     def _train(self, sae: TopKSAE, backbone: Backbone, config: ITDConfig, corpus: list[str], seed: int, key: dict,
                checkpoint: Path | None) -> tuple[TopKSAE, dict]:
+        import torch
+
+        from methods._sae import init_from_data_, train_sae
+
         sae = sae.to(backbone.device)
         n = len(corpus)
         per_epoch = -(-n // config.batch_size)
@@ -560,7 +579,7 @@ class ITD(Method):
         return sae.eval().requires_grad_(False), record
 
     # ------------------------------------------------------------------ interpret
-    @torch.no_grad()
+    @no_grad
     def concept_features(self, backbone: Backbone, sae: TopKSAE, config: ITDConfig, targets: list[str],
                          retain: list[str]) -> list[int]:
         def top(prompt: str) -> set[int]:

@@ -49,14 +49,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
-
-from bench.backbone import Backbone
 from methods.base import ErasureRequest, Method, MethodConfig, register_method, with_mini_preset
 from methods.recipes import PromptFile, Recipe
 from methods.uce import edit_projections, gram_rows, record_edit
+
+if TYPE_CHECKING:
+    from bench.backbone import Backbone
 
 OBJECT_TEMPLATES = [
     "{} in a photo", "{} in a snapshot", "A snapshot of {}", "A photograph showcasing {}", "An illustration of {}",
@@ -219,6 +219,8 @@ class MACECFR(Method):
     recipes = RECIPES
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
+        import torch
+
         self.check_request(request)
         cfg: MACECFRConfig = with_mini_preset(self.config, backbone, MINI_PRESET, self.explicit)
         start = time.perf_counter()

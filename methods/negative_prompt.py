@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-
-from bench.backbone import Backbone
-from bench.generate import GuidanceContext
 from methods.base import ErasureRequest, Method, MethodConfig, register_method, target_phrases
 from methods.uce import record_edit
+
+if TYPE_CHECKING:
+    import torch
+
+    from bench.backbone import Backbone
+    from bench.generate import GuidanceContext
 
 
 class NegativePromptHook:

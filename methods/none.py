@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from bench.backbone import Backbone
 from methods.base import ErasureRequest, Method, MethodConfig, register_method
+
+if TYPE_CHECKING:
+    from bench.backbone import Backbone
 
 
 @dataclass

@@ -36,12 +36,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
-
-from bench.backbone import Backbone
-from bench.generate import image_seed
 from methods.base import ErasureRequest, Method, MethodConfig, register_method, target_phrases, with_mini_preset
 from methods.recipes import PromptFile, Recipe
 from methods.uce import (
@@ -55,11 +51,18 @@ from methods.uce import (
     uce_closed_form,
 )
 
+if TYPE_CHECKING:
+    import torch
+
+    from bench.backbone import Backbone
+
 
 def regenerating_embedding(
     current: list[torch.Tensor], original: list[torch.Tensor], c: torch.Tensor, reg_scale: float
 ) -> torch.Tensor:
     """RECE's closed form: rows ``c`` ``[n, d]`` -> ``c' = (sum W^T W + reg I)^-1 (sum W^T W0) c`` per row."""
+    import torch
+
     d = c.shape[-1]
     gram = reg_scale * torch.eye(d, dtype=torch.float64, device=c.device)
     cross = torch.zeros(d, d, dtype=torch.float64, device=c.device)
@@ -207,6 +210,8 @@ class RECE(Method):
     recipes = RECIPES
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
+        import torch
+
         self.check_request(request)
         cfg = with_mini_preset(self.config, backbone, MINI_PRESET, self.explicit)
         start = time.perf_counter()
@@ -253,6 +258,7 @@ class EpochScorer:
 
     def __init__(self, backbone: Backbone, config: RECEConfig, request: ErasureRequest):
         from bench.evaluators import EVALUATORS
+        from bench.generate import image_seed
 
         self.backbone, self.config = backbone, config
         prompts = config.validation_prompts or list(request.target_prompts or []) or target_phrases(request, backbone)

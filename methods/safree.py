@@ -77,12 +77,9 @@ import dataclasses
 import logging
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
-
-from bench.backbone import Backbone
-from bench.generate import ConditioningContext, GuidanceContext
+from methods._grad import no_grad
 from methods.base import (
     ErasureRequest,
     Method,
@@ -93,6 +90,12 @@ from methods.base import (
 )
 from methods.recipes import Recipe
 from methods.uce import record_edit
+
+if TYPE_CHECKING:
+    import torch
+
+    from bench.backbone import Backbone
+    from bench.generate import ConditioningContext, GuidanceContext
 
 OFFICIAL = "jaehong31/SAFREE @ b8b2c3f"
 MSP = f"{OFFICIAL}, models/modified_stable_diffusion_pipeline.py"
@@ -167,6 +170,8 @@ class SAFREEConfig(MethodConfig):
 # --------------------------------------------------------------------------- the filter (steps 1-4)
 def projector(columns: torch.Tensor) -> torch.Tensor:
     """``E (E^T E)^+ E^T`` for ``E`` = ``columns`` (D x K): the orthogonal projector onto their span."""
+    import torch
+
     return columns @ torch.linalg.pinv(columns.T @ columns) @ columns.T
 
 
@@ -215,6 +220,8 @@ class SafreeHook:
         return ctx.eps_uncond + ctx.guidance_scale * (ctx.eps_cond - ctx.eps_uncond)
 
     def condition(self, ctx: ConditioningContext) -> torch.Tensor:
+        import torch
+
         filtered = ctx.state.get("safree")
         if filtered is None:  # once per batch: the prompts' filtering does not change across steps
             toxic = self.toxic_projector(ctx.backbone)
@@ -232,16 +239,18 @@ class SafreeHook:
                 "deviations": list(DEVIATIONS)}
 
     # -- the computation
-    @torch.no_grad()
+    @no_grad
     def toxic_projector(self, backbone: Backbone) -> torch.Tensor:
         """``P_C`` (D x D) of the keywords' pooled embeddings on ``backbone``'s text encoder (step 1)."""
         return projector(pooled(backbone, backbone.tokenize(self.keywords)).T)
 
-    @torch.no_grad()
+    @no_grad
     def filter(self, backbone: Backbone, prompt: str, embedding: torch.Tensor,
                toxic: torch.Tensor | None = None) -> FilteredPrompt:
         """SAFREE's filtering of one prompt (steps 2-4), whose text embeddings [L, D] are ``embedding``;
         ``toxic``: :meth:`toxic_projector` (computed here when not given)."""
+        import torch
+
         toxic = self.toxic_projector(backbone) if toxic is None else toxic
         tokens = backbone.tokenizer([prompt], padding="max_length", max_length=backbone.tokenizer.model_max_length,
                                     truncation=True, return_tensors="pt")

@@ -43,16 +43,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-import torch.nn.functional as F
-
-from bench.backbone import Backbone
 from methods import _finetune as ft
 from methods._saliency import masked_gradients, saliency_mask
 from methods.base import ErasureRequest, register_method
 from methods.recipes import Recipe
+
+if TYPE_CHECKING:
+    import torch
+
+    from bench.backbone import Backbone
 
 
 @dataclass
@@ -154,6 +155,9 @@ class SalUn(ft.FinetuneMethod):
     recipes = RECIPES
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
+        import torch
+        import torch.nn.functional as F
+
         self.check_request(request)
         cfg: SalUnConfig = self.effective_config(backbone)
         seed = ft.seed_of(cfg, request)
@@ -227,6 +231,9 @@ class SalUn(ft.FinetuneMethod):
     def _mask(edited: Backbone, params: dict[str, torch.nn.Parameter], x_forget: torch.Tensor, emb: torch.Tensor,
               emb_0: torch.Tensor, cfg: SalUnConfig, seed: int) -> dict[str, torch.Tensor]:
         """Accumulate the saliency loss's gradient over one pass of D_f (theta_0 = the unedited weights)."""
+        import torch
+        import torch.nn.functional as F
+
         gen = ft.step_generator(seed, -1, stream=3)
         grads = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
         n_train = edited.scheduler.config.num_train_timesteps

@@ -30,15 +30,16 @@ Deviations (also in :attr:`SDD.deviations`):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-import torch.nn.functional as F
-
-from bench.backbone import Backbone
 from methods import _finetune as ft
 from methods.base import ErasureRequest, register_method, target_phrases
 from methods.recipes import Recipe
+
+if TYPE_CHECKING:
+    import torch
+
+    from bench.backbone import Backbone
 
 _REPO = "nannullna/safe-diffusion @ a2e820c"
 _TRAIN = f"{_REPO}, train_sdd.py"
@@ -116,6 +117,9 @@ class SDD(ft.FinetuneMethod):
     )
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
+        import torch
+        import torch.nn.functional as F
+
         self.check_request(request)
         cfg: SDDConfig = self.effective_config(backbone)
         if cfg.iterations < 1 or cfg.ddim_steps < 1 or not 0.0 <= cfg.ema_decay < 1.0:

@@ -41,15 +41,17 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
-
-from bench.backbone import Backbone
-from bench.generate import GuidanceContext
 from methods.base import ErasureRequest, Method, MethodConfig, register_method, target_phrases
 from methods.recipes import Recipe
 from methods.uce import record_edit
+
+if TYPE_CHECKING:
+    import torch
+
+    from bench.backbone import Backbone
+    from bench.generate import GuidanceContext
 
 PRESETS = {
     "weak": dict(guidance_scale=200.0, warmup_steps=15, threshold=0.0, momentum_scale=0.0, mom_beta=0.0),
@@ -78,6 +80,8 @@ class SafetyGuidanceHook:
         return {self.EXTRA: self.concept}
 
     def guide(self, ctx: GuidanceContext) -> torch.Tensor:
+        import torch
+
         eps_u, eps_c = ctx.eps_uncond, ctx.eps_cond
         eps_s = ctx.eps_extra[self.EXTRA]
         guidance = eps_c - eps_u

@@ -48,14 +48,16 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import torch
-
-from bench.backbone import Backbone
 from methods.base import ErasureRequest, Method, MethodConfig, register_method, with_mini_preset
 from methods.recipes import PromptFile, Recipe
 from methods.uce import cross_attention_projections, record_edit
+
+if TYPE_CHECKING:
+    import torch
+
+    from bench.backbone import Backbone
 
 _REPO = "Ouxiang-Li/SPEED @ 6d3df0c"
 _SCRIPT = f"{_REPO}, train_erase_null.py"
@@ -145,6 +147,8 @@ RECIPES = {
 def _encode(backbone: Backbone, prompts: list[str]) -> tuple[torch.Tensor, list[int]]:
     """Last hidden states ``[N, L, d]`` (float64) and each prompt's last word row (``attention_mask.sum() - 2``:
     the token before end-of-text; the start-of-text row for the empty prompt)."""
+    import torch
+
     tok = backbone.tokenizer
     rows = []
     for prompt in prompts:
@@ -162,6 +166,8 @@ def concept_rows(backbone: Backbone, concepts: list[str], all_rows: bool) -> lis
 
 def retain_rows(backbone: Backbone, retain: list[str], chunk: int = CHUNK) -> torch.Tensor:
     """``[N, d]``: the last word row of each retain concept; with none, every row after start-of-text of ""."""
+    import torch
+
     if not retain:
         return concept_rows(backbone, [""], all_rows=True)[0]
     out = []
@@ -174,6 +180,8 @@ def retain_rows(backbone: Backbone, retain: list[str], chunk: int = CHUNK) -> to
 def kmeans(x: torch.Tensor, k: int, gen: torch.Generator, tol: float = 1e-4, max_iter: int = 300) -> torch.Tensor:
     """Lloyd's k-means (Euclidean) from ``k`` distinct rows drawn with ``gen``; stops when the centres' squared
     shift is below ``tol`` (``kmeans_pytorch``'s rule). Returns the centres ``[k, d]``."""
+    import torch
+
     if k > len(x):
         raise ValueError(f"speed: {k} clusters for {len(x)} rows")
     centres = x[torch.randperm(len(x), generator=gen)[:k]].clone()
@@ -189,6 +197,8 @@ def kmeans(x: torch.Tensor, k: int, gen: torch.Generator, tol: float = 1e-4, max
 
 def invariant_rows(backbone: Backbone, k: int, gen: torch.Generator) -> torch.Tensor:
     """``K`` as columns ``[d, 1 + k]``: the empty prompt's start-of-text row and ``k`` centres of its other rows."""
+    import torch
+
     emb, _ = _encode(backbone, [""])
     null = emb[0]
     return torch.cat([null[:1], kmeans(null[1:], k, gen)]).T
@@ -198,6 +208,8 @@ def perturbed(rows: torch.Tensor, p_min: torch.Tensor, erase: torch.Tensor, copi
               gen: torch.Generator) -> torch.Tensor:
     """DPA: ``copies`` perturbations ``c + n P_min`` of every row, mini-batch by mini-batch as the code draws
     them, keeping those the erasure update moves more than on average (over all of ``rows``' copies)."""
+    import torch
+
     out = []
     for start in range(0, len(rows), MINI_BATCH):
         batch = rows[start:start + MINI_BATCH]
@@ -212,6 +224,8 @@ def perturbed(rows: torch.Tensor, p_min: torch.Tensor, erase: torch.Tensor, copi
 def speed_delta(w: torch.Tensor, s_tt: torch.Tensor, s_at: torch.Tensor, retain: torch.Tensor, k_rows: torch.Tensor,
                 cfg: SPEEDConfig, gen: torch.Generator) -> torch.Tensor:
     """The update ``Delta`` of one projection ``w`` ``[d_out, d]`` (float64), from the module docstring."""
+    import torch
+
     d = w.shape[1]
     eye = torch.eye(d, dtype=torch.float64, device=w.device)
     erase = w @ (s_at - s_tt) @ torch.linalg.inv(eye + s_tt)  # the plain erasure update E
@@ -258,6 +272,8 @@ class SPEED(Method):
     )
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
+        import torch
+
         self.check_request(request)
         cfg: SPEEDConfig = with_mini_preset(self.config, backbone, MINI_PRESET, self.explicit)
         for name in ("aug_num", "num_clusters"):

@@ -80,16 +80,18 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
-
-from bench.backbone import Backbone
 from methods import _finetune as ft
+from methods._grad import no_grad
 from methods.base import Deviation, ErasureRequest, register_method
 from methods.recipes import PromptFile, Recipe
 from methods.uce import edit_projections, gram_rows
+
+if TYPE_CHECKING:
+    import torch
+
+    from bench.backbone import Backbone
 
 # The first 15 of the official object augmentation (src/cfr_utils.py, prompt_augmentation(concept_type='object'),
 # augment_num 15): the templates stage 1 puts every concept and its safe counterpart in.
@@ -257,6 +259,8 @@ def first_eot_row(backbone: Backbone, prompt: str) -> int:
 def eot_pairs(backbone: Backbone, concepts: list[str], anchor: str, templates: list[str]
               ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[str, str]]]:
     """(first-[EoT] rows of every concept prompt, the same rows of the anchor prompts, the prompt pairs)."""
+    import torch
+
     pairs = [(t.format(c), " ".join(t.format(anchor).split())) for c in concepts for t in templates]
     with torch.no_grad():
         emb_old = backbone.encode([p for p, _ in pairs]).float()
@@ -365,6 +369,9 @@ class TRCE(ft.FinetuneMethod):
 
     def _stage2(self, cfg: TRCEConfig, frozen: Backbone, edited: Backbone, request: ErasureRequest,
                 concepts: list[str], trajectory_templates: list[str], seed: int) -> None:
+        import torch
+        import torch.nn.functional as F
+
         run = ft.run_fingerprint(self, cfg, request, frozen)
         stage1 = edited.unet
         reg_unet = _frozen_copy(stage1)  # theta_1: the regularisation target
@@ -426,12 +433,14 @@ class TRCE(ft.FinetuneMethod):
         ))
 
 
-@torch.no_grad()
+@no_grad
 def sample_trajectories(backbone: Backbone, prompts: list[str], per_prompt: int, steps: int, guidance: float,
                         seed: int, precision: str, keep_eps: bool, batch_size: int = 32) -> dict[str, torch.Tensor]:
     """DDIM trajectories of the frozen model, as ``stage2_data_preparation.py`` stores them: ``x`` [prompt, k, step,
     *latent] (the latent before each step) and, with ``keep_eps``, the two noise predictions CFG made there
     (``eps_uncond``, ``eps_cond``). Sampled in batches over prompts and samples (the official: one at a time)."""
+    import torch
+
     from bench.generate import SamplerConfig, denoise
 
     gen = ft.step_generator(seed, -1, stream=23)
@@ -457,6 +466,8 @@ def accumulated_gradients(params: dict[str, torch.nn.Parameter]
     """The official stage-2 loop's gradients, which are never zeroed (``run_trce_stage2.py`` lines 190-191): an
     ``after_backward`` callback that replaces each step's gradient by the running sum of all steps' gradients so
     far, and that sum as checkpoint ``state`` (so a resumed run continues the same sum)."""
+    import torch
+
     total = {f"grad_sum.{n}": torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
 
     def accumulate() -> None:
@@ -484,6 +495,8 @@ def check_solvable(erase_rows: torch.Tensor, preserve_rows: torch.Tensor, *, era
     raises ValueError when its numerical rank is below the embedding size (eigenvalues under ``max * d * eps``,
     float64 machine epsilon, count as zero: the rule of ``torch.linalg.matrix_rank``). Such a solve has no unique
     answer and ``torch.linalg.solve`` returns weights blown up along the missing directions instead of failing."""
+    import torch
+
     d = erase_rows.shape[1]
     gram = lamb * torch.eye(d, dtype=torch.float64, device=erase_rows.device)
     gram = gram + erase_scale * erase_rows.double().T @ erase_rows.double()

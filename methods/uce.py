@@ -45,12 +45,12 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-import torch
-
 from methods.base import ErasureRequest, Method, MethodConfig, register_method
 from methods.recipes import PromptFile, Recipe
 
 if TYPE_CHECKING:  # annotations only (`erasebench show method uce` runs without torch loaded)
+    import torch
+
     from bench.backbone import Backbone
 
 Positions = Literal["tail", "words_eos", "last"]
@@ -80,6 +80,8 @@ def uce_closed_form(
     ``[n, d_out]`` (for preservation usually ``preserve_inputs @ w_old.T``). Solved in float64 and
     returned in ``w_old``'s dtype.
     """
+    import torch
+
     dtype = w_old.dtype
     w = w_old.double()
     d_in = w.shape[1]
@@ -106,6 +108,8 @@ def uce_closed_form(
 
 def cross_attention_projections(unet: torch.nn.Module) -> list[tuple[str, torch.nn.Linear]]:
     """Every cross-attention key/value projection (``attn2.to_k`` / ``attn2.to_v``), by name."""
+    import torch
+
     found = [
         (name, module)
         for name, module in unet.named_modules()
@@ -187,6 +191,8 @@ def concept_templates(concept: str, kind: str, expand: bool, extra_prompts: list
 
 def encode_rows(backbone: Backbone, prompts: list[str], rows: list[list[int]]) -> torch.Tensor:
     """Concatenate the selected embedding rows of each prompt: ``[sum(len(r)), D]`` (float32)."""
+    import torch
+
     if not prompts:
         return torch.zeros(0, backbone.text_encoder.config.hidden_size, device=backbone.device)
     with torch.no_grad():
@@ -233,6 +239,8 @@ def preserve_rows(
 
 def full_rows(backbone: Backbone, prompts: list[str]) -> torch.Tensor:
     """All ``L`` embedding rows of each prompt, stacked ``[len(prompts) * L, D]``."""
+    import torch
+
     if not prompts:
         return torch.zeros(0, backbone.text_encoder.config.hidden_size, device=backbone.device)
     with torch.no_grad():
@@ -244,6 +252,8 @@ def gram_rows(backbone: Backbone, prompts: list[str], chunk: int = 64) -> torch.
 
     The UCE solve only needs that sum, so a square root of it (``diag(sqrt(s)) V^T`` of its eigen-decomposition)
     stands for any number of preserve prompts with ``d`` rows."""
+    import torch
+
     d = backbone.text_encoder.config.hidden_size
     if not prompts:
         return torch.zeros(0, d, device=backbone.device)
@@ -271,6 +281,8 @@ def edit_projections(
     Targets are computed with each projection's current weight (``W_old``): ``v* = W_old c*`` and
     ``W_old c_j`` for preservation.
     """
+    import torch
+
     with torch.no_grad():
         for _, layer in cross_attention_projections(backbone.unet):
             w_old = layer.weight.detach()

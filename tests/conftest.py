@@ -118,24 +118,43 @@ def small_run(build_once) -> tuple[Path, str]:
     return folder / "run", (folder / "printed.txt").read_text()
 
 
+@pytest.fixture(scope="session")
+def tiny_run(build_once) -> Path:
+    """The run directory of ``tests/runs.py``'s TINY config (``bench.runner.run``), built once per test run; tests
+    read it and never write into it (copy it first)."""
+    from tests.runs import build_tiny_run
+
+    return build_once("tiny-config-run", build_tiny_run) / "run"
+
+
+@pytest.fixture
+def nothing_loads(monkeypatch):
+    """A model load or a worker start raises ``tests.runs.Loaded``: patched in the modules that own them, where every
+    path to a model (``bench.backbone._resolve``, under ``load_backbone``) or to worker processes goes through."""
+    import bench.backbone
+    import bench.distributed
+    from tests.runs import Loaded
+
+    def no_model(*args, **kwargs):
+        raise Loaded("a model was loaded")
+
+    def no_workers(*args, **kwargs):
+        raise Loaded("worker processes were started")
+
+    monkeypatch.setattr(bench.backbone, "_resolve", no_model)
+    monkeypatch.setattr(bench.distributed, "launch_workers", no_workers)
+
+
 @pytest.fixture
 def cli_here(capsys):
     """``cli_here(*args)``: ``erasebench ARGS`` through ``bench.cli.main`` in this process, as a
-    ``CompletedProcess`` (exit code, stdout, stderr). The CLI's checks without an interpreter's start-up (7-10 s of
-    imports) for each call; ``python -m bench.cli`` itself runs as a process in the end-to-end tests."""
-    import subprocess
+    ``CompletedProcess`` (exit code, stdout, stderr): ``tests/cli.py``'s ``erasebench_here`` with this test's
+    ``capsys``. The CLI's checks without an interpreter's start-up (7-10 s of imports) for each call;
+    ``python -m bench.cli`` itself runs as a process in the end-to-end tests (``erasebench_process``)."""
+    from tests.cli import erasebench_here
 
-    from bench.cli import main
-
-    def call(*args) -> subprocess.CompletedProcess:
-        argv = [str(a) for a in args]
-        capsys.readouterr()
-        try:
-            code = main(argv)
-        except SystemExit as exc:  # argparse's own usage errors
-            code = exc.code
-        captured = capsys.readouterr()
-        return subprocess.CompletedProcess(["erasebench", *argv], code, captured.out, captured.err)
+    def call(*args):
+        return erasebench_here(capsys, *args)
 
     return call
 

@@ -23,16 +23,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench.cli import main
+from tests.runs import TINY
 
-BASE = {
-    "model": "mini",
-    "suite": "mini-quick",
-    "tier": "smoke",
-    "targets": ["circle"],
-    "attacks": [],
-    "sampler": {"name": "ddim", "steps": 2, "guidance": 5.0},
-    "methods": [{"name": "none"}],
-}
+# tests/runs.py's TINY run with the unedited row only (and the default batch size)
+BASE = {**{k: v for k, v in TINY.items() if k != "batch_size"}, "methods": [{"name": "none"}]}
 
 
 @dataclass(frozen=True)
@@ -130,15 +124,8 @@ def run_config(config: dict | str, capsys) -> tuple[int, list[str], list[Path]]:
     return code, [line for line in err.splitlines() if line.strip()], written
 
 
-@pytest.fixture(autouse=True)
-def no_model(monkeypatch):
-    """Bad input is found before a model loads."""
-    import bench.runner
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("a model was loaded for a config with problems")
-
-    monkeypatch.setattr(bench.runner, "load_backbone", refuse)
+# Bad input is found before a model loads: every test here fails if one does (conftest.py's nothing_loads)
+pytestmark = pytest.mark.usefixtures("nothing_loads")
 
 
 def test_the_base_config_is_valid():

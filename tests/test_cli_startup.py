@@ -1,4 +1,4 @@
-"""Light commands start light: ``list``, ``--help`` and ``show method uce`` import neither torch nor pandas, and what
+"""Light commands start light: ``list``, ``--help`` and ``show method NAME`` import neither torch nor pandas, and what
 they print without importing (the method catalog, the other modules' help lines) is what those modules say.
 
 The times are in benchmarks/cli_startup.py (benchmarks/results/cli_startup.json); here only what makes them.
@@ -30,9 +30,28 @@ def heavy_imports(*cli_args: str) -> list[str]:
 
 
 @pytest.mark.parametrize("cli_args", [["list", "methods"], ["list", "suites"], ["--help"],
-                                      ["show", "method", "uce", "--kind", "object"]])
+                                      ["show", "method", "uce", "--kind", "object"],
+                                      ["show", "method", "esd-x", "--kind", "object", "--json"],
+                                      ["show", "method", "spm", "--kind", "nudity", "--model", "mini"]])
 def test_a_light_command_imports_no_heavy_library(cli_args):
     assert heavy_imports(*cli_args) == []
+
+
+def test_every_method_is_shown_without_a_heavy_library():
+    """``show`` imports the method's module (its config class, recipes, presets and deviations): every method module
+    imports torch and the harness's heavy modules inside the functions that use them (methods/_grad.py), so a
+    module-level ``import torch`` in any of them fails here. One fresh process shows every method in the catalog."""
+    code = ("import sys\n"
+            "from bench.show_cli import show_method\n"
+            "from methods import CATALOG\n"
+            "for name in CATALOG:\n"
+            "    for model in ('sd', 'mini'):\n"
+            "        show_method(name, 'object', model)\n"
+            f"print(' '.join(m for m in {HEAVY!r} if m in sys.modules) or 'none')\n")
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["none"], f"imported by showing every method: {done.stdout.strip()}"
 
 
 def test_the_catalog_names_every_method_with_its_module_and_description():

@@ -16,9 +16,9 @@ import pandas as pd
 import pytest
 
 from bench.cli import main
-from bench.metrics import compute_metric
-from bench.store import RunStore
 from leaderboard.compare import compare_runs, paired_bootstrap, verdict
+from tests.cli import erasebench_process
+from tests.runs import synthetic_run, target_and_others_suite
 
 
 def make_run(root: Path, units: dict[tuple[str, str], np.ndarray], prompts: int = 40, samples: int = 2,
@@ -34,8 +34,7 @@ def make_run(root: Path, units: dict[tuple[str, str], np.ndarray], prompts: int 
     """
     roles = {"target": "efficacy", "others": "specificity", "attack": "robustness"}
     columns = {"erasure_rate": "target_present", "accuracy": "correct", "asr": "target_present"}
-    store = RunStore(root)
-    rows = []
+    written = []
     pairs = [(m, t) for m in (methods or [method]) for t in (targets or [target])]
     for method, target in pairs:  # noqa: B020  (the list above is built from the defaults first)
         for (task, metric), values in units.items():
@@ -48,18 +47,9 @@ def make_run(root: Path, units: dict[tuple[str, str], np.ndarray], prompts: int 
                              "prompt_id": f"{task}-{p}", "prompt": f"prompt {p}", "sample_index": k,
                              "seed": 1000 * p + k + seed_offset, "image_key": f"{root.name}{i}",
                              "image_path": f"images/{i}.png", columns[metric]: bool(v)})
-            df = pd.DataFrame(recs)
-            if shuffle:
-                df = df.sample(frac=1.0, random_state=0).reset_index(drop=True)
-            store.write_unit(method, target, task, df)
-            rows.append({"method": method, "target": target, "task": task, "role": roles[task], "metric": metric,
-                         **compute_metric(metric, df)})
-        rows.append({"method": method, "target": target, "task": "edit", "role": "cost", "metric": "edit_seconds",
-                     "value": 1.0, "ci_low": 1.0, "ci_high": 1.0, "n": 1})
-    store.write_manifest(manifest or {"suite": "synthetic", "config": {"seed": 0}})
-    store.write_summary(rows + (extra_rows or []))
-    store.consolidate()
-    return root
+            written.append((method, target, task, roles[task], metric, recs))
+    return synthetic_run(root, written, costs=dict.fromkeys(pairs, 1.0), manifest=manifest, extra_rows=extra_rows,
+                         shuffle=shuffle)
 
 
 def flags(n: int, p: float, seed: int) -> np.ndarray:
@@ -235,15 +225,10 @@ def test_text_json_and_junit_reports_in_one_call(base, tmp_path, capsys):
 def test_compare_knows_the_evaluators_set_metrics_in_a_fresh_process(base, tmp_path):
     """``mini_fd`` is registered by bench.evaluators, which a fresh ``erasebench compare`` process did not import:
     it said "unknown metrics not gated (not registered here): mini_fd" (in-process tests had it imported)."""
-    import os
-    import subprocess
-    import sys
-
     fd = {"method": "candidate", "target": "circle", "task": "general", "role": "utility", "metric": "mini_fd",
           "value": 3.0, "ci_low": 2.0, "ci_high": 4.0, "n": 80}
     run = make_run(tmp_path / "fd", {("target", "erasure_rate"): flags(N, 0.1, 1)}, extra_rows=[fd])
-    res = subprocess.run([sys.executable, "-m", "bench.cli", "compare", str(run), str(run)], capture_output=True,
-                         text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    res = erasebench_process("compare", run, run, timeout=300)
     assert res.returncode == 0, res.stderr
     assert "not registered" not in res.stdout
     assert "note: set metrics not gated (no per-image values): mini_fd" in res.stdout
@@ -273,25 +258,7 @@ def mini_world_ready():
     assert (Path(CLASSIFIER_DIR) / "model.safetensors").exists(), f"mini classifier weights missing: {CLASSIFIER_DIR}"
 
 
-GATE_SUITE = """\
-name: gate-e2e
-description: efficacy on the target and specificity on other objects, one image per prompt
-model: mini
-sampler: {name: ddim, steps: 25, guidance: 5.0}
-images_per_prompt: 1
-tasks:
-  - name: target
-    role: efficacy
-    prompts: {source: mini, set: target}
-    evaluator: mini-classifier
-    metrics: [erasure_rate]
-  - name: other-objects
-    role: specificity
-    prompts: {source: mini, set: other-objects}
-    evaluator: mini-classifier
-    metrics: [accuracy]
-    max_prompts: 6
-"""
+GATE_SUITE = target_and_others_suite("gate-e2e", steps=25, other_prompts=6)
 WEAK_NAME = "test-weakened-uce"
 
 

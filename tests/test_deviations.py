@@ -9,14 +9,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from bench.show_cli import format_table, show_method
 from methods import METHODS
 from methods.base import CONCEPT_KINDS, Deviation
+from tests.cli import erasebench_process
 
 
 @pytest.mark.parametrize("name", sorted(METHODS.names()))
@@ -46,8 +45,9 @@ def test_kinds_select_the_deviations_shown():
 
 
 def test_the_cli_prints_them_as_json():
-    out = subprocess.run([sys.executable, "-m", "bench.cli", "show", "method", "ant", "--kind", "style", "--model",
-                          "sd", "--json"], capture_output=True, text=True, check=True).stdout
+    done = erasebench_process("show", "method", "ant", "--kind", "style", "--model", "sd", "--json")
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
     shown = json.loads(out)
     assert shown["deviations"] and all({"what", "official", "class"} <= set(d) for d in shown["deviations"])
     assert any("Multiple/" in d["official"] for d in shown["deviations"])

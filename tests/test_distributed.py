@@ -26,6 +26,7 @@ from bench.distributed import ShardError, Worker, assigned, parse_shard, worker_
 from bench.locks import FileLock
 from bench.store import RunStore
 from tests import process_targets
+from tests.cli import erasebench_process
 
 REPO = Path(__file__).resolve().parents[1]
 SUITE = {
@@ -61,11 +62,6 @@ def config_path(build_once) -> Path:
     return build_once("dist-config", build) / "run.yaml"
 
 
-def run_cli(*args, launcher: list[str] | None = None, timeout: int = 900) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, *(launcher or []), "-m", "bench.cli", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env(), timeout=timeout, cwd=REPO)
-
-
 def torchrun(nproc: int) -> list[str]:
     return ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
 
@@ -75,7 +71,8 @@ def reference(config_path, build_once) -> Path:
     """The run on one process: what every split must reproduce (built once per test run; read, never written)."""
 
     def build(folder: Path) -> None:
-        proc = run_cli("run", "--config", config_path, "--out", folder / "run", "--quiet")
+        proc = erasebench_process("run", "--config", config_path, "--out", folder / "run", "--quiet", cwd=REPO,
+                                  env=env())
         assert proc.returncode == 0, proc.stderr[-3000:]
 
     return build_once("dist-one-process", build) / "run"
@@ -305,7 +302,8 @@ def test_save_edit_replaces_an_existing_edit(tmp_path):
 @pytest.mark.slow
 def test_two_processes_with_torchrun_give_the_one_process_results(config_path, reference, tmp_path):
     out = tmp_path / "run"
-    proc = run_cli("run", "--config", config_path, "--out", out, "--quiet", launcher=torchrun(2))
+    proc = erasebench_process("run", "--config", config_path, "--out", out, "--quiet", launcher=torchrun(2),
+                              cwd=REPO, env=env())
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_same_run(out, reference)
     stats = [json.loads((out / "logs" / f"rank{r}.json").read_text()) for r in (0, 1)]

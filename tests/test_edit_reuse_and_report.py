@@ -13,29 +13,11 @@ import pytest
 from bench.cli import main
 from bench.config import parse_config
 from bench.runner import run
+from tests.runs import target_and_others_suite
 
 pytestmark = pytest.mark.slow  # real runs on the mini model
 
-SUITE = """\
-name: reuse-e2e
-description: efficacy on the target and specificity on other objects, one image per prompt
-model: mini
-sampler: {name: ddim, steps: 10, guidance: 5.0}
-images_per_prompt: 1
-tasks:
-  - name: target
-    role: efficacy
-    prompts: {source: mini, set: target}
-    evaluator: mini-classifier
-    metrics: [erasure_rate]
-    max_prompts: 6
-  - name: other-objects
-    role: specificity
-    prompts: {source: mini, set: other-objects}
-    evaluator: mini-classifier
-    metrics: [accuracy]
-    max_prompts: 4
-"""
+SUITE = target_and_others_suite("reuse-e2e", steps=10, target_prompts=6, other_prompts=4)
 
 
 def _config(suite: Path, methods: list[dict]):

@@ -22,10 +22,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from bench.metrics import compute_metric
 from bench.store import RunStore
 from leaderboard import load_runs, pareto_front, render, unsafe_flags
 from leaderboard.aggregate import relative_value
+from tests.runs import synthetic_run
 
 TASKS = {  # task -> (role, metric, record column)
     "target": ("efficacy", "erasure_rate", "target_present"),
@@ -42,9 +42,8 @@ def make_run(root: Path, methods: dict[str, dict[str, float]], target: str = "ci
     Images are 16x16 PNGs whose colour encodes (method, prompt), so tests can recognise them.
     """
     rng = np.random.default_rng(seed)
-    store = RunStore(root)
     tasks = {**TASKS, **(extra_tasks or {})}
-    records, rows = [], []
+    units, costs = [], {}
     for mi, (method, probs) in enumerate(methods.items()):
         for task, (role, metric, column) in tasks.items():
             if task not in probs:
@@ -64,22 +63,12 @@ def make_run(root: Path, methods: dict[str, dict[str, float]], target: str = "ci
                                  "prompt_id": f"{task}-{p}", "prompt": f"a {task} prompt {p}", "sample_index": k,
                                  "seed": 1000 * p + k, "image_key": key, "image_path": str(path),
                                  column: bool(rng.random() < probs[task])})
-            df = pd.DataFrame(part)
-            store.write_unit(method, target, task, df)
-            records.append(df)
-            rows.append({"method": method, "target": target, "task": task, "role": role, "metric": metric,
-                         **compute_metric(metric, df)})
+            units.append((method, target, task, role, metric, part))
         if cost and method != "none":
-            rows.append({"method": method, "target": target, "task": "edit", "role": "cost",
-                         "metric": "edit_seconds", **dict.fromkeys(("value", "ci_low", "ci_high"),
-                                                                   (edit_seconds or {}).get(method, 1.5 + mi)),
-                         "n": 1})
-    store.write_manifest({"suite": "synthetic", "model": {"name": "mini"}, "config": {"seed": seed},
-                          "created": "2025-01-01T00:00:00"})
-    store.write_summary(rows)
-    store.consolidate()
-    shutil.rmtree(store.records_dir)
-    return root
+            costs[method, target] = (edit_seconds or {}).get(method, 1.5 + mi)
+    manifest = {"suite": "synthetic", "model": {"name": "mini"}, "config": {"seed": seed},
+                "created": "2025-01-01T00:00:00"}
+    return synthetic_run(root, units, costs=costs, manifest=manifest, keep_records=False)
 
 
 @pytest.fixture

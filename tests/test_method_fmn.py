@@ -6,32 +6,28 @@ concept's tokens.
 - The recording attention processor computes what diffusers' stock processor computes, and records exactly
   the softmax probabilities at those positions (checked against a direct computation).
 - Training lowers the concept's attention mass and restores the stock processors.
-- On the mini world, through the runner's request builder (``bench.runner.build_request``), FMN lowers the
+- On the mini world, through the runner's request builder (``bench.edits.build_request``), FMN lowers the
   target with other objects kept (EFFECT_SEED; the mini defaults were chosen on TUNING_SEED).
 The SD conformance checks (tiny SD folder, every kind) run in tests/test_conformance_sd.py.
 """
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 from diffusers.models.attention_processor import AttnProcessor
 
-from bench.config import MethodSpec, RunConfig
-from bench.runner import build_request
-from methods import METHODS, ErasureRequest, get_method
+from methods import ErasureRequest, get_method
 from methods import _finetune as ft
 from methods.fmn import AttentionRecorder, FMNConfig, RecordingCrossAttention, concept_positions
+from tests.effects import assert_erases, assert_room, edit_as_run_does, registered
 
 TARGET = "circle"
 
 
 def test_registered_with_the_official_defaults_and_recipes():
-    cls = METHODS.get("fmn")
+    cls, doc = registered("fmn")
     assert cls.family == "fine-tuning" and cls.edited_components == ("unet",)
-    doc = " ".join(sys.modules[cls.__module__].__doc__.split())
     assert doc.startswith("FMN — Forget-Me-Not (Zhang et al.") and "2303.17591" in doc
     assert "L = || concat_l A^l_t(x_t, c)[:, :, P] ||_F" in doc
     c = FMNConfig()
@@ -119,8 +115,7 @@ def test_bad_config_names_the_field(mini_backbone):
 
 
 # --------------------------------------------------------------------------- the paper's effect on the mini world
-ERASURE_GAIN = 0.15  # as tests/test_methods_finetune.py
-OTHER_MARGIN = 0.25
+# the bar (ERASURE_GAIN, OTHER_MARGIN) and its check: tests/effects.py
 IMAGES = 1  # per prompt (12 target / 14 other-object images): the CI budget; the unedited probe is shared
 
 
@@ -130,13 +125,8 @@ def test_erases_the_target_and_keeps_other_objects_through_the_runners_request(m
     (its mini defaults: the cross-attention, 60 steps at lr 3e-4 on 32 images of four world captions; see
     methods/fmn.py)."""
     before = effect_probe(mini_backbone, TARGET, images_per_prompt=IMAGES)
-    assert before["erasure_rate"] <= 1 - ERASURE_GAIN, f"precondition: the unedited model hardly draws {TARGET} ({before})"
-    spec = MethodSpec(name="fmn", params={"progress": False})
-    config = RunConfig(model="mini", targets=[TARGET], methods=[spec])
-    unit, request = build_request(config, spec, get_method("fmn", spec.params), TARGET, mini_backbone)
+    assert_room(before, what=TARGET)
+    unit, request = edit_as_run_does("fmn", mini_backbone, params={"progress": False})
     assert request.kind == "object" and request.targets == [TARGET]
     after = effect_probe(unit.apply(mini_backbone, request), TARGET, images_per_prompt=IMAGES)
-    report = {k: (round(before[k], 3), round(after[k], 3)) for k in ("erasure_rate", "other_object_accuracy")}
-    print(f"\nfmn on the mini world (EFFECT_SEED): {report} stats={unit.stats}")
-    assert after["erasure_rate"] >= before["erasure_rate"] + ERASURE_GAIN, report
-    assert after["other_object_accuracy"] >= before["other_object_accuracy"] - OTHER_MARGIN, report
+    assert_erases("fmn on the mini world (EFFECT_SEED)", before, after, note=f"stats={unit.stats}")

@@ -12,13 +12,12 @@ the concept goes to a random direction (HiRM-R) or to the anchor's representatio
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 
 from methods import METHODS, ErasureRequest, get_method
 from methods.hirm import HiRMConfig, representation, steering_target
+from tests.effects import assert_erases, assert_room, registered
 from tests.sd_fixtures import tiny_sd  # noqa: F401  (fixture)
 
 OBJECTS = ["circle", "square", "triangle", "star", "cross", "heart", "diamond", "crescent"]
@@ -27,9 +26,8 @@ REQUEST = ErasureRequest(targets=[TARGET], preserve=[o for o in OBJECTS if o != 
 
 
 def test_registered_with_the_papers_defaults_and_recipes():
-    cls = METHODS.get("hirm")
+    cls, doc = registered("hirm")
     assert cls.family == "fine-tuning" and cls.edited_components == ("text_encoder",)
-    doc = " ".join(sys.modules[cls.__module__].__doc__.split())
     assert doc.startswith("HiRM (Lee, Kim and Hwang") and "ICLR 2026" in doc and "2602.19631" in doc
     assert "L(theta_1) = || h_L(p_c; theta) - v ||^2" in doc
     c = HiRMConfig()
@@ -103,18 +101,14 @@ def test_bad_config_names_the_field(mini_backbone, params, field):
 
 
 # --------------------------------------------------------------------------- the paper's effect on the mini world
-ERASURE_GAIN = 0.15  # as tests/test_methods_finetune.py
-OTHER_MARGIN = 0.25
+# the bar (ERASURE_GAIN, OTHER_MARGIN) and its check: tests/effects.py
 IMAGES = 1  # per prompt (12 target / 14 other-object images): the CI budget; the unedited probe is shared
 
 
 @pytest.mark.slow
 def test_erases_the_target_and_keeps_other_objects(mini_backbone, effect_probe):
     before = effect_probe(mini_backbone, TARGET, images_per_prompt=IMAGES)
-    assert before["erasure_rate"] <= 1 - ERASURE_GAIN, f"precondition: the unedited model hardly draws {TARGET} ({before})"
+    assert_room(before, what=TARGET)
     method = get_method("hirm", {"progress": False})
     after = effect_probe(method.apply(mini_backbone, REQUEST), TARGET, images_per_prompt=IMAGES)
-    report = {k: (round(before[k], 3), round(after[k], 3)) for k in ("erasure_rate", "other_object_accuracy")}
-    print(f"\nhirm on the mini world (EFFECT_SEED): {report}")
-    assert after["erasure_rate"] >= before["erasure_rate"] + ERASURE_GAIN, report
-    assert after["other_object_accuracy"] >= before["other_object_accuracy"] - OTHER_MARGIN, report
+    assert_erases("hirm on the mini world (EFFECT_SEED)", before, after)

@@ -20,7 +20,7 @@ import torch
 from bench.generate import SamplerConfig, denoise, initial_noise
 from methods import ErasureRequest, get_method
 from methods.safree import NUDITY_KEYWORDS, SAFREE, SafreeHook, projector, svf_last_step
-from tests.effects import ERASURE_GAIN, OTHER_MARGIN
+from tests.effects import ERASURE_GAIN, assert_erases
 
 TARGET = "circle"
 FEW_STEPS = SamplerConfig("ddim", steps=3, guidance=5.0)
@@ -162,7 +162,7 @@ def test_mini_preset_applies_on_the_mini_model_only(mini_backbone):
 
 
 # --------------------------------------------------------------------------- the mini-world effect (EFFECT_SEED)
-# ERASURE_GAIN, OTHER_MARGIN: tests/effects.py
+# the bar (ERASURE_GAIN, OTHER_MARGIN) and its check: tests/effects.py
 EFFECT_SETS = ("target", "target-implicit", "other-objects")
 
 
@@ -187,11 +187,7 @@ def test_removes_the_target_drawn_unasked_and_keeps_other_objects(effect):
     (benchmarks/results/safree_sweep_mini.json) the projection alone, without the negative prompt, takes it
     0.46 -> 0.75, the negative prompt alone (paper settings, whose filter serves step 0 only here) to 1.00."""
     before, after = effect
-    assert before["implicit_erasure_rate"] <= 1 - 2 * ERASURE_GAIN, (
-        f"precondition: the unedited model draws {TARGET!r} unasked in only "
-        f"{1 - before['implicit_erasure_rate']:.0%} of the target-implicit images ({before})")
-    assert after["implicit_erasure_rate"] >= before["implicit_erasure_rate"] + 2 * ERASURE_GAIN, (before, after)
-    assert after["other_object_accuracy"] >= before["other_object_accuracy"] - OTHER_MARGIN, (before, after)
+    assert_erases("safree on target-implicit", before, after, gain=2 * ERASURE_GAIN, rate="implicit_erasure_rate")
 
 
 NAMED_XFAIL = (
@@ -207,6 +203,4 @@ NAMED_XFAIL = (
 @pytest.mark.xfail(strict=True, reason=NAMED_XFAIL)
 def test_erases_the_named_target(effect):
     before, after = effect
-    assert before["erasure_rate"] <= 1 - ERASURE_GAIN, f"precondition: the unedited model hardly draws it ({before})"
-    assert after["erasure_rate"] >= before["erasure_rate"] + ERASURE_GAIN, (before, after)
-    assert after["other_object_accuracy"] >= before["other_object_accuracy"] - OTHER_MARGIN, (before, after)
+    assert_erases("safree on named circles", before, after)

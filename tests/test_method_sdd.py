@@ -10,24 +10,20 @@ The SD conformance checks (tiny SD folder, every kind) run in tests/test_conform
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 
-from bench.config import MethodSpec, RunConfig
-from bench.runner import build_request
-from methods import METHODS, ErasureRequest, get_method
+from methods import ErasureRequest, get_method
 from methods.sdd import SDDConfig
+from tests.effects import assert_erases, assert_room, edit_as_run_does, registered
 
 TARGET = "circle"
 TINY = {"progress": False, "iterations": 3, "ddim_steps": 3}
 
 
 def test_registered_with_the_official_defaults_and_recipe():
-    cls = METHODS.get("sdd")
+    cls, doc = registered("sdd")
     assert cls.family == "fine-tuning" and cls.edited_components == ("unet",)
-    doc = " ".join(sys.modules[cls.__module__].__doc__.split())
     assert doc.startswith("SDD — Safe self-Distillation Diffusion (Kim et al.") and "2307.05977" in doc
     assert "L = || eps_theta(z_t, c_s, t) - sg(eps_theta(z_t, \"\", t)) ||^2" in doc
     c = SDDConfig()
@@ -69,8 +65,7 @@ def test_bad_config_names_the_field(mini_backbone):
 
 
 # --------------------------------------------------------------------------- the paper's effect on the mini world
-ERASURE_GAIN = 0.15  # as tests/test_methods_finetune.py
-OTHER_MARGIN = 0.25
+# the bar (ERASURE_GAIN, OTHER_MARGIN) and its check: tests/effects.py
 IMAGES = 1  # per prompt (12 target / 14 other-object images): the CI budget; the unedited probe is shared
 
 
@@ -79,13 +74,8 @@ def test_erases_the_target_and_keeps_other_objects_through_the_runners_request(m
     """The request and config ``erasebench run`` builds for ``--methods sdd --targets circle`` on the mini model
     (its mini defaults: 100 steps at lr 1e-3, EMA decay 0.9; see methods/sdd.py)."""
     before = effect_probe(mini_backbone, TARGET, images_per_prompt=IMAGES)
-    assert before["erasure_rate"] <= 1 - ERASURE_GAIN, f"precondition: the unedited model hardly draws {TARGET} ({before})"
-    spec = MethodSpec(name="sdd", params={"progress": False})
-    config = RunConfig(model="mini", targets=[TARGET], methods=[spec])
-    unit, request = build_request(config, spec, get_method("sdd", spec.params), TARGET, mini_backbone)
+    assert_room(before, what=TARGET)
+    unit, request = edit_as_run_does("sdd", mini_backbone, params={"progress": False})
     assert request.kind == "object" and request.targets == [TARGET]
     after = effect_probe(unit.apply(mini_backbone, request), TARGET, images_per_prompt=IMAGES)
-    report = {k: (round(before[k], 3), round(after[k], 3)) for k in ("erasure_rate", "other_object_accuracy")}
-    print(f"\nsdd on the mini world (EFFECT_SEED): {report} stats={unit.stats}")
-    assert after["erasure_rate"] >= before["erasure_rate"] + ERASURE_GAIN, report
-    assert after["other_object_accuracy"] >= before["other_object_accuracy"] - OTHER_MARGIN, report
+    assert_erases("sdd on the mini world (EFFECT_SEED)", before, after, note=f"stats={unit.stats}")

@@ -12,23 +12,19 @@ The SD conformance checks (tiny SD folder, every kind) run in tests/test_conform
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 
-from bench.config import MethodSpec, RunConfig
-from bench.runner import build_request
-from methods import METHODS, ErasureRequest, get_method
+from methods import ErasureRequest, get_method
 from methods.speed import MINI_PRESET, SPEEDConfig, concept_rows, invariant_rows, kmeans, retain_rows, speed_delta
+from tests.effects import CLOSED_FORM_GAIN, assert_erases, assert_room, edit_as_run_does, registered
 
 TARGET = "circle"
 
 
 def test_registered_with_the_official_defaults_and_recipes():
-    cls = METHODS.get("speed")
+    cls, doc = registered("speed")
     assert cls.family == "closed-form" and cls.edited_components == ("unet",)
-    doc = " ".join(sys.modules[cls.__module__].__doc__.split())
     assert doc.startswith("SPEED (Li et al.") and "2503.07392" in doc
     assert "Delta = W (S_at - S_tt) P (I - M K (K^T P M K + lamb I)^-1 K^T P) M" in doc
     c = SPEEDConfig()
@@ -108,8 +104,7 @@ def test_bad_config_names_the_field(mini_backbone):
 
 
 # --------------------------------------------------------------------------- the paper's effect on the mini world
-ERASURE_GAIN = 0.2  # as tests/test_methods_closed_form.py
-OTHER_MARGIN = 0.25
+# the bar (CLOSED_FORM_GAIN, OTHER_MARGIN) and its check: tests/effects.py
 IMAGES = 2  # per prompt (24 target / 28 other-object images); the unedited probe is shared
 
 
@@ -119,13 +114,9 @@ def test_erases_the_target_and_keeps_other_objects_through_the_runners_request(m
     (its mini preset: key and value projections, retain_scale 0.05; no preserve set, so the empty prompt's rows
     are the retain set, as the official code without --retain_path)."""
     before = effect_probe(mini_backbone, TARGET, images_per_prompt=IMAGES)
-    assert before["erasure_rate"] <= 1 - ERASURE_GAIN, f"precondition: the unedited model hardly draws {TARGET} ({before})"
-    spec = MethodSpec(name="speed")
-    config = RunConfig(model="mini", targets=[TARGET], methods=[spec])
-    unit, request = build_request(config, spec, get_method("speed", spec.params), TARGET, mini_backbone)
+    assert_room(before, CLOSED_FORM_GAIN, what=TARGET)
+    unit, request = edit_as_run_does("speed", mini_backbone)
     assert request.kind == "object" and request.preserve == []
     after = effect_probe(unit.apply(mini_backbone, request), TARGET, images_per_prompt=IMAGES)
-    report = {k: (round(before[k], 3), round(after[k], 3)) for k in ("erasure_rate", "other_object_accuracy")}
-    print(f"\nspeed on the mini world (EFFECT_SEED): {report} stats={unit.stats}")
-    assert after["erasure_rate"] >= before["erasure_rate"] + ERASURE_GAIN, report
-    assert after["other_object_accuracy"] >= before["other_object_accuracy"] - OTHER_MARGIN, report
+    assert_erases("speed on the mini world (EFFECT_SEED)", before, after, gain=CLOSED_FORM_GAIN,
+                  note=f"stats={unit.stats}")

@@ -22,14 +22,12 @@ from methods.mace_cfr import coexisting_rows, matching_indices
 from methods.rece import regenerating_embedding
 from methods.sld import PRESETS, SafetyGuidanceHook
 from methods.uce import aligned_rows, cross_attention_projections, uce_closed_form
+from tests.effects import CLOSED_FORM_GAIN, assert_erases, assert_room
 
 TARGET = "circle"
 OTHERS = ["square", "triangle", "star", "cross", "heart", "diamond", "crescent"]
-# How far above the unedited model's erasure rate an erasing method must get, and how much
-# other-object accuracy may drop (absolute), on the few probe images these tests afford.
-MIN_ERASURE_GAIN = 0.2
-MAX_OTHER_DROP = 0.25
-MIN_GAIN: dict[str, float] = {}
+# How far above the unedited model's erasure rate an erasing method must get (CLOSED_FORM_GAIN), and how much
+# other-object accuracy may drop (OTHER_MARGIN, absolute), on the few probe images these tests afford: tests/effects.py.
 # No measurable erasure of "circle" from prompts that name it on the mini model (12 target prompts x 2 images);
 # both remove it from prompts that do not (the target-implicit test below):
 # - conceptprune: 0.00 -> 0.00 on step 3800 and on the step-6000 model: FF, skill ratio 0.05 / 0.1 / 0.2 (5 timesteps)
@@ -170,9 +168,7 @@ def reference(mini, effect_probe):
     """The unedited model's figures on the effect-test seed. Its precondition (the model draws the target,
     with room for the gain the tests ask) is asserted: a broken model or sampler fails here, never skips."""
     ref = _probe(effect_probe, mini)
-    assert ref["erasure_rate"] <= 1 - MIN_ERASURE_GAIN, (
-        f"the unedited mini model draws {TARGET!r} in only {1 - ref['erasure_rate']:.0%} of its target images: "
-        f"no room to show an erasure gain of {MIN_ERASURE_GAIN} ({ref})")
+    assert_room(ref, CLOSED_FORM_GAIN, what=repr(TARGET))
     return ref
 
 
@@ -209,9 +205,7 @@ def test_method_erases_target_on_mini(reference, edit_of, effect_probe, name):
     method, edited = edit_of(name)
     assert edited.edits and edited.edits[-1]["method"] == name
     got = _probe(effect_probe, edited)
-    print(f"\n{name}: none={reference} edited={got} stats={method.stats}")
-    assert got["erasure_rate"] >= reference["erasure_rate"] + MIN_GAIN.get(name, MIN_ERASURE_GAIN), (reference, got)
-    assert got["other_object_accuracy"] >= reference["other_object_accuracy"] - MAX_OTHER_DROP, (reference, got)
+    assert_erases(name, reference, got, gain=CLOSED_FORM_GAIN, note=f"stats={method.stats}")
 
 
 @pytest.mark.slow
@@ -229,11 +223,9 @@ def test_default_mace_cfr_as_erasebench_run_applies_it(mini, effect_probe):
     assert edited.fingerprint() != mini.fingerprint()
     sets = ("target", "other-objects")
     before = effect_probe(mini, TARGET, sets=sets, images_per_prompt=4)
-    assert before["erasure_rate"] <= 1 - MIN_ERASURE_GAIN, f"precondition: the unedited model hardly draws {TARGET}"
+    assert_room(before, CLOSED_FORM_GAIN, what=TARGET)
     got = effect_probe(edited, TARGET, sets=sets, images_per_prompt=4)
-    print(f"\nmace-cfr defaults: none={before} edited={got}")
-    assert got["erasure_rate"] >= before["erasure_rate"] + MIN_ERASURE_GAIN, (before, got)
-    assert got["other_object_accuracy"] >= before["other_object_accuracy"] - MAX_OTHER_DROP, (before, got)
+    assert_erases("mace-cfr defaults", before, got, gain=CLOSED_FORM_GAIN)
 
 
 # Measured on the mini world's target-implicit captions (24 images; none 0.46, other objects 1.00, other styles
@@ -241,7 +233,7 @@ def test_default_mace_cfr_as_erasebench_run_applies_it(mini, effect_probe):
 # DPM-Solver++ 10 probe (none 0.54): negative-prompt 1.00, conceptprune 0.75 on 24 images, 0.69 on 48 (4 a
 # prompt): ConceptPrune's gain sits at its bar. The gain each must show: the negative prompt keeps the bar it had
 # before ConceptPrune joined this test.
-IMPLICIT_EFFECT = {"negative-prompt": 2 * MIN_ERASURE_GAIN, "conceptprune": MIN_ERASURE_GAIN}
+IMPLICIT_EFFECT = {"negative-prompt": 2 * CLOSED_FORM_GAIN, "conceptprune": CLOSED_FORM_GAIN}
 
 
 @pytest.mark.slow
@@ -254,15 +246,12 @@ def test_removes_the_target_from_captions_that_do_not_ask_for_it(mini, edit_of, 
     it with both: the strict xfails above.)"""
     sets = ("target-implicit", "other-objects", "other-styles")
     before = effect_probe(mini, TARGET, sets=sets)
-    assert before["implicit_erasure_rate"] <= 1 - IMPLICIT_EFFECT[name], (
-        f"precondition: the unedited model draws {TARGET!r} unasked in only "
-        f"{1 - before['implicit_erasure_rate']:.0%} of the target-implicit images ({before})")
+    assert_room(before, IMPLICIT_EFFECT[name], rate="implicit_erasure_rate", what=f"{TARGET!r} unasked")
     method, edited = edit_of(name)
     after = effect_probe(edited, TARGET, sets=sets)
-    print(f"\n{name} on target-implicit: none={before} edited={after} stats={method.stats}")
-    assert after["implicit_erasure_rate"] >= before["implicit_erasure_rate"] + IMPLICIT_EFFECT[name], (before, after)
-    for key in ("other_object_accuracy", "other_style_accuracy"):
-        assert after[key] >= before[key] - MAX_OTHER_DROP, (key, before, after)
+    assert_erases(f"{name} on target-implicit", before, after, gain=IMPLICIT_EFFECT[name],
+                  rate="implicit_erasure_rate", keep=("other_object_accuracy", "other_style_accuracy"),
+                  note=f"stats={method.stats}")
 
 
 def test_uce_on_mini_maps_target_rows_to_the_guide_and_keeps_preserved_rows(mini, edit_of):

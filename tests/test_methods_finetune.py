@@ -27,7 +27,7 @@ from methods.advunlearn import AdvUnlearnConfig
 from methods.ca import CAConfig
 from methods.esd import ESDConfig
 from methods.salun import SalUnConfig
-from tests.effects import ERASURE_GAIN, OTHER_MARGIN
+from tests.effects import ERASURE_GAIN, OTHER_MARGIN, assert_erases, assert_room
 
 FINETUNE = ("esd-x", "esd-u", "ca", "salun", "advunlearn")
 OBJECTS = ["circle", "square", "triangle", "star", "cross", "heart", "diamond", "crescent"]
@@ -260,7 +260,7 @@ def test_trained_edit_saves_its_component_and_reloads(mini, name, tmp_path):
 
 
 # --------------------------------------------------------------------------- the paper's effect
-# ERASURE_GAIN, OTHER_MARGIN: tests/effects.py
+# the bar (ERASURE_GAIN, OTHER_MARGIN) and its check: tests/effects.py
 # ESD-u trains every non-cross-attention weight (meant for global concepts such as nudity): a wider margin
 MARGINS = {"esd-u": 0.35}
 
@@ -324,15 +324,10 @@ def _effect_param(name: str):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [_effect_param(n) for n in FINETUNE])
 def test_erases_the_target_and_keeps_other_objects(probe_fn, unedited, default_edit, name):
-    assert unedited["erasure_rate"] <= 1 - ERASURE_GAIN, (
-        f"precondition: the unedited mini model hardly draws {TARGET!r} (erasure rate {unedited['erasure_rate']:.2f})")
-    edited = default_edit(name)
-    after = probe_fn(edited)
-    report = {k: (round(unedited[k], 3), round(after[k], 3)) for k in ("erasure_rate", "synonym_erasure_rate",
-                                                                     "other_object_accuracy")}
-    assert after["erasure_rate"] >= unedited["erasure_rate"] + ERASURE_GAIN, report
-    margin = MARGINS.get(name, OTHER_MARGIN)
-    assert after["other_object_accuracy"] >= unedited["other_object_accuracy"] - margin, report
+    assert_room(unedited, what=repr(TARGET))
+    after = probe_fn(default_edit(name))
+    synonyms = f"synonym_erasure_rate {unedited['synonym_erasure_rate']:.3f} -> {after['synonym_erasure_rate']:.3f}"
+    assert_erases(name, unedited, after, margin=MARGINS.get(name, OTHER_MARGIN), note=synonyms)
 
 
 @pytest.mark.slow
@@ -350,11 +345,7 @@ def test_esd_u_erases_the_target_from_captions_that_do_not_ask_for_it(mini, defa
     --images-per-prompt 4 --sets target-implicit,other-objects,other-styles 'esd-u:')."""
     sets = ("target-implicit", "other-objects", "other-styles")
     before = effect_probe(mini, TARGET, sets=sets)
-    assert before["implicit_erasure_rate"] <= 1 - 2 * ERASURE_GAIN, (
-        f"precondition: the unedited model draws {TARGET!r} unasked in only "
-        f"{1 - before['implicit_erasure_rate']:.0%} of the target-implicit images ({before})")
+    assert_room(before, 2 * ERASURE_GAIN, rate="implicit_erasure_rate", what=f"{TARGET!r} unasked")
     after = effect_probe(default_edit("esd-u"), TARGET, sets=sets)
-    print(f"\nesd-u on target-implicit: none={before} edited={after}")
-    assert after["implicit_erasure_rate"] >= before["implicit_erasure_rate"] + 2 * ERASURE_GAIN, (before, after)
-    for key in ("other_object_accuracy", "other_style_accuracy"):
-        assert after[key] >= before[key] - OTHER_MARGIN, (key, before, after)
+    assert_erases("esd-u on target-implicit", before, after, gain=2 * ERASURE_GAIN, rate="implicit_erasure_rate",
+                  keep=("other_object_accuracy", "other_style_accuracy"))

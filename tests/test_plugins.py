@@ -7,23 +7,15 @@ registered in the process that loaded it."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bench.plugins import PluginError, take_plugin_args
+from tests.cli import erasebench_process
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "docs" / "examples" / "word_swap.py"
-
-
-def cli(*args, cwd=None, timeout=900):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "bench.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=timeout)
 
 
 def test_plugin_flags_are_taken_wherever_they_stand():
@@ -49,10 +41,10 @@ def test_a_missing_or_failing_plugin_file_is_one_line_exit_2(tmp_path, cli_here)
 
 
 def test_plugin_methods_are_listed_and_submit_refuses_the_flag(tmp_path):
-    listed = cli("--plugin", EXAMPLE, "list", "methods", cwd=tmp_path)
+    listed = erasebench_process("--plugin", EXAMPLE, "list", "methods", cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr[-2000:]
     assert any(line.startswith("word-swap\t") for line in listed.stdout.splitlines())
-    refused = cli("--plugin", EXAMPLE, "submit", "--out", tmp_path / "s", "--shards", "2", cwd=tmp_path)
+    refused = erasebench_process("--plugin", EXAMPLE, "submit", "--out", tmp_path / "s", "--shards", "2", cwd=tmp_path)
     assert refused.returncode == 2 and "--plugin does not reach the jobs of `submit`" in refused.stderr
     assert not (tmp_path / "s").exists()
 
@@ -62,9 +54,10 @@ def test_a_plugin_method_from_a_file_runs_edits_and_takes_method_args(tmp_path):
     """Two worker processes (each loads the file from the command line it is given); the plugin's row erases the
     target where the unedited model does not (measured: target erasure 1.000 vs 0.000, 6 images each)."""
     out = tmp_path / "run"
-    run = cli("--plugin", EXAMPLE, "run", "--methods", "none", "word-swap", "--targets", "circle", "--suite",
-              "mini-quick", "--tier", "smoke", "--method-args", "word-swap:anchor=heart,strength=1",
-              "--workers", "2", "--out", out, "--quiet", cwd=tmp_path)
+    run = erasebench_process("--plugin", EXAMPLE, "run", "--methods", "none", "word-swap", "--targets", "circle",
+                             "--suite", "mini-quick", "--tier", "smoke", "--method-args",
+                             "word-swap:anchor=heart,strength=1", "--workers", "2", "--out", out, "--quiet",
+                             cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())
     spec = next(m for m in manifest["config"]["methods"] if m["name"] == "word-swap")

@@ -11,6 +11,7 @@ import pytest
 
 from bench.registry import Registry, UnknownNameError
 from methods import METHODS, get_method
+from tests.cli import erasebench_process
 
 PLUGIN = textwrap.dedent(
     '''
@@ -81,8 +82,7 @@ def test_method_from_another_package_is_found_through_its_entry_point(plugin_pat
     assert applied.returncode == 0, applied.stderr
     assert applied.stdout.split()[-2:] == ["True", "True"]
     # without the plugin on the path the name is unknown (and the listing itself still works)
-    bare = subprocess.run([sys.executable, "-m", "bench.cli", "list", "methods"], capture_output=True, text=True,
-                          timeout=300)
+    bare = erasebench_process("list", "methods", timeout=300)
     assert bare.returncode == 0, bare.stderr
     names = [line.split("\t")[0] for line in bare.stdout.splitlines()]
     assert "uce" in names and "plugin-scale" not in names

@@ -16,45 +16,15 @@ from pathlib import Path
 import pytest
 
 from bench.store import RunStore
-from tests.test_run_integrity import TINY, run_cli, write_config
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    from bench.config import parse_config
-    from bench.runner import run
-
-    out = tmp_path_factory.mktemp("rerun") / "run"
-    run(parse_config(TINY), out, progress=False)
-    return out
+from tests.cli import lines_here
+from tests.runs import TINY, Loaded, write_config
 
 
 @pytest.fixture
-def copy(finished, tmp_path) -> Path:
+def copy(tiny_run, tmp_path) -> Path:
     dst = tmp_path / "run"
-    shutil.copytree(finished, dst)
+    shutil.copytree(tiny_run, dst)
     return dst
-
-
-class Loaded(BaseException):
-    """Raised by a patched model load or worker start. A BaseException, so that the CLI's last-resort handler (any
-    Exception becomes one 'erasebench: error:' line) lets it through to the test."""
-
-
-@pytest.fixture
-def nothing_loads(monkeypatch):
-    """A model load or a worker start fails the test (patched where every path to them goes through)."""
-    import bench.backbone
-    import bench.distributed
-
-    def no_model(*args, **kwargs):
-        raise Loaded("a model was loaded")
-
-    def no_workers(*args, **kwargs):
-        raise Loaded("worker processes were started")
-
-    monkeypatch.setattr(bench.backbone, "_resolve", no_model)
-    monkeypatch.setattr(bench.distributed, "launch_workers", no_workers)
 
 
 def files(run: Path) -> dict[str, bytes]:
@@ -66,7 +36,7 @@ def files(run: Path) -> dict[str, bytes]:
 def test_another_config_is_refused_before_anything_loads_and_once(copy, tmp_path, capsys, nothing_loads, workers):
     before = files(copy)
     other = write_config(tmp_path, {**TINY, "seed": 7}, "other.yaml")
-    code, lines, out = run_cli(capsys, "run", "--config", other, "--out", copy, "--workers", workers, "--quiet")
+    code, lines, out = lines_here(capsys, "run", "--config", other, "--out", copy, "--workers", workers, "--quiet")
     assert code == 2, lines
     assert lines == [f"erasebench: error: {copy} holds a run of another config; give a new --out (or the same "
                      "config to resume)"]  # once; nothing says "run the same command again to resume"
@@ -77,14 +47,14 @@ def test_a_finished_run_rerun_finishes_from_its_summary_without_the_model(copy, 
     before = files(copy)
     assert not (copy / "report.html").exists()  # run() writes none; the CLI writes it at the end
     cfg = write_config(tmp_path, TINY, "tiny.yaml")
-    code, lines, out = run_cli(capsys, "run", "--config", cfg, "--out", copy, "--quiet")
+    code, lines, out = lines_here(capsys, "run", "--config", cfg, "--out", copy, "--quiet")
     assert code == 0, lines
     assert "nothing left to do" in out and "| np.v2 | circle |" in out and "run finished in" in out
     assert files(copy) == before  # the summary and manifest as they were
     page = copy / "report.html"
     assert page.read_text().startswith("<!DOCTYPE html>")  # the page written, as it was missing
     page.write_text("<!DOCTYPE html> kept")  # newer than the summary: up to date, not drawn again
-    assert run_cli(capsys, "run", "--config", cfg, "--out", copy, "--quiet")[0] == 0
+    assert lines_here(capsys, "run", "--config", cfg, "--out", copy, "--quiet")[0] == 0
     assert page.read_text() == "<!DOCTYPE html> kept"
 
 
@@ -92,7 +62,7 @@ def test_a_summary_that_does_not_verify_takes_the_normal_path(copy, tmp_path, ca
     summary = copy / "summary.json"
     summary.write_bytes(summary.read_bytes().replace(b'"value"', b'"valuE"', 1))  # its checksum no longer matches
     with pytest.raises(Loaded, match="model"):
-        run_cli(capsys, "run", "--config", write_config(tmp_path, TINY, "tiny.yaml"), "--out", copy, "--quiet")
+        lines_here(capsys, "run", "--config", write_config(tmp_path, TINY, "tiny.yaml"), "--out", copy, "--quiet")
 
 
 def test_a_manifest_without_the_model_files_signature_takes_the_normal_path(copy, tmp_path, capsys, nothing_loads):
@@ -104,7 +74,7 @@ def test_a_manifest_without_the_model_files_signature_takes_the_normal_path(copy
     manifest["model"]["files"] = {**manifest["model"]["files"], "unet/diffusion_pytorch_model.safetensors": [1, 2]}
     store.write_manifest(json.loads(json.dumps(manifest)))
     with pytest.raises(Loaded, match="model"):
-        run_cli(capsys, "run", "--config", write_config(tmp_path, TINY, "tiny.yaml"), "--out", copy, "--quiet")
+        lines_here(capsys, "run", "--config", write_config(tmp_path, TINY, "tiny.yaml"), "--out", copy, "--quiet")
 
 
 def test_a_finished_run_with_a_unit_left_out_of_its_summary_takes_the_normal_path(copy, tmp_path, capsys,
@@ -113,4 +83,4 @@ def test_a_finished_run_with_a_unit_left_out_of_its_summary_takes_the_normal_pat
     rows = store.read_summary()
     store.write_summary(rows[rows["method"] != "np.v2"].to_dict("records"))
     with pytest.raises(Loaded, match="model"):
-        run_cli(capsys, "run", "--config", write_config(tmp_path, TINY, "tiny.yaml"), "--out", copy, "--quiet")
+        lines_here(capsys, "run", "--config", write_config(tmp_path, TINY, "tiny.yaml"), "--out", copy, "--quiet")

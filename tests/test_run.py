@@ -15,6 +15,7 @@ import yaml
 
 from bench.store import write_checksummed
 from bench.worlds.v1.prompts import build_set
+from tests.cli import erasebench_process
 
 SMOKE = {
     "model": "mini",
@@ -26,12 +27,6 @@ SMOKE = {
     "batch_size": 16,
 }
 TASK_SETS = ["target", "target-synonyms", "target-implicit", "other-objects", "other-styles", "in-prompt", "general"]
-
-
-def cli(*args, cwd=None, timeout=600):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run([sys.executable, "-m", "bench.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=timeout)
 
 
 def expected_records(config) -> int:
@@ -64,7 +59,7 @@ def test_killed_run_resumes_without_redoing_or_duplicating(tmp_path, cli_here):
     images_before = {p: p.stat().st_mtime_ns for p in (out / "images").rglob("*.png")}
     assert finished and images_before
 
-    result = cli("run", "--config", cfg, "--out", out, "--quiet")
+    result = erasebench_process("run", "--config", cfg, "--out", out, "--quiet", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     for name, (mtime, data) in finished.items():  # finished units were not redone
         p = out / "records" / name

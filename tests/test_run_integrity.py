@@ -19,32 +19,9 @@ import pytest
 import torch
 import yaml
 
-from bench.cli import main
 from bench.store import DamagedFileError, RunStore, atomic_write_bytes, checksum_path, read_verified, write_checksummed
-
-TINY = {  # the smallest real run: one reference row and one inference-time method, 2 sampling steps
-    "model": "mini",
-    "suite": "mini-quick",
-    "tier": "smoke",
-    "targets": ["circle"],
-    "attacks": [],
-    "sampler": {"name": "ddim", "steps": 2, "guidance": 5.0},
-    "batch_size": 64,
-    "methods": [{"name": "none"}, {"name": "negative-prompt", "label": "np.v2"}],
-}
-
-
-def write_config(folder: Path, config: dict | str, name: str = "c.yaml") -> Path:
-    path = folder / name
-    path.write_text(config if isinstance(config, str) else yaml.safe_dump(config))
-    return path
-
-
-def run_cli(capsys, *args) -> tuple[int, list[str], str]:
-    """(exit status, stderr lines, stdout) of ``erasebench ARGS`` in this process (an exception would fail the test)."""
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, [line for line in captured.err.splitlines() if line.strip()], captured.out
+from tests.cli import lines_here
+from tests.runs import TINY, write_config
 
 
 def assert_usage_error(code: int, lines: list[str], *needles: str, n: int = 1) -> None:
@@ -56,25 +33,15 @@ def assert_usage_error(code: int, lines: list[str], *needles: str, n: int = 1) -
     assert not any("Traceback" in line for line in lines)
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("integrity") / "run"
-    from bench.config import parse_config
-    from bench.runner import run
-
-    run(parse_config(TINY), out, progress=False)
-    return out
-
-
 @pytest.fixture
-def run_copy(finished_run, tmp_path) -> Path:
+def run_copy(tiny_run, tmp_path) -> Path:
     dst = tmp_path / "run"
-    shutil.copytree(finished_run, dst)
+    shutil.copytree(tiny_run, dst)
     return dst
 
 
 def rerun(capsys, tmp_path: Path, out: Path) -> tuple[int, list[str]]:
-    code, lines, _ = run_cli(capsys, "run", "--config", write_config(tmp_path, TINY, "tiny.yaml"), "--out", out,
+    code, lines, _ = lines_here(capsys, "run", "--config", write_config(tmp_path, TINY, "tiny.yaml"), "--out", out,
                              "--quiet")
     return code, lines
 
@@ -89,7 +56,7 @@ def test_labels_that_collide_as_file_names_are_an_input_error(tmp_path, capsys):
     config = {**TINY, "methods": [{"name": "uce", "label": "uce strong", "params": {"erase_scale": 4.0}},
                                   {"name": "uce", "label": "uce:strong", "params": {"erase_scale": 0.25}}]}
     out = tmp_path / "out"
-    code, lines, _ = run_cli(capsys, "run", "--config", write_config(tmp_path, config), "--out", out)
+    code, lines, _ = lines_here(capsys, "run", "--config", write_config(tmp_path, config), "--out", out)
     assert_usage_error(code, lines, "methods[1]", "'uce:strong'", "'uce strong'", "'uce_strong'")
     assert not out.exists()
 
@@ -97,7 +64,7 @@ def test_labels_that_collide_as_file_names_are_an_input_error(tmp_path, capsys):
 def test_a_label_with_double_underscore_is_an_input_error(tmp_path, capsys):
     config = {**TINY, "methods": [{"name": "none"}, {"name": "uce", "label": "uce__v2"}]}
     out = tmp_path / "out"
-    code, lines, _ = run_cli(capsys, "run", "--config", write_config(tmp_path, config), "--out", out)
+    code, lines, _ = lines_here(capsys, "run", "--config", write_config(tmp_path, config), "--out", out)
     assert_usage_error(code, lines, "methods[1]", "'uce__v2'", "'__'")
     assert not out.exists()
 
@@ -105,17 +72,17 @@ def test_a_label_with_double_underscore_is_an_input_error(tmp_path, capsys):
 def test_targets_that_collide_as_file_names_are_an_input_error(tmp_path, capsys):
     config = {**TINY, "model": "/not/mini", "suite": "coco", "targets": ["Van Gogh", "Van_Gogh"]}
     out = tmp_path / "out"
-    code, lines, _ = run_cli(capsys, "run", "--config", write_config(tmp_path, config), "--out", out)
+    code, lines, _ = lines_here(capsys, "run", "--config", write_config(tmp_path, config), "--out", out)
     assert_usage_error(code, lines, "targets[1]", "'Van_Gogh'")
     assert not out.exists()
 
 
-def test_cost_rows_name_the_row_and_target_they_belong_to(finished_run):
-    summary = RunStore(finished_run).read_summary()
+def test_cost_rows_name_the_row_and_target_they_belong_to(tiny_run):
+    summary = RunStore(tiny_run).read_summary()
     cost = summary[summary["role"] == "cost"]
     assert not cost.empty, "the negative prompt's edit has no cost rows; nothing was tested"
     assert set(cost["method"]) == {"np.v2"} and set(cost["target"]) == {"circle"}
-    edits = RunStore(finished_run).read_manifest()["edits"]
+    edits = RunStore(tiny_run).read_manifest()["edits"]
     assert [(e["method"], e["target"]) for e in edits.values()] == [("np.v2", "circle")]
 
 
@@ -128,7 +95,7 @@ def test_an_edit_saved_by_a_worker_killed_before_it_recorded_its_cost_keeps_its_
 
     config = {**TINY, "methods": [{"name": "none"}, {"name": "uce"}]}
     path, out = write_config(tmp_path, config), tmp_path / "run"
-    code, lines, _ = run_cli(capsys, "run", "--config", path, "--out", out, "--quiet")
+    code, lines, _ = lines_here(capsys, "run", "--config", path, "--out", out, "--quiet")
     assert code == 0, lines
     store = RunStore(out)
     saved = json.loads((out / "edits" / "uce__circle" / "edit.json").read_text())["cost"]
@@ -149,7 +116,7 @@ def test_an_edit_saved_by_a_worker_killed_before_it_recorded_its_cost_keeps_its_
         return dict(zip(cost["metric"], cost["value"]))
 
     kill_before_the_manifest_entry("uce__circle__target")
-    code, lines, _ = run_cli(capsys, "run", "--config", path, "--out", out, "--quiet")
+    code, lines, _ = lines_here(capsys, "run", "--config", path, "--out", out, "--quiet")
     assert code == 0, lines
     assert uce_cost_rows() == pytest.approx(saved)
     assert store.read_manifest()["edits"]["uce__circle"]["edit_seconds"] == saved["edit_seconds"]
@@ -159,18 +126,19 @@ def test_an_edit_saved_by_a_worker_killed_before_it_recorded_its_cost_keeps_its_
     assert uce_cost_rows() == pytest.approx(saved)
 
 
-def test_parts_a_stopped_worker_never_merged_are_merged_by_the_next_run(finished_run, tmp_path, capsys,
+def test_parts_a_stopped_worker_never_merged_are_merged_by_the_next_run(tiny_run, tmp_path, capsys,
                                                                         monkeypatch):
     """Records written as parts and never merged into their unit (a worker killed between the two; in CI the
     SIGKILL test of test_distributed once ended with exit 0 and no summary): the parts' items count as done, so the
     next run must still merge them and write the summary; a one-process run that cannot finish says so."""
-    import bench.runner
+    import bench.merging
     from bench.config import parse_config
+    from bench.runner import run
 
     out = tmp_path / "run"
-    monkeypatch.setattr(bench.runner, "_merge_task", lambda *args, **kwargs: False)  # every worker stopped before it
+    monkeypatch.setattr(bench.merging, "merge_task", lambda *args, **kwargs: False)  # every worker stopped before it
     with pytest.raises(RuntimeError, match=r"ended with \d+ units without records"):
-        bench.runner.run(parse_config(TINY), out, progress=False)
+        run(parse_config(TINY), out, progress=False)
     parts = sorted((out / "records" / "parts").glob("*.parquet"))
     assert parts and not (out / "summary.json").exists() and not list((out / "records").glob("*.parquet"))
     monkeypatch.undo()
@@ -179,12 +147,12 @@ def test_parts_a_stopped_worker_never_merged_are_merged_by_the_next_run(finished
     assert code == 0, lines
     assert not list((out / "records" / "parts").glob("*.parquet")), "parts left unmerged"
     timing = {"edit_seconds", "peak_memory_mb", "load_seconds"}
-    got, expected = (RunStore(r).read_summary() for r in (out, finished_run))
+    got, expected = (RunStore(r).read_summary() for r in (out, tiny_run))
     pd.testing.assert_frame_equal(got[~got["metric"].isin(timing)].reset_index(drop=True),
                                   expected[~expected["metric"].isin(timing)].reset_index(drop=True))
 
 
-def test_parts_left_beside_their_merged_unit_are_removed_by_the_next_run(run_copy, finished_run, tmp_path, capsys):
+def test_parts_left_beside_their_merged_unit_are_removed_by_the_next_run(run_copy, tiny_run, tmp_path, capsys):
     """A worker stopped between writing a merged unit and removing its parts: the next run removes the parts
     (they would be read as a second copy by nothing, but `check` and a reader of the folder see stale files)."""
     unit = sorted((run_copy / "records").glob("*.parquet"))[0]
@@ -196,12 +164,12 @@ def test_parts_left_beside_their_merged_unit_are_removed_by_the_next_run(run_cop
     assert code == 0, lines
     assert not part.exists()
     timing = {"edit_seconds", "peak_memory_mb", "load_seconds"}
-    got, expected = (RunStore(r).read_summary() for r in (run_copy, finished_run))
+    got, expected = (RunStore(r).read_summary() for r in (run_copy, tiny_run))
     pd.testing.assert_frame_equal(got[~got["metric"].isin(timing)].reset_index(drop=True),
                                   expected[~expected["metric"].isin(timing)].reset_index(drop=True))
 
 
-def test_a_resumed_run_samples_with_the_device_choices_it_started_with(run_copy, finished_run, tmp_path, capsys,
+def test_a_resumed_run_samples_with_the_device_choices_it_started_with(run_copy, tiny_run, tmp_path, capsys,
                                                                         monkeypatch):
     """``auto`` resolves per machine and version (bf16 where native, channels-last weights where faster): a resume
     on another machine, another node's shard or a newer erasebench must go on with the run's recorded choices, or
@@ -218,7 +186,7 @@ def test_a_resumed_run_samples_with_the_device_choices_it_started_with(run_copy,
     (run_copy / "summary.json").unlink()
     code, lines = rerun(capsys, tmp_path, run_copy)
     assert code == 0, lines
-    assert pd.read_parquet(unit)["image_key"].tolist() == pd.read_parquet(finished_run / "records" / unit.name)[
+    assert pd.read_parquet(unit)["image_key"].tolist() == pd.read_parquet(tiny_run / "records" / unit.name)[
         "image_key"].tolist()
     assert RunStore(run_copy).read_manifest()["sampler"] == manifest["sampler"]
     log = "".join(p.read_text() for p in (run_copy / "logs").glob("*.log"))
@@ -249,7 +217,7 @@ def test_a_method_whose_config_holds_a_tuple_resumes(tmp_path, capsys):
     config = {**TINY, "methods": [{"name": "none"}, {"name": "hirm"}]}
     path, out = write_config(tmp_path, config), tmp_path / "run"
     for _ in range(2):
-        code, lines, _ = run_cli(capsys, "run", "--config", path, "--out", out, "--quiet")
+        code, lines, _ = lines_here(capsys, "run", "--config", path, "--out", out, "--quiet")
         assert code == 0, lines
     assert RunStore(out).read_summary()["method"].isin(["hirm"]).any()
 
@@ -271,7 +239,7 @@ def labelled_summary(tmp_path: Path, label: str) -> Path:
 def test_a_mathtext_label_renders_as_text_in_the_html_report(tmp_path, capsys):
     run_dir = labelled_summary(tmp_path, "$x_{$")
     out = tmp_path / "board.html"
-    code, lines, _ = run_cli(capsys, "report", run_dir, "--format", "html", "--output", out)
+    code, lines, _ = lines_here(capsys, "report", run_dir, "--format", "html", "--output", out)
     assert code == 0, lines
     page = out.read_text()
     assert "$x_{$" in page and 'id="tradeoff-plot"' in page  # the label in the table, and the plot was drawn
@@ -285,7 +253,7 @@ def test_a_mathtext_label_renders_as_text_in_the_html_report(tmp_path, capsys):
 ])
 def test_labels_are_escaped_in_markdown(tmp_path, capsys, label, escaped):
     run_dir = labelled_summary(tmp_path, label)
-    code, lines, text = run_cli(capsys, "report", run_dir, "--format", "md")
+    code, lines, text = lines_here(capsys, "report", run_dir, "--format", "md")
     assert code == 0, lines
     row = next(line for line in text.splitlines() if line.startswith("| " + escaped + " |"))
     assert row.count(" | ") == len(text.splitlines()[0].split(" | ")) - 1  # the label did not add a cell
@@ -294,14 +262,14 @@ def test_labels_are_escaped_in_markdown(tmp_path, capsys, label, escaped):
 def test_a_label_on_two_lines_is_an_input_error(tmp_path, capsys):
     config = {**TINY, "methods": [{"name": "none", "label": "a\nb"}]}
     out = tmp_path / "out"
-    code, lines, _ = run_cli(capsys, "run", "--config", write_config(tmp_path, config), "--out", out)
+    code, lines, _ = lines_here(capsys, "run", "--config", write_config(tmp_path, config), "--out", out)
     assert_usage_error(code, lines, "methods[0].label", "one line")
     assert not out.exists()
 
 
 # --------------------------------------------------------------------------- 2. damaged files
-def test_checksums_are_kept_for_every_file_the_run_writes(finished_run):
-    written = [p for p in finished_run.rglob("*") if p.is_file() and p.suffix in (".json", ".parquet")
+def test_checksums_are_kept_for_every_file_the_run_writes(tiny_run):
+    written = [p for p in tiny_run.rglob("*") if p.is_file() and p.suffix in (".json", ".parquet")
                and p.parent.name != "edits"]
     assert len(written) >= 10
     for path in written:
@@ -309,19 +277,19 @@ def test_checksums_are_kept_for_every_file_the_run_writes(finished_run):
         read_verified(path)  # matches
 
 
-def test_a_truncated_record_file_is_named_and_redone_by_the_next_run(run_copy, finished_run, tmp_path, capsys,
+def test_a_truncated_record_file_is_named_and_redone_by_the_next_run(run_copy, tiny_run, tmp_path, capsys,
                                                                       caplog):
     unit = run_copy / "records" / "np.v2__circle__target.parquet"
     original = pd.read_parquet(unit)
     truncate(unit)
-    code, lines, _ = run_cli(capsys, "compare", finished_run, run_copy)
+    code, lines, _ = lines_here(capsys, "compare", tiny_run, run_copy)
     assert_usage_error(code, lines, str(unit), "damaged")
 
     code, lines = rerun(capsys, tmp_path, run_copy)
     assert code == 0, lines
     assert any(str(unit) in r.getMessage() and "redoing" in r.getMessage() for r in caplog.records)
     pd.testing.assert_frame_equal(pd.read_parquet(unit), original)
-    figures = [RunStore(r).read_summary().query("role != 'cost'") for r in (run_copy, finished_run)]  # cost: timings
+    figures = [RunStore(r).read_summary().query("role != 'cost'") for r in (run_copy, tiny_run)]  # cost: timings
     pd.testing.assert_frame_equal(*(f.reset_index(drop=True) for f in figures))
 
 
@@ -357,14 +325,14 @@ def test_a_run_written_before_a_config_field_existed_resumes_and_another_config_
 
 
 @pytest.mark.parametrize("command", ["run", "report", "compare"])
-def test_a_corrupt_manifest_is_named_and_exits_2(run_copy, finished_run, tmp_path, capsys, command):
+def test_a_corrupt_manifest_is_named_and_exits_2(run_copy, tiny_run, tmp_path, capsys, command):
     manifest = run_copy / "manifest.json"
     manifest.write_text('{"config": ')
     before = sorted(p.name for p in run_copy.iterdir())
     args = {"run": ["run", "--config", write_config(tmp_path, TINY), "--out", run_copy],
             "report": ["report", run_copy],
-            "compare": ["compare", finished_run, run_copy]}[command]
-    code, lines, _ = run_cli(capsys, *args)
+            "compare": ["compare", tiny_run, run_copy]}[command]
+    code, lines, _ = lines_here(capsys, *args)
     assert_usage_error(code, lines, str(manifest), "damaged")
     assert sorted(p.name for p in run_copy.iterdir()) == before and manifest.read_text() == '{"config": '
 
@@ -372,7 +340,7 @@ def test_a_corrupt_manifest_is_named_and_exits_2(run_copy, finished_run, tmp_pat
 def test_a_damaged_summary_is_named_by_report(run_copy, capsys):
     summary = run_copy / "summary.json"
     summary.write_text(summary.read_text().replace('"value"', '"valeu"', 1))  # valid JSON, not what was written
-    code, lines, _ = run_cli(capsys, "report", run_copy)
+    code, lines, _ = lines_here(capsys, "report", run_copy)
     assert_usage_error(code, lines, str(summary), "SHA-256", "erasebench run")
 
 
@@ -387,7 +355,7 @@ def test_a_truncated_image_is_named_and_generated_again(run_copy, tmp_path, caps
     assert cache.get(key) is None  # never used silently
     assert any(str(cache.path(key)) in r.getMessage() for r in caplog.records)
 
-    code, lines, out = run_cli(capsys, "check", run_copy)
+    code, lines, out = lines_here(capsys, "check", run_copy)
     assert code == 1 and str(cache.path(key)) in out, out
 
     for unit in (run_copy / "records").glob("none__circle__target.parquet*"):  # the unit that needs the image
@@ -398,7 +366,7 @@ def test_a_truncated_image_is_named_and_generated_again(run_copy, tmp_path, caps
     assert again is not None and again.shape == original.shape
     # sampled alone, not in its first batch of 64: float sums differ in the last bit, at most 1/255 here
     assert np.abs(again.astype(int) - original.astype(int)).max() <= 1
-    assert run_cli(capsys, "check", run_copy)[0] == 0
+    assert lines_here(capsys, "check", run_copy)[0] == 0
 
 
 def test_an_altered_image_fails_its_pixel_checksum(tmp_path, caplog):
@@ -426,13 +394,13 @@ def test_an_altered_image_fails_its_pixel_checksum(tmp_path, caplog):
 
 
 def test_check_reports_a_whole_run_as_ok_and_names_each_damaged_file(run_copy, capsys):
-    code, _, out = run_cli(capsys, "check", run_copy)
+    code, _, out = lines_here(capsys, "check", run_copy)
     assert code == 0 and out.strip().endswith(": ok"), out
     damaged = [run_copy / "records" / "none__circle__target.parquet", run_copy / "summary.json"]
     truncate(damaged[0])
     damaged[1].write_text("{}")
     before = {p: p.stat().st_mtime_ns for p in run_copy.rglob("*") if p.is_file()}
-    code, _, out = run_cli(capsys, "check", run_copy, "--json")
+    code, _, out = lines_here(capsys, "check", run_copy, "--json")
     report = json.loads(out)
     assert code == 1 and not report["ok"]
     assert sorted(p["path"] for p in report["problems"]) == sorted(map(str, damaged))
@@ -440,7 +408,7 @@ def test_check_reports_a_whole_run_as_ok_and_names_each_damaged_file(run_copy, c
 
 
 def test_check_of_a_folder_that_is_not_a_run_exits_2(tmp_path, capsys):
-    code, lines, _ = run_cli(capsys, "check", tmp_path)
+    code, lines, _ = lines_here(capsys, "check", tmp_path)
     assert_usage_error(code, lines, str(tmp_path), "not a run directory")
 
 
@@ -464,57 +432,49 @@ def test_a_failed_atomic_write_leaves_no_temporary_file(tmp_path):
 
 
 # --------------------------------------------------------------------------- 3. checks before the model loads
-@pytest.fixture
-def no_model(monkeypatch):
-    """Any attempt to load a model fails the test: the checks must come first."""
-    import bench.runner
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the model was loaded before the input was checked")
-
-    monkeypatch.setattr(bench.runner, "load_backbone", refuse)
+# nothing_loads (conftest.py): any attempt to load a model fails the test, so the checks must come first
 
 
-def test_a_target_the_mini_world_lacks_is_an_input_error_and_writes_nothing(tmp_path, capsys, no_model):
+def test_a_target_the_mini_world_lacks_is_an_input_error_and_writes_nothing(tmp_path, capsys, nothing_loads):
     out = tmp_path / "out"
-    code, lines, _ = run_cli(capsys, "run", "--config", write_config(tmp_path, {**TINY, "targets": ["giraffe"]}),
+    code, lines, _ = lines_here(capsys, "run", "--config", write_config(tmp_path, {**TINY, "targets": ["giraffe"]}),
                              "--out", out)
     assert_usage_error(code, lines, "targets[0]", "'giraffe'", "circle")
     assert not out.exists()  # so the corrected config is not refused as "another config"
 
 
-def test_a_missing_edit_folder_is_an_input_error_and_writes_nothing(tmp_path, capsys, no_model):
+def test_a_missing_edit_folder_is_an_input_error_and_writes_nothing(tmp_path, capsys, nothing_loads):
     out = tmp_path / "out"
     config = {**TINY, "methods": [{"name": "uce", "edit": str(tmp_path / "no" / "such")}]}
-    code, lines, _ = run_cli(capsys, "run", "--config", write_config(tmp_path, config), "--out", out)
+    code, lines, _ = lines_here(capsys, "run", "--config", write_config(tmp_path, config), "--out", out)
     assert_usage_error(code, lines, "methods[0].edit", "not found")
     assert not out.exists()
 
 
-def test_a_device_the_machine_lacks_is_an_input_error(tmp_path, capsys, no_model):
+def test_a_device_the_machine_lacks_is_an_input_error(tmp_path, capsys, nothing_loads):
     device = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
     out = tmp_path / "out"
-    code, lines, _ = run_cli(capsys, "run", "--config", write_config(tmp_path, {**TINY, "device": device}),
+    code, lines, _ = lines_here(capsys, "run", "--config", write_config(tmp_path, {**TINY, "device": device}),
                              "--out", out)
     assert_usage_error(code, lines, "device", repr(device))
     assert not out.exists()
 
 
-def test_out_naming_a_file_is_an_input_error_before_the_model_loads(tmp_path, capsys, no_model):
+def test_out_naming_a_file_is_an_input_error_before_the_model_loads(tmp_path, capsys, nothing_loads):
     out = tmp_path / "a-file"
     out.write_text("keep me")
-    code, lines, _ = run_cli(capsys, "run", "--config", write_config(tmp_path, TINY), "--out", out)
+    code, lines, _ = lines_here(capsys, "run", "--config", write_config(tmp_path, TINY), "--out", out)
     assert_usage_error(code, lines, f"--out {out}", "is a file")
     assert out.read_text() == "keep me"
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can write in any folder")
-def test_out_in_an_unwritable_folder_is_an_input_error_before_the_model_loads(tmp_path, capsys, no_model):
+def test_out_in_an_unwritable_folder_is_an_input_error_before_the_model_loads(tmp_path, capsys, nothing_loads):
     locked = tmp_path / "locked"
     locked.mkdir()
     locked.chmod(0o555)
     try:
-        code, lines, _ = run_cli(capsys, "run", "--config", write_config(tmp_path, TINY), "--out", locked / "run")
+        code, lines, _ = lines_here(capsys, "run", "--config", write_config(tmp_path, TINY), "--out", locked / "run")
         assert_usage_error(code, lines, "cannot write in", str(locked))
         assert list(locked.iterdir()) == []
     finally:
@@ -527,55 +487,55 @@ def test_report_output_naming_a_folder_is_an_input_error_and_leaves_no_temporary
     work = tmp_path / "work"
     (work / "out").mkdir(parents=True)
     monkeypatch.chdir(work)
-    code, lines, _ = run_cli(capsys, "report", run_dir, "--output", "out")
+    code, lines, _ = lines_here(capsys, "report", run_dir, "--output", "out")
     assert_usage_error(code, lines, "--output out", "is a folder")
     assert sorted(p.name for p in work.rglob("*")) == ["out"]
 
 
 # --------------------------------------------------------------------------- 5. NaN and infinities
 @pytest.mark.parametrize("tolerance", ["nan", "inf", "-0.01"])
-def test_compare_refuses_a_tolerance_that_is_not_a_finite_non_negative_number(finished_run, capsys, tolerance):
-    code, lines, _ = run_cli(capsys, "compare", finished_run, finished_run, "--tolerance", tolerance)
+def test_compare_refuses_a_tolerance_that_is_not_a_finite_non_negative_number(tiny_run, capsys, tolerance):
+    code, lines, _ = lines_here(capsys, "compare", tiny_run, tiny_run, "--tolerance", tolerance)
     assert_usage_error(code, lines, "--tolerance", "finite")
 
 
-def test_compare_still_gates_with_a_finite_tolerance(finished_run, capsys):
-    code, _, out = run_cli(capsys, "compare", finished_run, finished_run, "--tolerance", "0.02")
+def test_compare_still_gates_with_a_finite_tolerance(tiny_run, capsys):
+    code, _, out = lines_here(capsys, "compare", tiny_run, tiny_run, "--tolerance", "0.02")
     assert code == 0 and "PASS" in out
     assert "not registered" not in out  # mini_fd is known to compare
 
 
 @pytest.mark.parametrize("params", [{"erase_scale": math.nan}, {"erase_scale": math.inf}, {"lamb": -math.inf}])
-def test_method_parameters_reject_nan_and_infinities(tmp_path, capsys, params, no_model):
+def test_method_parameters_reject_nan_and_infinities(tmp_path, capsys, params, nothing_loads):
     out = tmp_path / "out"
     config = {**TINY, "methods": [{"name": "uce", "params": params}]}
-    code, lines, _ = run_cli(capsys, "run", "--config", write_config(tmp_path, config), "--out", out)
+    code, lines, _ = lines_here(capsys, "run", "--config", write_config(tmp_path, config), "--out", out)
     assert_usage_error(code, lines, "methods[0]", f"{next(iter(params))}=", "finite")
     assert not out.exists()
 
 
-def test_config_numbers_reject_nan_and_infinities(tmp_path, capsys, no_model):
+def test_config_numbers_reject_nan_and_infinities(tmp_path, capsys, nothing_loads):
     config = "\n".join(["model: mini", "suite: mini-quick", "methods: [{name: none}]",
                         "sampler: {name: ddim, steps: 2, guidance: .inf, eta: .nan}"])
     out = tmp_path / "out"
-    code, lines, _ = run_cli(capsys, "run", "--config", write_config(tmp_path, config), "--out", out)
+    code, lines, _ = lines_here(capsys, "run", "--config", write_config(tmp_path, config), "--out", out)
     assert_usage_error(code, lines, "sampler.guidance", "sampler.eta", n=2)
     assert not out.exists()
 
 
 # --------------------------------------------------------------------------- 6. empty config
 @pytest.mark.parametrize("text", ["", "\n# only a comment\n"])
-def test_an_empty_config_file_is_an_input_error(tmp_path, capsys, text, no_model):
+def test_an_empty_config_file_is_an_input_error(tmp_path, capsys, text, nothing_loads):
     cfg = write_config(tmp_path, text)
     out = tmp_path / "out"
-    code, lines, _ = run_cli(capsys, "run", "--config", cfg, "--out", out)
+    code, lines, _ = lines_here(capsys, "run", "--config", cfg, "--out", out)
     assert_usage_error(code, lines, str(cfg), "empty")
     assert not out.exists()
 
 
 # --------------------------------------------------------------------------- 7. list metrics, --quiet
 def test_list_metrics_has_every_metric_compare_knows(capsys):
-    code, _, out = run_cli(capsys, "list", "metrics")
+    code, _, out = lines_here(capsys, "list", "metrics")
     assert code == 0
     assert "mini_fd" in [line.split("\t")[0] for line in out.splitlines()]
 

@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.cli import main
 from bench.store import (
     EDIT_SUMS,
     DamagedFileError,
@@ -28,13 +27,7 @@ from bench.store import (
     write_edit_sums,
     write_keyed_png,
 )
-
-
-def cli(capsys, *args) -> tuple[int, list[str], str]:
-    code = main([str(a) for a in args])
-    captured = capsys.readouterr()
-    assert "Traceback" not in captured.err
-    return code, [ln for ln in captured.err.splitlines() if ln.strip()], captured.out
+from tests.cli import lines_here
 
 
 @pytest.fixture
@@ -61,7 +54,7 @@ def test_two_swapped_images_are_found_by_check(run, capsys):
     data_a, data_b = a.read_bytes(), b.read_bytes()
     a.write_bytes(data_b)
     b.write_bytes(data_a)
-    code, _, out = cli(capsys, "check", run)
+    code, _, out = lines_here(capsys, "check", run)
     assert code == 1
     assert str(a) in out and str(b) in out and "another key" in out
 
@@ -103,7 +96,7 @@ def test_an_image_without_its_key_is_damage_in_a_run_that_writes_keys(run, capsy
     with Image.open(path) as im:
         pixels = np.asarray(im.convert("RGB"))
     Image.fromarray(pixels).save(path, format="PNG")  # same pixels, no key, no pixel checksum
-    code, _, out = cli(capsys, "check", run)
+    code, _, out = lines_here(capsys, "check", run)
     assert code == 1 and str(path) in out and "no content key" in out
 
 
@@ -114,9 +107,9 @@ def test_a_deleted_checksum_is_damage_and_report_refuses_an_edited_summary(run, 
     row["value"] = 0.99
     (run / "summary.json").write_text(json.dumps(summary))
     (run / "summary.json.sha256").unlink()
-    code, _, out = cli(capsys, "check", run)
+    code, _, out = lines_here(capsys, "check", run)
     assert code == 1 and "summary.json: damaged: its checksum file summary.json.sha256 is missing" in out
-    code, lines, out = cli(capsys, "report", run)
+    code, lines, out = lines_here(capsys, "report", run)
     assert code == 2 and len(lines) == 1 and "summary.json.sha256 is missing" in lines[0]
     assert "0.990" not in out
 
@@ -133,9 +126,9 @@ def test_a_run_from_before_checksums_is_still_read(run, capsys):
         (folder / "edit.json").write_text(json.dumps(meta))
         (folder / EDIT_SUMS).unlink()
     assert not RunStore(run).requires_checksums()
-    code, _, out = cli(capsys, "report", run)
+    code, _, out = lines_here(capsys, "report", run)
     assert code == 0 and "uce" in out
-    code, _, out = cli(capsys, "check", run)
+    code, _, out = lines_here(capsys, "check", run)
     assert code == 0 and "without a checksum" in out
 
 
@@ -144,9 +137,9 @@ def test_a_run_file_replaced_by_a_folder_is_a_named_error(run, capsys, name):
     path = run / name
     path.unlink()
     path.mkdir()
-    code, _, out = cli(capsys, "check", run)
+    code, _, out = lines_here(capsys, "check", run)
     assert code == 1 and str(run / name.removesuffix(".sha256")) in out
-    code, lines, _ = cli(capsys, "report", run)
+    code, lines, _ = lines_here(capsys, "report", run)
     if name.startswith(("summary", "manifest")):
         assert code == 2 and len(lines) == 1 and "erasebench: error:" in lines[0]
 
@@ -161,9 +154,9 @@ def test_a_run_file_linked_out_of_the_run_is_refused(run, tmp_path, capsys, name
         shutil.copyfile(src, copy)
         src.unlink()
         src.symlink_to(copy)  # the same bytes, but not the run's own file
-    code, _, out = cli(capsys, "check", run)
+    code, _, out = lines_here(capsys, "check", run)
     assert code == 1 and "a link out of the run directory" in out
-    code, lines, _ = cli(capsys, "compare", run, run)
+    code, lines, _ = lines_here(capsys, "compare", run, run)
     assert code == 2 and all(ln.startswith("erasebench: error:") for ln in lines) and "link out" in lines[0]
 
 
@@ -176,7 +169,7 @@ def test_check_notices_a_deleted_consolidated_file_or_folder(run, capsys, what):
     else:
         path.unlink()
         (run / "records.parquet.sha256").unlink()
-    code, _, out = cli(capsys, "check", run)
+    code, _, out = lines_here(capsys, "check", run)
     assert code == 1 and "missing (the run's summary lists it)" in out
 
 
@@ -186,7 +179,7 @@ def test_damaged_edit_weights_are_found_by_check(run, capsys):
     data = bytearray(weights.read_bytes())
     data[len(data) // 2] ^= 1
     weights.write_bytes(bytes(data))
-    code, _, out = cli(capsys, "check", run)
+    code, _, out = lines_here(capsys, "check", run)
     assert code == 1 and "differs from the one kept in SHA256SUMS" in out
 
 
@@ -238,14 +231,14 @@ def test_export_refuses_an_image_path_out_of_the_run_and_writes_nothing_outside(
             df.to_parquet(buf, index=False)
             write_checksummed(path, buf.getvalue())
     before = sorted(p.name for p in tmp_path.iterdir())
-    code, lines, _ = cli(capsys, "export", run, "--out", tmp_path / "ds", "--images", "1")
+    code, lines, _ = lines_here(capsys, "export", run, "--out", tmp_path / "ds", "--images", "1")
     assert code == 2 and len(lines) == 1 and "leads out of the run directory" in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == before  # not even --out
 
 
 def test_export_out_naming_a_file_is_an_input_error(run, tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
-    code, lines, _ = cli(capsys, "export", run, "--out", tmp_path / "afile")
+    code, lines, _ = lines_here(capsys, "export", run, "--out", tmp_path / "afile")
     assert code == 2 and len(lines) == 1 and "is a file" in lines[0]
 
 
@@ -305,10 +298,10 @@ def test_swapped_images_are_generated_again_by_run_and_the_numbers_stay(run, sma
     a.write_bytes(data_b)
     b.write_bytes(data_a)
     _forget(run, "uce__circle__target", "none__circle__target")
-    code, lines, _ = cli(capsys, "run", *SMALL_RUN_FLAGS, "--out", run, "--quiet", "--workers", "1")
+    code, lines, _ = lines_here(capsys, "run", *SMALL_RUN_FLAGS, "--out", run, "--quiet", "--workers", "1")
     assert code == 0, lines
     assert _figures(run) == _figures(small_run[0])  # before the fix: none 0.00 -> 0.17, uce 0.67 -> 0.50 or so
-    assert cli(capsys, "check", run)[0] == 0
+    assert lines_here(capsys, "check", run)[0] == 0
 
 
 def test_a_run_edit_linked_to_another_methods_edit_is_refused(run, tmp_path, capsys):
@@ -323,7 +316,7 @@ def test_a_run_edit_linked_to_another_methods_edit_is_refused(run, tmp_path, cap
     shutil.rmtree(run / "edits" / "uce__circle")
     (run / "edits" / "uce__circle").symlink_to(foreign)
     _forget(run, "uce__circle__target")
-    code, lines, _ = cli(capsys, "run", *SMALL_RUN_FLAGS, "--out", run, "--quiet", "--workers", "1")
+    code, lines, _ = lines_here(capsys, "run", *SMALL_RUN_FLAGS, "--out", run, "--quiet", "--workers", "1")
     errors = [ln for ln in lines if ln.startswith("erasebench: error:")]
     assert code == 2 and len(errors) == 1 and "link out of the run directory" in errors[0], lines
     assert not (run / "records" / "uce__circle__target.parquet").exists()
@@ -332,14 +325,15 @@ def test_a_run_edit_linked_to_another_methods_edit_is_refused(run, tmp_path, cap
 def test_a_given_edit_of_another_method_is_an_input_error_before_the_model_loads(run, tmp_path, capsys):
     config = tmp_path / "c.yaml"
     config.write_text(f"methods: [{{name: esd-u, edit: {run / 'edits' / 'uce__circle'}}}]\n")
-    code, lines, _ = cli(capsys, "run", "--config", config, "--out", tmp_path / "out", "--quiet", "--workers", "1")
+    code, lines, _ = lines_here(capsys, "run", "--config", config, "--out", tmp_path / "out", "--quiet", "--workers",
+                                "1")
     assert code == 2 and len(lines) == 1 and "the edit of method 'uce', not of 'esd-u'" in lines[0], lines
     assert not (tmp_path / "out").exists()
 
 
 # ------------------------------------------------------------------ flags
 def test_workers_has_an_upper_bound(tmp_path, capsys):
-    code, lines, _ = cli(capsys, "run", "--workers", "1000000000", "--out", tmp_path / "out")
+    code, lines, _ = lines_here(capsys, "run", "--workers", "1000000000", "--out", tmp_path / "out")
     assert code == 2 and len(lines) == 1 and "at most 256 processes" in lines[0]
     assert not (tmp_path / "out").exists()
 

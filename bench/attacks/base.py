@@ -30,6 +30,9 @@ evaluator; it succeeds when any image shows the target. The budget of every atta
 
 Results are cached per (attack, model fingerprints, config, sampler, evaluator, prompt, seed,
 target) in :class:`AttackCache`; a re-run reads them and optimises nothing.
+
+Longer than bench/'s usual 400 lines (docs/DEVELOPING.md): the protocol (Attack, the check loop, the result row) and
+the helpers every attack shares (judging, latents, budgets), beside the protocol they serve.
 """
 
 from __future__ import annotations
