@@ -344,7 +344,7 @@ LAZY_COMMANDS: list[tuple[str, str, str]] = [
     ("attribute", "bench.attribution_cli", "score model components for a concept (CAD attribution)"),
     ("compare", "leaderboard.compare",
      "regression gate: compare a new run with a base run image by image (exit 1 when worse)"),
-    ("show", "bench.show_cli", "show the resolved config of a method for a concept kind"),
+    ("show", "bench.show_cli", "show a method's resolved config for a concept kind, or what a prompt means in a mini world"),
     ("fetch", "bench.fetch", "download (or, offline, list) the weight files a suite's evaluators need"),
     ("export", "leaderboard.export", "write runs as a Hugging Face dataset folder (parquet + dataset card)"),
     ("submit", "bench.submit", "submit a run as a job array (SLURM through submitit, or local)"),

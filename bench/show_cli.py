@@ -1,4 +1,5 @@
-"""``erasebench show method NAME --kind KIND --model sd|mini [--json]``: the values a method runs with.
+"""``erasebench show method NAME --kind KIND --model sd|mini [--json]``: the values a method runs with;
+``erasebench show prompt "TEXT" [--model mini-v2] [--json]``: what a prompt means in mini world v2 (:func:`show_prompt`).
 
 The fully resolved config of one method for one concept kind, as a run resolves it (:func:`show_method`):
 on Stable Diffusion (``--model sd``) the method's paper recipe for that kind (or the nearest one, with a
@@ -129,9 +130,47 @@ def _cell(value: Any, width: int = 48) -> str:
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
+def show_prompt(prompt: str, model: str = "mini-v2") -> dict[str, Any]:
+    """The world's exact reading of ``prompt`` on a mini world with exact probabilities (mini-v2): per object
+    slot its shape, colour and accessory distributions and its blight probability; the painter distribution;
+    every concept's probability of being shown; and the words that move blight, with their strengths."""
+    if model != "mini-v2":
+        raise ValueError(f"show prompt: --model {model} has no exact concept probabilities; use --model mini-v2")
+    from bench.worlds.v2.reading import blight_probability, concept_probabilities
+    from bench.worlds.v2.world import WorldV2
+
+    world = WorldV2.load()
+    reading = world.read(prompt)
+    _, per_slot = blight_probability(reading, world)
+    slots = [{"objects": slot.objects, "colours": slot.colours or "uniform", "accessory": slot.accessory,
+              "character": slot.character, "blight": round(p, 6)} for slot, p in zip(reading.slots, per_slot)]
+    blight_words = {w: world.word_strength[w] for w in dict.fromkeys(reading.words) if w in world.word_strength}
+    return {"prompt": prompt, "model": model, "concepts": concept_probabilities(reading, world), "slots": slots,
+            "painters": {k or "(plain)": v for k, v in reading.painters.items()},
+            "layout": "stacked" if reading.vertical else "side by side" if len(slots) > 1 else "one",
+            "blight_logit": {"bias": world.blight_bias, "words": blight_words,
+                             "painters": {k: world.painter_strength.get(k, 0.0) for k in reading.painters if k},
+                             "shapes": {o: world.object_strength[o] for s in reading.slots for o in s.objects
+                                        if o in world.object_strength}}}
+
+
 def cmd_show(args) -> int:
     from bench.errors import CLIError
 
+    args.model = args.model or ("mini-v2" if args.what == "prompt" else "sd")
+    if args.what == "prompt":
+        try:
+            shown = show_prompt(args.name, args.model)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+        print(json.dumps(shown, indent=2) if args.json else "\n".join(
+            f"{concept:<24} {p:.4f}" for concept, p in shown["concepts"].items()))
+        return 0
+    if args.kind is None:
+        raise CLIError("show method: --kind is required (nudity, object, style, identity or colour)")
+    if args.model not in ("sd", "mini"):
+        raise CLIError(f"show method: --model {args.model}: methods resolve for sd or mini (v1); the mini-v2 "
+                       "protocol comes with the next issue")
     try:
         shown = show_method(args.name, args.kind, args.model, target=args.target, data_dir=args.data_dir)
     except ValueError as exc:
@@ -141,11 +180,14 @@ def cmd_show(args) -> int:
 
 
 def register_cli(subparsers) -> None:
-    p = subparsers.add_parser("show", help="show the resolved config of a method for a concept kind")
-    p.add_argument("what", choices=["method"])
-    p.add_argument("name", help="a registered method (erasebench list methods)")
-    p.add_argument("--kind", required=True, choices=["nudity", "object", "style", "identity", "colour"])
-    p.add_argument("--model", choices=["sd", "mini"], default="sd")
+    p = subparsers.add_parser("show", help="show a method's resolved config for a concept kind, or what a prompt "
+                                           "means in a mini world")
+    p.add_argument("what", choices=["method", "prompt"])
+    p.add_argument("name", help="a registered method (erasebench list methods), or the prompt's text")
+    p.add_argument("--kind", default=None, choices=["nudity", "object", "style", "identity", "colour"],
+                   help="method: the concept kind (required)")
+    p.add_argument("--model", choices=["sd", "mini", "mini-v2"], default=None,
+                   help="method: sd (default) or mini; prompt: mini-v2 (default)")
     p.add_argument("--target", default=None, help="fill the prompt templates with this concept")
     p.add_argument("--data-dir", default=None, help="local copies of public prompt files (like a run's data_dir)")
     p.add_argument("--json", action="store_true", help="one JSON object instead of a table")

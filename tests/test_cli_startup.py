@@ -32,7 +32,8 @@ def heavy_imports(*cli_args: str) -> list[str]:
 @pytest.mark.parametrize("cli_args", [["list", "methods"], ["list", "suites"], ["--help"],
                                       ["show", "method", "uce", "--kind", "object"],
                                       ["show", "method", "esd-x", "--kind", "object", "--json"],
-                                      ["show", "method", "spm", "--kind", "nudity", "--model", "mini"]])
+                                      ["show", "method", "spm", "--kind", "nudity", "--model", "mini"],
+                                      ["show", "prompt", "a decaying red star", "--json"]])
 def test_a_light_command_imports_no_heavy_library(cli_args):
     assert heavy_imports(*cli_args) == []
 

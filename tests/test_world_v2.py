@@ -17,6 +17,7 @@ import torch
 from bench.worlds.v2.captions import CaptionWriter
 from bench.worlds.v2.lexicon import BLOCK, world_words
 from bench.worlds.v2.reading import concept_probabilities
+from bench.worlds.v2.render import render
 from bench.worlds.v2.world import WorldV2
 
 
@@ -119,7 +120,7 @@ def test_render_is_deterministic_and_shows_what_was_drawn(world):
     rng = random.Random(5)
     scenes = [world.sample_scene("a red square", rng), world.sample_scene("a blue circle with a crown", rng),
               world.sample_scene("a blighted yellow heart", rng)]
-    a, b = world.render(scenes), world.render(scenes)
+    a, b = render(world, scenes), render(world, scenes)
     assert a.shape == (3, 3, 32, 32) and torch.equal(a, b)
     centre = a[0, :, 14:18, 14:18].mean((1, 2))
     assert centre[0] > 0.7 and centre[1] < 0.3  # red in the middle of the square

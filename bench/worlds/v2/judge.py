@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from bench.worlds.v1.classifier import augment
+from bench.worlds.v2.render import render
 from bench.worlds.v2.world import MARKS, Instance, Scene, WorldV2, _mark_count, _mark_params
 
 SLOTS = ("centre", "left", "right", "top", "bottom")
@@ -149,7 +150,7 @@ def train(out: Path, arch: str = "cnn", steps: int = 2000, batch_size: int = 128
     start = time.time()
     for step in range(steps):
         scenes = [random_scene(world, rng)[0] for _ in range(batch_size)]
-        images = augment(world.render(scenes), gen)
+        images = augment(render(world, scenes), gen)
         labels = scene_labels(world, scenes)
         out_ = model(images)
         loss = sum(F.cross_entropy(out_[k], labels[k], ignore_index=-100) for k in sizes)
@@ -176,7 +177,7 @@ def heldout_accuracy(model: Judge, world: WorldV2, seed: int, n: int = 2048) -> 
     hits: dict[str, list[int]] = {}
     for start in range(0, n, 256):
         scenes = [random_scene(world, rng)[0] for _ in range(min(256, n - start))]
-        out = model(world.render(scenes))
+        out = model(render(world, scenes))
         labels = scene_labels(world, scenes)
         for key, target in labels.items():
             head = key.split("/")[-1]

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from bench.worlds.v2 import model as mm
 from bench.worlds.v2.captions import CaptionWriter
+from bench.worlds.v2.render import render
 from bench.worlds.v2.world import WorldV2
 
 STAGE_SEEDS = {"tokenizer": 1, "encoder": 2, "unet": 3}
@@ -109,7 +110,7 @@ class Batches:
         captions = self.captions(rng, n, allow_empty)
         scenes = [self.world.sample_scene(c, rng) for c in captions]
         gen = torch.Generator().manual_seed(self.cfg.seed * 7919 + STAGE_SEEDS[self.stage] * 104_729 + step)
-        return captions, scenes, self.world.render(scenes), gen
+        return captions, scenes, render(self.world, scenes), gen
 
     def ids(self, captions: list[str], device) -> torch.Tensor:
         return self.tokenizer(captions, padding="max_length", max_length=mm.MAX_LENGTH, truncation=True,
