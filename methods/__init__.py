@@ -61,6 +61,8 @@ CATALOG: dict[str, tuple[str, str]] = {
         "steps (Yoon et al. 2025)"),
     "salun": ("methods.salun",
         "SalUn: gradient-saliency-masked random-label unlearning (Fan et al. 2024)"),
+    "scissorhands": ("methods.scissorhands",
+        "Scissorhands: SNIP-prune the weights most sensitive to the concept, then repair (Wu & Harandi 2024)"),
     "sdd": ("methods.sdd",
         "SDD: self-distil the concept's noise estimate onto the unconditional one, EMA teacher (Kim et al. 2023)"),
     "sld": ("methods.sld",
