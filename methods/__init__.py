@@ -56,6 +56,9 @@ CATALOG: dict[str, tuple[str, str]] = {
         "the unedited model (reference row)"),
     "rece": ("methods.rece",
         "RECE: UCE plus closed-form derivation and erasure of regenerating embeddings (Gong et al. 2024)"),
+    "receler": ("methods.receler",
+        "Receler: light erasers after cross-attention, trained as ESD with concept-localised "
+        "regularisation (Huang et al. 2024)"),
     "sa": ("methods.sa",
         "Selective Amnesia: the concept taught a surrogate, with EWC (Fisher of generated samples) and "
         "generative replay (Heng & Soh 2023)"),
