@@ -58,11 +58,19 @@ CATALOG: dict[str, tuple[str, str]] = {
         "the unedited model (reference row)"),
     "rece": ("methods.rece",
         "RECE: UCE plus closed-form derivation and erasure of regenerating embeddings (Gong et al. 2024)"),
+    "receler": ("methods.receler",
+        "Receler: light erasers after cross-attention, trained as ESD with concept-localised "
+        "regularisation (Huang et al. 2024)"),
+    "sa": ("methods.sa",
+        "Selective Amnesia: the concept taught a surrogate, with EWC (Fisher of generated samples) and "
+        "generative replay (Heng & Soh 2023)"),
     "safree": ("methods.safree",
         "SAFREE: project the prompt's tokens near the toxic subspace away from it, for the first denoising "
         "steps (Yoon et al. 2025)"),
     "salun": ("methods.salun",
         "SalUn: gradient-saliency-masked random-label unlearning (Fan et al. 2024)"),
+    "scissorhands": ("methods.scissorhands",
+        "Scissorhands: SNIP-prune the weights most sensitive to the concept, then repair (Wu & Harandi 2024)"),
     "sdd": ("methods.sdd",
         "SDD: self-distil the concept's noise estimate onto the unconditional one, EMA teacher (Kim et al. 2023)"),
     "sld": ("methods.sld",
