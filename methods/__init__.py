@@ -20,6 +20,9 @@ from methods.base import METHODS, ErasureRequest, Method, MethodConfig, get_meth
 
 # name -> (module, description): the class's `description`, word for word
 CATALOG: dict[str, tuple[str, str]] = {
+    "ace": ("methods.ace",
+        "ACE: anti-editing erasure, a LoRA trained so the concept is erased in the conditional and injected "
+        "into the unconditional prediction, with prior preservation (Wang et al., CVPR 2025)"),
     "advunlearn": ("methods.advunlearn",
         "AdvUnlearn: adversarial ESD training of the text encoder with a retain regulariser (Zhang et al. 2024)"),
     "ant": ("methods.ant",
