@@ -83,10 +83,15 @@ class ACEConfig(ft.FinetuneConfig):
     anchor_prompts: list[str] | None = None  # None: the request's preserve concepts (mini: the other objects)
 
 
-# Mini world (benchmarks-free probe bench.worlds.v1.probe, one image a prompt): the README's schedule cut, the LoRA's
-# learning rate kept; see tests/test_method_ace.py for the effect.
+# Mini world: the README's schedule cut (10 DDIM steps, 60 iterations) at a learning rate the tiny UNet's LoRA
+# needs. Probe (bench.worlds.v1.probe, one image a prompt, tuning seed 0; circle erasure / synonyms / other objects /
+# other styles, unedited 0.00 / 0.00 / 1.00 / 1.00): lr 1e-3 x 80 iterations 0.00 / 0.00 / 1.00 / 1.00; 1e-2 x 60 the
+# same; 1e-2 x 120 0.00 / 0.00 / 1.00 / 0.92; 2e-2 x 60 0.00 / 0.00 / 0.43 / 0.83; 3e-2 x 60 0.83 / 0.92 / 0.07 / 0.17.
+# On this world ACE erases the circle only where it also erases everything else (tests/test_method_ace.py, strict
+# xfail): the kept value is the stable one.
 MINI_DEFAULTS: dict[str, Any] = {
-    "iterations": 80,
+    "iterations": 60,
+    "lr": 1e-2,
     "ddim_steps": 10,
 }
 

@@ -108,7 +108,8 @@ class STEREOConfig(ft.FinetuneConfig):
 # learning rates the tiny UNet needs. benchmarks-free probe (bench.worlds.v1.probe, 1 image a prompt; circle erasure /
 # synonyms / other objects / other styles, unedited 0.00 / 0.00 / 1.00 / 1.00): 60 iterations everywhere, 60 inversion
 # steps, REO lr 1e-3: 0.92 / 0.83 / 1.00 / 0.83 (seed 0, 161 s apply); 30 / 30 steps: 0.17 / 0.42 / 1.00 / 1.00 (seed
-# 1, 117 s); the values below (REO 40 steps at lr 2e-3, STE rounds of 20): 0.92 / 1.00 / 1.00 / 1.00 (seed 1, 95 s).
+# 1, 117 s); the values below (REO 40 steps at lr 2e-3, STE rounds of 20): 0.92 / 1.00 / 1.00 / 1.00 on seed 1
+# (EFFECT_SEED, where they were first tried: 95 s) and 1.00 / 1.00 / 1.00 / 1.00 on the tuning seed 0 (116 s).
 MINI_DEFAULTS: dict[str, Any] = {
     "rounds": 2,
     "num_adv": 2,

@@ -107,3 +107,34 @@ def test_the_method_minimises_the_official_loss(mini_backbone, monkeypatch):
 def test_bad_config_names_the_field(mini_backbone):
     with pytest.raises(ValueError, match="change_step_rate=0"):
         get_method("ace", {**TINY, "change_step_rate": 0.0}).apply(mini_backbone, ErasureRequest(targets=[TARGET]))
+
+
+# --------------------------------------------------------------------------- the paper's effect on the mini world
+ERASURE_GAIN = 0.15  # as tests/test_methods_finetune.py
+OTHER_MARGIN = 0.25
+IMAGES = 1  # per prompt (12 target / 14 other-object images): the CI budget; the unedited probe is shared
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "measured on EFFECT_SEED with the mini defaults (60 iterations, lr 1e-2, 10 DDIM steps): circle erasure 0.00 -> 0.00, "
+    "other objects 1.00 -> 1.00. The tuning seed's probe (methods/ace.py MINI_DEFAULTS) found no learning rate that "
+    "erases the circle and keeps the rest: 1e-3 to 1e-2 (60-120 iterations) erase nothing, 2e-2 erases nothing and "
+    "drops other objects to 0.43, 3e-2 erases 0.83 but other objects fall to 0.07. ACE moves the unconditional "
+    "prediction, which every prompt's guidance reads"))
+def test_erases_the_target_and_keeps_other_objects_through_the_runners_request(mini_backbone, effect_probe):
+    """The request and config ``erasebench run`` builds for ``--methods ace --targets circle`` on the mini model (its
+    mini defaults; see methods/ace.py)."""
+    from bench.config import MethodSpec, RunConfig
+    from bench.runner import build_request
+
+    before = effect_probe(mini_backbone, TARGET, images_per_prompt=IMAGES)
+    assert before["erasure_rate"] <= 1 - ERASURE_GAIN, f"precondition: the unedited model hardly draws {TARGET} ({before})"
+    spec = MethodSpec(name="ace", params={"progress": False})
+    config = RunConfig(model="mini", targets=[TARGET], methods=[spec])
+    unit, request = build_request(config, spec, get_method("ace", spec.params), TARGET, mini_backbone)
+    after = effect_probe(unit.apply(mini_backbone, request), TARGET, images_per_prompt=IMAGES)
+    report = {k: (round(before[k], 3), round(after[k], 3)) for k in ("erasure_rate", "other_object_accuracy")}
+    print(f"\nace on the mini world (EFFECT_SEED): {report} stats={unit.stats}")
+    assert after["erasure_rate"] >= before["erasure_rate"] + ERASURE_GAIN, report
+    assert after["other_object_accuracy"] >= before["other_object_accuracy"] - OTHER_MARGIN, report
