@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from methods import CATALOG, METHODS, ErasureRequest, get_method
 from methods import _finetune as ft
 from methods.ace import ACEConfig, LoRA
+from tests.effects import ERASURE_GAIN, OTHER_MARGIN
 
 TARGET = "circle"
 TINY = {"progress": False, "iterations": 2, "ddim_steps": 3}
@@ -110,8 +111,6 @@ def test_bad_config_names_the_field(mini_backbone):
 
 
 # --------------------------------------------------------------------------- the paper's effect on the mini world
-ERASURE_GAIN = 0.15  # as tests/test_methods_finetune.py
-OTHER_MARGIN = 0.25
 IMAGES = 1  # per prompt (12 target / 14 other-object images): the CI budget; the unedited probe is shared
 
 

@@ -20,6 +20,7 @@ import torch
 from methods import CATALOG, METHODS, ErasureRequest, get_method
 from methods import _finetune as ft
 from methods.stereo import STEREOConfig, apg, compositional_target, negative_target, stratified
+from tests.effects import ERASURE_GAIN, OTHER_MARGIN
 
 TARGET = "circle"
 TINY = {"progress": False, "rounds": 1, "num_adv": 1, "iterations": 3, "ste_iterations": 2, "ci_steps": 2,
@@ -106,8 +107,6 @@ def test_bad_config_names_the_field(mini_backbone):
 
 
 # --------------------------------------------------------------------------- the paper's effect on the mini world
-ERASURE_GAIN = 0.15  # as tests/test_methods_finetune.py
-OTHER_MARGIN = 0.25
 IMAGES = 1  # per prompt (12 target / 14 other-object images): the CI budget; the unedited probe is shared
 
 
