@@ -22,6 +22,9 @@ from methods.base import METHODS, ErasureRequest, Method, MethodConfig, get_meth
 
 # name -> (module, description): the class's `description`, word for word
 CATALOG: dict[str, tuple[str, str]] = {
+    "ace": ("methods.ace",
+        "ACE: anti-editing erasure, a LoRA trained so the concept is erased in the conditional and injected "
+        "into the unconditional prediction, with prior preservation (Wang et al., CVPR 2025)"),
     "advunlearn": ("methods.advunlearn",
         "AdvUnlearn: adversarial ESD training of the text encoder with a retain regulariser (Zhang et al. 2024)"),
     "ant": ("methods.ant",
@@ -79,6 +82,9 @@ CATALOG: dict[str, tuple[str, str]] = {
         "SPEED: closed-form cross-attention edit in the retain set's null space (Li et al. 2025)"),
     "spm": ("methods.spm",
         "SPM: a rank-1 adapter per concept, latent anchoring and facilitated transport (Lyu et al. 2024)"),
+    "stereo": ("methods.stereo",
+        "STEREO: erase-attack rounds find adversarial tokens, then one anchor-based compositional erasure "
+        "of the concept and the tokens (Srivatsan et al., CVPR 2025)"),
     "trce": ("methods.trce",
         "TRCE: closed-form edit of the first [EoT] in cross-attention K/V, then an early-step contrastive "
         "fine-tune (Chen et al., ICCV 2025)"),
