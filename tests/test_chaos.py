@@ -71,6 +71,23 @@ def numbers(run: Path) -> list:
                   for r in rows if r["metric"] not in TIMING)
 
 
+# a continuous metric of images, where a resumed run may differ in the 5th digit: a resumed process samples the rest
+# of a batch in a batch of another shape, and BLAS rounds another shape differently, by one 8-bit level on a few
+# pixels (bench/generate.py, tests/test_generate.py::test_same_images_whatever_the_batch_size); measured in
+# tests/test_full_disk.py: mini_fd 255.5366 resumed, 255.5294 uninterrupted. Every rate and count must be equal.
+CONTINUOUS = {"mini_fd"}
+
+
+def assert_same_numbers(run: Path, reference: Path, context: object = "") -> None:
+    got, want = numbers(run), numbers(reference)
+    assert [r[:4] + r[7:] for r in got] == [r[:4] + r[7:] for r in want], context
+    for g, w in zip(got, want):
+        if g[3] in CONTINUOUS:
+            assert g[4:7] == pytest.approx(w[4:7], rel=1e-3), (g, w, context)
+        else:
+            assert g == w, context
+
+
 def images(run: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((run / "images").rglob("*.png"))}
 
@@ -111,7 +128,7 @@ def test_a_run_with_two_workers_killed_ten_times_at_random_points_ends_with_the_
 
     proc = subprocess.run(cmd, env=env(), cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert numbers(out) == numbers(reference), f"kill points (seconds, files gained): {points}"
+    assert_same_numbers(out, reference, f"kill points (seconds, files gained): {points}")
     # the same image keys; pixels may differ by one level where a resumed process drew an image in a batch of
     # another size (measured: 2 values of 3,072 in one of 13 images, by 1): the numbers above must not
     assert images(out).keys() == images(reference).keys()
