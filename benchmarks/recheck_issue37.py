@@ -118,12 +118,13 @@ def verdict(res: dict, problems: int, wrote: bool) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tag", required=True)
-    ap.add_argument("--only", default=None, help="only the cases whose name contains this text")
+    ap.add_argument("--only", default=None, help="only the cases whose name contains this text (added to the results "
+                                                 "file of the same tag: run the parts one after the other)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="recheck37-"))
     results: dict[str, dict] = {}
     for name, (text, problems) in config_cases(work).items():
-        if args.only and args.only not in name:
+        if args.only and args.only not in f"run config: {name}":
             continue
         cfg = work / "cfg.yaml"
         cfg.write_text(text)
@@ -144,13 +145,15 @@ def main() -> int:
         for p in written:
             if p.is_file():
                 p.unlink()
+    dest = ROOT / "benchmarks" / "results" / f"recheck_issue37_{args.tag}.json"
+    if args.only and dest.exists():  # a part of the cases: added to those of an earlier part with this tag
+        results = {**json.loads(dest.read_text())["cases"], **results}
     tally = {"tried": len(results), "good": sum(r["verdict"] == "good" for r in results.values())}
     tally["defect"] = tally["tried"] - tally["good"]
     print("| case | verdict | s |\n|---|---|---:|")
     for name, r in results.items():
         print(f"| {name} | {r['verdict']} | {r['seconds']} |")
     print(f"\ntried {tally['tried']}, good {tally['good']}, defect {tally['defect']}")
-    dest = ROOT / "benchmarks" / "results" / f"recheck_issue37_{args.tag}.json"
     dest.write_text(json.dumps({"tag": args.tag, "tally": tally, "cases": results,
                                 "command": "PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/recheck_issue37.py "
                                            + " ".join(sys.argv[1:])}, indent=2))
