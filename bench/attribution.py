@@ -77,6 +77,22 @@ _SELECTOR_PATTERNS: dict[str, str] = {
 SELECTORS = tuple(_SELECTOR_PATTERNS)
 
 
+def selector_problems(selector: str) -> list[str]:
+    """What is wrong with a selector's text, found without a model: an unknown name, a regular expression that
+    does not compile, an empty part (the check :func:`select_parameters` makes once the UNet is there)."""
+    problems = []
+    for part in selector.split("+"):
+        part = part.strip()
+        if part.startswith("re:"):
+            try:
+                re.compile(part[3:])
+            except re.error as exc:
+                problems.append(f"selector {part!r}: not a regular expression ({exc})")
+        elif part not in _SELECTOR_PATTERNS:
+            problems.append(f"unknown component selector {part!r}; valid: {', '.join(SELECTORS)} or 're:<regex>'")
+    return problems
+
+
 def select_parameters(unet: nn.Module, selector: str = "ff") -> dict[str, nn.Parameter]:
     """The weight matrices a selector picks, by module path: ``{"<module path>.weight": parameter}``.
 
@@ -161,12 +177,40 @@ class AttributionConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"unknown objective {self.objective!r}; valid: {', '.join(OBJECTIVES)}")
-        if self.mode not in MODES:
-            raise ValueError(f"unknown mode {self.mode!r}; valid: {', '.join(MODES)}")
-        if self.timesteps < 1 or self.samples < 1 or self.batch_size < 1 or self.n_images < 1:
-            raise ValueError("timesteps, samples, n_images and batch_size must be >= 1")
+        problems = self.problems_of(**{name: getattr(self, name) for name in self.__dataclass_fields__})
+        if problems:
+            raise ValueError("\n".join(f"{name}={getattr(self, name)!r}: {why}" for name, why in problems))
+
+    # (low, high) of each number: a typo such as 1000000000 timesteps or images must not start hours of work
+    # (issue 37); timesteps and image steps are DDIM grids of the 1000 training timesteps, the others share
+    # the run config's limits (bench.config: MAX_IMAGES_PER_PROMPT, MAX_BATCH, the sampler's guidance range)
+    BOUNDS = {"timesteps": (1, 1000), "samples": (1, 10_000), "n_images": (1, 10_000), "image_steps": (1, 1000),
+              "batch_size": (1, 4096), "guidance": (0.0, 1000.0), "image_guidance": (0.0, 1000.0),
+              "seed": (-(2**63), 2**63 - 1)}
+
+    @classmethod
+    def problems_of(cls, **values) -> list[tuple[str, str]]:
+        """``[(field, what is wrong)]``: every problem of a config with these field values (the others at their
+        defaults), without making one; empty when it is valid."""
+        values = {name: f.default for name, f in cls.__dataclass_fields__.items()} | values
+        out = []
+        if values["objective"] not in OBJECTIVES:
+            out.append(("objective", f"unknown objective; valid: {', '.join(OBJECTIVES)}"))
+        if values["mode"] not in MODES:
+            out.append(("mode", f"unknown mode; valid: {', '.join(MODES)}"))
+        for name, (low, high) in cls.BOUNDS.items():
+            value = values[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                out.append((name, "not a number"))
+            elif not math.isfinite(value):
+                out.append((name, "not a finite number"))
+            elif not low <= value <= high:
+                out.append((name, f"out of range; between {low} and {high}"))
+        if not isinstance(values["selector"], str):
+            out.append(("selector", "not a string"))
+        else:
+            out.extend(("selector", why) for why in selector_problems(values["selector"]))
+        return out
 
 
 @dataclass

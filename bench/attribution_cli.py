@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -59,30 +60,36 @@ def cmd_attribute(args) -> int:
     from bench.attribution import AttributionConfig, attribute
     from bench.backbone import load_backbone
 
-    out = Path(args.out)
-    if out.suffix != ".safetensors":
-        out = out.with_suffix(out.suffix + ".safetensors") if out.suffix else out.with_suffix(".safetensors")
-    from bench.errors import CLIError
+    out = _scores_path(args.out)
+    plot = Path(args.plot) if args.plot else out.with_suffix(".png")
+    problems = check_args(args, out, plot)  # every bad flag, one line each, before a model loads (issue 37)
+    if problems:
+        from bench.errors import CLIError
 
-    try:
-        _config(args, AttributionConfig, False)  # validate before loading a model
-    except ValueError as exc:
-        raise CLIError(str(exc)) from exc
+        raise CLIError("\n".join(problems))
     print(f"attribution: loading {args.model}", file=sys.stderr, flush=True)
     backbone = load_backbone(args.model, device=args.device, dtype=args.dtype)
     reference = load_backbone(args.reference, device=args.device, dtype=args.dtype) if args.reference else None
-    cfg = _config(args, AttributionConfig, args.objective == "amplify" and backbone.kind == "mini")
+    cfg = AttributionConfig(**_fields(args, args.objective == "amplify" and backbone.kind == "mini"))
     att = attribute(backbone, args.concept, cfg, reference=reference, progress=True)
     att.save(out)
-    plot = Path(args.plot) if args.plot else out.with_suffix(".png")
     plot_attribution(att, plot)
     summary = {"scores": str(out), "plot": str(plot), "J": att.J, **att.stats}
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
 
-def _config(args, AttributionConfig, amplify_mini: bool):
-    return AttributionConfig(
+def _scores_path(out: str | Path) -> Path:
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        out = out.with_suffix(out.suffix + ".safetensors") if out.suffix else out.with_suffix(".safetensors")
+    return out
+
+
+def _fields(args, amplify_mini: bool) -> dict:
+    """The :class:`AttributionConfig` fields of the flags (0 for ``--n-images``, ``--image-guidance`` and
+    ``--image-steps``: the default of the model, which the mini model's amplify objective sets lower)."""
+    return dict(
         objective=args.objective, anchor=args.anchor, timesteps=args.timesteps, samples=args.samples,
         guidance=args.guidance, mode=args.mode, selector=args.selector,
         n_images=args.n_images if args.n_images else (16 if amplify_mini else 50),
@@ -90,6 +97,51 @@ def _config(args, AttributionConfig, amplify_mini: bool):
         image_steps=args.image_steps if args.image_steps else (25 if amplify_mini else 50),
         batch_size=args.batch_size, seed=args.seed,
     )
+
+
+def _path_problems(flag: str, path: Path) -> list[str]:
+    if path.is_dir():
+        return [f"{flag} {path}: is a folder; give a file name"]
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        return [f"{flag} {path}: cannot write in {existing}; give a file in a folder you can write to"]
+    return []
+
+
+def check_args(args, out: Path, plot: Path) -> list[str]:
+    """Every problem of ``attribute``'s flags, one line each, found without a model: the numbers (bounded, finite),
+    the selector, the texts, the device, the output paths."""
+    from bench.attribution import AttributionConfig
+    from bench.config import MAX_TEXT
+    from bench.run_checks import _device_errors
+
+    problems = []
+    fields = _fields(args, args.objective == "amplify" and args.model == "mini")
+    given = {"n_images": args.n_images, "image_guidance": args.image_guidance, "image_steps": args.image_steps}
+    for name, why in AttributionConfig.problems_of(**fields):
+        value = given.get(name) or fields[name]
+        problems.append(f"--{name.replace('_', '-')} {value}: {why}")
+    for flag, text in (("--concept", args.concept), ("--anchor", args.anchor)):
+        if flag == "--concept" and not text.strip():
+            problems.append(f"{flag}: empty; give the prompt that shows the concept (e.g. 'a circle')")
+        elif len(text) > MAX_TEXT:
+            problems.append(f"{flag}: {len(text)} characters; at most {MAX_TEXT}")
+        elif any(ord(c) < 32 for c in text):
+            problems.append(f"{flag} {text[:40]!r}: holds a control character (a line break, a NUL)")
+    device = args.device
+    if not (device == "cpu" or device == "cuda" or device.startswith("cuda:") or device == "mps"):
+        problems.append(f"--device {device!r}: not cpu, cuda, cuda:N or mps")
+    else:
+        problems += [f"--{line}" for line in _device_errors(device)]
+    if args.reference and args.objective != "amplify":
+        problems.append("--reference: only --objective amplify draws images with a reference model")
+    out_problems = _path_problems("--out", out)
+    problems += out_problems
+    if args.plot or not out_problems:  # the default plot sits beside --out: its folder's problem is said once
+        problems += _path_problems("--plot", plot)
+    return problems
 
 
 def register_cli(subparsers) -> None:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
-from bench.store import EDIT_SUMS, verify_edit, write_edit_sums
+from bench.store import EDIT_SUMS, full_disk, verify_edit, write_edit_sums
 from bench.worlds import TRAIN_COMMANDS, WORLD_OF_MODEL, is_mini_model, model_dir
 
 if TYPE_CHECKING:  # diffusers and transformers load when a model does (`erasebench list/report/check` need neither)
@@ -385,6 +385,11 @@ class Backbone:
                     continue
                 shutil.rmtree(aside, ignore_errors=True)
             raise OSError(f"{folder}: could not replace the saved edit (other processes keep writing it)")
+        except Exception as exc:  # a full disk while saving (an OSError, or safetensors' own error): one named line
+            raised = full_disk(exc, folder)
+            if raised is exc:
+                raise
+            raise raised from None
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)

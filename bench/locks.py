@@ -95,7 +95,13 @@ class FileLock:
             try:
                 os.write(fd, self._owner_record())
                 os.fsync(fd)
-            finally:
+            except OSError as exc:  # a full disk: no empty lock left behind for the next run to wait on
+                os.close(fd)
+                self.path.unlink(missing_ok=True)
+                from bench.errors import full_disk
+
+                raise full_disk(exc, self.path) from None
+            else:
                 os.close(fd)
             self._stop.clear()
             self._beat = threading.Thread(target=self._heartbeat, name=f"lock-heartbeat:{self.path.name}",

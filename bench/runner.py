@@ -220,11 +220,19 @@ def _write_empty_tasks(store: RunStore, resolved: ResolvedRun, plan: RunPlan) ->
                     store.write_unit(row, target, name, pd.DataFrame({"method": [], "target": [], "task": []}))
 
 
+class _QuietFileHandler(logging.FileHandler):
+    """A log file whose failed write (a full disk) is dropped without a word: logging's default prints a traceback
+    to stderr for each line, burying the one-line error the run stops with when its next file cannot be written."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802  (logging's name)
+        pass
+
+
 def _worker_log(store: RunStore, worker: Worker) -> tuple[logging.Logger, logging.Handler]:
     """This worker's log file, ``<run>/logs/<worker>.log`` (appended to on resume)."""
     path = store.root / "logs" / f"{worker.name}.log"
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path)
+    handler = _QuietFileHandler(path)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log = logging.getLogger(f"erasebench.run.{store.root.resolve()}.{worker.name}")
     log.setLevel(logging.INFO)

@@ -55,6 +55,8 @@ from typing import Any
 
 import pandas as pd
 
+from bench.errors import DiskFullError, full_disk  # noqa: F401  (DiskFullError: also imported from here)
+
 SUMMARY_KEYS = ("method", "target", "task", "role", "metric", "value", "ci_low", "ci_high", "n")
 PACKAGES = ("erasebench", "torch", "diffusers", "transformers", "open_clip_torch", "torchmetrics", "nudenet",
             "pandas", "numpy", "safetensors")
@@ -73,17 +75,13 @@ class DamagedFileError(ValueError):
     """A run-directory file that cannot be read or differs from the checksum kept when it was written."""
 
 
-class DiskFullError(OSError):
-    """A write that found no room (ENOSPC, EDQUOT): nothing was half written; the run resumes once there is room."""
-
-
-def _full_disk(exc: OSError, path: Path) -> OSError:
-    import errno
-
-    if exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
-        return DiskFullError(exc.errno, f"{path}: no space left on the device ({os.strerror(exc.errno)}); nothing "
-                                        "was half written: free some space and run the same command again to resume")
-    return exc
+def write_new_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to the new file ``path`` and flush it to the disk: the one place a run directory's bytes are
+    written (:func:`atomic_write_bytes`), so a test can fill the disk here (tests/test_full_disk.py)."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -93,14 +91,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        write_new_file(tmp, data)
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise _full_disk(exc, path) from None
+        raise full_disk(exc, path) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
