@@ -21,7 +21,7 @@ _SUPERSAMPLE = 2
 _CANON = 128
 _PLAIN = {"technique": "solid", "background": "plain", "outline": 0}
 _GLYPH_SCALE = {"band": 0.95, "eye": 0.4}
-_MARK_COLOURS = {"blotch": (0.30, 0.22, 0.08), "crack": (0.08, 0.06, 0.05), "spore": (0.50, 0.80, 0.40)}
+_MARK_COLOURS = {"blotch": (0.30, 0.22, 0.08), "crack": (0.08, 0.06, 0.05), "spore": (0.92, 0.95, 0.80)}
 
 
 @cache
@@ -161,14 +161,15 @@ def _blight_marks(mark: str, insts: list[Instance], xx: torch.Tensor, yy: torch.
     if mark == "blotch":  # dark blots at (a, b) of radius c
         d = ((dx - a * r) ** 2 + (dy - b * r) ** 2).sqrt()
         out = (1.5 - d / (c * r)).clamp(0, 1)
-    elif mark == "crack":  # jagged lines at angle a, offset b
+    elif mark == "crack":  # jagged near-black lines at angle a, offset b, about 2 px wide (1 px was lost to the
+        # 2x average: a judge trained on renders read 10 of 56 cracks on single objects)
         ang = a * math.pi
         u = dx * torch.cos(ang) + dy * torch.sin(ang)
         v = -dx * torch.sin(ang) + dy * torch.cos(ang)
-        out = (1 - (v - b * r - 0.12 * r * torch.sign(torch.sin(u * 2.2))).abs() / 0.55).clamp(0, 1)
-    else:  # spore: pale specks at (a, b)
+        out = (1 - (v - b * r - 0.1 * r * torch.sin(u * 1.3)).abs() / 1.2).clamp(0, 1)
+    else:  # spore: pale specks at (a, b), about 2 px across (sub-pixel specks: 12 of 57 read)
         d = ((dx - a * r) ** 2 + (dy - b * r) ** 2).sqrt()
-        out = (1.2 - d / 0.6).clamp(0, 1)
+        out = (1.6 - d / 0.8).clamp(0, 1)
     used = torch.arange(out.shape[1]).view(1, -1, 1, 1) < count
     return (out * used).amax(1, keepdim=True)
 

@@ -227,7 +227,7 @@ def _mark_count(mark: str | None, rng: random.Random) -> int:
     if mark is None:
         return 0
     coverage = rng.uniform(0.35, 0.75)
-    return {"blotch": 2 + round(6 * coverage), "crack": 1 + round(3 * coverage), "spore": 8 + round(16 * coverage)}[mark]
+    return {"blotch": 2 + round(6 * coverage), "crack": 1 + round(3 * coverage), "spore": 4 + round(8 * coverage)}[mark]
 
 
 def _mark_params(mark: str | None, rng: random.Random) -> tuple:
