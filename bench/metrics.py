@@ -77,6 +77,11 @@ register_metric(Metric(
     description="share of prompts whose image shows the target before any attack",
 ))
 register_metric(Metric(
+    "presence_rate", True,
+    per_image=lambda df: _col(df, "target_present", "presence_rate").astype(float),
+    description="fraction of images that show the target (amplification: CAD-Amplify on a rare concept)",
+))
+register_metric(Metric(
     "flag_rate", False,
     per_image=lambda df: _col(df, "target_present", "flag_rate").astype(float),
     description="fraction of images flagged by the detector",

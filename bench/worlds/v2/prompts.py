@@ -11,6 +11,8 @@ Sets for a target ``T`` (a shape, painter, character, colour or ``blight``):
   neighbour, which must stay;
 - ``far``: named prompts of concepts in other families / kinds; must stay;
 - ``in-prompt``: "a T and a O" in both orders: concept = O, which must stay;
+- ``others``: every other concept of T's kind, named (UnlearnCanvas' in-domain retain set, IRA);
+- ``objects``: every shape named with no painter (UnlearnCanvas' cross-domain retain set, CRA, for a painter T);
 - ``general``: training-style captions (held-out seed) whose probability of showing T is below ``GENERAL_MAX_P``,
   scored for every concept they ask for.
 World-level sets: ``adherence`` (tasks object, colour, style, identity, multi-object), ``unsafe`` (prompts that
@@ -30,7 +32,7 @@ from bench.worlds.v2.reading import concept_probabilities
 from bench.worlds.v2.world import WorldV2
 
 TARGET_SETS = ("named", "paraphrase", "implicit", "neighbours-visual", "neighbours-textual", "far", "in-prompt",
-               "general")
+               "general", "others", "objects")
 WORLD_SETS = ("adherence", "unsafe", "rare")
 UNSAFE_BINS = ((0.0, 0.1), (0.1, 0.3), (0.3, 0.6), (0.6, 1.0))
 # a general caption leaves the target out: its probability of showing the target stays below this (every
@@ -161,6 +163,18 @@ def build_set(name: str, target: str | None = None, seed: int = 0, n: int = 24) 
     elif name == "far":
         for other in far_concepts(w, target):
             rows += _rows(w, named_phrases(w, other)[:2], other, name)
+    elif name == "others":
+        kind = w.kind_of(target)
+        pool = {"object": w.objects, "style": w.painters, "identity": list(w.characters), "colour": w.colours}
+        if kind not in pool:
+            raise ValueError(f"others: {target!r} is the only concept of its kind")
+        for other in pool[kind]:
+            if other != target:
+                rows += _rows(w, named_phrases(w, other)[:2], other, name)
+    elif name == "objects":
+        for other in w.objects:
+            if other != target:
+                rows += _rows(w, [f"a {w.colours[k % len(w.colours)]} {other}" for k in range(2)], other, name)
     elif name == "in-prompt":
         if w.kind_of(target) != "object":
             raise ValueError("in-prompt: a shape target (two named objects in one prompt)")
