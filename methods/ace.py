@@ -47,15 +47,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import torch.nn.functional as F
-
-from bench.backbone import Backbone
 from methods import _finetune as ft
+from methods._grad import no_grad
 from methods.base import ErasureRequest, register_method, target_phrases
 from methods.recipes import Recipe
+
+if TYPE_CHECKING:
+    import torch
+
+    from bench.backbone import Backbone
 
 _REPO = "120L020904/ACE @6855887"
 _README = f"{_REPO}, README.md training command"
@@ -114,6 +116,8 @@ class LoRA:
     the frozen model (the official ``with network:`` toggles the multiplier between 1 and 0)."""
 
     def __init__(self, unet: torch.nn.Module, rank: int, alpha: float, gen: torch.Generator):
+        import torch
+
         self.layers: dict[str, tuple[torch.nn.Module, torch.Tensor, torch.Tensor]] = {}
         self.enabled = False
         self.scale = alpha / rank
@@ -135,6 +139,9 @@ class LoRA:
         self.handles = [m.register_forward_hook(self._hook(down, up)) for m, down, up in self.layers.values()]
 
     def _hook(self, down: torch.Tensor, up: torch.Tensor):
+        import torch
+        import torch.nn.functional as F
+
         def hook(module, args, out):
             if not self.enabled:
                 return out
@@ -153,9 +160,11 @@ class LoRA:
             out[f"{name}.lora_down"], out[f"{name}.lora_up"] = down, up
         return out
 
-    @torch.no_grad()
+    @no_grad
     def merge_and_remove(self) -> None:
         """Fold ``up @ down * scale`` into each layer's weight and remove the hooks."""
+        import torch
+
         for h in self.handles:
             h.remove()
         for module, down, up in self.layers.values():
@@ -203,6 +212,9 @@ class ACE(ft.FinetuneMethod):
     )
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
+        import torch
+        import torch.nn.functional as F
+
         self.check_request(request)
         cfg: ACEConfig = self.effective_config(backbone)
         for name in ("iterations", "ddim_steps", "lora_rank", "anchor_batch_size"):

@@ -42,18 +42,19 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-import torch.nn.functional as F
-from safetensors.torch import load_file
-
-from bench.backbone import ADAPTER_ATTR, Backbone
-from bench.filemode import save_safetensors
 from methods import _finetune as ft
 from methods.base import ErasureRequest, register_method
 from methods.recipes import Recipe
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import torch
+
+    from bench.backbone import Backbone
+    from methods._receler_erasers import RecelerErasers
 
 _REPO = "jasper0314-huang/Receler @ 3ccedc9"
 _TRAIN = f"{_REPO}, train_receler.py"
@@ -116,70 +117,6 @@ RECIPES = {
 }
 
 
-# --------------------------------------------------------------------------- the erasers
-class RecelerErasers(torch.nn.Module):
-    """One adapter eraser per transformer block, after its cross-attention (``attn2``): ``a -> a + E(a)``.
-
-    Attached as the UNet's submodule ``ADAPTER_ATTR`` (the UNet's ``state_dict``, ``to`` and deep copies carry it)
-    with a forward hook on each ``attn2``; the base weights are untouched. ``enabled`` turns them off (the teacher);
-    ``outputs`` keeps each eraser's last output when ``capture`` is on (the regulariser)."""
-
-    def __init__(self, unet: torch.nn.Module, rank: int, layers: list[str] | None = None):
-        super().__init__()
-        modules = dict(unet.named_modules())
-        self.layer_names = layers if layers is not None else [
-            n for n, m in modules.items() if n.endswith("attn2") and type(m).__name__ == "Attention"]
-        if not self.layer_names:
-            raise ValueError("receler: the UNet has no cross-attention to put erasers after")
-        self.rank = rank
-        self.erasers = torch.nn.ModuleDict()
-        for name in self.layer_names:
-            dim = modules[name].to_out[0].out_features
-            down, up = torch.nn.Linear(dim, rank), torch.nn.Linear(rank, dim)
-            torch.nn.init.zeros_(up.weight)  # erasers/utils.py zero_module(up): a no-op at the start
-            torch.nn.init.zeros_(up.bias)
-            self.erasers[_key(name)] = torch.nn.Sequential(down, torch.nn.GELU(), up)
-        self.enabled = True
-        self.capture = False
-        self.outputs: dict[str, torch.Tensor] = {}
-
-    def attach(self, unet: torch.nn.Module) -> RecelerErasers:
-        modules = dict(unet.named_modules())
-        for name in self.layer_names:
-            modules[name].register_forward_hook(_EraserHook(self, _key(name)))
-        unet.add_module(ADAPTER_ATTR, self)
-        return self
-
-    def add(self, key: str, out: torch.Tensor) -> torch.Tensor:
-        if not self.enabled:
-            return out
-        delta = self.erasers[key](out)
-        if self.capture:
-            self.outputs[key] = delta
-        return out + delta.to(out.dtype)
-
-    def config(self) -> dict[str, Any]:
-        return {"method": "receler", "rank": self.rank, "layers": list(self.layer_names)}
-
-    def save(self, folder: Path) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        save_safetensors({k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()},
-                         folder / "adapter.safetensors")
-        (folder / "adapter.json").write_text(json.dumps(self.config(), indent=2))
-
-
-class _EraserHook:
-    def __init__(self, erasers: RecelerErasers, key: str):
-        self.erasers, self.key = erasers, key
-
-    def __call__(self, module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor:
-        return self.erasers.add(self.key, output)
-
-
-def _key(name: str) -> str:
-    return name.replace(".", "_")
-
-
 # --------------------------------------------------------------------------- the concept mask
 class _MapRecorder:
     """Keeps, per cross-attention call, the probabilities on ``positions`` averaged over heads and those tokens:
@@ -201,6 +138,8 @@ class _RecordingAttention:
         self.recorder = recorder
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        import torch
+
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         if attn.norm_cross and encoder_hidden_states is not None:
             context = attn.norm_encoder_hidden_states(context)
@@ -217,6 +156,8 @@ class _RecordingAttention:
 def concept_mask(maps: list[torch.Tensor], resolution: int, thres: float) -> tuple[torch.Tensor, int]:
     """``get_mask``: the maps of side ``resolution`` (else the nearest side present) averaged, min-max normalised
     per sample, thresholded: a ``[B, s, s]`` 0/1 mask, and the side ``s`` used."""
+    import torch
+
     sides = sorted({math.isqrt(m.shape[-1]) for m in maps})
     side = min(sides, key=lambda s: (abs(math.log(s / resolution)), -s))
     chosen = torch.stack([m for m in maps if math.isqrt(m.shape[-1]) == side], dim=1).mean(1)
@@ -230,6 +171,9 @@ def concept_mask(maps: list[torch.Tensor], resolution: int, thres: float) -> tup
 def localisation_loss(outputs: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
     """``L_reg``: per eraser, the channel-mean squared output outside the mask (nearest-resized to the layer's
     side) summed over pixels over the outside's size, averaged over erasers."""
+    import torch
+    import torch.nn.functional as F
+
     losses = []
     for out in outputs.values():
         side = math.isqrt(out.shape[1])
@@ -283,6 +227,12 @@ class Receler(ft.FinetuneMethod):
     )
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
+        import torch
+        import torch.nn.functional as F
+
+        from bench.backbone import ADAPTER_ATTR
+        from methods._receler_erasers import RecelerErasers
+
         self.check_request(request)
         cfg: RecelerConfig = self.effective_config(backbone)
         for name in ("iterations", "eraser_rank", "ddim_steps", "mask_resolution", "batch_size"):
@@ -377,6 +327,11 @@ class Receler(ft.FinetuneMethod):
     @staticmethod
     def load_adapter(backbone: Backbone, folder: Path) -> None:
         """Attach the erasers saved in ``folder`` (``adapter.json`` + ``adapter.safetensors``) to ``backbone.unet``."""
+        from safetensors.torch import load_file
+
+        from methods._receler_erasers import RecelerErasers
+
+
         meta = json.loads((folder / "adapter.json").read_text())
         erasers = RecelerErasers(backbone.unet, meta["rank"], layers=meta["layers"])
         erasers.load_state_dict(load_file(str(folder / "adapter.safetensors")))
@@ -389,6 +344,9 @@ def adversarial_prompt(unet, x_t, t, c, e_p, positions, state, key, cfg: Receler
     """The paper's reading of the inner loop: the embeddings written after the concept's tokens, ``advrs_iters``
     Adam steps on ``|| eps_E(x_t, c_adv, t) - eps(x_t, c, t) ||^2`` (the attack), returning the prompt the erasers
     train on (that of the last inner step, as the official order)."""
+    import torch
+    import torch.nn.functional as F
+
     start = positions[-1] + 1
     stop = min(start + cfg.num_advrs_prompts, c.shape[1])
     emb_n = c

@@ -35,15 +35,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-import torch.nn.functional as F
-
-from bench.backbone import Backbone
 from methods import _finetune as ft
 from methods.base import ErasureRequest, register_method, target_phrases
 from methods.recipes import PromptFile, Recipe
+
+if TYPE_CHECKING:
+    import torch
+
+    from bench.backbone import Backbone
 
 _REPO = "clear-nus/selective-amnesia @ b736571"
 _BRAD = f"{_REPO}, sd/configs/stable-diffusion/forget_brad_pitt.yaml"
@@ -138,6 +139,8 @@ def parameter_rule(method: str):
 
 def fisher_timestep_grid(n_train: int, count: int) -> torch.Tensor:
     """``count`` evenly spaced timesteps of ``0 .. n_train - 1`` (all of them when ``count >= n_train``)."""
+    import torch
+
     if count >= n_train:
         return torch.arange(n_train)
     return torch.linspace(0, n_train - 1, count).round().long()
@@ -149,6 +152,8 @@ def diagonal_fisher(unet: torch.nn.Module, params: dict[str, torch.nn.Parameter]
     """``F = mean_x (scale * grad sum_{t in timesteps} l_t(x, c))^2`` over the replay samples (``ddpm_fim.py``).
 
     Each sample's gradient is accumulated over chunks of timesteps (the official ``n_chunks``), then squared."""
+    import torch
+
     fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
     for i in range(len(latents)):
         unet.zero_grad(set_to_none=True)
@@ -190,6 +195,11 @@ class SelectiveAmnesia(ft.FinetuneMethod):
     )
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
+        import torch
+        import torch.nn.functional as F
+
+        from bench.generate import autocast_to
+
         self.check_request(request)
         cfg: SAConfig = self.effective_config(backbone)
         for name in ("epochs", "batch_size", "num_surrogate", "num_replay", "sample_steps", "fisher_timesteps"):
@@ -229,7 +239,7 @@ class SelectiveAmnesia(ft.FinetuneMethod):
         amp = ft.autocast_dtype(dev, cfg.mixed_precision)
 
         def make_fisher() -> dict[str, torch.Tensor]:
-            with ft.autocast_to(dev, amp):
+            with autocast_to(dev, amp):
                 return diagonal_fisher(unet, params, backbone, x_r, emb_r[rk_t], grid, scale, seed)
 
         fisher = {n: v.to(dev) for n, v in ft.cached_tensors(cfg, "sa_fisher", run, make_fisher).items()}

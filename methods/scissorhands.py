@@ -42,15 +42,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-import torch.nn.functional as F
-
-from bench.backbone import Backbone
 from methods import _finetune as ft
 from methods.base import ErasureRequest, register_method, target_phrases
 from methods.recipes import Recipe
+
+if TYPE_CHECKING:
+    import torch
+
+    from bench.backbone import Backbone
 
 _REPO = "JingWu321/Scissorhands @ 73ae065"
 _NSFW = f"{_REPO}, SD/shs_nsfw.py"
@@ -167,6 +168,8 @@ def snip_scores(grads: dict[str, torch.Tensor], unet: torch.nn.Module) -> dict[s
 
 def snip_threshold(scores: dict[str, torch.Tensor], sparsity: float) -> float:
     """The ``int(sparsity * N)``-th smallest score over all N parameters (the official ``kthvalue``)."""
+    import torch
+
     flat = torch.cat([s.reshape(-1) for s in scores.values()])
     k = min(max(1, int(sparsity * flat.numel())), flat.numel())
     return float(flat.kthvalue(k).values)
@@ -175,6 +178,8 @@ def snip_threshold(scores: dict[str, torch.Tensor], sparsity: float) -> float:
 def fresh_values(name: str, shape: torch.Size, how: str, gen: torch.Generator) -> torch.Tensor:
     """A re-initialised tensor: biases zero; weights kaiming-uniform (a=0, relu gain: bound sqrt(6 / fan_in)) or a
     normal of std 0.02 truncated at +-2 (timm's ``trunc_normal_`` defaults)."""
+    import torch
+
     if name.endswith("bias") or len(shape) < 2:
         return torch.zeros(shape)
     if how == "kaiming":
@@ -188,6 +193,8 @@ def solve_dual(gram: torch.Tensor, dots: torch.Tensor, margin: float, eps: float
     """GEM's dual QP ``min_{v >= margin} 1/2 v^T (G + eps I) v + dots^T v`` by coordinate descent
     (``G`` the memories' Gram matrix, ``dots`` their inner products with the update); exact in one sweep for one
     memory: ``v = max(margin, -dots / (|g_o|^2 + eps))``."""
+    import torch
+
     p = gram.double() + eps * torch.eye(len(gram), dtype=torch.float64, device=gram.device)
     q = dots.double()
     v = torch.full_like(q, margin)
@@ -204,11 +211,15 @@ class Projection:
     ``v`` from :func:`solve_dual` (GEM's ``project2cone2``)."""
 
     def __init__(self, params: dict[str, torch.nn.Parameter], memories: list[dict[str, torch.Tensor]], margin: float):
+        import torch
+
         self.params, self.memories, self.margin = params, memories, margin
         self.gram = torch.tensor([[sum(float((a[n] * b[n]).sum()) for n in a) for b in memories] for a in memories])
         self.count = 0  # steps projected
 
     def __call__(self) -> None:
+        import torch
+
         grads = {n: p.grad for n, p in self.params.items() if p.grad is not None}
         dots = torch.tensor([sum(float((g * mem[n]).sum()) for n, g in grads.items() if n in mem)
                              for mem in self.memories])
@@ -241,6 +252,11 @@ class Scissorhands(ft.FinetuneMethod):
     )
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
+        import torch
+        import torch.nn.functional as F
+
+        from bench.generate import autocast_to
+
         self.check_request(request)
         cfg: ScissorhandsConfig = self.effective_config(backbone)
         for name in ("epochs", "batch_size", "num_images", "sample_steps", "prune_num", "memory_num"):
@@ -301,7 +317,7 @@ class Scissorhands(ft.FinetuneMethod):
         try:
             for b in range(cfg.prune_num):
                 x_t, t, noise, k = batch(x_f, fk_t, ft.step_generator(seed, -2, b))
-                with ft.autocast_to(dev, amp):
+                with autocast_to(dev, amp):
                     if cfg.snip_guidance > 0:
                         n = len(x_t)  # one UNet call for both branches, as a CFG batch
                         cond, uncond = ft.eps(unet, torch.cat([x_t, x_t]), torch.cat([t, t]),
@@ -340,7 +356,7 @@ class Scissorhands(ft.FinetuneMethod):
         if cfg.project:  # forgetting gradients of the pruned model (the official proxy_model)
             for m in range(cfg.memory_num):
                 unet.zero_grad(set_to_none=True)
-                with ft.autocast_to(dev, amp):
+                with autocast_to(dev, amp):
                     loss = forgetting(ft.step_generator(seed, -4, m))
                 loss.backward()
                 memories.append({n: p.grad.detach().float().clone() for n, p in params.items() if p.grad is not None})

@@ -54,16 +54,18 @@ import copy
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from bench.backbone import Backbone
 from methods import _finetune as ft
 from methods.base import ErasureRequest, register_method, target_phrases
 from methods.recipes import Recipe
+
+if TYPE_CHECKING:
+    import torch
+
+    from bench.backbone import Backbone
 
 _REPO = "koushiksrivats/robust-concept-erasing @86f124f"
 _TRAIN = f"{_REPO}, train.py argparse"
@@ -147,6 +149,8 @@ RECIPES = {
 def apg(diff: torch.Tensor, cond: torch.Tensor, eta: float) -> torch.Tensor:
     """APG's normalised update: ``diff`` split into parts parallel and orthogonal to ``cond`` (per sample, over the
     latent dims), ``orth + eta * par`` (utils/apg.py ``project``; eta 1 returns ``diff``)."""
+    import torch.nn.functional as F
+
     if eta == 1.0:
         return diff
     d, c = diff.double(), F.normalize(cond.double().flatten(1), dim=1).view_as(cond)
@@ -194,6 +198,8 @@ class _Tokens:
     """A text encoder copy that knows the STE tokens; each token's embedding is set once it is learnt."""
 
     def __init__(self, backbone: Backbone, names: list[str], init_word: str):
+        import torch
+
         self.tokenizer = copy.deepcopy(backbone.tokenizer)
         self.encoder = copy.deepcopy(backbone.text_encoder)
         self.tokenizer.add_tokens(names)
@@ -219,6 +225,8 @@ class _Tokens:
 
     def encode(self, prompts: list[str], vec: torch.Tensor | None = None, token: str | None = None) -> torch.Tensor:
         """The prompts' embeddings ``[B, L, D]``; with ``vec``, ``token`` reads as ``vec`` (differentiable)."""
+        import torch
+
         ids = self.ids_of(prompts)
         if vec is None:
             return self.encoder(ids)[0]
@@ -255,6 +263,9 @@ class STEREO(ft.FinetuneMethod):
     )
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
+        import torch
+        import torch.nn.functional as F
+
         self.check_request(request)
         cfg: STEREOConfig = self.effective_config(backbone)
         for name in ("rounds", "iterations", "ci_steps", "ci_batch_size", "num_images", "ddim_steps", "sample_steps"):

@@ -24,6 +24,7 @@ from bench.backbone import ADAPTER_ATTR
 from methods import METHODS, ErasureRequest, get_method
 from methods import _finetune as ft
 from methods import receler as rc
+from methods._receler_erasers import RecelerErasers
 from methods.receler import RecelerConfig
 
 TARGET = "circle"
@@ -75,7 +76,7 @@ def test_only_the_erasers_train_and_off_they_give_the_base_model_back(mini_backb
 
 def test_fresh_erasers_are_a_no_op(mini_backbone):
     edited = mini_backbone.copy()
-    rc.RecelerErasers(edited.unet, 16).attach(edited.unet)
+    RecelerErasers(edited.unet, 16).attach(edited.unet)
     x = torch.randn((1, *mini_backbone.latent_shape), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         emb = mini_backbone.encode(["a circle"])
