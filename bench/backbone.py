@@ -98,14 +98,23 @@ def resolve_attention(attention: str, device: torch.device | str, use: str = "sa
 #   prompts, 1-0 contiguous, 1-1 channels-last; at 12 prompts x 3 seeds 8-6 and 7-5, p 0.8: a coin's throw,
 #   benchmarks/results/attacks_mini_p4d_*.json); that test now asserts P4D's optimisation instead.
 # - other devices: contiguous (torch's default); no GPU measurement yet.
+# - weights cast to bf16 (sampler ``weights: cast``): contiguous on every device. On the CPU, oneDNN's bf16
+#   group norm on channels-last activations is slow: torch.profiler on the SD-shaped model (DDIM 10, 8 images, one
+#   thread, 2-core AMD EPYC Zen 4 with native bf16, shared) gave aten::native_group_norm 1.45 s channels-last
+#   against 0.10 s contiguous, of 6.9 s and 5.8 s in all; generate() against diffusers' bf16 pipeline, the same
+#   process, CPU time: 0.85x channels-last, 1.00x contiguous (mini model: 0.72x and 1.02x). Issue 38,
+#   benchmarks/results/generate_vs_diffusers_cpu_issue38_*.json.
 # A resumed run keeps the format its manifest recorded (bench.runner.recorded_sampler).
 MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 MEMORY_FORMAT_BY_DEVICE: dict[str, str] = {"cpu": "channels_last"}
 
 
-def resolve_memory_format(memory_format: str, device: torch.device | str) -> str:
-    """``auto`` -> the measured choice for ``device``'s type (``MEMORY_FORMAT_BY_DEVICE``); others unchanged."""
+def resolve_memory_format(memory_format: str, device: torch.device | str, weights: str = "fp32") -> str:
+    """``auto`` -> the measured choice for ``device``'s type (``MEMORY_FORMAT_BY_DEVICE``), or ``contiguous`` for
+    weights cast to a lower precision (``weights`` the resolved sampler choice: ``cast``); others unchanged."""
     if memory_format == "auto":
+        if weights == "cast":
+            return "contiguous"
         return MEMORY_FORMAT_BY_DEVICE.get(torch.device(device).type, "contiguous")
     if memory_format not in MEMORY_FORMATS:
         raise ValueError(f"unknown memory format {memory_format!r}; valid: auto, {', '.join(MEMORY_FORMATS)}")

@@ -210,7 +210,8 @@ def cmd_run(args) -> int:
                   f"{path / 'summary.json'}; what each did is in {path / 'logs'}", file=sys.stderr)
             return 1
     else:
-        path = run(config, out, progress=not args.quiet, shard=shard)
+        path = run(config, out, progress=not args.quiet, shard=shard,
+                   overlap_scoring={"auto": None, "on": True, "off": False}[args.overlap_scoring])
     if not (Path(path) / "summary.json").exists():  # a shard or process that did not finish the run last
         print(f"this part finished in {time.perf_counter() - t0:.1f} s: {path} (the last part writes the summary)")
         return 0
@@ -304,6 +305,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--shard", default=None, metavar="I/N",
                    help="run part I of N (0-based), e.g. one task of a job array; all parts share --out")
+    p.add_argument("--overlap-scoring", choices=["auto", "on", "off"], default="auto",
+                   help="score each part of images on a second thread while the next part samples (the same "
+                        "records); auto: on a GPU only")
     p.add_argument("--workers", default=None, metavar="N",
                    help="processes on this machine, each with its share of the cores (one per GPU with "
                         "--device cuda); auto: one per core for the mini model on the CPU, else 1 "

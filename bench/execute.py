@@ -1,5 +1,6 @@
 """The sample and score steps: one work item done (:func:`run_part`: a part's images sampled, scored and written as
-part records; :func:`run_attack`: one attack on a unit).
+part records, in two halves that :class:`ScoringQueue` may overlap across parts; :func:`run_attack`: one attack on a
+unit).
 
 Images come from :func:`bench.generate.generate` through the run's image cache (:func:`item_images`,
 :func:`unit_images`); an evaluator scores them in batches (:func:`evaluate`).
@@ -9,6 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -116,32 +120,104 @@ def run_part(item: WorkItem, plan: RunPlan, store: RunStore, resolved: ResolvedR
              progress: bool) -> None:
     """Sample, score and write one part of a unit's images as part records (the caller then merges each task whose
     parts are all written: :func:`bench.merging.merge_task`)."""
+    sample_part(item, plan, store, resolved, base, base_fp, edited, fingerprint, cache, tasks, evaluator_for,
+                progress)()
+
+
+def sample_part(item: WorkItem, plan: RunPlan, store: RunStore, resolved: ResolvedRun, base: Backbone, base_fp: str,
+                edited: Backbone, fingerprint: str, cache: ImageCache, tasks: dict[str, Task], evaluator_for,
+                progress: bool) -> Callable[[], None]:
+    """The first half of :func:`run_part`: every image of the part sampled (the edited model's, and the unedited
+    model's references a task's evaluator compares with) and each task's evaluator made, in the order ``run_part``
+    always made them. Returns the second half: a function that scores the images and writes the part records.
+
+    The second half touches no backbone and no shared random state (the evaluators draw from their own seeded
+    generators), so it may run on another thread while the next part samples (:class:`ScoringQueue`): the records
+    are the same either way."""
     row, target, batch_size = item.row, item.target, resolved.config.batch_size
     # a part cut short by a kill may have written some of its tasks, and those may be merged already
     todo = [name for name in item.tasks if not store.has_unit(row, target, name)
             and not part_path(store, row, target, name, item.part).exists()]
     planned = {name: plan.slices[(target, item.part)][name] for name in todo}
     sampled = unit_images(edited, fingerprint, planned, resolved, cache, f"{row}/generate" if progress else False)
+    jobs = []
     for name in todo:
-        task = tasks[name]
         items, images = sampled[name]
-        evaluator = evaluator_for(task)
+        evaluator = evaluator_for(tasks[name])
         references = None
         if getattr(evaluator, "needs_reference", False):
             _, references = item_images(base, base_fp, planned[name], resolved, cache,
                                         f"none/{name}" if progress else False)
-        records = evaluate(evaluator, items, images, batch_size, references,
-                           desc=f"{row}/{name} score" if progress else False)
-        for position, (column, value) in enumerate(
-            (("method", row), ("target", target), ("task", name), ("role", task.role))
-        ):
-            if column in records:  # an item column of the same name (the mini sets carry `target`)
-                records = records.drop(columns=column)
-            records.insert(position, column, value)
-        path = part_path(store, row, target, name, item.part)
-        buf = io.BytesIO()
-        parquet_safe(records).to_parquet(buf, index=False)
-        atomic_write_bytes(path, buf.getvalue())  # a full disk: DiskFullError, no half part left (issue 37)
+        jobs.append((name, evaluator, items, images, references))
+
+    def score_and_write() -> None:
+        for name, evaluator, items, images, references in jobs:
+            records = evaluate(evaluator, items, images, batch_size, references,
+                               desc=f"{row}/{name} score" if progress else False)
+            for position, (column, value) in enumerate(
+                (("method", row), ("target", target), ("task", name), ("role", tasks[name].role))
+            ):
+                if column in records:  # an item column of the same name (the mini sets carry `target`)
+                    records = records.drop(columns=column)
+                records.insert(position, column, value)
+            path = part_path(store, row, target, name, item.part)
+            buf = io.BytesIO()
+            parquet_safe(records).to_parquet(buf, index=False)
+            atomic_write_bytes(path, buf.getvalue())  # a full disk: DiskFullError, no half part left (issue 37)
+
+    return score_and_write
+
+
+class ScoringQueue:
+    """Scores one part on a worker thread while the caller samples the next (issue 38: keep the GPU busy).
+
+    :meth:`submit` hands over a part's :func:`sample_part` second half and first waits for the one before it, so at
+    most one part is being scored and two parts' images are held; ``done(seconds_waited)`` of each part is called on
+    the caller's thread once its records are written (the caller merges its tasks there). :meth:`drain` waits for
+    the part in flight (before an attack, which scores with the same evaluators, and at the end); an error raised
+    while scoring is raised again there. Disabled (``enabled=False``), a part is scored at once on the caller's
+    thread. The records are the same either way: sampling and scoring share no state (:func:`sample_part`).
+    """
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self._pool = None
+        self._pending: tuple[Future, Callable[[float], None]] | None = None
+        if enabled:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="erasebench-score")
+
+    def submit(self, score: Callable[[], None], done: Callable[[float], None]) -> None:
+        if self._pool is None:
+            t0 = time.perf_counter()
+            score()
+            done(time.perf_counter() - t0)
+            return
+        self.drain()
+        grad = torch.is_grad_enabled()  # grad mode is per thread: the scoring thread gets the caller's
+
+        def job() -> None:
+            with torch.set_grad_enabled(grad):
+                score()
+
+        self._pending = (self._pool.submit(job), done)
+
+    def drain(self) -> float:
+        """Wait for the part in flight (if any), call its ``done``; returns the seconds waited."""
+        if self._pending is None:
+            return 0.0
+        future, done = self._pending
+        self._pending = None
+        t0 = time.perf_counter()
+        future.result()
+        waited = time.perf_counter() - t0
+        done(waited)
+        return waited
+
+    def close(self) -> None:
+        """Stop the worker thread, after the part in flight (its error, if any, is not raised here)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
 
 def run_attack(item: WorkItem, store: RunStore, resolved: ResolvedRun, base: Backbone, base_fp: str,

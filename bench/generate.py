@@ -62,19 +62,19 @@ class SamplerConfig:
     # "sdpa" | "math" | "auto" (the measured choice for the device: bench.backbone.ATTENTION_BY_DEVICE).
     # The two processors round differently, so the resolved choice is part of every image's key.
     attention: str = "auto"
-    # "contiguous" | "channels_last" | "auto" (the measured choice: bench.backbone.MEMORY_FORMAT_BY_DEVICE) of the
-    # UNet's convolution weights while sampling; part of an image's key when not "contiguous" (keys made before
-    # the choice existed stay valid).
+    # "contiguous" | "channels_last" | "auto" (the measured choice: bench.backbone.MEMORY_FORMAT_BY_DEVICE for fp32
+    # weights, contiguous for cast ones) of the UNet's convolution weights while sampling; part of an image's key when
+    # not "contiguous" (keys made before the choice existed stay valid).
     memory_format: str = "auto"
     # "fp32" | "cast" | "auto": the weights sampling runs with when ``precision`` is not fp32. "fp32": the weights
     # stay fp32 and the UNet runs under autocast (every convolution and linear layer casts its weight on every
     # call); "cast": the UNet's and the VAE's weights are cast to the precision's dtype once (kept across calls
     # while they do not change, bench.backbone.using_weights), as a diffusers user casts a pipeline; the text
     # encoder stays fp32 (it runs once per batch, and guidance hooks see fp32 embeddings). Edits are computed
-    # and saved in fp32 either way. "auto": "cast" for bf16, and for fp16 on a GPU; else "fp32". Measured on a
-    # 2-core AMD EPYC (Zen 4, native bf16) under heavy shared load, it was no faster than autocast there (bf16 against
-    # diffusers' bf16 weights, CPU-time ratio 0.857 against 0.896 before on the SD-shaped model; a probe points at the
-    # channels-last layout: benchmarks/results/README.md, generate_vs_diffusers_cpu_bf16_weights_*.json).
+    # and saved in fp32 either way. "auto": "cast" for bf16, and for fp16 on a GPU; else "fp32". On a 2-core AMD
+    # EPYC (Zen 4, native bf16), shared, against diffusers' bf16 weights (CPU time, median of rounds in one process):
+    # 0.857x with channels-last weights (generate_vs_diffusers_cpu_bf16_weights_*.json), about 1.0x contiguous, the
+    # layout cast weights now take (bench.backbone.resolve_memory_format; generate_vs_diffusers_cpu_issue38_*.json).
     # Part of an image's key when "cast" (fp32 keys, and keys of bf16 runs made before the choice, stay valid);
     # a resumed run keeps what its manifest recorded (a manifest without it: "fp32").
     weights: str = "auto"
@@ -195,10 +195,11 @@ def resolve_sampler(sampler: SamplerConfig, device: torch.device | str) -> Sampl
     Images are keyed by the resolved sampler, so ``auto`` never stands for two different computations.
     """
     precision = resolve_precision(sampler.precision, device)
+    weights = resolve_weights(sampler.weights, precision, device)
     return dataclasses.replace(sampler, precision=precision,
                                attention=resolve_attention(sampler.attention, device, "sampling"),
-                               memory_format=resolve_memory_format(sampler.memory_format, device),
-                               weights=resolve_weights(sampler.weights, precision, device))
+                               memory_format=resolve_memory_format(sampler.memory_format, device, weights),
+                               weights=weights)
 
 
 def sampling_weights(backbone: Backbone, sampler: SamplerConfig, modules: tuple[str, ...] = ("unet",)):

@@ -211,9 +211,10 @@ def _check(config: RunConfig, skip: set[str] = frozenset(), index: dict[str, lis
     try:
         sampler_spec["precision"] = resolve_precision(sampler_spec.get("precision", "fp32"), config.device)
         sampler_spec["attention"] = resolve_attention(sampler_spec.get("attention", "auto"), config.device, "sampling")
-        sampler_spec["memory_format"] = resolve_memory_format(sampler_spec.get("memory_format", "auto"), config.device)
         sampler_spec["weights"] = resolve_weights(sampler_spec.get("weights", "auto"), sampler_spec["precision"],
                                                   config.device)
+        sampler_spec["memory_format"] = resolve_memory_format(sampler_spec.get("memory_format", "auto"), config.device,
+                                                              sampler_spec["weights"])
     except ValueError as exc:
         return [f"suite {suite.name}: sampler: {exc}"], None
     return [], ResolvedRun(config, suite, resolved, SamplerConfig(**sampler_spec), attacks=attack_specs)

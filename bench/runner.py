@@ -37,7 +37,7 @@ from bench.config import ConfigError, RunConfig
 from bench.distributed import AggregateProgress, Worker, assigned, worker_from_env
 from bench.edits import UnitEdits, build_request, edited_backbone
 from bench.evaluators import EVALUATORS, Evaluator
-from bench.execute import Evaluators, item_images, run_attack, run_part, unit_images
+from bench.execute import Evaluators, ScoringQueue, item_images, run_attack, sample_part, unit_images
 from bench.generate import ImageCache
 from bench.locks import FileLock
 from bench.manifest import open_manifest, recorded_sampler
@@ -54,7 +54,8 @@ __all__ = ["run", "finalize", "library_progress_bars", "resolve", "check_config"
            "edited_backbone", "item_images", "unit_images", "recorded_sampler"]
 
 
-def run(config: RunConfig, out: str | Path, progress: bool = True, shard: tuple[int, int] | None = None) -> Path:
+def run(config: RunConfig, out: str | Path, progress: bool = True, shard: tuple[int, int] | None = None,
+        overlap_scoring: bool | None = None) -> Path:
     """Run a benchmark config into the directory ``out`` (resuming what is already there).
 
     Under ``torchrun`` / ``accelerate launch`` each process does its share, and with ``shard=(I, N)``
@@ -62,9 +63,12 @@ def run(config: RunConfig, out: str | Path, progress: bool = True, shard: tuple[
     finishes the last work item writes ``summary.json``.
     ``progress=False`` (``--quiet``) also silences the weight-loading bars of transformers and diffusers; of the
     processes of one launch only the first draws them (the others' copies would repeat on the same terminal).
+    ``overlap_scoring``: score each part of images on a second thread while the next part samples
+    (:class:`bench.execute.ScoringQueue`; the records are the same); None: on a GPU only (on a CPU the two would
+    share the same cores).
     """
     with library_progress_bars(progress and worker_from_env(shard).shows_progress):
-        return _run(config, out, progress, shard)
+        return _run(config, out, progress, shard, overlap_scoring)
 
 
 @contextlib.contextmanager
@@ -86,7 +90,8 @@ def library_progress_bars(enabled: bool):
             lib.enable_progress_bar() if was else lib.disable_progress_bar()
 
 
-def _run(config: RunConfig, out: str | Path, progress: bool, shard: tuple[int, int] | None) -> Path:
+def _run(config: RunConfig, out: str | Path, progress: bool, shard: tuple[int, int] | None,
+         overlap_scoring: bool | None = None) -> Path:
     from bench.rerun import finished_run, refuse_another_config
 
     worker = worker_from_env(shard)
@@ -108,8 +113,11 @@ def _run(config: RunConfig, out: str | Path, progress: bool, shard: tuple[int, i
     units = {(row, t): build_request(config, spec, m, t, base) for row, spec, m in resolved.methods for t in config.targets}
     resolved, adopted = open_manifest(store, out, config, resolved, base, base_fp, units, device)
     log, log_handler = _worker_log(store, worker)
-    log.info("worker %s (%d of %d) pid %d on %s, device %s, %d threads", worker.name, worker.index, worker.count,
-             os.getpid(), socket.gethostname(), device, torch.get_num_threads())
+    overlap = device.type == "cuda" if overlap_scoring is None else bool(overlap_scoring)
+    log.info("worker %s (%d of %d) pid %d on %s, device %s, %d threads%s", worker.name, worker.index, worker.count,
+             os.getpid(), socket.gethostname(), device, torch.get_num_threads(),
+             ", scoring overlapped with sampling" if overlap else "")
+    scoring = ScoringQueue(overlap)
     if adopted:
         log.info("sampling as the run started (manifest), not as this machine would choose: %s",
                  ", ".join(f"{k} {was!r} -> {now!r}" for k, (was, now) in adopted.items()))
@@ -145,22 +153,32 @@ def _run(config: RunConfig, out: str | Path, progress: bool, shard: tuple[int, i
                     edited, fingerprint = got
                     t0 = time.perf_counter()
                     if item.attack is None:
-                        run_part(item, plan, store, resolved, base, base_fp, edited, fingerprint, cache, tasks,
-                                 evaluator_for, inner_progress)
-                        for name in item.tasks:  # each task whose parts are all written
-                            merging.merge_task(store, plan, item.row, item.target, name)
+                        score = sample_part(item, plan, store, resolved, base, base_fp, edited, fingerprint, cache,
+                                            tasks, evaluator_for, inner_progress)
+
+                        def done(_waited: float, item=item, t0=t0) -> None:  # on this thread, the part written
+                            for name in item.tasks:  # each task whose parts are all written
+                                merging.merge_task(store, plan, item.row, item.target, name)
+                            log.info("done %s in %.1f s", item.label, time.perf_counter() - t0)
+                            bar.refresh()
+
+                        scoring.submit(score, done)  # waits for the part before it, if it is still scoring
+                        busy += time.perf_counter() - t0
                     else:
+                        scoring.drain()  # an attack scores with the same evaluators
+                        t0 = time.perf_counter()
                         run_attack(item, store, resolved, base, base_fp, edited, fingerprint, evaluator_for,
                                    inner_progress)
-                    busy += time.perf_counter() - t0
-                    log.info("done %s in %.1f s", item.label, time.perf_counter() - t0)
-                    bar.refresh()
+                        busy += time.perf_counter() - t0
+                        log.info("done %s in %.1f s", item.label, time.perf_counter() - t0)
+                        bar.refresh()
                 if deferred and len(deferred) == len(todo):
                     log.info("waiting for edits held by other workers: %s",
                              ", ".join(sorted({f"{i.row}/{i.target}" for i in deferred})))
                     time.sleep(1.0)
                     waited += 1.0
                 todo = deferred
+            busy += scoring.drain()
             # parts whose writer was stopped before it merged them (a kill between a part and its merge, or two
             # workers that each wrote a part while the other's was missing): their items count as done, so only a
             # sweep merges them (each task once: a task has one item per part, and has_unit reads its file)
@@ -187,6 +205,7 @@ def _run(config: RunConfig, out: str | Path, progress: bool, shard: tuple[int, i
         log.exception("worker %s stopped by an error", worker.name)
         raise
     finally:
+        scoring.close()
         log.removeHandler(log_handler)
         log_handler.close()
     return store.root

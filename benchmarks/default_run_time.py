@@ -43,6 +43,7 @@ import shlex
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -69,13 +70,22 @@ STAGES = [
 
 
 class StageTimer:
-    """Exclusive and inclusive seconds per stage, from wrapped functions (a stack of open stages)."""
+    """Exclusive and inclusive seconds per stage, from wrapped functions (a stack of open stages per thread: with
+    scoring overlapped on its own thread (``--overlap-scoring``), the stages' seconds may add up to more than the
+    wall time)."""
 
     def __init__(self):
         self.exclusive: dict[str, float] = defaultdict(float)
         self.inclusive: dict[str, float] = defaultdict(float)
         self.calls: Counter = Counter()
-        self.stack: list[list] = []  # [stage, start of its current exclusive segment]
+        self._local = threading.local()
+
+    @property
+    def stack(self) -> list[list]:
+        """This thread's open stages: [stage, start of its current exclusive segment]."""
+        if not hasattr(self._local, "stack"):
+            self._local.stack = []
+        return self._local.stack
 
     def wrap(self, stage: str, fn):
         @functools.wraps(fn)

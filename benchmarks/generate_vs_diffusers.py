@@ -19,7 +19,8 @@ For each (model, precision, attention) both sides sample the same prompts from t
 noise, with the same scheduler (DDIM, ``--steps``, guidance ``--guidance``) in the same batch; the
 runs alternate and repeat (``--repeats``), and the best time of each side gives images/s and the
 ratio (harness / diffusers; above 1 the harness is faster); ``ratio_cpu`` is the same ratio of process
-CPU seconds, the steadier figure on a CPU shared with other work. Precision: diffusers runs with its weights cast to the dtype, as a user of the pipeline does;
+CPU seconds, the steadier figure on a CPU shared with other work; ``ratio_cpu_median`` the median over the rounds
+of each round's CPU-time ratio (the two sides back to back, so the machine's load hits both: the figure to quote). Precision: diffusers runs with its weights cast to the dtype, as a user of the pipeline does;
 the harness samples with its ``precision`` and ``weights`` settings (``--weights``): ``auto`` (the default:
 bf16, and fp16 on a GPU, with weights cast once, ``weights: cast``; bf16 weights on both sides is the like-for-like
 comparison), ``fp32`` (fp32 weights under autocast: the harness before issue 38) or ``cast``. ``max_pixel_difference`` (8-bit levels) checks both sides make the same images.
@@ -143,7 +144,8 @@ def compare(backbone, name: str, precision: str, attention: str, args, baseline_
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.images)]
     seeds = [image_seed(f"p{i}", 0, 0) for i in range(args.images)]
     sampler = resolve_sampler(SamplerConfig("ddim", args.steps, args.guidance, precision=precision,
-                                            attention=attention, weights=args.weights), device)
+                                            attention=attention, weights=args.weights,
+                                            memory_format=args.memory_format), device)
     plain_precision = "fp32" if baseline_attention else sampler.precision
     if backbone.dtype != torch.float32:  # weights already in half precision (--half-weights): no autocast
         sampler = dataclasses.replace(sampler, precision="fp32")
@@ -187,7 +189,7 @@ def compare(backbone, name: str, precision: str, attention: str, args, baseline_
     row = {
         "model": name, "precision": plain_precision if backbone.dtype != torch.float32 else sampler.precision,
         "weights_dtype": str(backbone.dtype).removeprefix("torch."), "weights": sampler.weights,
-        "attention": sampler.attention,
+        "attention": sampler.attention, "memory_format": sampler.memory_format,
         "diffusers_precision": plain_precision, "diffusers_attention": baseline_attention or sampler.attention,
         "images": args.images, "batch_size": args.batch_size, "steps": args.steps,
         "harness_images_per_s": round(args.images / best["harness"], 3),
@@ -198,11 +200,17 @@ def compare(backbone, name: str, precision: str, attention: str, args, baseline_
         # process CPU seconds: on a shared CPU they move less with other people's load than wall time does
         "cpu_seconds": {side: [round(t, 3) for t in ts] for side, ts in cpu.items()},
         "ratio_cpu": round(min(cpu["diffusers"]) / min(cpu["harness"]), 3),
+        # the figure to quote on a shared CPU: per round (harness then diffusers, back to back) the CPU-time ratio,
+        # and its median over the rounds; with the median CPU seconds of each side
+        "ratio_cpu_per_round": [round(d / h, 3) for h, d in zip(cpu["harness"], cpu["diffusers"])],
+        "ratio_cpu_median": round(statistics.median(d / h for h, d in zip(cpu["harness"], cpu["diffusers"])), 3),
+        "cpu_seconds_median": {side: round(statistics.median(ts), 3) for side, ts in cpu.items()},
         "max_pixel_difference": round(float(diff), 2),
         "compiled": compile_unet, "compile_seconds": compile_seconds,
     }
-    print(json.dumps({k: row[k] for k in ("model", "precision", "weights", "attention", "harness_images_per_s",
-                                           "diffusers_images_per_s", "ratio", "ratio_cpu", "max_pixel_difference")}),
+    print(json.dumps({k: row[k] for k in ("model", "precision", "weights", "attention", "memory_format",
+                                           "harness_images_per_s", "diffusers_images_per_s", "ratio",
+                                           "ratio_cpu_median", "max_pixel_difference")}),
           flush=True)
     return row
 
@@ -225,6 +233,9 @@ def main(argv: list[str] | None = None) -> dict:
                         "does) instead of autocasting fp32 weights; default: on for cuda")
     p.add_argument("--weights", choices=["auto", "fp32", "cast"], default="auto",
                    help="the harness's sampler `weights` (bf16/fp16 sampling: cast once, or fp32 under autocast)")
+    p.add_argument("--memory-format", choices=["auto", "contiguous", "channels_last"], default="auto",
+                   help="the harness's sampler `memory_format` (auto: contiguous for cast weights, else the device's "
+                        "measured choice; channels_last with cast bf16 weights is the harness before issue 38's fix)")
     p.add_argument("--compile", action="store_true", help="add a row: the defaults with a torch.compile'd UNet")
     p.add_argument("--out", type=Path, default=Path("runs/bench/generate_vs_diffusers.json"))
     args = p.parse_args(argv)

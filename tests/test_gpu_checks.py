@@ -30,7 +30,8 @@ def test_every_gpu_check_runs_on_tiny_models_on_the_cpu_and_writes_its_json(tmp_
     gvd = json.loads((out / "generate_vs_diffusers.json").read_text())
     assert {r["weights"] for r in gvd["rows"]} == {"cast"} and all(r["ratio"] > 0 for r in gvd["rows"])
     runs = json.loads((out / "default_run.json").read_text())["runs"]
-    assert len(runs) == 2 and all(r["wall_seconds"] > 0 and "sampling" in r["profile_seconds"] for r in runs)
+    assert len(runs) == 3 and all(r["wall_seconds"] > 0 and "sampling" in r["profile_seconds"] for r in runs)
+    assert [r["overlap_scoring"] for r in runs] == ["on", "on", "off"]
     assert all(r["gpu_busy_fraction"] is None for r in runs)  # no GPU here: said, not made up
     methods = json.loads((out / "seed_methods.json").read_text())
     assert methods["all_ok"] and {r["method"] for r in methods["rows"]} >= {"uce", "esd-x", "sld", "advunlearn"}

@@ -26,7 +26,7 @@ def test_weights_resolve_per_precision_and_device_and_only_cast_is_in_the_key():
         resolve_weights("half", "bf16", "cpu")
     cast = resolve_sampler(SAMPLER, "cpu")
     assert cast.weights == "cast"
-    autocast = dataclasses.replace(cast, weights="fp32")
+    autocast = resolve_sampler(dataclasses.replace(SAMPLER, weights="fp32"), "cpu")  # fp32 weights: channels-last
     assert image_key("fp", "a red circle", "", 1, cast) != image_key("fp", "a red circle", "", 1, autocast)
     # fp32 sampling, and bf16 with fp32 weights, keep the keys they had before the choice existed
     for sampler in (autocast, resolve_sampler(dataclasses.replace(SAMPLER, precision="fp32"), "cpu")):
@@ -34,6 +34,19 @@ def test_weights_resolve_per_precision_and_device_and_only_cast_is_in_the_key():
         before = hashlib.sha256(json.dumps({"model": "fp", "prompt": "a red circle", "negative": "", "seed": 1,
                                             "sampler": fields}, sort_keys=True).encode()).hexdigest()
         assert image_key("fp", "a red circle", "", 1, sampler) == before
+
+
+def test_cast_weights_sample_contiguous_unless_the_config_names_a_layout():
+    """oneDNN's bf16 group norm is slow on channels-last activations (bench.backbone.resolve_memory_format): ``auto``
+    lays cast weights out contiguous on every device; fp32 weights keep the device's measured choice, and a layout
+    the config names is kept. The layout is part of the key, so these images are not the channels-last ones."""
+    cast = resolve_sampler(SAMPLER, "cpu")
+    assert (cast.weights, cast.memory_format) == ("cast", "contiguous")
+    assert resolve_sampler(dataclasses.replace(SAMPLER, weights="fp32"), "cpu").memory_format == "channels_last"
+    named = resolve_sampler(dataclasses.replace(SAMPLER, memory_format="channels_last"), "cpu")
+    assert (named.weights, named.memory_format) == ("cast", "channels_last")
+    assert image_key("fp", "a red circle", "", 1, cast) != image_key("fp", "a red circle", "", 1, named)
+    assert resolve_sampler(dataclasses.replace(SAMPLER, precision="fp16"), "cuda").memory_format == "contiguous"
 
 
 def test_cast_sampling_runs_the_unet_in_bf16_restores_fp32_weights_that_still_train_and_caches_the_cast():
