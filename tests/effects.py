@@ -14,6 +14,14 @@ Also what the method test files share besides: :func:`registered` (a method's cl
 
 from __future__ import annotations
 
+from methods.base import ErasureRequest
+
+# The object the effect tests erase, the mini world's objects (datasets/worlds/v1/world.yaml) and the request that
+# erases it with the other objects as the preserve set
+TARGET = "circle"
+OBJECTS = ["circle", "square", "triangle", "star", "cross", "heart", "diamond", "crescent"]
+REQUEST = ErasureRequest(targets=[TARGET], preserve=[o for o in OBJECTS if o != TARGET])
+
 ERASURE_GAIN = 0.15  # the target's erasure rate must rise by at least this much over the unedited model's
 CLOSED_FORM_GAIN = 0.2  # the same bar for the closed-form methods (tests/test_methods_closed_form.py, speed)
 OTHER_MARGIN = 0.25  # other-object accuracy may fall by at most this much below the unedited model's

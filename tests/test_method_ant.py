@@ -20,12 +20,10 @@ from methods import METHODS, ErasureRequest, get_method
 from methods import _finetune as ft
 from methods._saliency import intersect_masks, saliency_mask
 from methods.ant import ANTConfig, step_windows
-from tests.effects import ERASURE_GAIN, OTHER_MARGIN
+from tests.effects import ERASURE_GAIN, OTHER_MARGIN, REQUEST, TARGET
 from tests.sd_fixtures import tiny_sd  # noqa: F401  (fixture)
 
-OBJECTS = ["circle", "square", "triangle", "star", "cross", "heart", "diamond", "crescent"]
-TARGET = "circle"
-REQUEST = ErasureRequest(targets=[TARGET], preserve=[o for o in OBJECTS if o != TARGET])
+# TARGET, REQUEST (circle, the other objects preserved): tests/effects.py
 TINY = {"iterations": 2, "batch_size": 2, "trajectory_pool": 2, "mask_iterations": 2, "progress": False}
 
 

@@ -17,12 +17,10 @@ import torch
 
 from methods import METHODS, ErasureRequest, get_method
 from methods.hirm import HiRMConfig, representation, steering_target
-from tests.effects import assert_erases, assert_room, registered
+from tests.effects import REQUEST, TARGET, assert_erases, assert_room, registered
 from tests.sd_fixtures import tiny_sd  # noqa: F401  (fixture)
 
-OBJECTS = ["circle", "square", "triangle", "star", "cross", "heart", "diamond", "crescent"]
-TARGET = "circle"
-REQUEST = ErasureRequest(targets=[TARGET], preserve=[o for o in OBJECTS if o != TARGET])
+# TARGET, REQUEST (circle, the other objects preserved): tests/effects.py
 
 
 def test_registered_with_the_papers_defaults_and_recipes():

@@ -20,12 +20,10 @@ from bench.worlds.v1.probe import MINI_SAMPLER
 from methods import METHODS, ErasureRequest, get_method
 from methods._spm_adapter import SPMAdapter, adapted_layers
 from methods.spm import SPMConfig, official_anchor_rows
-from tests.effects import assert_erases, assert_room
+from tests.effects import REQUEST, TARGET, assert_erases, assert_room
 from tests.sd_fixtures import tiny_sd  # noqa: F401  (fixture)
 
-OBJECTS = ["circle", "square", "triangle", "star", "cross", "heart", "diamond", "crescent"]
-TARGET = "circle"
-REQUEST = ErasureRequest(targets=[TARGET], preserve=[o for o in OBJECTS if o != TARGET])
+# TARGET, REQUEST (circle, the other objects preserved): tests/effects.py
 TINY = {"iterations": 3, "batch_size": 2, "trajectory_pool": 2, "anchor_samples": 2, "progress": False}
 
 

@@ -17,12 +17,10 @@ import torch
 from methods import METHODS, ErasureRequest, get_method
 from methods.trce import OBJECT_TEMPLATES, TRCEConfig, accumulated_gradients, eot_pairs, first_eot_row
 from methods.uce import cross_attention_projections
-from tests.effects import assert_erases, assert_room, registered
+from tests.effects import REQUEST, TARGET, assert_erases, assert_room, registered
 from tests.sd_fixtures import tiny_sd  # noqa: F401  (fixture)
 
-OBJECTS = ["circle", "square", "triangle", "star", "cross", "heart", "diamond", "crescent"]
-TARGET = "circle"
-REQUEST = ErasureRequest(targets=[TARGET], preserve=[o for o in OBJECTS if o != TARGET])
+# TARGET, REQUEST (circle, the other objects preserved): tests/effects.py
 # a tiny run for the mechanics tests: two contexts, a 3-step sampler, one trajectory each. Two contexts give rows that
 # span 48 of the mini text encoder's 128 dimensions, a solve the official lamb 0 cannot make (refused, tested below);
 # a small lamb keeps W_old along the missing directions.

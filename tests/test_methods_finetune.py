@@ -21,18 +21,16 @@ import torch
 
 from bench.backbone import load_backbone
 from bench.store import EDIT_SUMS
-from methods import METHODS, ErasureRequest, get_method
+from methods import METHODS, get_method
 from methods import _finetune as ft
 from methods.advunlearn import AdvUnlearnConfig
 from methods.ca import CAConfig
 from methods.esd import ESDConfig
 from methods.salun import SalUnConfig
-from tests.effects import ERASURE_GAIN, OTHER_MARGIN, assert_erases, assert_room
+from tests.effects import ERASURE_GAIN, OTHER_MARGIN, REQUEST, TARGET, assert_erases, assert_room
 
 FINETUNE = ("esd-x", "esd-u", "ca", "salun", "advunlearn")
-OBJECTS = ["circle", "square", "triangle", "star", "cross", "heart", "diamond", "crescent"]
-TARGET = "circle"
-REQUEST = ErasureRequest(targets=[TARGET], preserve=[o for o in OBJECTS if o != TARGET])
+# TARGET, REQUEST (circle, the other objects preserved): tests/effects.py
 
 # Tiny runs (a few steps, few generated images, short DDIM schedules) for the mechanics tests. With the mini
 # preset's 25 DDIM steps, sampling AdvUnlearn's two trajectory pools was 11.4 of a tiny run's 13 s.
