@@ -564,7 +564,7 @@ def test_only_the_first_process_of_a_launch_draws_the_weight_loading_bar(capfd, 
 
     for name, value in {"RANK": rank, "WORLD_SIZE": "2", "LOCAL_RANK": rank, "LOCAL_WORLD_SIZE": "2"}.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setattr(bench.runner, "_run", lambda config, out, progress, shard: load_backbone("mini"))
+    monkeypatch.setattr(bench.runner, "_run", lambda config, out, progress, shard, overlap: load_backbone("mini"))
     capfd.readouterr()
     bench.runner.run(parse_config(TINY), tmp_path / "run", progress=True)
     assert ("Loading weights" in capfd.readouterr().err) is shown
