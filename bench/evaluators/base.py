@@ -50,6 +50,15 @@ def register_evaluator(cls: type[Evaluator]) -> type[Evaluator]:
     return EVALUATORS.register(cls.name)(cls)
 
 
+def item_value(item: Any, key: str) -> Any:
+    """An item's (a prompt row's) value for ``key``; None when the item has no such field or it is NaN (a column
+    other rows of the set fill)."""
+    value = item.get(key) if hasattr(item, "get") else None
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    return value
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

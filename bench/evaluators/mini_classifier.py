@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bench.evaluators.base import Evaluator, register_evaluator, sha256_file
+from bench.evaluators.base import Evaluator, item_value, register_evaluator, sha256_file
 from bench.metrics import Metric, frechet_distance, register_metric
 from bench.worlds.v1.classifier import CLASSIFIER_DIR, load_classifier
 from bench.worlds.v1.world import MiniWorld
@@ -61,7 +61,7 @@ class MiniClassifierEvaluator(Evaluator):
                 "features": feats[i].astype(np.float32).tolist(),
             }
             pair = item.get("layout") == "pair"
-            target = _get(item, "target")
+            target = item_value(item, "target")
             if target is not None:
                 attr = item.get("target_attribute") or w.kind_of(target)
                 if pair and attr == "object":
@@ -70,10 +70,10 @@ class MiniClassifierEvaluator(Evaluator):
                     rec["target_present"] = rec[f"pred_{attr}"] == target
             checks = []
             for attr in ("object", "colour", "style"):
-                expected = _get(item, f"expect_{attr}")
+                expected = item_value(item, f"expect_{attr}")
                 if expected is not None and self.check in (None, attr):
                     checks.append(rec[f"pred_{attr}"] == expected)
-            expected_present = _get(item, "expect_present")
+            expected_present = item_value(item, "expect_present")
             if expected_present is not None and self.check in (None, "present"):
                 checks.append(bool(present[i, w.objects.index(expected_present)] > PRESENT_THRESHOLD))
             if checks:
@@ -98,9 +98,9 @@ class MiniClassifierEvaluator(Evaluator):
                 for _ in range(renders_per_prompt):
                     scenes.append(w.sample_scene(
                         rng,
-                        object=w.objects.index(r["expect_object"]) if _get(r, "expect_object") else None,
-                        colour=w.colours.index(r["expect_colour"]) if _get(r, "expect_colour") else None,
-                        style=w.styles.index(r["expect_style"]) if _get(r, "expect_style") else None,
+                        object=w.objects.index(r["expect_object"]) if item_value(r, "expect_object") else None,
+                        colour=w.colours.index(r["expect_colour"]) if item_value(r, "expect_colour") else None,
+                        style=w.styles.index(r["expect_style"]) if item_value(r, "expect_style") else None,
                     ))
             feats = np.concatenate([self.predict(w.render(scenes[i : i + 256]))["features"].cpu().numpy()
                                     for i in range(0, len(scenes), 256)])
@@ -108,12 +108,6 @@ class MiniClassifierEvaluator(Evaluator):
                 self._reference_cache[(str(pid), renders_per_prompt)] = feats[k * renders_per_prompt:(k + 1) * renders_per_prompt]
         return np.concatenate([self._reference_cache[(str(p), renders_per_prompt)] for p in prompts["prompt_id"]])
 
-
-def _get(item, key):
-    value = item.get(key) if hasattr(item, "get") else None
-    if value is None or (isinstance(value, float) and np.isnan(value)):
-        return None
-    return value
 
 
 def mini_fd(records: pd.DataFrame, evaluator: MiniClassifierEvaluator) -> float:
