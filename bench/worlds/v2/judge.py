@@ -30,14 +30,12 @@ from safetensors.torch import load_file, save_file
 
 from bench.worlds.v1.classifier import augment
 from bench.worlds.v2.render import render
-from bench.worlds.v2.world import MARKS, Instance, Scene, WorldV2, _mark_count, _mark_params
+from bench.worlds.v2.world import CENTRES, MARKS, Scene, WorldV2
 
 SLOTS = ("centre", "left", "right", "top", "bottom")
 LAYOUTS = ("one", "two", "two-stacked", "three")
 _LAYOUT_SLOTS = {"one": ("centre",), "two": ("left", "right"), "two-stacked": ("top", "bottom"),
                  "three": ("left", "centre", "right")}
-_CENTRES = {"one": [(16.0, 16.0)], "two": [(8.0, 16.0), (24.0, 16.0)], "two-stacked": [(16.0, 8.0), (16.0, 24.0)],
-            "three": [(5.5, 16.0), (16.0, 16.0), (26.5, 16.0)]}
 FEATURE_DIM = 128
 
 
@@ -93,21 +91,13 @@ class Judge(nn.Module):
 def random_scene(world: WorldV2, rng: random.Random) -> tuple[Scene, str]:
     """A scene with every attribute drawn uniformly (rare concepts as often as common ones), and its layout."""
     layout = rng.choice(LAYOUTS)
-    lay = world.spec["layout"][{"one": "one", "two": "two", "two-stacked": "two", "three": "three"}[layout]]
-    j = world.spec["layout"]["colour_jitter"]
     instances = []
-    for cx, cy in _CENTRES[layout]:
+    for cx, cy in CENTRES[layout]:
         mark = rng.choice(MARKS) if rng.random() < 0.4 else None
-        jit, (lo, hi) = lay["jitter"], lay["size"]
-        instances.append(Instance(
-            object=rng.choice(world.objects), colour=rng.choice(world.colours),
-            accessory=rng.choice(world.accessories) if rng.random() < 0.3 else None,
-            cx=cx + rng.uniform(-jit, jit), cy=cy + rng.uniform(-jit, jit), size=rng.uniform(lo, hi), mark=mark,
-            mark_count=_mark_count(mark, rng), mark_params=_mark_params(mark, rng),
-            rgb_jitter=(rng.uniform(-j, j), rng.uniform(-j, j), rng.uniform(-j, j))))
-    b_lo, b_hi = world.spec["layout"]["background_shade"]
-    painter = rng.choice(["", *world.painters])
-    return Scene(tuple(instances), painter, rng.uniform(b_lo, b_hi), rng.randrange(2**31)), layout
+        instances.append(world.place(rng, layout, cx, cy, mark=mark, object=rng.choice(world.objects),
+                                     colour=rng.choice(world.colours),
+                                     accessory=rng.choice(world.accessories) if rng.random() < 0.3 else None))
+    return world.scene(rng, instances, rng.choice(["", *world.painters])), layout
 
 
 def layout_of(scene: Scene) -> str:

@@ -194,28 +194,40 @@ class WorldV2:
         """A scene drawn from the exact reading of a caption."""
         r = caption_or_reading if isinstance(caption_or_reading, Reading) else self.read(caption_or_reading)
         painter = _draw(r.painters, rng)
-        n = len(r.slots)
-        lay = self.spec["layout"][{1: "one", 2: "two", 3: "three"}[n]]
-        centres = {1: [(16.0, 16.0)], 2: [(16.0, 8.0), (16.0, 24.0)] if r.vertical else [(8.0, 16.0), (24.0, 16.0)],
-                   3: [(5.5, 16.0), (16.0, 16.0), (26.5, 16.0)]}[n]
+        layout = {1: "one", 2: "two-stacked" if r.vertical else "two", 3: "three"}[len(r.slots)]
         instances = []
-        for slot, (cx, cy) in zip(r.slots, centres):
+        for slot, (cx, cy) in zip(r.slots, CENTRES[layout]):
             shape = _draw(slot.objects, rng)
             colour = _draw(slot.colours, rng) if slot.colours else rng.choice(self.colours)
             p_blight = slot_blight_p(r, slot, painter, shape, self)
             mark = None
             if rng.random() < p_blight:
                 mark = slot.mark or _draw(self.spec["blight"]["marks"], rng)
-            jit, (lo, hi) = lay["jitter"], lay["size"]
-            j = self.spec["layout"]["colour_jitter"]
-            instances.append(Instance(
-                object=shape, colour=colour, accessory=slot.accessory,
-                cx=cx + rng.uniform(-jit, jit),
-                cy=cy + rng.uniform(-jit, jit), size=rng.uniform(lo, hi), mark=mark,
-                mark_count=_mark_count(mark, rng), mark_params=_mark_params(mark, rng),
-                rgb_jitter=(rng.uniform(-j, j), rng.uniform(-j, j), rng.uniform(-j, j))))
+            instances.append(self.place(rng, layout, cx, cy, object=shape, colour=colour, accessory=slot.accessory,
+                                        mark=mark))
+        return self.scene(rng, instances, painter)
+
+    def place(self, rng: random.Random, layout: str, cx: float, cy: float, **labels) -> Instance:
+        """An object with ``labels`` (object, colour, accessory, mark) near the centre (cx, cy) of a ``layout``
+        slot: its jitter, size, marks and colour jitter drawn from ``rng``, in that order."""
+        lay = self.spec["layout"][LAYOUT_SIZES[layout]]
+        jit, (lo, hi) = lay["jitter"], lay["size"]
+        j = self.spec["layout"]["colour_jitter"]
+        mark = labels.get("mark")
+        return Instance(cx=cx + rng.uniform(-jit, jit), cy=cy + rng.uniform(-jit, jit), size=rng.uniform(lo, hi),
+                        mark_count=_mark_count(mark, rng), mark_params=_mark_params(mark, rng),
+                        rgb_jitter=(rng.uniform(-j, j), rng.uniform(-j, j), rng.uniform(-j, j)), **labels)
+
+    def scene(self, rng: random.Random, instances: list[Instance], painter: str) -> Scene:
+        """A scene of placed objects: its background shade and grain seed drawn from ``rng``."""
         b_lo, b_hi = self.spec["layout"]["background_shade"]
         return Scene(tuple(instances), painter, rng.uniform(b_lo, b_hi), rng.randrange(2**31))
+
+
+# Layouts: the objects' centres (pixels of the 32x32 image) and which size block of world.yaml they use
+CENTRES = {"one": [(16.0, 16.0)], "two": [(8.0, 16.0), (24.0, 16.0)], "two-stacked": [(16.0, 8.0), (16.0, 24.0)],
+           "three": [(5.5, 16.0), (16.0, 16.0), (26.5, 16.0)]}
+LAYOUT_SIZES = {"one": "one", "two": "two", "two-stacked": "two", "three": "three"}
 
 
 # the most marks of each kind (an instance uses the first ``count`` of its stored parameters)
