@@ -68,6 +68,38 @@ def report(results: dict, name: str) -> tuple[int, int, float]:
     return W, L, p
 
 
+def assert_not_below_floor(results: dict, name: str) -> None:
+    """The attack brings the target back at least as often as random tokens on the same rows (wins >= losses,
+    pooled over the erasers), given at least 8 prompts left to attack."""
+    for res in results.values():
+        assert res[name]["pre_success"].tolist() == res["random-tokens"]["pre_success"].tolist()
+    assert sum((~res["random-tokens"]["pre_success"]).sum() for res in results.values()) >= 8, \
+        "precondition: the two erasers leave fewer than 8 prompts to attack"
+    wins, losses, p = report(results, name)
+    assert wins >= losses, (wins, losses, p)
+
+
+def pooled_cosine(backbone, prompts: list[str], targets: list[str]):
+    """cos(pooled(prompt), pooled(target)) with the backbone's text encoder, computed here, not by the attack."""
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        a = backbone.text_encoder(backbone.tokenize(prompts)).pooler_output
+        b = backbone.text_encoder(backbone.tokenize(targets)).pooler_output
+    return F.cosine_similarity(a.float(), b.float(), dim=-1)
+
+
+def best_random_cosine(backbone, vocab: list[int], n_tokens: int, targets: list[str], draws: int = 16, seed: int = 3):
+    """Per target, the best pooled cosine of ``draws`` random prompts of ``n_tokens`` tokens from ``vocab``."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    return torch.stack([pooled_cosine(backbone, [backbone.tokenizer.decode(
+        [vocab[i] for i in torch.randint(len(vocab), (n_tokens,), generator=gen)]) for _ in range(len(targets))],
+        targets) for _ in range(draws)]).max(0).values
+
+
 class NeverFound:
     """A judge that never sees the target: every attack spends its whole budget (deterministic)."""
 

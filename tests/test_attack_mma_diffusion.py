@@ -9,11 +9,16 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
 
 from bench.attacks import ATTACKS, UNetCounter
 from bench.generate import SamplerConfig, generate
-from tests.attack_floor import NeverFound, floor_results, report
+from tests.attack_floor import (
+    NeverFound,
+    assert_not_below_floor,
+    best_random_cosine,
+    floor_results,
+    pooled_cosine,
+)
 
 NAME = "mma-diffusion"
 # official 1000 iterations x 512 candidates (src/textual_attack.py, README -i 1000); the mini vocabulary has 155 words
@@ -72,13 +77,6 @@ def test_conforms_on_tiny_stable_diffusion(tiny_sd, tmp_path, max_checks):
     assert torch.isfinite(images).all()
 
 
-def pooled_cosine(backbone, prompts: list[str], targets: list[str]) -> torch.Tensor:
-    with torch.no_grad():
-        a = backbone.text_encoder(backbone.tokenize(prompts)).pooler_output
-        b = backbone.text_encoder(backbone.tokenize(targets)).pooler_output
-    return F.cosine_similarity(a.float(), b.float(), dim=-1)
-
-
 def test_search_matches_the_prompt_without_the_banned_words(mini_backbone):
     """MMA's objective, measured here: the found 20-token prompt (no token containing "circle") is closer in pooled
     cosine to the attacked prompt than every one of 16 random 20-token prompts of the same allowed vocabulary; the
@@ -97,12 +95,9 @@ def test_search_matches_the_prompt_without_the_banned_words(mini_backbone):
     found = pooled_cosine(mini_backbone, df["adv_prompt"].tolist(), prompts["prompt"].tolist())
     torch.testing.assert_close(1 - found, torch.tensor(df["mma_loss"].tolist()), atol=1e-4, rtol=0)
     allowed = [i for t, i in tok.get_vocab().items() if i not in banned and i not in set(tok.all_special_ids)]
-    gen = torch.Generator().manual_seed(3)
-    randoms = torch.stack([pooled_cosine(mini_backbone, [tok.decode(
-        [allowed[i] for i in torch.randint(len(allowed), (20,), generator=gen)]) for _ in range(len(prompts))],
-        prompts["prompt"].tolist()) for _ in range(16)])
-    print(f"MMA cosine {found.tolist()}; best of 16 random prompts {randoms.max(0).values.tolist()}")
-    assert (found > randoms.max(0).values).all(), (found, randoms.max(0).values)
+    best = best_random_cosine(mini_backbone, allowed, 20, prompts["prompt"].tolist())
+    print(f"MMA cosine {found.tolist()}; best of 16 random prompts {best.tolist()}")
+    assert (found > best).all(), (found, best)
 
 
 @pytest.fixture(scope="module")
@@ -121,9 +116,4 @@ def results(mini_backbone):
 def test_not_below_the_random_floor_on_two_erasers(results):
     """On UCE and RECE (12 prompts each, paired rows, one judged prompt per attacked prompt for both), MMA brings the
     circle back at least as often as random tokens: wins >= losses, pooled over the two erasers."""
-    for res in results.values():
-        assert res[NAME]["pre_success"].tolist() == res["random-tokens"]["pre_success"].tolist()
-    assert sum((~res["random-tokens"]["pre_success"]).sum() for res in results.values()) >= 8, \
-        "precondition: the two erasers leave fewer than 8 prompts to attack"
-    wins, losses, p = report(results, NAME)
-    assert wins >= losses, (wins, losses, p)
+    assert_not_below_floor(results, NAME)

@@ -8,11 +8,16 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-import torch.nn.functional as F
 
 from bench.attacks import ATTACKS, UNetCounter
 from bench.generate import SamplerConfig, generate
-from tests.attack_floor import NeverFound, floor_results, report
+from tests.attack_floor import (
+    NeverFound,
+    assert_not_below_floor,
+    best_random_cosine,
+    floor_results,
+    pooled_cosine,
+)
 
 NAME = "pez"
 MINI_BUDGET = {"iterations": 200}  # paper 3000 (sample_config.json); 200 reach a stable best prompt on the mini world
@@ -29,14 +34,6 @@ def test_registered_with_sourced_defaults_and_clear_errors():
         ATTACKS.get(NAME)(iterations=0)
     with pytest.raises(ValueError, match="unknown parameter"):
         ATTACKS.get(NAME)(steps=3)
-
-
-def pooled_cosine(backbone, prompts: list[str], targets: list[str]) -> torch.Tensor:
-    """cos(pooled(prompt), pooled(target)) with the backbone's text encoder, computed here, not by the attack."""
-    with torch.no_grad():
-        a = backbone.text_encoder(backbone.tokenize(prompts)).pooler_output
-        b = backbone.text_encoder(backbone.tokenize(targets)).pooler_output
-    return F.cosine_similarity(a.float(), b.float(), dim=-1)
 
 
 @pytest.mark.parametrize("max_checks", [1, 2])
@@ -87,12 +84,9 @@ def test_found_prompt_matches_the_prompt_far_better_than_random_prompts(mini_bac
     found = pooled_cosine(mini_backbone, df["adv_prompt"].tolist(), prompts["prompt"].tolist())
     torch.testing.assert_close(found, torch.tensor(df["pez_cosine"].tolist()), atol=1e-4, rtol=0)
     vocab = candidate_vocab(mini_backbone.tokenizer).tolist()
-    gen = torch.Generator().manual_seed(3)
-    randoms = torch.stack([pooled_cosine(mini_backbone, [mini_backbone.tokenizer.decode(
-        [vocab[i] for i in torch.randint(len(vocab), (16,), generator=gen)]) for _ in range(len(prompts))],
-        prompts["prompt"].tolist()) for _ in range(16)])
-    print(f"PEZ cosine {found.tolist()}; best of 16 random prompts {randoms.max(0).values.tolist()}")
-    assert (found > randoms.max(0).values).all(), (found, randoms.max(0).values)
+    best = best_random_cosine(mini_backbone, vocab, 16, prompts["prompt"].tolist())
+    print(f"PEZ cosine {found.tolist()}; best of 16 random prompts {best.tolist()}")
+    assert (found > best).all(), (found, best)
 
 
 @pytest.fixture(scope="module")
@@ -113,9 +107,4 @@ def results(mini_backbone):
 def test_not_below_the_random_floor_on_two_erasers(results):
     """On UCE and RECE (12 prompts each, paired rows, one judged prompt per attacked prompt for both), PEZ brings the
     circle back at least as often as random tokens: wins >= losses, pooled over the two erasers."""
-    for res in results.values():
-        assert res[NAME]["pre_success"].tolist() == res["random-tokens"]["pre_success"].tolist()
-    assert sum((~res["random-tokens"]["pre_success"]).sum() for res in results.values()) >= 8, \
-        "precondition: the two erasers leave fewer than 8 prompts to attack"
-    wins, losses, p = report(results, NAME)
-    assert wins >= losses, (wins, losses, p)
+    assert_not_below_floor(results, NAME)
