@@ -83,7 +83,7 @@ def test_each_attack_runs_within_its_budget(results, prompts):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [
-    pytest.param("ring-a-bell", marks=pytest.mark.xfail(strict=True, reason=(
+    pytest.param("ring-a-bell", marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
         "not on the step-6000 mini model: against UCE, random-tokens brings circle back on 6 of 6 prompts and "
         "Ring-A-Bell (a whole new prompt, the original's words not kept) on 5 of 6; it held on the step-3800 model"))),
     *(pytest.param(name, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=(

@@ -200,7 +200,7 @@ NAMED_XFAIL = (
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=NAMED_XFAIL)
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=NAMED_XFAIL)
 def test_erases_the_named_target(effect):
     before, after = effect
     assert_erases("safree on named circles", before, after)

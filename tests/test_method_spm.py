@@ -196,7 +196,7 @@ SPM_XFAIL = "no erasure of the named circle without damage to other objects on t
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=SPM_XFAIL)
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=SPM_XFAIL)
 def test_erases_the_target_and_keeps_other_objects(mini_backbone, effect_probe):
     before = effect_probe(mini_backbone, TARGET)
     assert_room(before, what=TARGET)

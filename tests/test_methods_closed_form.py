@@ -198,7 +198,7 @@ NAMED_XFAIL = "prompts that name the circle keep it on the mini model (it goes w
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=NAMED_XFAIL))
+    pytest.param(n, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=NAMED_XFAIL))
     if n in KNOWN_NO_EFFECT else n for n in MINI_PARAMS
 ])
 def test_method_erases_target_on_mini(reference, edit_of, effect_probe, name):

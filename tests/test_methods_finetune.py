@@ -315,7 +315,7 @@ ESD_U_EDIT = pytest.mark.xdist_group("esd-u-mini-edit")
 def _effect_param(name: str):
     marks = [ESD_U_EDIT] if name == "esd-u" else []
     if name in KNOWN_NO_EFFECT:
-        marks.append(pytest.mark.xfail(strict=True, reason=NAMED_XFAIL))
+        marks.append(pytest.mark.xfail(strict=True, raises=AssertionError, reason=NAMED_XFAIL))
     return pytest.param(name, marks=marks)
 
 

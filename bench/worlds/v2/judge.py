@@ -128,11 +128,11 @@ def scene_labels(world: WorldV2, scenes: list[Scene]) -> dict[str, torch.Tensor]
 
 
 def train(out: Path, arch: str = "cnn", steps: int = 2000, batch_size: int = 128, seed: int = 0, lr: float = 2e-3,
-          log_every: int = 250) -> dict:
+          width: int = 32, log_every: int = 250) -> dict:
     torch.manual_seed(seed)
     world = WorldV2.load()
     sizes = head_sizes(world)
-    model = Judge(sizes, arch)
+    model = Judge(sizes, arch, width)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     rng = random.Random(seed * 7 + 1)
@@ -153,7 +153,7 @@ def train(out: Path, arch: str = "cnn", steps: int = 2000, batch_size: int = 128
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "model.safetensors")
     acc = heldout_accuracy(model, world, seed=seed + 1000)
-    config = {"arch": arch, "sizes": sizes, "steps": steps, "batch_size": batch_size, "seed": seed, "lr": lr,
+    config = {"arch": arch, "width": width, "sizes": sizes, "steps": steps, "batch_size": batch_size, "seed": seed, "lr": lr,
               "train_seconds": round(time.time() - start), "heldout_accuracy": acc}
     (out / "config.json").write_text(json.dumps(config, indent=1))
     return config
@@ -182,7 +182,7 @@ def heldout_accuracy(model: Judge, world: WorldV2, seed: int, n: int = 2048) -> 
 def load_judge(folder: str | Path, device: str | torch.device = "cpu") -> Judge:
     folder = Path(folder)
     config = json.loads((folder / "config.json").read_text())
-    model = Judge(config["sizes"], config["arch"])
+    model = Judge(config["sizes"], config["arch"], config.get("width", 32))
     model.load_state_dict(load_file(folder / "model.safetensors"))
     return model.to(device).eval()
 
@@ -193,8 +193,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--arch", default="cnn", choices=["cnn", "resnet"])
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--width", type=int, default=32, help="channels of the first block (the trunk doubles them)")
     args = p.parse_args(argv)
-    print(json.dumps(train(args.out, args.arch, args.steps, seed=args.seed), indent=1))
+    print(json.dumps(train(args.out, args.arch, args.steps, seed=args.seed, width=args.width), indent=1))
 
 
 if __name__ == "__main__":
