@@ -81,7 +81,9 @@ def render(world: WorldV2, scenes: list[Scene]) -> torch.Tensor:
             gy = torch.where(above, cy[kk] - 0.62 * size[kk], cy[kk])
             glyphs = _glyphs(tuple(world.accessories))[torch.tensor([world.accessories.index(a) for a in acc])]
             gmask = _place(glyphs, cx[kk], gy, scale * size[kk], world.image_size, res)
-            shade = torch.tensor([0.08 if a == "band" else 0.97 for a in acc]).view(-1, 1, 1, 1)
+            # every accessory is drawn near-white: a near-black band read as a crack (in 14 mark errors of a judge
+            # trained on the first renders, over 768 single-object scenes, 4 were band/crack confusions)
+            shade = torch.full((len(acc), 1, 1, 1), 0.97)
             part[kk] = part[kk] * (1 - gmask) + shade * gmask
         image[sel] = part
     return F.avg_pool2d(image, _SUPERSAMPLE).clamp(0, 1)
