@@ -56,9 +56,9 @@ def classify_objects(model: str, images: torch.Tensor, names: list[str]) -> list
         objects = MiniWorld.load().objects
         with torch.no_grad():
             return [objects[i] for i in load_classifier()(images)["object"].argmax(1).tolist()]
-    from bench.worlds.v2.judge import object_names  # noqa: PLC0415 (the v2 judge, once it exists)
+    from bench.worlds.v2.judge import object_names
 
-    return object_names(images)
+    return object_names(images)  # the shipped judge
 
 
 def _cpu_model() -> str:

@@ -187,6 +187,24 @@ def load_judge(folder: str | Path, device: str | torch.device = "cpu") -> Judge:
     return model.to(device).eval()
 
 
+@torch.no_grad()
+def object_names(images: torch.Tensor, folder: str | Path | None = None) -> list[str]:
+    """The shape each image shows, read by a judge (default: the shipped one): the most probable object over
+    the slots of the layout it reads, for images of one named object (``benchmarks/padding_tone.py``)."""
+    if folder is None:
+        from bench.evaluators.mini_v2_judge import judge_dir
+
+        folder = judge_dir()
+    world = WorldV2.load()
+    out = load_judge(folder)(images.float())
+    names = []
+    for i, layout in enumerate(out["layout"].argmax(1).tolist()):
+        best = max(((out[f"{s}/object"][i, :-1].softmax(0).max().item(), out[f"{s}/object"][i, :-1].argmax().item())
+                    for s in _LAYOUT_SLOTS[LAYOUTS[layout]]))
+        names.append(world.objects[best[1]])
+    return names
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="train a mini-v2 judge on renders")
     p.add_argument("--out", type=Path, required=True)
@@ -200,3 +218,4 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
