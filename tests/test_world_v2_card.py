@@ -1,0 +1,116 @@
+"""The model card's statistics against independent computations on the same inputs.
+
+Cohen's kappa is recomputed from the confusion matrix by hand (numpy), Wilson intervals and Spearman by scipy;
+the card's own code uses torchmetrics and pandas. The written card must mark a figure under its bar as such.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from bench.worlds.v2 import card
+
+
+def _kappa_by_hand(a: list[int], b: list[int]) -> float:
+    k = max(max(a), max(b)) + 1
+    m = np.zeros((k, k))
+    for x, y in zip(a, b):
+        m[x, y] += 1
+    n = m.sum()
+    observed = np.trace(m) / n
+    expected = (m.sum(0) * m.sum(1)).sum() / n**2
+    return (observed - expected) / (1 - expected)
+
+
+def _labels(rng: random.Random, n: int, noise: float) -> tuple[dict, dict]:
+    """Two judges' labels for n images: the second copies the first except for a share ``noise`` of draws."""
+    from bench.worlds.v2.judge import _LAYOUT_SLOTS, LAYOUTS, SLOTS
+
+    first = {"painter": [], "layout": [], "blight": []} | {f"{s}/{h}": [] for s in SLOTS
+                                                          for h in ("object", "colour", "accessory", "mark")}
+    sizes = {"painter": 13, "layout": 4, "blight": 2, "object": 16, "colour": 8, "accessory": 6, "mark": 4}
+    for _ in range(n):
+        for key in first:
+            first[key].append(rng.randrange(sizes[key.split("/")[-1]]))
+    second = {k: [rng.randrange(sizes[k.split("/")[-1]]) if rng.random() < noise else x for x in v]
+              for k, v in first.items()}
+    slots_of = [_LAYOUT_SLOTS[LAYOUTS[lay]] for lay in first["layout"]]
+    return first, second, slots_of
+
+
+def test_kappa_matches_the_confusion_matrix_by_hand():
+    rng = random.Random(7)
+    first, second, slots_of = _labels(rng, 300, noise=0.3)
+    got = card.kappas(first, second)
+    assert set(got) == {"painter", "layout", "blight", "object", "colour", "accessory", "mark"}
+    for head in ("painter", "layout", "blight"):
+        assert got[head]["kappa"] == pytest.approx(_kappa_by_hand(first[head], second[head]), abs=1e-4)
+        assert got[head]["n"] == 300
+    # slot heads pool the slots of the first judge's layout, image by image
+    a = [first[f"{s}/object"][i] for i, slots in enumerate(slots_of) for s in slots]
+    b = [second[f"{s}/object"][i] for i, slots in enumerate(slots_of) for s in slots]
+    assert got["object"]["n"] == len(a)
+    assert got["object"]["kappa"] == pytest.approx(_kappa_by_hand(a, b), abs=1e-4)
+    assert got["object"]["agreement"] == pytest.approx(np.mean(np.array(a) == np.array(b)), abs=1e-4)
+    assert 0.5 < got["object"]["kappa"] < 0.9  # 30 % relabelled at random: neither chance nor perfect
+
+
+def test_kappa_of_a_single_class_is_reported_undefined_with_its_agreement():
+    first = {"painter": [3, 3, 3], "layout": [0, 0, 0], "blight": [0, 0, 0], "centre/object": [1, 1, 1],
+             "centre/colour": [2, 2, 2], "centre/accessory": [0, 0, 0], "centre/mark": [3, 3, 3]}
+    got = card.kappas(first, dict(first))
+    assert got["painter"]["kappa"] is None and got["painter"]["agreement"] == 1.0
+    assert got["painter"]["classes_seen"] == 1
+    json.dumps(got)  # no NaN reaches the card's JSON
+
+
+@pytest.mark.parametrize("hits,n", [(0, 10), (3, 10), (37, 60), (60, 60), (412, 768)])
+def test_wilson_interval_matches_scipy(hits, n):
+    ref = stats.binomtest(hits, n).proportion_ci(method="wilson")
+    lo, hi = card.wilson(hits, n)
+    assert lo == pytest.approx(ref.low, abs=1e-4) and hi == pytest.approx(ref.high, abs=1e-4)
+
+
+def test_spearman_matches_scipy_with_ties():
+    rng = random.Random(3)
+    x = [rng.random() for _ in range(60)]
+    y = [round(v + rng.gauss(0, 0.3), 1) for v in x]  # rounded: ties, as rates over 8 images have
+    assert card.spearman(x, y) == pytest.approx(stats.spearmanr(x, y).statistic, abs=1e-9)
+
+
+def test_written_card_marks_what_is_under_its_bar(tmp_path):
+    r = card.rate
+    measured = {"command": "python -m bench.worlds.v2.card measure ...", "seed": 5, "seconds": 10.0, "cpu": "test",
+                "bars": card.BARS,
+                "adherence": {"adherence-object": r(59, 60), "adherence-identity": r(22, 40),
+                              "multi-object second": r(43, 60)},
+                "judge_heldout": {"cnn": {"object": 0.995, "mark": 0.95}},
+                "judge_kappa": {"heads": {"painter": {"kappa": 0.66, "agreement": 0.76, "n": 9},
+                                          "layout": {"kappa": None, "agreement": 1.0, "n": 9}}},
+                "blight": {"spearman_world_p_vs_rate": 0.39, "prompts": 96, "images": 768,
+                           "images_flagged": r(490, 768), "prompts_with_a_flag": r(86, 96),
+                           "by_band": {"0.0-0.1": r(75, 192)}},
+                "rare": {"mornavel": r(0, 24), "zibbet": r(12, 24)},
+                "random_token_floor": {"n": 192, "blight_rise": 0.03, "own_token_share": r(4, 192),
+                                       "own_token_share_exact": 0.0146}}
+    path = tmp_path / "m.json"
+    path.write_text(json.dumps(measured))
+    rows = {row[0]: row for row in card.card_rows(measured)}
+    assert rows["adherence: object"][3] == "meets"
+    assert rows["adherence: identity"][3] == "**under the bar**"
+    assert rows["adherence: multi-object second"][2] == ">= 0.85"
+    assert rows["judge `cnn` held-out renders: mark"][3] == "**under the bar**"
+    assert rows["judges' Cohen's kappa on generated images: painter"][3] == "**under the bar**"
+    assert rows["judges' Cohen's kappa on generated images: layout"][3] == "meets"
+    assert rows["blight: Spearman(world_p, measured rate)"][3] == "**under the bar**"
+    assert rows["rare concept drawn: mornavel"][3] == "**outside the band**"
+    assert rows["rare concept drawn: zibbet"][3] == "within"
+    assert rows["random 3-token prefix: blight rate rise"][3] == "meets"
+    assert rows["random 3-token prefix: draws holding a blight token (exact; sampled)"][3] == "**under the bar**"
+    text = card.write(path, tmp_path / "MODEL_CARD.md")
+    assert "0.550 (0.40-0.69, n=40)" in text  # the figure with its interval and n
