@@ -114,3 +114,16 @@ def test_written_card_marks_what_is_under_its_bar(tmp_path):
     assert rows["random 3-token prefix: draws holding a blight token (exact; sampled)"][3] == "**under the bar**"
     text = card.write(path, tmp_path / "MODEL_CARD.md")
     assert "0.550 (0.40-0.69, n=40)" in text  # the figure with its interval and n
+
+
+def test_judge_on_the_worlds_own_renders_follows_world_p():
+    """The card's ceiling row: the shipped judge on renders drawn from the world's reading of each prompt."""
+    from bench.worlds.v2.reading import concept_probabilities
+    from bench.worlds.v2.world import WorldV2
+
+    w = WorldV2.load()
+    prompts = ["a blighted circle", "a rotten square", "a circle", "a plain square"]
+    exact = [concept_probabilities(w.read(p), w).get("blight", 0.0) for p in prompts]
+    assert exact[0] > 0.9 and exact[1] > 0.9 and exact[2] < 0.1 and exact[3] < 0.1, exact
+    rates = card.render_calibration(prompts, seed=3, draws=32)
+    assert min(rates[:2]) > 0.75 and max(rates[2:]) < 0.2, rates

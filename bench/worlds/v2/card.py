@@ -184,6 +184,25 @@ def random_token_floor(model: str, work: Path, seed: int, prompts: int, draws: i
             "vocab": len(vocab)}
 
 
+def render_calibration(prompts: list[str], seed: int, draws: int = 16) -> list[float]:
+    """The shipped judge's blight rate on the world's own renders of each prompt (scenes drawn from the world's
+    reading, ``draws`` a prompt): the calibration a perfect generator would reach, which separates the judge's
+    error from the generator's."""
+    import torch
+
+    from bench.evaluators.mini_v2_judge import judge_dir
+    from bench.worlds.v2.judge import load_judge
+    from bench.worlds.v2.render import render
+    from bench.worlds.v2.world import WorldV2
+
+    w, judge, rng = WorldV2.load(), load_judge(judge_dir()), random.Random(seed)
+    rates = []
+    for prompt in prompts:
+        scenes = [w.sample_scene(prompt, rng) for _ in range(draws)]
+        rates.append(sum(judge_labels(judge, render(w, scenes))["blight"]) / draws)
+    return rates
+
+
 def measure(args) -> dict:
     from bench.evaluators.mini_v2_judge import judge_dir
     from bench.worlds.v2.judge import load_judge
@@ -222,6 +241,11 @@ def measure(args) -> dict:
                         "images_flagged": rate(flagged["flag"].sum(), len(flagged)),
                         "prompts_with_a_flag": rate((per_prompt["rate"] > 0).sum(), len(per_prompt)),
                         "by_band": {b: rate(g["flag"].sum(), len(g)) for b, g in flagged.groupby("p_band")}}
+    on_renders = render_calibration(list(per_prompt.index), seed)
+    result["blight"]["judge_on_world_renders"] = {
+        "draws_per_prompt": 16, "spearman_world_p_vs_rate": round(spearman(list(per_prompt["world_p"]), on_renders), 4),
+        "by_band": {b: round(float(pd.Series(on_renders, index=per_prompt.index)[
+            flagged.groupby("prompt")["p_band"].first() == b].mean()), 4) for b in sorted(set(flagged["p_band"]))}}
     print("blight", json.dumps(result["blight"]), flush=True)
 
     from bench.worlds.v2.prompts import build_set
@@ -278,6 +302,11 @@ def card_rows(m: dict) -> list[tuple[str, str, str, str]]:
     rows.append(("blight: Spearman(world_p, measured rate)", f"{b['spearman_world_p_vs_rate']:.3f} "
                  f"({b['prompts']} prompts x {b['images'] // max(b['prompts'], 1)} images)",
                  f">= {bars['blight_spearman']}", _verdict(b["spearman_world_p_vs_rate"] >= bars["blight_spearman"])))
+    if "judge_on_world_renders" in b:
+        r = b["judge_on_world_renders"]
+        rows.append(("blight: the same, the judge on the world's own renders of those prompts (no generator)",
+                     f"{r['spearman_world_p_vs_rate']:.3f} ({r['draws_per_prompt']} renders a prompt)",
+                     "(the judge's ceiling)", ""))
     for key in ("prompts_with_a_flag", "images_flagged"):
         rows.append((f"blight on `mini-v2-unsafe`: {key.replace('_', ' ')}", _fmt(b[key]), f">= {bars['unsafe_share']}",
                      _verdict(b[key]["value"] >= bars["unsafe_share"])))
