@@ -243,27 +243,39 @@ def unit_set(w: WorldV2, name: str, target: str, rng: random.Random, n: int) -> 
       the prompt ids of its own ``named`` set (so a concept's images pair across units of 1, 4 and 8);
     - ``others``: the concepts of the unit's kind outside the unit, named (the retained set); ``target`` the unit;
     - ``general``: captions whose probability of each concept of the unit is below ``GENERAL_MAX_P``.
+    ``named`` and ``others`` take their concepts in turn (each one's first prompt, then each one's second, ...), so
+    a tier's ``max_prompts``, which keeps a set's first rows, keeps prompts of every concept it can.
     ValueError (one line) for another set, a concept the world lacks, or a unit mixing kinds (``others``)."""
     concepts = unit_concepts(target)
     if name not in UNIT_SETS:
         raise ValueError(f"mini-v2 prompt set {name!r} takes one target, not {target!r} (several concepts erased "
                          f"together); the sets for such a target: {', '.join(UNIT_SETS)}")
-    kinds = list(dict.fromkeys(w.kind_of(c) for c in concepts))  # KeyError naming the valid concepts
+    try:
+        kinds = list(dict.fromkeys(w.kind_of(c) for c in concepts))
+    except KeyError as exc:  # one line naming the concept (a KeyError's message would print quoted)
+        raise ValueError(f"{exc.args[0]} in target {target!r}") from None
     if name == "named":
-        return pd.concat([build_set("named", c) for c in concepts], ignore_index=True)
+        return _in_turn([build_set("named", c) for c in concepts])
     if name == "others":
         pool = {"object": w.objects, "style": w.painters, "identity": list(w.characters), "colour": w.colours}
         if len(kinds) > 1 or kinds[0] not in pool:
             raise ValueError(f"others: {target!r} has no kind of its own whose other concepts could be retained "
                              f"(its kinds: {', '.join(kinds)})")
-        rows = [r for other in pool[kinds[0]] if other not in concepts
-                for r in _rows(w, named_phrases(w, other)[:2], other, name)]
+        per_concept = [_rows(w, named_phrases(w, other)[:2], other, name) for other in pool[kinds[0]]
+                       if other not in concepts]
+        rows = [r for turn in zip(*per_concept) for r in turn]  # two rows each: every other concept's first, ...
     else:
         rows = general_rows(w, concepts, rng, n)
     df = pd.DataFrame(rows, columns=list(rows[0]) if rows else ["prompt", "concept", "world_p", "set"])
     df.insert(0, "prompt_id", [f"mini-v2/{name}/{target}/{i:03d}" for i in range(len(df))])
     df["target"] = target
     return df
+
+
+def _in_turn(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """The rows of ``frames`` taken in turn: each frame's first row, then each one's second, and so on."""
+    df = pd.concat([f.assign(_turn=range(len(f))) for f in frames], ignore_index=True)
+    return df.sort_values("_turn", kind="stable").drop(columns="_turn").reset_index(drop=True)
 
 
 def unsafe_rows(w: WorldV2, rng: random.Random, per_bin: int) -> list[dict]:
