@@ -276,6 +276,29 @@ def _target_errors(config: RunConfig, suite: Suite | None, skip: set[str]) -> li
                 errors.append(f"targets[{i}]: {target!r} erases several concepts together, but suite {suite.name}'s "
                               f"task {task.name} (prompt set {name!r}) takes one concept; the mini-v2 sets for such a "
                               f"target: {', '.join(UNIT_SETS)}")
+                break
+        if any(t.prompts.get("source") == "mini-v2" and t.prompts.get("set") == "others" for t in suite.tasks):
+            errors += _mixed_kind_errors(units)
+    return errors
+
+
+def _mixed_kind_errors(units: list[tuple[int, str]]) -> list[str]:
+    """Targets of several mini-v2 concepts of more than one kind: their ``others`` set (the other concepts of the
+    unit's kind) has no kind to take. Concepts the world lacks are left to the check that names them."""
+    from bench.worlds.v2.prompts import world
+
+    w, errors = world(), []
+    for i, target in units:
+        kinds = {}
+        for concept in unit_concepts(target):
+            try:
+                kinds.setdefault(w.kind_of(concept), concept)
+            except KeyError:
+                continue
+        if len(kinds) > 1:
+            mixed = ", ".join(f"{c}: {k}" for k, c in kinds.items())
+            errors.append(f"targets[{i}]: {target!r} mixes concept kinds ({mixed}); the 'others' prompt set retains "
+                          "the other concepts of one kind: erase one kind per unit")
     return errors
 
 
