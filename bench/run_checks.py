@@ -237,7 +237,8 @@ def _unit_errors(config: RunConfig, method, i: int) -> list[str]:
             try:
                 method.check_request(ErasureRequest(targets=unit_concepts(target), kind=config.kind or "object"))
             except ValueError as exc:
-                return [f"methods[{i}]: targets[{j}] {target!r}: {exc}"]
+                return [f"methods[{i}]: targets[{j}] {target!r}: {exc}, or leave the method out of a run with "
+                        "targets of several concepts"]
     return []
 
 
