@@ -19,7 +19,7 @@ from bench.locks import FileLock
 from bench.memory import PeakMemory
 from bench.run_checks import ResolvedRun
 from bench.store import RunStore
-from bench.targets import unit_key
+from bench.targets import unit_concepts, unit_key
 
 
 def infer_kind(backbone: Backbone, target: str) -> str:
@@ -57,8 +57,6 @@ def build_request(config: RunConfig, spec, method, target: str, backbone: Backbo
     from bench.suites import SuiteError
     from methods.base import ErasureRequest
     from methods.recipes import materialise, override, recipe_for_model
-
-    from bench.targets import unit_concepts
 
     concepts = unit_concepts(target)  # several for a unit erased together (A+B+C): one request with all of them
     kind = config.kind or unit_kind(backbone, target, concepts)
