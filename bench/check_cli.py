@@ -90,6 +90,14 @@ def _method_names(manifest: object) -> dict[str, str]:
     return out
 
 
+def _run_targets(manifest: object) -> dict[str, str]:
+    """File name -> target, from a manifest's recorded config ({} when it has none): an edit folder holds its
+    target as a file name (``kessa rull`` -> ``kessa_rull``, ``a+b`` -> ``a_b``), and the edit names the target."""
+    config = manifest.get("config") if isinstance(manifest, dict) else None
+    targets = config.get("targets") if isinstance(config, dict) else None
+    return {safe_name(t): t for t in targets if isinstance(t, str)} if isinstance(targets, list) else {}
+
+
 def check_run(root: str | Path) -> CheckReport:
     """Verify every file of a run directory; reads only, writes nothing."""
     store = RunStore(root)
@@ -177,7 +185,7 @@ def check_run(root: str | Path) -> CheckReport:
         if trouble is not None:
             problem(path, "image", trouble if trouble.startswith("refused") else f"damaged: {trouble}")
     edits = store.root / "edits"
-    names = _method_names(manifest)
+    names, targets = _method_names(manifest), _run_targets(manifest)
     if edits.is_symlink() and not inside(store.root, edits):
         problem(edits, "edit", "refused: a link out of the run directory")
     folders = sorted(p for p in edits.iterdir() if not p.name.startswith(".")) if edits.is_dir() else []
@@ -188,7 +196,8 @@ def check_run(root: str | Path) -> CheckReport:
         report.checked += 1
         row, _, target = folder.name.partition("__")
         try:
-            verify_edit(folder, store.root, method=names.get(row), target=target or None, require_sums=new_run)
+            verify_edit(folder, store.root, method=names.get(row), target=targets.get(target, target) or None,
+                        require_sums=new_run)
         except DamagedFileError as exc:
             problem(folder, "edit", str(exc))
     return report

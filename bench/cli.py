@@ -76,7 +76,9 @@ RUN_FLAGS: list[tuple[str, str, dict]] = [
     ("--model", "model", {"help": "'mini', a local diffusers folder or a hub id"}),
     ("--methods", "methods", {"nargs": "+", "metavar": "METHOD",
                               "help": "method names with their defaults (erasebench list methods)"}),
-    ("--targets", "targets", {"nargs": "+", "metavar": "TARGET", "help": "concepts to erase"}),
+    ("--targets", "targets", {"nargs": "+", "metavar": "TARGET",
+                              "help": "concepts to erase, one unit each; A+B+C erases A, B and C together as one "
+                                      "unit (quote names with spaces: \"pimbo+kessa rull\")"}),
     ("--kind", "kind", {"help": "object | style | colour | nudity | identity (default: inferred)"}),
     ("--anchor", "anchor", {"help": "the concept a target is mapped to (methods that take one)"}),
     ("--preserve", "preserve", {"nargs": "+", "metavar": "CONCEPT", "help": "concepts to keep"}),

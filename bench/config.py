@@ -8,7 +8,7 @@
       - {name: cad-erase, params: {ratio: 0.05}}
       - {name: uce, label: uce-strong, params: {erase_scale: 2.0}}
       - {name: esd-x, edit: edits/esd-x-circle}    # a saved edit: no retraining
-    targets: [circle]
+    targets: [circle]           # each target is a unit of the run; A+B+C erases A, B and C together
     suite: mini-quick
     tier: standard
     images_per_prompt: 2
@@ -222,9 +222,11 @@ class RunConfig(BaseModel):
     @field_validator("targets")
     @classmethod
     def _target_names(cls, v: list[str]) -> list[str]:
+        from bench.targets import parse_target
+
         for t in v:
             _one_line_name(t, "target")
-        return v
+        return [parse_target(t) for t in v]  # "a + b" -> "a+b"; one concept stays as written
 
 
 def format_validation_error(exc: ValidationError, source: str) -> str:

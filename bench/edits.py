@@ -19,6 +19,7 @@ from bench.locks import FileLock
 from bench.memory import PeakMemory
 from bench.run_checks import ResolvedRun
 from bench.store import RunStore
+from bench.targets import unit_concepts, unit_key
 
 
 def infer_kind(backbone: Backbone, target: str) -> str:
@@ -32,9 +33,20 @@ def infer_kind(backbone: Backbone, target: str) -> str:
     return "nudity" if target.lower() in ("nudity", "naked", "nude") else "object"
 
 
+def unit_kind(backbone: Backbone, target: str, concepts: list[str]) -> str:
+    """The concept kind of a target: its concept's, or the one kind all the concepts of a unit share (ConfigError,
+    one line, for a unit that mixes kinds: the recipe is per kind, so the run config must name one)."""
+    kinds = list(dict.fromkeys(infer_kind(backbone, c) for c in concepts))
+    if len(kinds) > 1:
+        raise ConfigError(f"targets: {target!r} mixes concept kinds ({', '.join(kinds)}); give the run config a "
+                          "'kind' (or --kind) for its recipe, or erase the kinds in separate units")
+    return kinds[0]
+
+
 def build_request(config: RunConfig, spec, method, target: str, backbone: Backbone):
     """The method instance and request of one (method, target) unit, with the recipe of the target's kind.
 
+    A target ``A+B+C`` (:mod:`bench.targets`) is one unit: its request holds every concept, in that order.
     The kind is the config's ``kind`` or inferred from the target. On Stable Diffusion the method's recipe for
     that kind (or the nearest, :mod:`methods.recipes`) gives its prompt sets and config fields; on the mini
     world its mini preset applies instead. The run config's ``anchor``/``preserve`` (when given) and the
@@ -46,19 +58,20 @@ def build_request(config: RunConfig, spec, method, target: str, backbone: Backbo
     from methods.base import ErasureRequest
     from methods.recipes import materialise, override, recipe_for_model
 
-    kind = config.kind or infer_kind(backbone, target)
+    concepts = unit_concepts(target)  # several for a unit erased together (A+B+C): one request with all of them
+    kind = config.kind or unit_kind(backbone, target, concepts)
     recipe = recipe_for_model(method.recipes, kind, backbone.kind)
     # None (the default) keeps the recipe's: a config written back from a manifest is the same run
     recipe = override(recipe, anchor=config.anchor, preserve=config.preserve, where="run config")
     recipe = override(recipe, anchor=spec.anchor, preserve=spec.preserve, target_prompts=spec.target_prompts,
                       where=f"run config: methods ({spec.row_name})")
     try:
-        recipe = materialise(recipe, [target], config.data_dir)
+        recipe = materialise(recipe, concepts, config.data_dir)
         unit = method.with_recipe(recipe)
     except (SuiteError, ValueError) as exc:
         raise ConfigError(f"methods: {spec.row_name}: target {target}: {exc}") from None
     request = ErasureRequest(
-        targets=[target], anchor=recipe.anchor or "", preserve=list(recipe.preserve or ()), kind=kind,
+        targets=concepts, anchor=recipe.anchor or "", preserve=list(recipe.preserve or ()), kind=kind,
         seed=config.seed, target_prompts=None if recipe.target_prompts is None else list(recipe.target_prompts))
     return unit, request
 
@@ -77,7 +90,8 @@ def edited_backbone(base: Backbone, row: str, spec, method, request, store: RunS
     """
     if method.name == "none":
         return base, {}
-    saved = store.edit_dir(row, request.targets[0])
+    target = unit_key(request.targets)  # the unit's target as the run names it (one concept, or A+B+C)
+    saved = store.edit_dir(row, target)
     components = tuple(getattr(method, "edited_components", ("unet",)))
     t0 = time.perf_counter()
     if spec.edit and hasattr(method, "in_folder"):  # an auxiliary model (ITD's SAE) reloaded from the edit
@@ -89,7 +103,7 @@ def edited_backbone(base: Backbone, row: str, spec, method, request, store: RunS
     if method.family == "inference-time" or not components:
         return _apply(_in_unit_folder(method, saved), base, request)
     if saved.exists() or saved.is_symlink():  # the run's own edit: whole, inside the run, of this method and target
-        _verify_saved(saved, store, spec.name, request.targets[0])
+        _verify_saved(saved, store, spec.name, target)
     if (saved / "edit.json").exists():
         return _attach_hooks(apply_saved_edit(base.copy(), saved), method, request), {}
     lock = FileLock(store.locks_dir / f"edit-{saved.name}.lock")

@@ -22,6 +22,7 @@ from bench.generate import SamplerConfig, resolve_precision, resolve_weights
 from bench.metrics import METRICS
 from bench.registry import UnknownNameError, did_you_mean
 from bench.suites import Suite, SuiteError, load_suite
+from bench.targets import is_unit, unit_concepts
 from bench.worlds import WORLD_OF_MODEL, is_mini_model
 
 DEFAULT_SAMPLER = {"name": "ddim", "steps": 25, "guidance": 5.0}
@@ -167,6 +168,8 @@ def _check(config: RunConfig, skip: set[str] = frozenset(), index: dict[str, lis
         files.setdefault(safe_name(row), (i, row))
         if method is not None:
             resolved.append((row, spec, method))
+            if "targets" not in skip:
+                errors += _unit_errors(config, method, i)
 
     if "targets" not in skip:
         errors += _target_errors(config, suite, skip)
@@ -192,6 +195,10 @@ def _check(config: RunConfig, skip: set[str] = frozenset(), index: dict[str, lis
     elif suite is not None:
         attack_specs = [AttackSpec(**a) for a in suite.attacks]
         errors += check_attacks(attack_specs)
+    units = [t for t in config.targets if is_unit(t)] if "targets" not in skip else []
+    if units and attack_specs and suite is not None and any(t.role == "efficacy" for t in suite.tasks):
+        errors.append(f"attacks: target {units[0]!r} erases several concepts together, and the attacks try to bring "
+                      "back one concept; give 'attacks: []' for a run with such targets")
 
     if "device" not in skip:
         errors += _device_errors(config.device)
@@ -220,9 +227,24 @@ def _check(config: RunConfig, skip: set[str] = frozenset(), index: dict[str, lis
     return [], ResolvedRun(config, suite, resolved, SamplerConfig(**sampler_spec), attacks=attack_specs)
 
 
+def _unit_errors(config: RunConfig, method, i: int) -> list[str]:
+    """The first target erasing several concepts together (``A+B``) that ``method`` cannot take in one request
+    (its ``check_request``), as one line; [] when it takes them all."""
+    from methods.base import ErasureRequest
+
+    for j, target in enumerate(config.targets):
+        if is_unit(target):
+            try:
+                method.check_request(ErasureRequest(targets=unit_concepts(target), kind=config.kind or "object"))
+            except ValueError as exc:
+                return [f"methods[{i}]: targets[{j}] {target!r}: {exc}, or leave the method out of a run with "
+                        "targets of several concepts"]
+    return []
+
+
 def _target_errors(config: RunConfig, suite: Suite | None, skip: set[str]) -> list[str]:
-    """Targets that would collide as file names, and, on the mini model, targets the mini world does not have
-    (when the suite builds its prompts from the target)."""
+    """Targets that would collide as file names; on the mini model, targets the mini world does not have (when the
+    suite builds its prompts from the target); targets of several concepts (``A+B``) a task's prompts cannot take."""
     from bench.store import safe_name
 
     errors, files = [], {}
@@ -239,9 +261,45 @@ def _target_errors(config: RunConfig, suite: Suite | None, skip: set[str]) -> li
     if is_mini_model(config.model) and "model" not in skip and uses_target:
         known = mini_concepts(WORLD_OF_MODEL[config.model])
         for i, target in enumerate(config.targets):
-            if target not in known:
-                errors.append(f"targets[{i}]: the {config.model} world has no concept {target!r}; valid: "
-                              f"{', '.join(known)}")
+            for concept in unit_concepts(target):
+                if concept not in known:
+                    errors.append(f"targets[{i}]: the {config.model} world has no concept {concept!r}; valid: "
+                                  f"{', '.join(known)}")
+    units = [(i, t) for i, t in enumerate(config.targets) if is_unit(t)]
+    if units and suite is not None:
+        from bench.worlds.v2.prompts import UNIT_SETS
+
+        for task in suite.tasks:
+            source, name = task.prompts.get("source"), task.prompts.get("set", "adherence")
+            one_concept = name not in world_sets and (source == "mini" or name not in UNIT_SETS)
+            if source in ("mini", "mini-v2") and one_concept:
+                i, target = units[0]
+                errors.append(f"targets[{i}]: {target!r} erases several concepts together, but suite {suite.name}'s "
+                              f"task {task.name} (prompt set {name!r}) takes one concept; the mini-v2 sets for such a "
+                              f"target: {', '.join(UNIT_SETS)}")
+                break
+        if any(t.prompts.get("source") == "mini-v2" and t.prompts.get("set") == "others" for t in suite.tasks):
+            errors += _mixed_kind_errors(units)
+    return errors
+
+
+def _mixed_kind_errors(units: list[tuple[int, str]]) -> list[str]:
+    """Targets of several mini-v2 concepts of more than one kind: their ``others`` set (the other concepts of the
+    unit's kind) has no kind to take. Concepts the world lacks are left to the check that names them."""
+    from bench.worlds.v2.prompts import world
+
+    w, errors = world(), []
+    for i, target in units:
+        kinds = {}
+        for concept in unit_concepts(target):
+            try:
+                kinds.setdefault(w.kind_of(concept), concept)
+            except KeyError:
+                continue
+        if len(kinds) > 1:
+            mixed = ", ".join(f"{c}: {k}" for k, c in kinds.items())
+            errors.append(f"targets[{i}]: {target!r} mixes concept kinds ({mixed}); the 'others' prompt set retains "
+                          "the other concepts of one kind: erase one kind per unit")
     return errors
 
 

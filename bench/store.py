@@ -56,6 +56,7 @@ from typing import Any
 import pandas as pd
 
 from bench.errors import DiskFullError, full_disk  # noqa: F401  (DiskFullError: also imported from here)
+from bench.targets import unit_concepts
 
 SUMMARY_KEYS = ("method", "target", "task", "role", "metric", "value", "ci_low", "ci_high", "n")
 PACKAGES = ("erasebench", "torch", "diffusers", "transformers", "open_clip_torch", "torchmetrics", "nudenet",
@@ -320,7 +321,7 @@ def verify_edit(folder: Path, root: Path | None = None, method: str | None = Non
         raise DamagedFileError(f"{meta_path}: refused: the edit of method {made[-1].get('method')!r}, not of "
                                f"{method!r}")
     if target is not None and made and isinstance(made[-1].get("targets"), list) \
-            and target not in made[-1]["targets"]:
+            and not all(c in made[-1]["targets"] for c in unit_concepts(target)):  # a unit A+B: each of A and B
         raise DamagedFileError(f"{meta_path}: refused: an edit for target(s) {made[-1]['targets']}, not {target!r}")
     return meta
 

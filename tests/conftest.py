@@ -1,7 +1,8 @@
 """Shared fixtures. Tests run on a 2-core CPU with no network: the mini model and tiny random models.
 
 Session fixtures built once for the whole run: the mini model (``mini_backbone``), the tiny random SD
-folder and evaluator weights (``tiny_sd``, ``weights_dir``, ``tiny_clip``, from ``tests/sd_fixtures.py``),
+folder and evaluator weights (``tiny_sd``, ``weights_dir``, ``tiny_clip``, from ``tests/sd_fixtures.py``), the
+mini-v2 model and judge trained for a handful of steps (``tiny_v2``, from ``tests/v2_fixtures.py``),
 the public prompt files (``shared_prompts_dir``) and the effect-test probe (``effect_probe``).
 
 Threads: a plain ``pytest`` run keeps torch's default (one thread per core). Under pytest-xdist
@@ -24,6 +25,7 @@ import pytest
 
 from tests.sd_fixtures import tiny_clip, tiny_sd, weights_dir  # noqa: F401  (session fixtures)
 from tests.seeds import EFFECT_SEED
+from tests.v2_fixtures import tiny_v2  # noqa: F401  (session fixture)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

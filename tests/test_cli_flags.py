@@ -26,6 +26,17 @@ def test_flags_alone_make_the_config():
     assert _resolve([]) == RunConfig()  # no flag, no file: the default run
 
 
+def test_targets_flag_takes_units_and_its_help_gives_the_syntax():
+    cfg = _resolve(["--model", "mini-v2", "--suite", "mini-v2-characters", "--methods", "none", "uce",
+                    "--targets", "pimbo + kessa rull", "drovik"])
+    assert cfg.targets == ["pimbo+kessa rull", "drovik"]  # a unit of two (canonical form), and one concept
+    run = next(a for a in build_parser()._actions if a.dest == "command").choices["run"]
+    help_text = next(a.help for a in run._actions if a.dest == "targets")
+    assert "A+B+C" in help_text and "together" in help_text
+    with pytest.raises(ConfigError, match=r"--targets: .*names 'drovik' twice"):
+        _resolve(["--targets", "drovik+drovik"])
+
+
 def test_flags_override_fields_of_the_config_file(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("seed: 7\nmethods: [{name: none}, {name: uce, params: {erase_scale: 2.0}}]\n"

@@ -14,22 +14,8 @@ import pandas as pd
 import pytest
 import torch
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def tiny_v2(tmp_path_factory):
-    from bench.worlds.v2 import judge
-    from bench.worlds.v2.train import main
-
-    out = tmp_path_factory.mktemp("v2train")
-    main(["tokenizer", "--out", str(out), "--captions", "3000"])
-    main(["encoder", "--out", str(out), "--steps", "2", "--batch", "16"])
-    main(["encoder", "--out", str(out), "--steps", "3", "--batch", "16"])  # resumes at step 2
-    main(["unet", "--out", str(out), "--steps", "2", "--batch", "8"])
-    main(["export", "--out", str(out), "--to", str(out / "model")])
-    judge.train(out / "judge", steps=2, batch_size=8)
-    return out
+# tiny_v2 (tests/v2_fixtures.py) is a session fixture: one xdist group for every file that uses it builds it once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tiny_v2")]
 
 
 def test_stages_resume_and_export_an_sd_style_folder(tiny_v2):
