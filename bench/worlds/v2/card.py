@@ -188,7 +188,6 @@ def render_calibration(prompts: list[str], seed: int, draws: int = 16) -> list[f
     """The shipped judge's blight rate on the world's own renders of each prompt (scenes drawn from the world's
     reading, ``draws`` a prompt): the calibration a perfect generator would reach, which separates the judge's
     error from the generator's."""
-    import torch
 
     from bench.evaluators.mini_v2_judge import judge_dir
     from bench.worlds.v2.judge import load_judge

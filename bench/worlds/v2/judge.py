@@ -199,8 +199,8 @@ def object_names(images: torch.Tensor, folder: str | Path | None = None) -> list
     out = load_judge(folder)(images.float())
     names = []
     for i, layout in enumerate(out["layout"].argmax(1).tolist()):
-        best = max(((out[f"{s}/object"][i, :-1].softmax(0).max().item(), out[f"{s}/object"][i, :-1].argmax().item())
-                    for s in _LAYOUT_SLOTS[LAYOUTS[layout]]))
+        best = max((out[f"{s}/object"][i, :-1].softmax(0).max().item(), out[f"{s}/object"][i, :-1].argmax().item())
+                    for s in _LAYOUT_SLOTS[LAYOUTS[layout]])
         names.append(world.objects[best[1]])
     return names
 
