@@ -23,11 +23,14 @@ from bench.targets import unit_concepts, unit_key
 
 
 def infer_kind(backbone: Backbone, target: str) -> str:
+    """A concept's kind as the backbone's world defines it (mini v1 or v2), else from its name on SD."""
     if backbone.kind == "mini":
-        from bench.worlds.v1.world import MiniWorld
-
+        if backbone.world == "v2":
+            from bench.worlds.v2.world import WorldV2 as World
+        else:
+            from bench.worlds.v1.world import MiniWorld as World
         try:
-            return MiniWorld.load().kind_of(target)
+            return World.load().kind_of(target)
         except KeyError:
             return "object"
     return "nudity" if target.lower() in ("nudity", "naked", "nude") else "object"

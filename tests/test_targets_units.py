@@ -220,3 +220,25 @@ def test_characters_suite_runs_a_unit_through_the_product_path(tiny_v2, tmp_path
     # a rerun into the same folder takes the saved edit (verified as the unit's) and redoes nothing
     again = run(config, out, progress=False)
     assert pd.concat([pd.read_parquet(p) for p in (again / "records").rglob("*.parquet")]).equals(records)
+
+
+@pytest.mark.parametrize("world,concept,kind", [
+    ("v2", "pimbo", "identity"), ("v2", "blight", "nudity"), ("v2", "orla venn", "style"),
+    ("v2", "hexagram", "object"), ("v2", "cyan", "colour"), ("v1", "circle", "object")])
+def test_concept_kind_comes_from_the_backbones_world(world, concept, kind):
+    from types import SimpleNamespace
+
+    from bench.edits import infer_kind
+
+    assert infer_kind(SimpleNamespace(kind="mini", world=world), concept) == kind
+
+
+def test_a_unit_of_characters_has_kind_identity_and_a_mixed_unit_is_refused():
+    from types import SimpleNamespace
+
+    from bench.edits import unit_kind
+
+    v2 = SimpleNamespace(kind="mini", world="v2")
+    assert unit_kind(v2, "pimbo+drovik", ["pimbo", "drovik"]) == "identity"
+    with pytest.raises(ConfigError, match="mixes concept kinds"):
+        unit_kind(v2, "pimbo+circle", ["pimbo", "circle"])
