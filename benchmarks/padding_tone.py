@@ -56,9 +56,10 @@ def classify_objects(model: str, images: torch.Tensor, names: list[str]) -> list
         objects = MiniWorld.load().objects
         with torch.no_grad():
             return [objects[i] for i in load_classifier()(images)["object"].argmax(1).tolist()]
+    from bench.evaluators.mini_v2_judge import judge_dir
     from bench.worlds.v2.judge import object_names
 
-    return object_names(images)  # the shipped judge
+    return object_names(images, judge_dir())  # the shipped judge
 
 
 def _cpu_model() -> str:

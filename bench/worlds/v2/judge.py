@@ -188,13 +188,9 @@ def load_judge(folder: str | Path, device: str | torch.device = "cpu") -> Judge:
 
 
 @torch.no_grad()
-def object_names(images: torch.Tensor, folder: str | Path | None = None) -> list[str]:
-    """The shape each image shows, read by a judge (default: the shipped one): the most probable object over
-    the slots of the layout it reads, for images of one named object (``benchmarks/padding_tone.py``)."""
-    if folder is None:
-        from bench.evaluators.mini_v2_judge import judge_dir
-
-        folder = judge_dir()
+def object_names(images: torch.Tensor, folder: str | Path) -> list[str]:
+    """The shape each image shows, read by the judge in ``folder``: the most probable object over the slots of
+    the layout it reads, for images of one named object (``benchmarks/padding_tone.py``)."""
     world = WorldV2.load()
     out = load_judge(folder)(images.float())
     names = []
