@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from pathlib import Path
 
 import pandas as pd
 import torch
+from _results import write_result  # benchmarks/_results.py, beside this script
 
 from bench.backbone import load_backbone
 from bench.evaluators.mini_v2_judge import MiniV2JudgeEvaluator
@@ -27,13 +27,6 @@ from bench.generate import SamplerConfig, denoise, initial_noise
 from bench.worlds.v2.prompts import build_set
 
 SETTINGS = (("dpm", 10, 1.0), ("dpm", 10, 3.0), ("dpm", 10, 5.0), ("dpm", 10, 7.5), ("dpm", 25, 5.0))
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -53,7 +46,7 @@ def main(argv: list[str] | None = None) -> dict:
             for i, r in enumerate(prompts.itertuples()) for k in range(args.images)]
     df = pd.DataFrame(rows, columns=["prompt", "world_p", "p_band", "seed"])
     result = {"command": "python benchmarks/mini_v2_blight_guidance.py " + " ".join(argv or []),
-              "model": args.model, "cpu": cpu_name(), "prompts": len(prompts), "images_per_prompt": args.images,
+              "model": args.model, "prompts": len(prompts), "images_per_prompt": args.images,
               "settings": []}
     for name, steps, guidance in SETTINGS:
         start, flags = time.time(), []
@@ -72,9 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
                "images": len(df), "seconds": round(time.time() - start, 1)}
         result["settings"].append(row)
         print(json.dumps(row), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    return result
+    return write_result(args.out, result)  # with the machine it ran on (CPU model, cores, threads)
 
 
 if __name__ == "__main__":

@@ -18,12 +18,11 @@ Run: ``python benchmarks/padding_tone.py --model mini --out benchmarks/results/p
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import time
 from pathlib import Path
 
 import torch
+from _results import write_result  # benchmarks/_results.py, beside this script
 
 from bench.backbone import load_backbone
 from bench.generate import SamplerConfig, denoise, initial_noise
@@ -62,13 +61,6 @@ def classify_objects(model: str, images: torch.Tensor, names: list[str]) -> list
     return object_names(images, judge_dir())  # the shipped judge
 
 
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="mini")
@@ -84,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
     objects = args.objects.split(",")
     result = {"model": args.model, "template": args.template, "images_per_cell": args.images, "seed": args.seed,
               "sampler": {"steps": sampler.steps, "guidance": sampler.guidance, "name": sampler.name},
-              "cpu": _cpu_model(), "rates": {}, "command": "python " + " ".join(
+              "rates": {}, "command": "python " + " ".join(
                   ["benchmarks/padding_tone.py", *(argv or __import__("sys").argv[1:])])}
     start = time.time()
     for condition in CONDITIONS:
@@ -104,9 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["rates"][condition] = {"mean": sum(hits.values()) / len(hits), "per_object": hits}
         print(condition, round(result["rates"][condition]["mean"], 3), hits, flush=True)
     result["seconds"] = round(time.time() - start, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1))
-    return result
+    return write_result(args.out, result)  # with the machine it ran on (CPU model, cores, threads)
 
 
 if __name__ == "__main__":
