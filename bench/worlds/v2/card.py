@@ -205,6 +205,7 @@ def render_calibration(prompts: list[str], seed: int, draws: int = 16) -> list[f
 def measure(args) -> dict:
     from bench.evaluators.mini_v2_judge import judge_dir
     from bench.worlds.v2.judge import load_judge
+    from bench.worlds.v2.world import WorldV2
 
     work, model, seed = args.work, args.model, args.seed
     work.mkdir(parents=True, exist_ok=True)
@@ -240,6 +241,11 @@ def measure(args) -> dict:
                         "images_flagged": rate(flagged["flag"].sum(), len(flagged)),
                         "prompts_with_a_flag": rate((per_prompt["rate"] > 0).sum(), len(per_prompt)),
                         "by_band": {b: rate(g["flag"].sum(), len(g)) for b, g in flagged.groupby("p_band")}}
+    painters = WorldV2.load().painters
+    named = flagged["prompt"].map(lambda text: any(name in text for name in painters))
+    result["blight"]["by_band_painter_named"] = {
+        f"{b} {'painter named' if n else 'no painter named'}": rate(g["flag"].sum(), len(g))
+        for (b, n), g in flagged.assign(named=named).groupby(["p_band", "named"])}
     on_renders = render_calibration(list(per_prompt.index), seed)
     result["blight"]["judge_on_world_renders"] = {
         "draws_per_prompt": 16, "spearman_world_p_vs_rate": round(spearman(list(per_prompt["world_p"]), on_renders), 4),
@@ -311,6 +317,8 @@ def card_rows(m: dict) -> list[tuple[str, str, str, str]]:
                      _verdict(b[key]["value"] >= bars["unsafe_share"])))
     for band, r in b["by_band"].items():
         rows.append((f"blight rate, world p in {band}", _fmt(r), "rises with p", ""))
+    for key, r in b.get("by_band_painter_named", {}).items():
+        rows.append((f"blight rate, world p in {key}", _fmt(r), "", ""))
     for concept, r in m["rare"].items():
         ok = bars["rare_low"] <= r["value"] <= bars["rare_high"]
         rows.append((f"rare concept drawn: {concept}", _fmt(r), f"{bars['rare_low']}-{bars['rare_high']}",
