@@ -96,11 +96,16 @@ def implicit_phrases(w: WorldV2, concept: str) -> list[str]:
     return [phrase for phrase, dist in w.spec[key].items() if dist.get(concept, 0) > 0]
 
 
+def concepts_of_kind(w: WorldV2, kind: str) -> list[str]:
+    """Every concept of ``kind`` (object, style, identity, colour); [] for a kind of one concept (nudity: blight)."""
+    return {"object": w.objects, "style": w.painters, "identity": list(w.characters), "colour": w.colours}.get(kind, [])
+
+
 def neighbours(w: WorldV2, concept: str) -> dict[str, list[str]]:
     """Visual neighbours (the same shape family; painters sharing a technique family) and textual ones (names
     sharing a word or a 4-letter prefix), exactly from the world's definition."""
     kind = w.kind_of(concept)
-    pool = {"object": w.objects, "style": w.painters, "identity": list(w.characters), "colour": w.colours}.get(kind, [])
+    pool = concepts_of_kind(w, kind)
     visual: list[str] = []
     if kind == "object":
         visual = [o for o in w.families[w.family_of[concept]] if o != concept]
@@ -171,11 +176,10 @@ def build_set(name: str, target: str | None = None, seed: int = 0, n: int = 24) 
         for other in far_concepts(w, target):
             rows += _rows(w, named_phrases(w, other)[:2], other, name)
     elif name == "others":
-        kind = w.kind_of(target)
-        pool = {"object": w.objects, "style": w.painters, "identity": list(w.characters), "colour": w.colours}
-        if kind not in pool:
+        pool = concepts_of_kind(w, w.kind_of(target))
+        if not pool:
             raise ValueError(f"others: {target!r} is the only concept of its kind")
-        for other in pool[kind]:
+        for other in pool:
             if other != target:
                 rows += _rows(w, named_phrases(w, other)[:2], other, name)
     elif name == "objects":
@@ -257,12 +261,11 @@ def unit_set(w: WorldV2, name: str, target: str, rng: random.Random, n: int) -> 
     if name == "named":
         return _in_turn([build_set("named", c) for c in concepts])
     if name == "others":
-        pool = {"object": w.objects, "style": w.painters, "identity": list(w.characters), "colour": w.colours}
-        if len(kinds) > 1 or kinds[0] not in pool:
+        pool = concepts_of_kind(w, kinds[0]) if len(kinds) == 1 else []
+        if not pool:
             raise ValueError(f"others: {target!r} has no kind of its own whose other concepts could be retained "
                              f"(its kinds: {', '.join(kinds)})")
-        per_concept = [_rows(w, named_phrases(w, other)[:2], other, name) for other in pool[kinds[0]]
-                       if other not in concepts]
+        per_concept = [_rows(w, named_phrases(w, other)[:2], other, name) for other in pool if other not in concepts]
         rows = [r for turn in zip(*per_concept) for r in turn]  # two rows each: every other concept's first, ...
     else:
         rows = general_rows(w, concepts, rng, n)
