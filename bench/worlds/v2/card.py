@@ -56,14 +56,13 @@ def rate(hits, n: int) -> dict:
 
 def _run(work: Path, name: str, model: str, suite: str, tier: str, targets: list[str], seed: int) -> pd.DataFrame:
     from bench.config import parse_config
+    from bench.result import RunResult
     from bench.runner import run
 
     config = parse_config({"model": model, "suite": suite, "tier": tier, "methods": [{"name": "none"}],
                            "targets": targets, "seed": seed, "attacks": []}, name)
     out = run(config, work / name, progress=True)
-    records = pd.concat([pd.read_parquet(p) for p in sorted((out / "records").rglob("*.parquet"))])
-    records["run_dir"] = str(out)
-    return records.reset_index(drop=True)
+    return RunResult.from_dir(out).records().assign(run_dir=str(out)).reset_index(drop=True)
 
 
 def _images(records: pd.DataFrame):
