@@ -183,16 +183,13 @@ def test_a_saved_edit_is_taken_for_a_unit_only_when_it_erased_each_of_its_concep
 @pytest.mark.slow
 @pytest.mark.xdist_group("tiny_v2")
 def test_characters_suite_runs_a_unit_through_the_product_path(tiny_v2, tmp_path, monkeypatch):
-    import bench.evaluators.mini_v2_judge as judge_module
     from bench.check_cli import check_run
+    from bench.result import RunResult
     from bench.runner import run
+    from tests.v2_fixtures import run_on_tiny_v2
 
-    monkeypatch.setattr(judge_module, "judge_dir", lambda: tiny_v2 / "judge")
-    config = parse_config({"model": str(tiny_v2 / "model"), "suite": "mini-v2-characters", "tier": "smoke",
-                           "methods": [{"name": "none"}, {"name": "uce"}], "targets": ["pimbo + kessa rull"],
-                           "seed": 5}, "test")
-    out = run(config, tmp_path / "run", progress=False)
-    records = pd.concat([pd.read_parquet(p) for p in (out / "records").rglob("*.parquet")])
+    config, out, records = run_on_tiny_v2(tiny_v2, monkeypatch, tmp_path / "run", "mini-v2-characters",
+                                          ["none", "uce"], ["pimbo + kessa rull"])
     assert set(records["target"]) == {UNIT} and set(records["method"]) == {"none", "uce"}
     assert set(records["task"]) == {"named", "others", "general"}
 
@@ -219,7 +216,7 @@ def test_characters_suite_runs_a_unit_through_the_product_path(tiny_v2, tmp_path
     assert report.ok, [p.line() for p in report.problems]
     # a rerun into the same folder takes the saved edit (verified as the unit's) and redoes nothing
     again = run(config, out, progress=False)
-    assert pd.concat([pd.read_parquet(p) for p in (again / "records").rglob("*.parquet")]).equals(records)
+    assert RunResult.from_dir(again).records().equals(records)
 
 
 @pytest.mark.parametrize("world,concept,kind", [

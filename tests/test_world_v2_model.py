@@ -1,8 +1,8 @@
 """Mini-v2's build and run path end to end on a model trained for a handful of steps.
 
-The shipped mini-v2 weights are not trained yet (issue 32); this checks what does not depend on how well the
-model draws: the four training stages write a diffusers folder that ``load_backbone`` reads as world v2 with a
-frozen, SD-style text encoder and tokenizer; a resumed stage goes on from its checkpoint; and a run of the
+This checks what does not depend on how well the model draws (the shipped weights have
+tests/test_world_v2_shipped.py): the four training stages write a diffusers folder that ``load_backbone`` reads as
+world v2 with a frozen, SD-style text encoder and tokenizer; a resumed stage goes on from its checkpoint; and a run of the
 ``mini-v2-quick`` suite through the product's path writes records that carry the world's exact ``world_p``.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 
-import pandas as pd
 import pytest
 import torch
 
@@ -41,18 +40,12 @@ def test_stages_resume_and_export_an_sd_style_folder(tiny_v2):
 
 
 def test_quick_suite_runs_through_the_product_path(tiny_v2, tmp_path, monkeypatch):
-    import bench.evaluators.mini_v2_judge as judge_module
-    from bench.config import parse_config
-    from bench.runner import run
+    from tests.v2_fixtures import run_on_tiny_v2
 
-    monkeypatch.setattr(judge_module, "judge_dir", lambda: tiny_v2 / "judge")
-    config = parse_config({"model": str(tiny_v2 / "model"), "suite": "mini-v2-quick", "tier": "smoke",
-                           "methods": [{"name": "none"}, {"name": "negative-prompt"}], "targets": ["hexagon"],
-                           "seed": 5}, "test")
-    out = run(config, tmp_path / "run", progress=False)
+    _, out, records = run_on_tiny_v2(tiny_v2, monkeypatch, tmp_path / "run", "mini-v2-quick",
+                                     ["none", "negative-prompt"], ["hexagon"])
     summary = json.loads((out / "summary.json").read_text())
     assert summary
-    records = pd.concat([pd.read_parquet(p) for p in (out / "records").rglob("*.parquet")])
     named = records[records["task"] == "named"]
     assert len(named) and (named["world_p"] == 1.0).all() and named["target_present"].notna().all()
     assert set(records["method"]) == {"none", "negative-prompt"}

@@ -21,3 +21,18 @@ def tiny_v2(tmp_path_factory):
     main(["export", "--out", str(out), "--to", str(out / "model")])
     judge.train(out / "judge", steps=2, batch_size=8)
     return out
+
+
+def run_on_tiny_v2(tiny_v2, monkeypatch, out, suite: str, methods: list[str], targets: list[str]):
+    """A smoke-tier run of ``suite`` on the tiny model, read by its judge, through the product's path
+    (:func:`bench.runner.run` on a parsed config): ``(config, run directory, its records)``."""
+    import bench.evaluators.mini_v2_judge as judge_module
+    from bench.config import parse_config
+    from bench.result import RunResult
+    from bench.runner import run
+
+    monkeypatch.setattr(judge_module, "judge_dir", lambda: tiny_v2 / "judge")
+    config = parse_config({"model": str(tiny_v2 / "model"), "suite": suite, "tier": "smoke",
+                           "methods": [{"name": m} for m in methods], "targets": targets, "seed": 5}, "test")
+    done = run(config, out, progress=False)
+    return config, done, RunResult.from_dir(done).records()
