@@ -27,7 +27,7 @@ def _kappa_by_hand(a: list[int], b: list[int]) -> float:
     return (observed - expected) / (1 - expected)
 
 
-def _labels(rng: random.Random, n: int, noise: float) -> tuple[dict, dict]:
+def _labels(rng: random.Random, n: int, noise: float) -> tuple[dict, dict, list]:
     """Two judges' labels for n images: the second copies the first except for a share ``noise`` of draws."""
     from bench.worlds.v2.judge import _LAYOUT_SLOTS, LAYOUTS, SLOTS
 
