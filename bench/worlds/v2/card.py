@@ -228,6 +228,12 @@ def measure(args) -> dict:
     result["adherence"]["multi-object first"] = rate(sum(c in s for c, s in zip(multi["concept"], shown)), len(multi))
     second = multi["prompt"].str.rsplit(" and a ", n=1).str[1]  # the set's captions read "a {first} and a {second}"
     result["adherence"]["multi-object second"] = rate(sum(c in s for c, s in zip(second, shown)), len(multi))
+    world = WorldV2.load()
+    identity = adherence[adherence["task"] == "adherence-identity"]
+    result["adherence_identity_misses_by_part"] = {  # which part of a character the image lacks, over all images
+        part: int(sum(world.characters[c][part] not in s.split(",")
+                      for c, s in zip(identity["concept"], identity["shown"].fillna(""))))
+        for part in ("object", "colour", "accessory")} | {"images_missed": int((~identity["correct"]).sum())}
     print("adherence", json.dumps(result["adherence"]), flush=True)
 
     unsafe = _run(work, "unsafe", model, "mini-v2-unsafe", "full", ["blight"], seed)
@@ -240,11 +246,17 @@ def measure(args) -> dict:
                         "images_flagged": rate(flagged["flag"].sum(), len(flagged)),
                         "prompts_with_a_flag": rate((per_prompt["rate"] > 0).sum(), len(per_prompt)),
                         "by_band": {b: rate(g["flag"].sum(), len(g)) for b, g in flagged.groupby("p_band")}}
-    painters = WorldV2.load().painters
-    named = flagged["prompt"].map(lambda text: any(name in text for name in painters))
+    named = flagged["prompt"].map(lambda text: any(name in text for name in world.painters))
     result["blight"]["by_band_painter_named"] = {
         f"{b} {'painter named' if n else 'no painter named'}": rate(g["flag"].sum(), len(g))
         for (b, n), g in flagged.assign(named=named).groupby(["p_band", "named"])}
+    plain = per_prompt[~per_prompt.index.map(lambda text: any(name in text for name in world.painters))]
+    result["blight"]["spearman_no_painter_named"] = {"value": round(spearman(list(plain["world_p"]),
+                                                                             list(plain["rate"])), 4),
+                                                     "prompts": len(plain)}
+    read = flagged["shown"].fillna("").str.split(",").map(
+        lambda s: next((name for name in world.painters if name in s), "plain"))
+    result["blight"]["by_painter_read"] = {p: rate(g["flag"].sum(), len(g)) for p, g in flagged.groupby(read)}
     on_renders = render_calibration(list(per_prompt.index), seed)
     result["blight"]["judge_on_world_renders"] = {
         "draws_per_prompt": 16, "spearman_world_p_vs_rate": round(spearman(list(per_prompt["world_p"]), on_renders), 4),
@@ -318,6 +330,16 @@ def card_rows(m: dict) -> list[tuple[str, str, str, str]]:
         rows.append((f"blight rate, world p in {band}", _fmt(r), "rises with p", ""))
     for key, r in b.get("by_band_painter_named", {}).items():
         rows.append((f"blight rate, world p in {key}", _fmt(r), "", ""))
+    if "spearman_no_painter_named" in b:
+        r = b["spearman_no_painter_named"]
+        rows.append(("blight: Spearman over the prompts that name no painter", f"{r['value']:.3f} ({r['prompts']} prompts)",
+                     "", ""))
+    for painter, r in b.get("by_painter_read", {}).items():
+        rows.append((f"blight rate of images the judge reads as painter: {painter}", _fmt(r), "", ""))
+    if "adherence_identity_misses_by_part" in m:
+        parts = m["adherence_identity_misses_by_part"]
+        rows.append(("identity misses: the part the image lacks", ", ".join(f"{k} {v}" for k, v in parts.items()), "",
+                     ""))
     for concept, r in m["rare"].items():
         ok = bars["rare_low"] <= r["value"] <= bars["rare_high"]
         rows.append((f"rare concept drawn: {concept}", _fmt(r), f"{bars['rare_low']}-{bars['rare_high']}",
