@@ -159,6 +159,15 @@ class FileLock:
             return not _pid_alive(int(owner.get("pid", -1)))
         return age > self.stale_after
 
+    def held_by_another(self) -> bool:
+        """Whether another holder (another instance, thread or process) holds the lock now and is not stale."""
+        if self.held:
+            return False
+        owner = self.owner()
+        if owner is None and not self.path.exists():
+            return False
+        return not self.is_stale(owner)
+
     def _break_if_stale(self) -> bool:
         owner = self.owner()
         if not self.is_stale(owner):

@@ -15,7 +15,6 @@ import torch
 from bench.backbone import Backbone, model_files_signature, resolve_attention
 from bench.config import ConfigError, RunConfig
 from bench.generate import SamplerConfig
-from bench.locks import FileLock
 from bench.run_checks import ResolvedRun
 from bench.store import DamagedFileError, RunStore, json_bytes, package_versions
 
@@ -73,7 +72,7 @@ def open_manifest(store: RunStore, out: str | Path, config: RunConfig, resolved:
     store.root.mkdir(parents=True, exist_ok=True)
     files = model_files_signature(config.model)
     adopted = {}  # sampler choices taken from the manifest rather than resolved here: {field: (here, recorded)}
-    with FileLock(store.locks_dir / "manifest.lock"):  # one of the run's processes writes the manifest
+    with store.manifest_lock():  # one of the run's processes writes the manifest
         try:
             previous = store.read_manifest()
         except DamagedFileError as exc:

@@ -49,6 +49,8 @@ import os
 import re
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -64,6 +66,7 @@ PACKAGES = ("erasebench", "torch", "diffusers", "transformers", "open_clip_torch
 
 
 CHECKSUM_SUFFIX = ".sha256"
+MANIFEST_WRITE_WAIT = 60.0  # seconds a manifest read waits for a live writer holding locks/manifest.lock
 # written into every new manifest: its run has checksums on every file, keys in its PNGs and SHA256SUMS in its edits
 STORE_FORMAT = 2
 EDIT_SUMS = "SHA256SUMS"  # a saved edit's checksums (``sha256sum -c SHA256SUMS`` reads it)
@@ -345,6 +348,7 @@ class RunStore:
         self.root = Path(root)
         self._reported: set[Path] = set()  # damaged files already warned about (once each)
         self._requires: bool | None = None
+        self._holds_manifest_lock = False  # this store holds locks/manifest.lock (a mismatch then is damage)
 
     def requires_checksums(self) -> bool:
         """Whether every file of this run must have its checksum: true unless the run predates checksums (its
@@ -395,17 +399,55 @@ class RunStore:
 
     # manifest
     def read_manifest(self) -> dict | None:
-        """The manifest, or None when there is none; DamagedFileError (naming the file) when it is unreadable."""
+        """The manifest, or None when there is none; DamagedFileError (naming the file) when it is unreadable.
+
+        Readers take no lock (a worker looks up the edits recorded so far), but every write of the manifest holds
+        ``locks/manifest.lock`` from its checksum to its file (:meth:`write_manifest`). A manifest that differs from
+        its checksum while another live process holds that lock is a write in progress, however long the writer
+        is descheduled between the two renames: the read waits for the lock (up to ``MANIFEST_WRITE_WAIT``
+        seconds) and reads again. A mismatch with the lock free, or held by this store, is damage."""
         if not self.manifest_path.exists() and not self.manifest_path.is_symlink():
             return None
-        manifest = self.read_json(self.manifest_path)
+        from bench.locks import FileLock
+
+        lock = FileLock(self.locks_dir / "manifest.lock")
+        deadline = time.monotonic() + MANIFEST_WRITE_WAIT
+        while True:
+            try:
+                manifest = self.read_json(self.manifest_path)
+                break
+            except DamagedFileError:
+                if self._holds_manifest_lock or not lock.held_by_another() or time.monotonic() > deadline:
+                    raise
+                while lock.held_by_another() and time.monotonic() < deadline:
+                    time.sleep(0.01)
         if not isinstance(manifest, dict):
             raise DamagedFileError(f"{self.manifest_path}: damaged: not a JSON object")
         return manifest
 
     def write_manifest(self, manifest: dict) -> None:
+        """Write the manifest and its checksum under ``locks/manifest.lock`` (:meth:`manifest_lock`), so a reader
+        can tell a write in progress from damage."""
         manifest.setdefault("store_format", STORE_FORMAT)
-        write_checksummed(self.manifest_path, json_bytes(manifest))
+        with self.manifest_lock():
+            write_checksummed(self.manifest_path, json_bytes(manifest))
+
+    @contextmanager
+    def manifest_lock(self) -> Iterator[None]:
+        """Hold ``locks/manifest.lock`` (the one lock every manifest write takes) for a block: a read-modify-write
+        of the manifest, or a run's start deciding what it holds. Re-entrant within this store; a read of the
+        manifest inside the block never waits for it (a mismatch there is damage)."""
+        from bench.locks import FileLock
+
+        if self._holds_manifest_lock:
+            yield
+            return
+        with FileLock(self.locks_dir / "manifest.lock"):
+            self._holds_manifest_lock = True
+            try:
+                yield
+            finally:
+                self._holds_manifest_lock = False
 
     @property
     def locks_dir(self) -> Path:
@@ -414,9 +456,7 @@ class RunStore:
     def update_manifest(self, **sections: Any) -> None:
         """Merge ``sections`` into the manifest: a read-modify-write under the manifest's lock, so updates
         from the processes of one run (on one machine or many) are never lost."""
-        from bench.locks import FileLock
-
-        with FileLock(self.locks_dir / "manifest.lock"):
+        with self.manifest_lock():
             manifest = self.read_manifest() or {}
             for key, value in sections.items():
                 if isinstance(value, dict) and isinstance(manifest.get(key), dict):

@@ -36,3 +36,22 @@ def rewrite_manifest(root: str, n: int) -> None:
     store = RunStore(root)
     for i in range(n):
         store.write_manifest({"config": {}, "round": i, "pad": "x" * (i % 7) * 1000})
+
+
+def write_manifest_pausing_after_its_checksum(root: str, pause: float, ready: str) -> None:
+    """One manifest write whose process is descheduled for ``pause`` seconds between renaming the checksum and
+    the file (what a loaded CI machine does to a writer for tens of milliseconds)."""
+    import time
+
+    import bench.store
+
+    rename = bench.store.atomic_write_bytes
+
+    def rename_then_pause_after_the_checksum(path, data):
+        rename(path, data)
+        if str(path).endswith(bench.store.CHECKSUM_SUFFIX):
+            Path(ready).write_text("checksum written")
+            time.sleep(pause)
+
+    bench.store.atomic_write_bytes = rename_then_pause_after_the_checksum
+    RunStore(root).write_manifest({"config": {}, "round": 1})

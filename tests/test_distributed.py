@@ -252,6 +252,27 @@ def test_a_manifest_read_while_another_process_writes_it_is_never_called_damaged
         store.read_manifest()
 
 
+def test_a_manifest_read_while_its_writer_stalls_between_checksum_and_file_waits_for_the_write(tmp_path):
+    """CI failed 6 of 19,720 reads of the test above: its writer, descheduled between the two renames for longer
+    than the reader's retries (2 reads 50 ms apart), left a new checksum beside the old file. The writer holds
+    the manifest's lock across both renames; a reader that sees a mismatch while a live process holds it waits."""
+    store = RunStore(tmp_path)
+    store.write_manifest({"config": {}, "round": 0})
+    ready = tmp_path / "ready"
+    writer = mp.get_context("spawn").Process(target=process_targets.write_manifest_pausing_after_its_checksum,
+                                             args=(str(tmp_path), 1.5, str(ready)))
+    writer.start()
+    while not ready.exists():
+        assert writer.is_alive(), writer.exitcode
+        time.sleep(0.01)
+    started = time.monotonic()
+    manifest = store.read_manifest()  # the new checksum beside the old file, for 1.5 s
+    waited = time.monotonic() - started
+    writer.join()
+    assert writer.exitcode == 0 and manifest["round"] == 1 and waited > 0.5, (manifest, waited)
+    assert not (tmp_path / "locks" / "manifest.lock").exists()
+
+
 # --------------------------------------------------------------------------- save_edit
 def _save_same_edit(folder: str, barrier, rounds: int, errors) -> None:
     from bench.backbone import load_backbone
