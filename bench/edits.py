@@ -51,8 +51,9 @@ def build_request(config: RunConfig, spec, method, target: str, backbone: Backbo
 
     A target ``A+B+C`` (:mod:`bench.targets`) is one unit: its request holds every concept, in that order.
     The kind is the config's ``kind`` or inferred from the target. On Stable Diffusion the method's recipe for
-    that kind (or the nearest, :mod:`methods.recipes`) gives its prompt sets and config fields; on the mini
-    world its mini preset applies instead. The run config's ``anchor``/``preserve`` (when given) and the
+    that kind (or the nearest, :mod:`methods.recipes`) gives its prompt sets and config fields; on mini world v2
+    the same recipe in the world's words (:mod:`bench.worlds.v2.recipe_words`), with the method's mini preset
+    for the fields it lists; on mini world v1 the mini preset alone. The run config's ``anchor``/``preserve`` (when given) and the
     method's own ``anchor``/``preserve``/``target_prompts`` replace the recipe's; ``params`` win over the
     recipe's fields. The returned method carries the resolved recipe in its fingerprint (and so in the
     manifest and the saved edit). Raises ConfigError (one line) for a prompt file that cannot be found.
@@ -63,7 +64,14 @@ def build_request(config: RunConfig, spec, method, target: str, backbone: Backbo
 
     concepts = unit_concepts(target)  # several for a unit erased together (A+B+C): one request with all of them
     kind = config.kind or unit_kind(backbone, target, concepts)
-    recipe = recipe_for_model(method.recipes, kind, backbone.kind)
+    recipe = recipe_for_model(method.recipes, kind, backbone.kind, backbone.world)
+    if backbone.kind == "mini" and backbone.world == "v2":  # the paper recipe in the world's words
+        from bench.worlds.v2.recipe_words import in_world_words
+
+        try:
+            recipe = in_world_words(recipe, concepts)
+        except ValueError as exc:
+            raise ConfigError(f"methods: {spec.row_name}: target {target}: {exc}") from None
     # None (the default) keeps the recipe's: a config written back from a manifest is the same run
     recipe = override(recipe, anchor=config.anchor, preserve=config.preserve, where="run config")
     recipe = override(recipe, anchor=spec.anchor, preserve=spec.preserve, target_prompts=spec.target_prompts,

@@ -1,9 +1,11 @@
-"""``erasebench show method NAME --kind KIND --model sd|mini [--json]``: the values a method runs with;
+"""``erasebench show method NAME --kind KIND --model sd|mini|mini-v2 [--json]``: the values a method runs with;
 ``erasebench show prompt "TEXT" [--model mini-v2] [--json]``: what a prompt means in mini world v2 (:func:`show_prompt`).
 
 The fully resolved config of one method for one concept kind, as a run resolves it (:func:`show_method`):
 on Stable Diffusion (``--model sd``) the method's paper recipe for that kind (or the nearest one, with a
-note), on the mini world (``--model mini``) its mini preset. With ``--json``, one JSON object::
+note), on mini world v2 (``--model mini-v2``) the same recipe in the world's words
+(:mod:`bench.worlds.v2.recipe_words`: its prompt files replaced by the world's sets) with the mini preset's
+fields, on mini world v1 (``--model mini``) the mini preset alone. With ``--json``, one JSON object::
 
     {"method": ..., "kind": ..., "model": ..., "note": ...,
      "config": {field: value, ..., "anchor": ..., "preserve": [...], "target_prompts": [...] | null,
@@ -42,12 +44,17 @@ def show_method(name: str, kind: str, model: str = "sd", target: str | None = No
     from bench.suites import SuiteError
     from methods.base import CONCEPT_KINDS, METHODS
 
-    if model not in ("sd", "mini"):
-        raise ValueError(f"unknown model {model!r}; valid: sd, mini")
+    if model not in ("sd", "mini", "mini-v2"):
+        raise ValueError(f"unknown model {model!r}; valid: sd, mini, mini-v2")
     if kind not in CONCEPT_KINDS:
         raise ValueError(f"unknown concept kind {kind!r}; valid: {', '.join(CONCEPT_KINDS)}")
     cls = METHODS.get(name)
-    recipe = recipe_for_model(cls.recipes, kind, model)
+    model_kind, world = ("mini", "v2") if model == "mini-v2" else (model, None)
+    recipe = recipe_for_model(cls.recipes, kind, model_kind, world)
+    if world == "v2":  # the paper recipe in the world's words, as bench.edits.build_request resolves it
+        from bench.worlds.v2.recipe_words import in_world_words
+
+        recipe = in_world_words(recipe, [target or CONCEPT])
     missing = None
     absent = []  # every public file not local here, each with where a run fetches it
     for spec in prompt_files(recipe):
@@ -63,7 +70,7 @@ def show_method(name: str, kind: str, model: str = "sd", target: str | None = No
         # the files stay declared (name, url), so the output says what a run will read
         resolved = dataclasses.replace(resolved, preserve_file=recipe.preserve_file, extra_files=recipe.extra_files)
     base = cls()
-    start = base.config_for(model)  # the mini preset on the mini world (where the recipe has no params)
+    start = base.config_for(model_kind)  # the mini preset on the mini world (v1: the recipe has no params)
     method = cls(config=start).with_recipe(resolved)
     record = recipe_record(resolved)
     fields = [*PROMPT_FIELDS, *(["extra_files"] if "extra_files" in record else [])]
@@ -168,9 +175,6 @@ def cmd_show(args) -> int:
         return 0
     if args.kind is None:
         raise CLIError("show method: --kind is required (nudity, object, style, identity or colour)")
-    if args.model not in ("sd", "mini"):
-        raise CLIError(f"show method: --model {args.model}: methods resolve for sd or mini (v1); the mini-v2 "
-                       "protocol comes with the next issue")
     try:
         shown = show_method(args.name, args.kind, args.model, target=args.target, data_dir=args.data_dir)
     except ValueError as exc:
@@ -187,7 +191,7 @@ def register_cli(subparsers) -> None:
     p.add_argument("--kind", default=None, choices=["nudity", "object", "style", "identity", "colour"],
                    help="method: the concept kind (required)")
     p.add_argument("--model", choices=["sd", "mini", "mini-v2"], default=None,
-                   help="method: sd (default) or mini; prompt: mini-v2 (default)")
+                   help="method: sd (default), mini (v1) or mini-v2; prompt: mini-v2 (default)")
     p.add_argument("--target", default=None, help="fill the prompt templates with this concept")
     p.add_argument("--data-dir", default=None, help="local copies of public prompt files (like a run's data_dir)")
     p.add_argument("--json", action="store_true", help="one JSON object instead of a table")

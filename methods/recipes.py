@@ -7,7 +7,8 @@ Diffusion and passes its prompt sets in the :class:`~methods.base.ErasureRequest
 fields (the caller's own fields win). Every value names its source in ``sources`` (field -> repository, file
 and version, or paper section). A kind without a published recipe takes the nearest one, and says so.
 
-The mini world keeps its own presets (``Method.mini_preset``); recipes are for Stable Diffusion.
+Mini world v1 keeps its own presets (``Method.mini_preset``) and no recipe; on mini world v2 the recipes run in
+the world's words (:mod:`bench.worlds.v2.recipe_words`), with the mini preset's numeric fields.
 
 A run turns a recipe into the values one unit receives in three steps, each a plain function:
 :func:`resolve_recipe` (the kind's recipe, or the nearest one), :func:`override` (the run config's anchor,
@@ -99,11 +100,12 @@ CONCEPT = "{concept}"
 MINI_NOTE = "mini world: the method's mini preset (paper recipes are for Stable Diffusion)"
 
 
-def recipe_for_model(recipes: dict[str, Recipe], kind: str, model_kind: str) -> Recipe:
-    """The recipe a unit starts from: on Stable Diffusion the kind's (or the nearest, :func:`resolve_recipe`),
-    an empty one saying so when the method published none; on the mini world always an empty one (the
-    method's mini preset applies instead)."""
-    if model_kind == "mini":
+def recipe_for_model(recipes: dict[str, Recipe], kind: str, model_kind: str, world: str | None = None) -> Recipe:
+    """The recipe a unit starts from: on Stable Diffusion and on mini world v2 the kind's (or the nearest,
+    :func:`resolve_recipe`), an empty one saying so when the method published none; on mini world v1 always an
+    empty one (the method's mini preset applies instead). On v2 the caller then puts the recipe in the world's
+    words (:func:`bench.worlds.v2.recipe_words.in_world_words`)."""
+    if model_kind == "mini" and world != "v2":
         return Recipe(kind=kind, note=MINI_NOTE)
     found = resolve_recipe(recipes, kind)
     return found if found is not None else Recipe(kind=kind, note="no published recipe: the method's own defaults")

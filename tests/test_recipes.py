@@ -33,7 +33,7 @@ from methods.recipes import (
 )
 from methods.uce import UCE
 
-SD = SimpleNamespace(kind="sd")  # build_request reads only the model kind from the backbone
+SD = SimpleNamespace(kind="sd", world=None)  # build_request reads only the model kind and world from the backbone
 MINI = SimpleNamespace(kind="mini", world="v1")  # as load_backbone("mini") sets them
 NUDITY = Recipe(kind="nudity", params={"erase_scale": 2.0, "lamb": 0.25}, target_prompts=("{concept}", "a {concept} person"),
                 anchor="a person wearing clothes", preserve=("a portrait",),

@@ -1,0 +1,145 @@
+"""The paper recipes on mini world v2, in the world's words (``bench/worlds/v2/recipe_words.py``, issue 33 item 1).
+
+The word map is checked against the world's own exact reader (``bench.worlds.v2.reading``), not against itself:
+a translated nudity prompt must raise p(blight) as its SD original names or evokes nudity, a clothed anchor must
+lower it, and a retain set must not show the target. The product's path is a run on the tiny v2 model, whose
+manifest records what each unit received.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from bench.cli import main
+from bench.worlds.v2.prompts import GENERAL_MAX_P
+from bench.worlds.v2.reading import concept_probabilities
+from bench.worlds.v2.recipe_words import in_world_words
+from bench.worlds.v2.world import WorldV2, world_dir
+from methods.base import CONCEPT_KINDS, METHODS
+from methods.recipes import PromptFile, Recipe, recipe_for_model
+from tests.v2_fixtures import tiny_v2  # noqa: F401  (session fixture)
+
+TARGET_OF_KIND = {"nudity": "blight", "object": "square", "style": "orla venn", "identity": "kessa rull",
+                  "colour": "cyan"}
+
+
+@pytest.fixture(scope="module")
+def world() -> WorldV2:
+    return WorldV2.load()
+
+
+def p_blight(world: WorldV2, prompt: str) -> float:
+    return concept_probabilities(world.read(prompt), world).get("blight", 0.0)
+
+
+def every_recipe():
+    """(method, kind, its recipe on v2 before translation) for every registered method and concept kind."""
+    for name in sorted(METHODS.names()):
+        cls = METHODS.get(name)
+        for kind in CONCEPT_KINDS:
+            recipe = recipe_for_model(cls.recipes, kind, "mini", "v2")
+            if recipe.target_prompts or recipe.anchor or recipe.preserve or recipe.preserve_file:
+                yield name, kind, recipe
+
+
+def test_every_word_of_every_registered_recipe_is_mapped_or_the_worlds():
+    """A recipe word the map misses would be dropped silently from a method's prompts: the map covers them all
+    (a new method's recipe with a new word fails here until the word is given its role in recipe_words.yaml)."""
+    recipes = list(every_recipe())
+    assert len(recipes) > 40, len(recipes)
+    lost = {}
+    for name, kind, recipe in recipes:
+        translated = in_world_words(recipe, [TARGET_OF_KIND[kind]])
+        if "dropped" in translated.note:
+            lost[f"{name}/{kind}"] = translated.note
+    assert lost == {}
+
+
+def test_nudity_prompts_raise_blight_in_the_worlds_reading_and_clothed_anchors_lower_it(world):
+    base = p_blight(world, "a photo of a circle")
+    checked, clothed = 0, 0
+    for name, kind, recipe in every_recipe():
+        if kind != "nudity":
+            continue
+        translated = in_world_words(recipe, ["blight"])
+        for prompt in translated.target_prompts or ():
+            assert p_blight(world, prompt) > base + 0.05, (name, prompt, p_blight(world, prompt), base)
+            checked += 1
+        if recipe.anchor and "clothes" in recipe.anchor:  # "a person wearing clothes" -> "a clean oval"
+            assert p_blight(world, translated.anchor) < base, (name, translated.anchor)
+            clothed += 1
+    assert checked >= 40 and clothed >= 4, (checked, clothed)
+
+
+def test_naming_words_map_to_naming_words_and_people_to_each_carrier(world):
+    salun = recipe_for_model(METHODS.get("salun").recipes, "nudity", "mini", "v2")
+    translated = in_world_words(salun, ["blight"])
+    carriers = yaml.safe_load((world_dir() / "recipe_words.yaml").read_text())["carriers"]
+    # "a photo of a nude person": one prompt per carrier, each near-certain to show blight
+    assert len(translated.target_prompts) == len(carriers)
+    for prompt, carrier in zip(translated.target_prompts, carriers):
+        assert prompt.split()[-1] == carrier and p_blight(world, prompt) > 0.99, prompt
+    assert translated.anchor.split()[-1] == carriers[0]  # an anchor takes the first carrier
+    assert "recipe_words.yaml" in translated.note
+
+
+def test_public_retain_files_become_world_sets_that_never_show_the_target(world):
+    trce = recipe_for_model(METHODS.get("trce").recipes, "nudity", "mini", "v2")
+    assert trce.preserve_file is not None and trce.preserve_file.name == "coco_30k.csv"
+    translated = in_world_words(trce, ["blight"])
+    assert translated.preserve_file is None and translated.extra_files == ()
+    general = [p for p in translated.preserve if p not in (trce.preserve or ())]
+    assert len(general) >= 400
+    assert max(p_blight(world, p) for p in general) < GENERAL_MAX_P
+    assert "coco_30k.csv -> the world's general set" in translated.note
+
+    speed = recipe_for_model(METHODS.get("speed").recipes, "identity", "mini", "v2")
+    names = in_world_words(speed, ["kessa rull"])
+    assert set(names.preserve) == set(world.characters) - {"kessa rull"}
+    assert names.anchor == world.characters["kessa rull"]["object"]  # SD's "person" -> the character's shape
+
+
+def test_the_world_sets_do_not_depend_on_the_run_and_a_file_without_a_world_set_is_refused():
+    trce = recipe_for_model(METHODS.get("trce").recipes, "object", "mini", "v2")
+    assert in_world_words(trce, ["square"]).preserve == in_world_words(trce, ["square"]).preserve
+    stranger = Recipe(kind="object", preserve_file=PromptFile("somebody_elses.csv"))
+    with pytest.raises(ValueError, match="somebody_elses.csv has no world set"):
+        in_world_words(stranger, ["square"])
+
+
+def test_a_word_nobody_mapped_is_dropped_and_named_in_the_note():
+    recipe = Recipe(kind="object", target_prompts=("a {concept} on a quxbar",), anchor="a zyglot")
+    translated = in_world_words(recipe, ["square"])
+    assert translated.target_prompts == ("a square",)
+    assert translated.anchor == ""
+    assert "words not in the world, dropped: quxbar, zyglot" in translated.note
+
+
+def test_show_method_prints_the_recipe_in_the_worlds_words(capsys):
+    assert main(["show", "method", "mace-cfr", "--kind", "identity", "--model", "mini-v2", "--target", "kessa rull",
+                 "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["model"] == "mini-v2" and "recipe_words.yaml" in shown["note"]
+    assert shown["config"]["anchor"] == "a triangle"  # SD's "a person" for a celebrity: kessa rull's shape
+    assert shown["config"]["preserve_file"] is None and len(shown["config"]["preserve"]) >= 400
+    assert "coco_30k.csv" in shown["sources"]["preserve"]
+
+
+def test_a_run_on_v2_hands_the_unit_the_recipe_in_the_worlds_words(tiny_v2, monkeypatch, tmp_path, world):  # noqa: F811
+    """Through bench.run: UCE's style recipe (anchor "art", the 1,734 artists as the preserve set) reaches the
+    unit as anchor "painting" and the world's other painters; the manifest and the edit's fingerprint say so."""
+    from tests.v2_fixtures import run_on_tiny_v2
+
+    _, out, records = run_on_tiny_v2(tiny_v2, monkeypatch, tmp_path / "run", "mini-v2-quick", ["uce"], ["orla venn"])
+    manifest = json.loads((out / "manifest.json").read_text())
+    recipe = manifest["recipes"]["uce__orla venn"]
+    assert recipe["anchor"] == "painting"
+    assert set(recipe["preserve"]) == set(world.painters) - {"orla venn"}
+    assert recipe["preserve_file"] is None and "artists1734_prompts.csv" in recipe["note"]
+    edit = json.loads((out / "edits" / "uce__orla_venn" / "edit.json").read_text())
+    assert edit["method"]["recipe"]["anchor"] == "painting"
+    assert len(records) and set(records["method"]) == {"uce"}
+
