@@ -64,8 +64,9 @@ def build_request(config: RunConfig, spec, method, target: str, backbone: Backbo
 
     concepts = unit_concepts(target)  # several for a unit erased together (A+B+C): one request with all of them
     kind = config.kind or unit_kind(backbone, target, concepts)
-    recipe = recipe_for_model(method.recipes, kind, backbone.kind, backbone.world)
-    if backbone.kind == "mini" and backbone.world == "v2":  # the paper recipe in the world's words
+    world = getattr(backbone, "world", None)
+    recipe = recipe_for_model(method.recipes, kind, backbone.kind, world)
+    if backbone.kind == "mini" and world == "v2":  # the paper recipe in the world's words
         from bench.worlds.v2.recipe_words import in_world_words
 
         try:

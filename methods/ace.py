@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 from methods import _finetune as ft
 from methods._grad import no_grad
-from methods.base import ErasureRequest, register_method, target_phrases
+from methods.base import ErasureRequest, register_method, target_phrases, v1_world
 from methods.recipes import Recipe
 
 if TYPE_CHECKING:
@@ -183,7 +183,7 @@ def _anchors(cfg: ACEConfig, request: ErasureRequest, backbone: Backbone) -> lis
     keep = [p for p in request.preserve if p and p.lower() not in targets]
     if keep:
         return keep
-    if backbone.kind == "mini":
+    if v1_world(backbone):
         from bench.worlds.v1.prompts import world
 
         return [f"a {o}" for o in world().objects if o.lower() not in targets]
@@ -229,7 +229,7 @@ class ACE(ft.FinetuneMethod):
         edited.guidance_hooks = []
         edited.unet.requires_grad_(False)
         lora = LoRA(edited.unet, cfg.lora_rank, cfg.lora_alpha, ft.step_generator(seed, -1, 3))
-        prompts = target_phrases(request, backbone) if backbone.kind == "mini" else \
+        prompts = target_phrases(request, backbone) if v1_world(backbone) else \
             [p for _, p in ft.target_prompts(request)]
         anchors = _anchors(cfg, request, backbone)
         timesteps = ft.ddim_timesteps(backbone, cfg.ddim_steps)

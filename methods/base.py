@@ -284,16 +284,24 @@ def _coerce(value: Any, expected: Any) -> Any:
 METHODS: Registry[type[Method]] = Registry("method", entry_point_group="erasebench.methods")
 
 
+def v1_world(backbone: Backbone | None) -> bool:
+    """Whether ``backbone`` is mini world v1, which only ever saw its own captions ("a circle", "a striped square"):
+    the methods' v1 branches (the world's caption contexts and concept captions) apply there and only there. On mini
+    world v2 a method takes its Stable Diffusion path, with the paper recipe in the world's words
+    (:mod:`bench.worlds.v2.recipe_words`); numeric mini presets (:func:`uses_mini_preset`) apply to both worlds."""
+    return backbone is not None and backbone.kind == "mini" and getattr(backbone, "world", None) != "v2"
+
+
 def target_phrases(request: ErasureRequest, backbone: Backbone | None, template: str | None = None) -> list[str]:
     """The targets as text for a method that prompts with them (SLD's safety concept, a negative prompt).
 
-    ``template`` (``"{concept}"`` is replaced) wins; ``None`` gives the bare words, except on the mini
-    model, which only ever saw world captions, where the kind's caption is used ("a circle",
-    :data:`bench.worlds.v1.prompts.CONCEPT_CAPTIONS`)."""
+    ``template`` (``"{concept}"`` is replaced) wins; ``None`` gives the bare words, except on mini world v1,
+    which only ever saw world captions, where the kind's caption is used ("a circle",
+    :data:`bench.worlds.v1.prompts.CONCEPT_CAPTIONS`; :func:`v1_world`)."""
     if template is None:
         from bench.worlds.v1.prompts import CONCEPT_CAPTIONS
 
-        mini = backbone is not None and backbone.kind == "mini"
+        mini = v1_world(backbone)
         template = CONCEPT_CAPTIONS.get(request.kind, "{concept}") if mini else "{concept}"
     return [template.format(concept=t) for t in request.targets]
 

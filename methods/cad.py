@@ -47,7 +47,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from methods.base import ErasureRequest, Method, MethodConfig, register_method, with_mini_preset
+from methods.base import ErasureRequest, Method, MethodConfig, register_method, v1_world, with_mini_preset
 from methods.recipes import Recipe
 
 if TYPE_CHECKING:
@@ -191,7 +191,7 @@ class _CAD(Method):
         if request.target_prompts:
             return list(request.target_prompts)
         # the mini world's captions are templated ("a circle", "a striped square"), never bare words
-        templates = CONCEPT_CAPTIONS if backbone.kind == "mini" else PROMPT_TEMPLATES
+        templates = CONCEPT_CAPTIONS if v1_world(backbone) else PROMPT_TEMPLATES
         template = config.prompt_template or templates.get(request.kind, "{concept}")
         return [template.format(concept=t) for t in request.targets]
 
@@ -200,7 +200,7 @@ class _CAD(Method):
         several-target request use)."""
         if self.objective != "amplify" or len(request.targets) != 1:
             return ""
-        template = config.image_prompt or ("" if backbone.kind == "mini" else IMAGE_PROMPT_TEMPLATES.get(request.kind, ""))
+        template = config.image_prompt or ("" if v1_world(backbone) else IMAGE_PROMPT_TEMPLATES.get(request.kind, ""))
         return template.format(concept=request.targets[0]) if template else ""
 
     def attribution_config(self, config: CADConfig, request: ErasureRequest, image_prompt: str = "") -> AttributionConfig:

@@ -53,7 +53,15 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from methods.base import ErasureRequest, Method, MethodConfig, register_method, uses_mini_preset, with_mini_preset
+from methods.base import (
+    ErasureRequest,
+    Method,
+    MethodConfig,
+    register_method,
+    uses_mini_preset,
+    v1_world,
+    with_mini_preset,
+)
 from methods.recipes import Recipe
 from methods.uce import record_edit
 
@@ -232,6 +240,8 @@ def resolve_config(config: ConceptPruneConfig, backbone: Backbone, kind: str,
     preset mini)."""
     if not uses_mini_preset(config, backbone):  # the world's contexts exist for the world's kinds only
         return config
+    if not v1_world(backbone):  # mini world v2: the numeric preset; its prompts come from the recipe in its words
+        return with_mini_preset(config, backbone, MINI_PRESET, explicit)
     from bench.worlds.v1.prompts import concept_contexts
 
     return with_mini_preset(config, backbone, {**MINI_PRESET, "templates": concept_contexts(kind)}, explicit)

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from methods import _finetune as ft
-from methods.base import ErasureRequest, register_method, target_phrases
+from methods.base import ErasureRequest, register_method, target_phrases, v1_world
 from methods.recipes import Recipe
 
 if TYPE_CHECKING:
@@ -139,7 +139,7 @@ class EraseDiff(ft.FinetuneMethod):
         edited.guidance_hooks = []
         params = ft.select_parameters(edited.unet, parameter_rule(cfg.train_method))
 
-        mini = backbone.kind == "mini" and not request.target_prompts  # the mini model knows world captions only
+        mini = v1_world(backbone) and not request.target_prompts  # the mini model knows world captions only
         forget = target_phrases(request, backbone) if mini else [p for _, p in ft.target_prompts(request)]
         remain = ft.preserve_prompts(request)
         pseudo = request.anchor if cfg.pseudo_prompt is None else cfg.pseudo_prompt

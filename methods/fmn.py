@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from methods import _finetune as ft
-from methods.base import ErasureRequest, register_method, target_phrases
+from methods.base import ErasureRequest, register_method, target_phrases, v1_world
 from methods.recipes import Recipe
 
 if TYPE_CHECKING:
@@ -209,7 +209,7 @@ def training_prompts(config: FMNConfig, request: ErasureRequest, backbone: Backb
         return [(t, template.replace("{concept}", t)) for t in request.targets for template in config.templates]
     if request.target_prompts:
         return ft.target_prompts(request)
-    if backbone.kind == "mini":
+    if v1_world(backbone):
         return list(zip(request.targets, target_phrases(request, backbone)))
     template = TEMPLATES["style" if request.kind == "style" else "object"]
     return [(t, template.replace("{concept}", t)) for t in request.targets]

@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from methods import _finetune as ft
-from methods.base import Deviation, ErasureRequest, register_method
+from methods.base import Deviation, ErasureRequest, register_method, v1_world
 from methods.recipes import Recipe
 
 if TYPE_CHECKING:
@@ -189,7 +189,7 @@ class HiRM(ft.FinetuneMethod):
         edited.guidance_hooks = []
         encoder = edited.text_encoder
         params = ft.select_parameters(encoder, trained_parameter_rule(cfg.trained_layer % layers))
-        templates = cfg.templates or (_mini_contexts(request) if backbone.kind == "mini" else ["{}"])
+        templates = cfg.templates or (_mini_contexts(request) if v1_world(backbone) else ["{}"])
         concepts = [p for _, p in ft.target_prompts(request)]
         prompts = [t.format(c) for c in concepts for t in templates]
         ids = edited.tokenize(prompts)

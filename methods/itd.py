@@ -75,7 +75,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from methods._grad import no_grad
-from methods.base import ErasureRequest, Method, MethodConfig, register_method, target_phrases, with_mini_preset
+from methods.base import (
+    ErasureRequest,
+    Method,
+    MethodConfig,
+    register_method,
+    target_phrases,
+    v1_world,
+    with_mini_preset,
+)
 from methods.recipes import PromptFile, Recipe
 
 if TYPE_CHECKING:
@@ -440,7 +448,7 @@ class ITD(Method):
         targets = list(request.target_prompts or [])
         preserve = list(request.preserve)
         corpus: list[str] = []
-        if backbone.kind == "mini":
+        if v1_world(backbone):
             from bench.worlds.v1.prompts import build_set, concept_contexts, world
 
             w = world()
@@ -467,7 +475,7 @@ class ITD(Method):
             targets = target_phrases(request, backbone)
         retain = preserve if config.retain_prompts is None else preserve[: config.retain_prompts]
         corpus = list(dict.fromkeys([*corpus, *preserve, *targets]))
-        if backbone.kind != "mini" and not preserve:
+        if not v1_world(backbone) and not preserve:
             raise ValueError("itd: no prompt corpus for the sparse autoencoder: give preserve prompts (e.g. COCO "
                              "captions: the recipe's preserve_file) in the request or the run config's 'preserve'")
         return list(dict.fromkeys(targets)), list(dict.fromkeys(retain)), corpus

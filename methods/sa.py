@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from methods import _finetune as ft
-from methods.base import ErasureRequest, register_method, target_phrases
+from methods.base import ErasureRequest, register_method, target_phrases, v1_world
 from methods.recipes import PromptFile, Recipe
 
 if TYPE_CHECKING:
@@ -212,7 +212,7 @@ class SelectiveAmnesia(ft.FinetuneMethod):
         dev = backbone.device
         unet = edited.unet
 
-        mini = backbone.kind == "mini" and not request.target_prompts  # the mini model knows world captions only
+        mini = v1_world(backbone) and not request.target_prompts  # the mini model knows world captions only
         forget = target_phrases(request, backbone) if mini else [p for _, p in ft.target_prompts(request)]
         replay = ft.preserve_prompts(request)
         surrogate = cfg.surrogate_prompt if cfg.surrogate_prompt is not None else request.anchor

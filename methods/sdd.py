@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from methods import _finetune as ft
-from methods.base import ErasureRequest, register_method, target_phrases
+from methods.base import ErasureRequest, register_method, target_phrases, v1_world
 from methods.recipes import Recipe
 
 if TYPE_CHECKING:
@@ -132,7 +132,7 @@ class SDD(ft.FinetuneMethod):
         params = ft.select_parameters(student.unet, parameter_rule(cfg.train_method))
         ema = {k: p for k, p in teacher.unet.named_parameters() if k in params}
 
-        concepts = target_phrases(request, backbone) if backbone.kind == "mini" else list(request.targets)
+        concepts = target_phrases(request, backbone) if v1_world(backbone) else list(request.targets)
         c_p = ", ".join(concepts)
         removing = [c_p] if cfg.concept_method == "composite" else concepts
         with torch.no_grad():

@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from methods import _finetune as ft
-from methods.base import ErasureRequest, register_method, target_phrases
+from methods.base import ErasureRequest, register_method, target_phrases, v1_world
 from methods.recipes import Recipe
 
 if TYPE_CHECKING:
@@ -279,7 +279,7 @@ class STEREO(ft.FinetuneMethod):
         seed = ft.seed_of(cfg, request)
         run = ft.run_fingerprint(self, cfg, request, backbone)
         dev = backbone.device
-        mini = backbone.kind == "mini"
+        mini = v1_world(backbone)
         phrases = target_phrases(request, backbone)  # what is erased in round 0 (the bare words on SD)
         if mini:
             from bench.worlds.v1.prompts import concept_contexts, world

@@ -84,7 +84,7 @@ from typing import TYPE_CHECKING, Any
 
 from methods import _finetune as ft
 from methods._grad import no_grad
-from methods.base import Deviation, ErasureRequest, register_method
+from methods.base import Deviation, ErasureRequest, register_method, v1_world
 from methods.recipes import PromptFile, Recipe
 from methods.uce import edit_projections, gram_rows
 
@@ -335,7 +335,7 @@ class TRCE(ft.FinetuneMethod):
         start = time.perf_counter()
         frozen, edited = backbone, backbone.copy()
         edited.guidance_hooks = []
-        mini = backbone.kind == "mini"
+        mini = v1_world(backbone)
         concepts = [p for _, p in ft.target_prompts(request)]
         if request.kind == "style" and cfg.official_concept_lists and not mini:
             concepts = official_concepts(concepts)

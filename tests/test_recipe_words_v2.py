@@ -143,3 +143,28 @@ def test_a_run_on_v2_hands_the_unit_the_recipe_in_the_worlds_words(tiny_v2, monk
     assert edit["method"]["recipe"]["anchor"] == "painting"
     assert len(records) and set(records["method"]) == {"uce"}
 
+
+
+@pytest.mark.slow
+def test_methods_whose_mini_branch_read_world_v1_run_on_v2_with_the_recipes_prompts(tmp_path):
+    """TRCE, HiRM, STEREO and ConceptPrune took their prompts from world v1's caption contexts on any mini model,
+    and raised KeyError for a v2 concept ('blight'). On v2 they take the paper's path with the recipe in the
+    world's words: TRCE's closed form gets the world's general captions as its preserve set (with none, the solve
+    the issue describes is singular). The shipped mini-v2 model, through bench.run (the tiny model's 2-step text
+    encoder leaves TRCE's solve rank-deficient, which TRCE rightly refuses)."""
+    from bench.backbone import load_backbone
+    from bench.config import parse_config
+    from bench.result import RunResult
+    from bench.runner import run
+    from methods.base import v1_world
+
+    methods = ["trce", "hirm", "stereo", "conceptprune"]
+    config = parse_config({"model": "mini-v2", "suite": "mini-v2-quick", "tier": "smoke", "attacks": [], "seed": 3,
+                           "methods": [{"name": m} for m in methods], "targets": ["blight"]}, "test")
+    out = run(config, tmp_path / "run", progress=False)
+    records = RunResult.from_dir(out).records()
+    assert set(records["method"]) == set(methods)
+    recipes = json.loads((out / "manifest.json").read_text())["recipes"]
+    assert len(recipes["trce__blight"]["preserve"]) >= 400 and recipes["trce__blight"]["anchor"] == "a clean oval"
+    assert all((out / "edits" / f"{m}__blight" / "edit.json").exists() for m in methods)
+    assert not v1_world(load_backbone("mini-v2", device="cpu")) and v1_world(load_backbone("mini", device="cpu"))
