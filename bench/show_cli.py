@@ -54,6 +54,8 @@ def show_method(name: str, kind: str, model: str = "sd", target: str | None = No
     if world == "v2":  # the paper recipe in the world's words, as bench.edits.build_request resolves it
         from bench.worlds.v2.recipe_words import in_world_words
 
+        target = target or ("blight" if kind == "nudity" else None)  # the world's one concept of that kind
+
         recipe = in_world_words(recipe, [target or CONCEPT])
     missing = None
     absent = []  # every public file not local here, each with where a run fetches it
@@ -80,10 +82,13 @@ def show_method(name: str, kind: str, model: str = "sd", target: str | None = No
                          for attr in ("mini_preset", "mini_defaults") if vars(c).get(attr)), "mini preset")
     sources = {}
     for f in dataclasses.fields(method.config):
-        if f.name in resolved.params:
-            sources[f.name] = resolved.sources.get(f.name, f"{kind} recipe (no source given)")
-        elif getattr(start, f.name) != getattr(base.config, f.name):
+        if getattr(start, f.name) != getattr(base.config, f.name):  # a mini value: it wins over the recipe's
             sources[f.name] = preset_owner
+            if f.name in resolved.params:
+                sources[f.name] += f" (the recipe's value {json.dumps(_plain(resolved.params[f.name]))}: " + \
+                    resolved.sources.get(f.name, f"{kind} recipe") + ")"
+        elif f.name in resolved.params:
+            sources[f.name] = resolved.sources.get(f.name, f"{kind} recipe (no source given)")
         else:
             sources[f.name] = f"{config_class.__module__}.{config_class.__name__} default"
     for field in fields:

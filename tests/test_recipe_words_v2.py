@@ -168,3 +168,17 @@ def test_methods_whose_mini_branch_read_world_v1_run_on_v2_with_the_recipes_prom
     assert len(recipes["trce__blight"]["preserve"]) >= 400 and recipes["trce__blight"]["anchor"] == "a clean oval"
     assert all((out / "edits" / f"{m}__blight" / "edit.json").exists() for m in methods)
     assert not v1_world(load_backbone("mini-v2", device="cpu")) and v1_world(load_backbone("mini", device="cpu"))
+
+
+def test_show_names_a_mini_value_that_wins_over_the_recipes_value(capsys):
+    """On v2 the recipe brings its paper numbers and the method's mini values replace some: the source of such a
+    field is the mini value's owner with the recipe's value beside it, never the recipe alone."""
+    from methods.trce import TRCE
+
+    assert main(["show", "method", "trce", "--kind", "nudity", "--model", "mini-v2", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    recipe_lr = TRCE.recipes["nudity"].params["lr"]
+    assert shown["config"]["lr"] == TRCE.mini_defaults["lr"] != recipe_lr
+    assert shown["sources"]["lr"].startswith("methods.trce.TRCE.mini_defaults (the recipe's value")
+    assert json.dumps(recipe_lr) in shown["sources"]["lr"]
+    assert len(shown["config"]["preserve"]) >= 400  # --target defaults to blight, the world's one nudity concept
