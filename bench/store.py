@@ -324,7 +324,7 @@ def verify_edit(folder: Path, root: Path | None = None, method: str | None = Non
         raise DamagedFileError(f"{meta_path}: refused: the edit of method {made[-1].get('method')!r}, not of "
                                f"{method!r}")
     if target is not None and made and isinstance(made[-1].get("targets"), list) \
-            and not all(c in made[-1]["targets"] for c in unit_concepts(target)):  # a unit A+B: each of A and B
+            and sorted(made[-1]["targets"]) != sorted(unit_concepts(target)):  # a unit A+B: A and B, nothing else
         raise DamagedFileError(f"{meta_path}: refused: an edit for target(s) {made[-1]['targets']}, not {target!r}")
     return meta
 

@@ -175,6 +175,13 @@ def test_a_saved_edit_is_taken_for_a_unit_only_when_it_erased_each_of_its_concep
     verify_edit(folder, tmp_path, method="uce", target="kessa rull+pimbo")
     with pytest.raises(DamagedFileError, match="refused: an edit for target"):
         verify_edit(folder, tmp_path, method="uce", target="pimbo+drovik")
+    # an edit of more concepts is another unit's: it also erased drovik, which the unit A+B must keep
+    (folder / "edit.json").write_text(json.dumps({"components": [], "edits": [{"method": "uce", "targets":
+                                                                               ["pimbo", "kessa rull", "drovik"]}]}))
+    with pytest.raises(DamagedFileError, match="refused: an edit for target"):
+        verify_edit(folder, tmp_path, method="uce", target=UNIT)
+    with pytest.raises(DamagedFileError, match="refused: an edit for target"):
+        verify_edit(folder, tmp_path, method="uce", target="pimbo")
 
 
 # --------------------------------------------------------------------------- a run through the product's path
