@@ -8,6 +8,7 @@ later stage of a run reads (the suite for the tier, the method instances, the sa
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,9 +128,17 @@ def _check(config: RunConfig, skip: set[str] = frozenset(), index: dict[str, lis
 
     if config.methods is not None:
         specs = config.methods
-    else:  # every registered erasure method with its defaults, the reference row first (not cad-amplify)
-        specs = [MethodSpec(name=n) for n in
-                 ["none", *(n for n in METHODS.names() if n != "none" and METHODS.get(n).erases)]]
+    else:  # every registered erasure method with its defaults, the reference row first (not cad-amplify); with a
+        # unit target (A+B+C) only those that erase several concepts in one request: naming none, the user asked
+        # for what can run, not for one error per single-concept method
+        units = any(is_unit(t) for t in config.targets)
+        names = [n for n in METHODS.names() if n != "none" and METHODS.get(n).erases]
+        left_out = [n for n in names if units and not METHODS.get(n).multi_concept]
+        if left_out:
+            logging.getLogger("erasebench").warning(
+                "erasebench: the default methods without %s: each erases one concept per request (a unit target "
+                "needs several)", ", ".join(left_out))
+        specs = [MethodSpec(name=n) for n in ["none", *(n for n in names if n not in left_out)]]
     resolved = []
     rows: dict[str, int] = {}
     files: dict[str, tuple[int, str]] = {}
