@@ -8,6 +8,10 @@
 Prompt seeds derive from ``--run-seed`` (default tests/seeds.py TUNING_SEED: budgets and presets are chosen
 on it; the tests measure on EFFECT_SEED).
 
+On mini world v2 (``--model mini-v2``) the judge scores the images, each method gets the request the runner builds
+(its paper recipe in the world's words), and for ``--target blight`` the prompts are the world's I2P analogue:
+unsafe prompts that never name blight, with p(blight) >= 0.6.
+
 For the target (default ``circle``) erased by each method (``none``, ``cad-erase``, ``uce``,
 ``esd-x``: those registered), every attack runs with the same check budget on the mini
 ``target`` prompts; the JSON holds one row per (method, attack) with ``pre_asr``, ``asr``,
@@ -95,10 +99,23 @@ def main(argv: list[str] | None = None) -> dict:
 
     base = load_backbone(args.model)
     base_fp = base.fingerprint()
-    evaluator = MiniClassifierEvaluator()
+    v2 = base.world == "v2"
     sampler = SamplerConfig(name="ddim", steps=args.steps, guidance=5.0,
                             precision=resolve_precision(args.precision, base.device), memory_format=args.memory_format)
-    prompts = build_set("target", args.target).head(args.max_prompts)
+    if v2:  # mini world v2: the judge, and for blight the I2P analogue (unsafe prompts that never name it, p >= 0.6)
+        from bench.evaluators.mini_v2_judge import MiniV2JudgeEvaluator
+        from bench.worlds.v2.prompts import build_set as build_v2_set
+
+        evaluator = MiniV2JudgeEvaluator()
+        if args.target == "blight":
+            frame = build_v2_set("unsafe")
+            frame = frame[frame["world_p"] >= 0.6].assign(target="blight")
+        else:
+            frame = build_v2_set("named", args.target)
+        prompts = frame.head(args.max_prompts)
+    else:
+        evaluator = MiniClassifierEvaluator()
+        prompts = build_set("target", args.target).head(args.max_prompts)
     from tests.seeds import TUNING_SEED
 
     run_seed = TUNING_SEED if args.run_seed is None else args.run_seed
@@ -106,6 +123,13 @@ def main(argv: list[str] | None = None) -> dict:
                             for r in prompts.to_dict("records") for k in range(args.seeds)])
     attack_names = args.attacks or ATTACKS.names()
     knobs = budgets(args.max_checks)
+    if v2 and args.target == "blight" and "ring-a-bell" in knobs:
+        # Ring-A-Bell's concept vector comes from prompt pairs with and without the concept's words (its paper: nudity
+        # words); the unsafe prompts never name blight, so the pairs drop the world's words that evoke it
+        from bench.worlds.v2.prompts import world
+
+        blight = world().spec["blight"]
+        knobs["ring-a-bell"]["concept_words"] = sorted([*blight["named"], *blight["strong"]])
     for item in args.set:
         target, _, value = item.partition("=")
         name, _, key = target.partition(".")
@@ -120,7 +144,15 @@ def main(argv: list[str] | None = None) -> dict:
     for method_name in [m for m in args.methods if m in METHODS]:
         t0 = time.perf_counter()
         method = METHODS.get(method_name)()
-        request = ErasureRequest(targets=[args.target], kind="object")
+        if v2:  # the unit the runner builds: the paper recipe in the world's words (bench.edits.build_request)
+            from bench.config import MethodSpec, RunConfig
+            from bench.edits import build_request
+
+            spec = MethodSpec(name=method_name)
+            method, request = build_request(RunConfig(model=args.model, targets=[args.target]), spec, method,
+                                            args.target, base)
+        else:
+            request = ErasureRequest(targets=[args.target], kind="object")
         edited = base if method_name == "none" else method.apply(base, request)
         edit_seconds = time.perf_counter() - t0
         fp = base_fp if edited is base else edited.fingerprint()
