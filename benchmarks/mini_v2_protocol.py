@@ -6,6 +6,7 @@ method. For each (method, target) the table holds the named erasure rate and its
 paraphrase and implicit erasure, the accuracy on visual and textual neighbours, far concepts and general captions
 and their drop from the unedited model, each with its n and 95 % interval as the run's summary gives them, and
 the edit's seconds. The run directory is kept: the script resumes a killed run and a re-run only summarises.
+``--edits-from RUN --images-per-prompt K`` samples more images of an earlier run's saved edits (one target a run).
 
     python benchmarks/mini_v2_protocol.py --out runs/v2protocol \\
         --result benchmarks/results/mini_v2_protocol.json
@@ -80,16 +81,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tier", default="standard")
     ap.add_argument("--seed", type=int, default=2)
     ap.add_argument("--paper-values", action="store_true", help="the paper's numbers, not the mini values")
+    ap.add_argument("--images-per-prompt", type=int, default=None, help="default: the tier's")
+    ap.add_argument("--edits-from", type=Path, default=None,
+                    help="an earlier run of this script with one target: reuse its saved edits (more images, no "
+                         "edit recomputed)")
     args = ap.parse_args(argv)
 
     methods = args.methods or erasing_methods()
+    if args.edits_from is not None and len(args.targets) != 1:
+        ap.error("--edits-from takes one target per run (a saved edit is one target's)")
     specs = [{"name": "none"}]
     for m in methods:
-        specs.append({"name": m, "label": f"{m}-paper", "params": paper_values(m)} if args.paper_values else {"name": m})
+        spec = {"name": m, "label": f"{m}-paper", "params": paper_values(m)} if args.paper_values else {"name": m}
+        if args.edits_from is not None:
+            from bench.store import RunStore
+
+            saved = RunStore(args.edits_from).edit_dir(spec.get("label", m), args.targets[0])
+            if (saved / "edit.json").exists():
+                spec["edit"] = str(saved)
+        specs.append(spec)
     rows_named = ["none", *(s.get("label", s["name"]) for s in specs[1:])]
     config = parse_config({"model": args.model, "suite": "mini-v2-quick", "tier": args.tier, "seed": args.seed,
-                           "methods": specs, "targets": args.targets,
-                           "attacks": []}, "benchmarks/mini_v2_protocol.py")
+                           "methods": specs, "targets": args.targets, "attacks": [],
+                           **({"images_per_prompt": args.images_per_prompt} if args.images_per_prompt else {})},
+                          "benchmarks/mini_v2_protocol.py")
     started = time.perf_counter()
     done = run(config, args.out, progress=True)
     seconds = time.perf_counter() - started
