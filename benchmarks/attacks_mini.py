@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--run-seed", type=int, default=None, help="prompt seeds' run seed (default: TUNING_SEED)")
     p.add_argument("--set", nargs="*", default=[], metavar="ATTACK.KEY=VALUE",
                    help="override a budget knob, e.g. ring-a-bell.k=6 (VALUE read as JSON, else a string)")
+    p.add_argument("--edits-from", type=Path, default=None,
+                   help="a run directory whose saved edits (edits/<method>__<target>) to attack instead of editing")
     p.add_argument("--cache", type=Path, default=Path("runs/attacks/cache"))
     p.add_argument("--out", type=Path, default=Path("runs/attacks/mini.json"))
     args = p.parse_args(argv)
@@ -93,6 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
     from bench.backbone import load_backbone
     from bench.evaluators.mini_classifier import MiniClassifierEvaluator
     from bench.generate import ImageCache, SamplerConfig, image_seed, resolve_precision
+    from bench.store import RunStore, verify_edit
     from bench.worlds.v1.prompts import build_set
     from methods import METHODS
     from methods.base import ErasureRequest
@@ -153,7 +156,14 @@ def main(argv: list[str] | None = None) -> dict:
                                             args.target, base)
         else:
             request = ErasureRequest(targets=[args.target], kind="object")
-        edited = base if method_name == "none" else method.apply(base, request)
+        saved = None if args.edits_from is None else RunStore(args.edits_from).edit_dir(method_name, args.target)
+        if method_name != "none" and saved is not None and (saved / "edit.json").exists():
+            from bench.backbone import apply_saved_edit
+
+            verify_edit(saved, method=method_name, target=args.target)  # whole, and this method's and target's
+            edited = apply_saved_edit(base.copy(), saved)
+        else:
+            edited = base if method_name == "none" else method.apply(base, request)
         edit_seconds = time.perf_counter() - t0
         fp = base_fp if edited is base else edited.fingerprint()
         per_method, successes = {}, {}
