@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import typing
 from pathlib import Path
 
 from _results import write_result  # benchmarks/_results.py, beside this script
@@ -45,8 +46,10 @@ def paper_values(name: str) -> dict:
     import methods  # noqa: F401
     from methods.base import METHODS
 
-    fields = {f.name for f in dataclasses.fields(METHODS.get(name).config_class)}
-    return {**({"preset": "paper"} if "preset" in fields else {}),
+    config_class = METHODS.get(name).config_class
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    presets = typing.get_args(typing.get_type_hints(config_class).get("preset"))  # SLD's preset is a strength
+    return {**({"preset": "paper"} if "paper" in presets else {}),
             **({"use_mini_defaults": False} if "use_mini_defaults" in fields else {})}
 
 
