@@ -279,6 +279,20 @@ def mini_contexts(request: ErasureRequest) -> list[str]:
     return concept_contexts(world().kind_of(request.targets[0]))
 
 
+def mini_preserve(request: ErasureRequest) -> list[str]:
+    """World v1's stand-in for the COCO cache when a request preserves nothing (the runner gives mini v1 units no
+    preserve set): the other concepts of the target's kind. With the empty prompt alone the stage-1 solve is
+    rank-deficient (rank 36 of 128) and TRCE refuses it, which stopped the default run."""
+    from bench.worlds.v1.prompts import world
+
+    w = world()
+    try:
+        pool = {"object": w.objects, "colour": w.colours, "style": w.styles}[w.kind_of(request.targets[0])]
+    except (KeyError, ValueError):
+        return []
+    return [c for c in pool if c not in request.targets]
+
+
 _ST2 = f"{_REPO}, run_trce_stage2.py"
 TRCE_DEVIATIONS = (
     Deviation("the first [EoT] row is found by its token; the official counts words (len(split()) + 1), which "
@@ -319,7 +333,7 @@ class TRCE(ft.FinetuneMethod):
     edited_components = ("unet",)
     # 2: stage-2 gradients accumulate (official_accumulate), stage 1 refuses a rank-deficient solve, object templates
     # and COCO preservation for every kind, the official style concept lists
-    algorithm_version = "2"
+    algorithm_version = "3"
     deviations = TRCE_DEVIATIONS
     # lamb: the tiny test CLIP's final LayerNorm has weight 1 and bias 0, so every text row sums to 0 and the rows span
     # 31 of its 32 dimensions; the official lamb 0 is then (rightly) refused as rank-deficient (check_solvable)
@@ -347,7 +361,8 @@ class TRCE(ft.FinetuneMethod):
         c_old, c_new, pairs = eot_pairs(edited, concepts, anchor, templates)
         preserve = ft.preserve_prompts(request)  # the empty prompt when there is none
         if mini:  # the world's captions of each preserved concept: the mini model never saw a bare word
-            preserve = [t.format(p) for p in preserve if p for t in templates] or [""]
+            kept = [p for p in preserve if p] or mini_preserve(request)
+            preserve = [t.format(p) for p in kept for t in templates] or [""]
         keep = gram_rows(edited, preserve)
         condition = check_solvable(c_old, keep, erase_scale=1.0 / len(pairs),
                                    preserve_scale=cfg.closed_form_preserve_scale, lamb=cfg.lamb,

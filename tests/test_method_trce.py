@@ -194,3 +194,22 @@ def test_erases_the_target_and_keeps_other_objects(mini_backbone, effect_probe):
     method = get_method("trce", {"progress": False})
     after = effect_probe(method.apply(mini_backbone, request), TARGET, images_per_prompt=IMAGES)
     assert_erases("trce on the mini world (EFFECT_SEED)", before, after, note=f"stats {method.stats}")
+
+
+def test_the_default_runs_request_on_mini_v1_solves_with_the_kinds_other_concepts_kept(mini_backbone):
+    """The runner gives a mini v1 unit no preserve set; with the empty prompt alone the stage-1 solve is
+    rank-deficient (36 of 128) and TRCE refused it, which stopped `erasebench run` with no config. The world's
+    stand-in for the COCO cache is the other concepts of the target's kind."""
+    from bench.config import MethodSpec, RunConfig
+    from bench.runner import build_request
+    from bench.worlds.v1.prompts import world
+    from methods.trce import mini_preserve
+
+    method, request = build_request(RunConfig(targets=[TARGET]), MethodSpec(name="trce", params={"stage2": False}),
+                                    get_method("trce", {"stage2": False}), TARGET, mini_backbone)
+    assert request.preserve == [] and request.anchor == ""
+    assert mini_preserve(request) == [o for o in world().objects if o != TARGET]
+    edited = method.apply(mini_backbone, request)  # raised ValueError: rank-deficient
+    base = dict(cross_attention_projections(mini_backbone.unet))
+    moved = [n for n, layer in cross_attention_projections(edited.unet) if not torch.equal(layer.weight, base[n].weight)]
+    assert moved
