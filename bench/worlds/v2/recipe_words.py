@@ -160,10 +160,11 @@ def in_world_words(recipe, targets: list[str], words: WordMap | None = None):
     prompts translated and expanded per target, its public prompt files replaced by the world's sets (appended
     to ``preserve``, as :func:`methods.recipes.materialise` appends a file's rows), the note naming what changed.
     The result holds literal prompts; ``materialise`` leaves it as it is."""
+    from bench.worlds.v2.prompts import world
     from methods.recipes import fill, prompt_files
 
     words = words or word_map()
-    w = WorldV2.load()
+    w = world()  # the shipped world, read once per process (it read world.yaml on every unit)
     kind = recipe.kind
     lost: list[str] = []
 
