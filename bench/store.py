@@ -223,6 +223,34 @@ def pixel_sha256(pixels) -> str:
     return hashlib.sha256(f"{pixels.shape}".encode() + pixels.tobytes()).hexdigest()
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_chunk_problem(data: bytes) -> str | None:
+    """What is wrong with a PNG file's chunk structure (PNG spec, section 5.3), or None: the signature, each chunk's
+    length and CRC-32 over its type and data, an ``IEND`` last and nothing after it. Pillow checks the CRC of the
+    chunks before the image data only; a flipped bit in the compressed pixels can decode to the same pixels (a
+    block's final-flag, for one), so the pixel checksum alone does not see every damage to the file."""
+    import struct
+    import zlib
+
+    if not data.startswith(PNG_SIGNATURE):
+        return "not a PNG file (its signature is wrong)"
+    pos = len(PNG_SIGNATURE)
+    while pos + 12 <= len(data):
+        length, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        end = pos + 8 + length
+        if end + 4 > len(data):
+            return f"truncated in chunk {kind!r} at byte {pos}"
+        (crc,) = struct.unpack(">I", data[end:end + 4])
+        if zlib.crc32(data[pos + 4:end]) != crc:
+            return f"chunk {kind!r} at byte {pos} fails its CRC"
+        pos = end + 4
+        if kind == b"IEND":
+            return None if pos == len(data) else f"{len(data) - pos} bytes after the end of the image"
+    return "truncated: no IEND chunk"
+
+
 def write_keyed_png(path: Path, key: str, image) -> Path:
     """Write ``image`` ([H,W,3] uint8) as a PNG carrying its content key and pixel checksum, atomically."""
     from PIL import Image
@@ -253,6 +281,12 @@ def read_keyed_png(path: Path, key: str | None = None, root: Path | None = None,
         return None, f"refused: a link out of the image folder (to {os.path.realpath(path)})"
     if path.is_dir():
         return None, "a folder where an image belongs"
+    try:
+        broken = png_chunk_problem(path.read_bytes())
+    except OSError as exc:
+        return None, str(exc) or type(exc).__name__
+    if broken:
+        return None, broken
     try:
         with Image.open(path) as im:
             pixels = np.asarray(im.convert("RGB"))

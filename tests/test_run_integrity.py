@@ -393,6 +393,29 @@ def test_an_altered_image_fails_its_pixel_checksum(tmp_path, caplog):
     assert "differ from the checksum" in caplog.text
 
 
+def test_any_flipped_bit_of_a_keyed_png_is_refused_even_where_the_pixels_decode_the_same(tmp_path):
+    """Pillow checks the CRC of the chunks before the image data only. Found by the damage property test: bit 0 of
+    the first byte of the compressed data (a deflate block's final flag) decoded to the same pixels, so the pixel
+    checksum passed. Every byte of a small keyed PNG, each with one flipped bit (the bit cycles with the offset),
+    must now be refused by name."""
+    from bench.store import read_keyed_png, write_keyed_png
+
+    pixels = np.random.default_rng(1).integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    path = write_keyed_png(tmp_path / "k.png", "k", pixels)
+    good = path.read_bytes()
+    assert read_keyed_png(path)[1] is None
+    passed = []
+    for offset in range(len(good)):
+        bad = bytearray(good)
+        bad[offset] ^= 1 << (offset % 8)
+        path.write_bytes(bytes(bad))
+        if read_keyed_png(path)[1] is None:
+            passed.append(offset)
+    path.write_bytes(good + b"\0")
+    assert read_keyed_png(path)[1] == "1 bytes after the end of the image"
+    assert passed == [], f"flips at these offsets of {len(good)} passed: {passed}"
+
+
 def test_check_reports_a_whole_run_as_ok_and_names_each_damaged_file(run_copy, capsys):
     code, _, out = lines_here(capsys, "check", run_copy)
     assert code == 0 and out.strip().endswith(": ok"), out
