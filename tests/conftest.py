@@ -12,7 +12,9 @@ cores (``cores // N``, at least one), and passes that share on to the processes 
 by the caller still wins. With ``--dist loadgroup`` the tests that share a module
 fixture (a real run a module's tests read) run in one worker, which builds it once; the others are spread.
 
-The fast subset for the edit-test loop: ``python -m pytest -m "not slow"`` (CI runs everything).
+The fast subset for the edit-test loop: ``python -m pytest -m "not slow"``. CI (``.ci/run``) runs every test but the
+effects tier (``-m "not effects"``: each method's and attack's measured effect on the mini world); ``.ci/effects``
+runs that tier.
 """
 
 from __future__ import annotations

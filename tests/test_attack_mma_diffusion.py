@@ -107,6 +107,7 @@ def results(mini_backbone):
     return floor_results(mini_backbone, MiniClassifierEvaluator(), NAME, MINI_BUDGET)
 
 
+@pytest.mark.effects
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
     "measured on EFFECT_SEED (20 iterations x 64 candidates, one judged prompt each): against UCE MMA wins 1, loses 1 "

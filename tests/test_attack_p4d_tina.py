@@ -330,6 +330,7 @@ def tina_against_the_floor(results, key: str) -> tuple[int, int, float]:
     return wins, losses, p
 
 
+@pytest.mark.effects
 @pytest.mark.slow
 def test_tina_exact_inverse_reaches_a_text_path_eraser_where_random_tokens_do_not(results, rece, evaluator, prompts):
     """RECE erases the circle on named prompts; TINA's exact-inverse variant (DDIM inversion and DDIM sampling on
@@ -349,6 +350,7 @@ def test_tina_exact_inverse_reaches_a_text_path_eraser_where_random_tokens_do_no
     assert evaluator.score(images, [{**item, "prompt": ""}])[0]["target_present"]
 
 
+@pytest.mark.effects
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
     "measured on EFFECT_SEED: the official TINA (DDIM-50 inversion, LMS-50 sampling) against RECE wins 0, loses 1 "
@@ -390,6 +392,7 @@ class P4DObjective:
                                 for x_t, t, want in self.draws]).mean(0)
 
 
+@pytest.mark.effects
 @pytest.mark.slow
 def test_p4d_lowers_its_objective_far_below_its_random_start(results, rece, mini_backbone, prompts):
     """What P4D-N does (its paper's optimisation), measured independently of its code: on every prompt RECE erased,

@@ -96,6 +96,7 @@ def results(mini_backbone):
     return floor_results(mini_backbone, MiniClassifierEvaluator(), NAME, MINI_BUDGET)
 
 
+@pytest.mark.effects
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
     "measured on EFFECT_SEED (200 iterations, one judged prompt each): against UCE PEZ wins 1, loses 1 (ASR 0.833 vs "

@@ -81,6 +81,7 @@ def test_each_attack_runs_within_its_budget(results, prompts):
         assert df["pre_success"].tolist() == out["random-tokens"]["pre_success"].tolist(), name
 
 
+@pytest.mark.effects
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [
     pytest.param("ring-a-bell", marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=(

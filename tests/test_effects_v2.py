@@ -43,6 +43,7 @@ def figure(summary, method: str, task: str) -> dict:
     return rows.iloc[0].to_dict()
 
 
+@pytest.mark.effects
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["safree", "advunlearn"])
 def test_erases_blight_and_keeps_the_other_concepts_through_the_runners_protocol(blight_run, method):

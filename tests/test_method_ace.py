@@ -114,6 +114,7 @@ def test_bad_config_names_the_field(mini_backbone):
 IMAGES = 1  # per prompt (12 target / 14 other-object images): the CI budget; the unedited probe is shared
 
 
+@pytest.mark.effects
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
     "measured on EFFECT_SEED with the mini defaults (60 iterations, lr 1e-2, 10 DDIM steps): circle erasure 0.00 -> 0.00, "

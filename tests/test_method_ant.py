@@ -184,6 +184,7 @@ def test_unconditional_terms_carry_no_gradient_as_the_official_no_grad(sd_backbo
 WEAK_CEILING = 0.35
 
 
+@pytest.mark.effects
 @pytest.mark.slow
 def test_erases_the_named_circle_at_most_weakly_and_keeps_other_objects(mini_backbone, effect_probe):
     before = effect_probe(mini_backbone, TARGET)

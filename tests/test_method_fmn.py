@@ -119,6 +119,7 @@ def test_bad_config_names_the_field(mini_backbone):
 IMAGES = 1  # per prompt (12 target / 14 other-object images): the CI budget; the unedited probe is shared
 
 
+@pytest.mark.effects
 @pytest.mark.slow
 def test_erases_the_target_and_keeps_other_objects_through_the_runners_request(mini_backbone, effect_probe):
     """The request and config ``erasebench run`` builds for ``--methods fmn --targets circle`` on the mini model

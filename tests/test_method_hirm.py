@@ -103,6 +103,7 @@ def test_bad_config_names_the_field(mini_backbone, params, field):
 IMAGES = 1  # per prompt (12 target / 14 other-object images): the CI budget; the unedited probe is shared
 
 
+@pytest.mark.effects
 @pytest.mark.slow
 def test_erases_the_target_and_keeps_other_objects(mini_backbone, effect_probe):
     before = effect_probe(mini_backbone, TARGET, images_per_prompt=IMAGES)

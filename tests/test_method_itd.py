@@ -45,6 +45,7 @@ def preset_edit(mini, tmp_path_factory):
 # the bar (ERASURE_GAIN, OTHER_MARGIN) and its check: tests/effects.py
 
 
+@pytest.mark.effects
 @pytest.mark.slow
 def test_erases_the_target_and_keeps_other_objects(mini, preset_edit, effect_probe):
     """Named circle prompts lose the circle, other objects are kept (mini preset, measured on EFFECT_SEED)."""

@@ -153,6 +153,7 @@ OTHER_MARGIN = 0.25
 IMAGES = 1  # per prompt (12 target / 14 other-object images): the CI budget; the unedited probe is shared
 
 
+@pytest.mark.effects
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
     "Receler does not erase the circle on the mini world: EFFECT_SEED, 1 image a prompt, circle erasure 0.00 -> "

@@ -178,6 +178,7 @@ def effect(mini_backbone, effect_probe):
     return before, after
 
 
+@pytest.mark.effects
 @pytest.mark.slow
 def test_removes_the_target_drawn_unasked_and_keeps_other_objects(effect):
     """SAFREE with its mini preset (the filtered embeddings at every step; the keywords also the negative
@@ -199,6 +200,7 @@ NAMED_XFAIL = (
     "encoder carries the word to the [EoT] and padding positions, which SAFREE keeps)")
 
 
+@pytest.mark.effects
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=NAMED_XFAIL)
 def test_erases_the_named_target(effect):

@@ -195,6 +195,7 @@ def test_anchoring_holds_the_unconditional_prediction_as_the_official_batch():
 SPM_XFAIL = "no erasure of the named circle without damage to other objects on the mini world (figures above)"
 
 
+@pytest.mark.effects
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=SPM_XFAIL)
 def test_erases_the_target_and_keeps_other_objects(mini_backbone, effect_probe):

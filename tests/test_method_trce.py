@@ -182,6 +182,7 @@ def test_official_accumulate_changes_stage2_after_its_first_step(sd_backbone):
 IMAGES = 1  # per prompt (12 target / 14 other-object images): the CI budget; the unedited probe is shared
 
 
+@pytest.mark.effects
 @pytest.mark.slow
 def test_erases_the_target_and_keeps_other_objects(mini_backbone, effect_probe):
     """TRCE maps the concept to a contextually similar safe concept (nudity: "a person wearing clothes"); on the

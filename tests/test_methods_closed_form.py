@@ -196,6 +196,7 @@ def edit_of(mini):
 NAMED_XFAIL = "prompts that name the circle keep it on the mini model (it goes where unnamed: target-implicit test)"
 
 
+@pytest.mark.effects
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [
     pytest.param(n, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=NAMED_XFAIL))
@@ -208,6 +209,7 @@ def test_method_erases_target_on_mini(reference, edit_of, effect_probe, name):
     assert_erases(name, reference, got, gain=CLOSED_FORM_GAIN, note=f"stats={method.stats}")
 
 
+@pytest.mark.effects
 @pytest.mark.slow
 def test_default_mace_cfr_as_erasebench_run_applies_it(mini, effect_probe):
     """The MACE-CFR that ``erasebench run`` applies: the method's defaults (lamb 1e3, the official
@@ -236,6 +238,7 @@ def test_default_mace_cfr_as_erasebench_run_applies_it(mini, effect_probe):
 IMPLICIT_EFFECT = {"negative-prompt": 2 * CLOSED_FORM_GAIN, "conceptprune": CLOSED_FORM_GAIN}
 
 
+@pytest.mark.effects
 @pytest.mark.slow
 @pytest.mark.parametrize("name", IMPLICIT_EFFECT)
 def test_removes_the_target_from_captions_that_do_not_ask_for_it(mini, edit_of, effect_probe, name):

@@ -319,6 +319,7 @@ def _effect_param(name: str):
     return pytest.param(name, marks=marks)
 
 
+@pytest.mark.effects
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [_effect_param(n) for n in FINETUNE])
 def test_erases_the_target_and_keeps_other_objects(probe_fn, unedited, default_edit, name):
@@ -328,6 +329,7 @@ def test_erases_the_target_and_keeps_other_objects(probe_fn, unedited, default_e
     assert_erases(name, unedited, after, margin=MARGINS.get(name, OTHER_MARGIN), note=synonyms)
 
 
+@pytest.mark.effects
 @pytest.mark.slow
 @ESD_U_EDIT
 def test_esd_u_erases_the_target_from_captions_that_do_not_ask_for_it(mini, default_edit, effect_probe):

@@ -51,8 +51,12 @@ def test_package_declares_lower_bounds_and_ci_pins_exact_versions():
     assert 'pip install -q -c constraints/ci.txt -e ".[test]"' in ci
     readme = (ROOT / "README.md").read_text()
     assert 'pip install -c constraints/ci.txt -e ".[test]"' in readme
-    test_command = "python -m pytest -q -n auto --dist loadgroup --durations=20"
+    test_command = 'python -m pytest -q -n auto --dist loadgroup -m "not effects" --durations=20'
     assert test_command in ci and test_command in readme
+    effects = (ROOT / ".ci" / "effects").read_text()  # the effects tier: the same set-up, the README's other command
+    effects_command = "python -m pytest -q -n auto --dist loadgroup -m effects --durations=20"
+    assert 'pip install -q -c constraints/ci.txt -e ".[test]"' in effects
+    assert effects_command in effects and effects_command in readme
 
 
 def _build_wheel(tmp_path: Path) -> Path:
