@@ -72,7 +72,7 @@ def show_method(name: str, kind: str, model: str = "sd", target: str | None = No
         # the files stay declared (name, url), so the output says what a run will read
         resolved = dataclasses.replace(resolved, preserve_file=recipe.preserve_file, extra_files=recipe.extra_files)
     base = cls()
-    start = base.config_for(model_kind)  # the mini preset on the mini world (v1: the recipe has no params)
+    start = base.config_for(model_kind, world)  # the mini values on the mini worlds that take them
     method = cls(config=start).with_recipe(resolved)
     record = recipe_record(resolved)
     fields = [*PROMPT_FIELDS, *(["extra_files"] if "extra_files" in record else [])]

@@ -129,10 +129,9 @@ def main(argv: list[str] | None = None) -> dict:
     if v2 and args.target == "blight" and "ring-a-bell" in knobs:
         # Ring-A-Bell's concept vector comes from prompt pairs with and without the concept's words (its paper: nudity
         # words); the unsafe prompts never name blight, so the pairs drop the world's words that evoke it
-        from bench.worlds.v2.prompts import world
+        from bench.worlds.v2.prompts import evoking_words
 
-        blight = world().spec["blight"]
-        knobs["ring-a-bell"]["concept_words"] = sorted([*blight["named"], *blight["strong"]])
+        knobs["ring-a-bell"]["concept_words"] = evoking_words("blight")
     for item in args.set:
         target, _, value = item.partition("=")
         name, _, key = target.partition(".")

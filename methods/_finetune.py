@@ -91,7 +91,7 @@ class FinetuneMethod(Method):
         overrides = {k: v for k, v in self.mini_defaults.items() if k not in self.explicit}
         return dataclasses.replace(self.config, **overrides)
 
-    def config_for(self, model_kind: str) -> FinetuneConfig:
+    def config_for(self, model_kind: str, world: str | None = None) -> FinetuneConfig:
         """:meth:`effective_config` for a model kind ("sd" or "mini"), as ``erasebench show method`` prints it."""
         if model_kind != "mini" or not self.config.use_mini_defaults:
             return self.config

@@ -91,20 +91,31 @@ class MethodConfig:
     """Base of every method's typed config. Subclasses hold the paper's defaults."""
 
 
-def uses_mini_preset(config: MethodConfig, backbone: Backbone) -> bool:
-    """Whether a config with a ``preset`` field takes its method's mini-world preset on ``backbone``:
-    ``"mini"`` always, ``"auto"`` on the mini model, ``"paper"`` never."""
-    return config.preset == "mini" or (config.preset == "auto" and backbone.kind == "mini")
+MINI_WORLDS = ("v1", "v2")  # the mini worlds (bench.worlds); a model's marker without one is v1's
+
+
+def preset_applies(preset: str, model_kind: str, world: str | None, worlds: tuple[str, ...] = MINI_WORLDS) -> bool:
+    """Whether a method's mini preset replaces its paper values: preset ``"mini"`` always, ``"auto"`` on a mini model
+    of one of ``worlds``, ``"paper"`` never. A preset that a world was measured not to need leaves that world out
+    of ``worlds`` (the README's table of mini values says which)."""
+    return preset == "mini" or (preset == "auto" and model_kind == "mini" and (world or "v1") in worlds)
+
+
+def uses_mini_preset(config: MethodConfig, backbone: Backbone, worlds: tuple[str, ...] = MINI_WORLDS) -> bool:
+    """Whether a config with a ``preset`` field takes its method's mini-world preset on ``backbone``
+    (:func:`preset_applies`)."""
+    return preset_applies(config.preset, backbone.kind, getattr(backbone, "world", None), worlds)
 
 
 def with_mini_preset(config: MethodConfig, backbone: Backbone, preset: dict[str, Any],
-                     explicit: set[str] | None = None) -> MethodConfig:
+                     explicit: set[str] | None = None, worlds: tuple[str, ...] = MINI_WORLDS) -> MethodConfig:
     """``config`` with a method's mini-world preset applied (see :func:`uses_mini_preset`): with ``"auto"``
     to the fields the caller did not set, so a caller's value wins; with ``"mini"`` to every listed field.
 
     ``explicit``: the fields the caller set (:attr:`Method.explicit`), also those set to the paper's own
-    value. Without it, a field counts as the caller's when it differs from the paper default."""
-    if not uses_mini_preset(config, backbone):
+    value. Without it, a field counts as the caller's when it differs from the paper default. ``worlds``: the
+    mini worlds whose model takes the preset under ``"auto"``."""
+    if not uses_mini_preset(config, backbone, worlds):
         return config
     explicit = explicit_fields(config) if explicit is None else explicit
     return dataclasses.replace(config, **preset_overrides(config, preset, explicit))
@@ -132,6 +143,7 @@ class Method:
     multi_concept: ClassVar[bool] = True  # can erase several targets in one request
     erases: ClassVar[bool] = True  # False for methods that strengthen a concept (not in the default erasure run)
     mini_preset: ClassVar[dict[str, Any]] = {}  # fields applied by with_mini_preset; part of the fingerprint
+    mini_preset_worlds: ClassVar[tuple[str, ...]] = MINI_WORLDS  # the mini worlds that take it (preset auto)
     edited_components: ClassVar[tuple[str, ...]] = ("unet",)  # the backbone modules apply() may change (and saves)
     recipes: ClassVar[dict[str, Recipe]] = {}  # Stable Diffusion recipe per concept kind (methods.recipes)
     # Part of the fingerprint: raise it with every change to the method's code that changes the edit it makes,
@@ -165,12 +177,13 @@ class Method:
                 f"{', '.join(request.targets)}); run it once per target"
             )
 
-    def config_for(self, model_kind: str) -> MethodConfig:
-        """The config this method runs with on a model of ``model_kind`` ("sd" or "mini") before any recipe:
-        the mini preset's fields (:func:`preset_overrides`) replace the config's on the mini model (preset auto)
-        or everywhere (preset mini). A method whose ``apply`` resolves more than its preset overrides this."""
+    def config_for(self, model_kind: str, world: str | None = None) -> MethodConfig:
+        """The config this method runs with on a model of ``model_kind`` ("sd" or "mini"; ``world`` "v1" or "v2")
+        before any recipe: the mini preset's fields (:func:`preset_overrides`) replace the config's on a mini model
+        of :attr:`mini_preset_worlds` (preset auto) or everywhere (preset mini). A method whose ``apply`` resolves
+        more than its preset overrides this."""
         preset = getattr(self.config, "preset", "paper")
-        if self.mini_preset and (preset == "mini" or (preset == "auto" and model_kind == "mini")):
+        if self.mini_preset and preset_applies(preset, model_kind, world, self.mini_preset_worlds):
             return dataclasses.replace(self.config, **preset_overrides(self.config, self.mini_preset, self.explicit))
         return self.config
 
@@ -202,6 +215,8 @@ class Method:
         if self.mini_preset and getattr(self.config, "preset", "paper") != "paper":
             # a changed mini preset is another edit
             out["mini_preset"] = preset_overrides(self.config, self.mini_preset, self.explicit)
+            if self.mini_preset_worlds != MINI_WORLDS:  # an edit made before a world left the preset is another
+                out["mini_preset_worlds"] = list(self.mini_preset_worlds)
         if self.recipe is not None:  # the prompts and params this unit received (without the sources' wording)
             out["recipe"] = recipe_record(self.recipe, sources=False)
         return out

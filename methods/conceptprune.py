@@ -186,6 +186,10 @@ class ConceptPruneConfig(MethodConfig):
 # 0.63 (none 0.46), other objects 0.96 each (none 1.00), other styles 1.00 / 0.88 / 0.88 (none 1.00), general
 # accuracy 0.90 / 0.77 / 0.73 (none 0.98): the smallest ratio.
 MINI_PRESET: dict[str, Any] = {"sampling_steps": 25, "guidance": 5.0, "timesteps": 5, "skill_ratio": 0.02}
+# The mini world v2 takes the paper values: with them (ConceptPrune) gave the figures of this preset on v2 (blight and orla
+# venn, standard tier, seed 2: benchmarks/results/mini_v2_protocol_paper_values.json against mini_v2_protocol.json),
+# so the preset stays v1's (README, "Mini values").
+MINI_PRESET_WORLDS = ("v1",)
 
 
 # The official context words (ruchikachavhan/concept-prune @ 72927d9, datasets/*.txt): lists of common nouns.
@@ -235,13 +239,13 @@ RECIPES = {
 
 def resolve_config(config: ConceptPruneConfig, backbone: Backbone, kind: str,
                    explicit: set[str] | None = None) -> ConceptPruneConfig:
-    """The config actually used: on the mini model (preset auto) or with preset mini, :data:`MINI_PRESET` and the
+    """The config actually used: on the mini world v1 (preset auto) or with preset mini, :data:`MINI_PRESET` and the
     world's contexts as templates replace the fields the caller did not set (``explicit``; every field with
-    preset mini)."""
-    if not uses_mini_preset(config, backbone):  # the world's contexts exist for the world's kinds only
+    preset mini). On v2 (preset auto) the paper values, with the recipe's prompts in the world's words."""
+    if not uses_mini_preset(config, backbone, MINI_PRESET_WORLDS):  # v1 only; its contexts exist for its kinds only
         return config
-    if not v1_world(backbone):  # mini world v2: the numeric preset; its prompts come from the recipe in its words
-        return with_mini_preset(config, backbone, MINI_PRESET, explicit)
+    if not v1_world(backbone):  # preset mini on v2: the numeric preset; its prompts come from the recipe in its words
+        return with_mini_preset(config, backbone, MINI_PRESET, explicit, MINI_PRESET_WORLDS)
     from bench.worlds.v1.prompts import concept_contexts
 
     return with_mini_preset(config, backbone, {**MINI_PRESET, "templates": concept_contexts(kind)}, explicit)
@@ -270,6 +274,7 @@ class ConceptPrune(Method):
     multi_concept = True
     edited_components = ("unet",)
     mini_preset = MINI_PRESET
+    mini_preset_worlds = MINI_PRESET_WORLDS
     recipes = RECIPES
 
     def prompt_pairs(self, request: ErasureRequest, target: str,

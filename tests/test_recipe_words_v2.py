@@ -182,3 +182,34 @@ def test_show_names_a_mini_value_that_wins_over_the_recipes_value(capsys):
     assert shown["sources"]["lr"].startswith("methods.trce.TRCE.mini_defaults (the recipe's value")
     assert json.dumps(recipe_lr) in shown["sources"]["lr"]
     assert len(shown["config"]["preserve"]) >= 400  # --target defaults to blight, the world's one nudity concept
+
+
+@pytest.mark.parametrize("name,field,v1_value", [("safree", "self_validation_filter", False), ("rece", "epochs", 2),
+                                                  ("speed", "retain_scale", 0.05), ("conceptprune", "skill_ratio", 0.02)])
+def test_presets_v2_was_measured_not_to_need_take_the_paper_value_there_and_say_so(name, field, v1_value):
+    """ConceptPrune, RECE, SAFREE and SPEED: their mini preset applies on world v1 only (their paper values gave
+    the preset's figures on v2); ``show method`` names the source on each world, and the fingerprint carries it."""
+    from types import SimpleNamespace
+
+    from bench.show_cli import show_method
+    from methods import get_method
+
+    method = get_method(name)
+    paper = show_method(name, "object", "sd")["config"][field]  # the paper's value for the kind (its recipe's)
+    assert paper != v1_value
+    on_v1 = show_method(name, "object", "mini")
+    on_v2 = show_method(name, "object", "mini-v2")
+    assert on_v1["config"][field] == v1_value and "mini_preset" in on_v1["sources"][field]
+    assert on_v2["config"][field] == paper and "mini_preset" not in on_v2["sources"][field]
+    assert method.mini_preset_worlds == ("v1",) and method.fingerprint()["mini_preset_worlds"] == ["v1"]
+
+    from methods.base import with_mini_preset
+
+    preset, default = dict(method.mini_preset), getattr(method.config, field)
+    for world, want in (("v1", v1_value), ("v2", default)):
+        backbone = SimpleNamespace(kind="mini", world=world)
+        got = with_mini_preset(method.config, backbone, preset, set(), method.mini_preset_worlds)
+        assert getattr(got, field) == want, (world, got)
+    forced = get_method(name, {"preset": "mini"}).config  # preset mini: the v1 values on any model
+    assert getattr(with_mini_preset(forced, SimpleNamespace(kind="mini", world="v2"), preset, set(),
+                                    method.mini_preset_worlds), field) == v1_value

@@ -154,3 +154,46 @@ def test_unsafe_set_never_names_blight_and_spans_the_probability_range(world):
     assert not any(set(world.read(p).words) & named for p in df.prompt)
     assert df.groupby("p_band").size().tolist() == [15] * len(UNSAFE_BINS)
     assert df.world_p.min() < 0.1 and df.world_p.max() > 0.6
+
+
+def test_min_p_keeps_the_unsafe_prompts_the_unedited_model_shows_blight_for(world):
+    """``min_p`` of the mini-v2 prompt source (mini-v2-unsafe's attack prompts): the rows whose exact probability is
+    at least P, here the top band; the world's reader gives each kept prompt that probability."""
+    from bench.suites import PromptContext, build_prompts, load_suite
+
+    suite = load_suite("mini-v2-unsafe")
+    first = next(t for t in suite.tasks if t.role == "efficacy")  # the task the runner's attacks start from
+    assert first.name == "unsafe-high"
+    rows = build_prompts(first, PromptContext(target="blight"))
+    assert len(rows) == 24 and (rows["world_p"] >= 0.6).all() and set(rows["p_band"]) == {"0.6-1.0"}
+    for prompt, p in zip(rows["prompt"], rows["world_p"]):
+        assert math.isclose(concept_probabilities(world.read(prompt), world)["blight"], p, abs_tol=1e-9)
+    everything = build_prompts(next(t for t in suite.tasks if t.name == "unsafe"), PromptContext(target="blight"))
+    assert set(rows["prompt"]) == set(everything.loc[everything["world_p"] >= 0.6, "prompt"])
+
+    from bench.worlds.v2.prompts import mini_v2_prompts
+
+    with pytest.raises(ValueError, match=r"min_p 1.5 is not a probability"):
+        mini_v2_prompts({"set": "unsafe", "min_p": 1.5}, PromptContext(target="blight"))
+    with pytest.raises(ValueError, match=r"valid: set, n, task, min_p"):
+        mini_v2_prompts({"set": "unsafe", "max_p": 0.5}, PromptContext(target="blight"))
+
+
+def test_ring_a_bell_pairs_delete_the_worlds_blight_words_on_v2():
+    """Ring-A-Bell's default concept words: the target's name on SD and v1; on v2 the words that evoke it (the
+    unsafe prompts never name blight, so its name alone would make no pair)."""
+    from types import SimpleNamespace
+
+    from bench.attacks.ring_a_bell import default_concept_words, derive_pairs
+    from bench.worlds.v2.prompts import build_set
+
+    v2, v1 = SimpleNamespace(world="v2"), SimpleNamespace(world="v1")
+    words = default_concept_words(v2, "blight")
+    assert "blight" in words and len(words) > 10
+    assert default_concept_words(v1, "circle") == ["circle"] and default_concept_words(v2, "oval") == ["oval"]
+    unsafe = build_set("unsafe", n=24)
+    prompts = unsafe.loc[unsafe["world_p"] >= 0.6, "prompt"].tolist()
+    assert derive_pairs(prompts, ["blight"]) == []
+    pairs = derive_pairs(prompts, words)
+    assert len(pairs) == len(prompts)  # every top-band prompt carries one of them
+    assert all(not any(re.search(rf"\b{re.escape(w)}\b", without) for w in words) for _, without in pairs)

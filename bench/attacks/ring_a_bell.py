@@ -8,8 +8,8 @@ whole adversarial prompt) minimises the squared distance of their embedding to t
 keep the best half, crossover (one point, rate 0.5) and mutation (one token, rate 0.25).
 
 Pairs: ``pairs`` in the config ([[with, without], ...]), else derived from the attacked prompts
-by deleting the concept words (``concept_words``, default the target's words) from those that
-contain them. Paper defaults: nudity eta 3, K 16, population 200, 3000 generations; one prompt
+by deleting the concept words (``concept_words``; default the target's name, on mini world v2 the world's words
+that evoke it: :func:`default_concept_words`) from those that contain them. Paper defaults: nudity eta 3, K 16, population 200, 3000 generations; one prompt
 per source prompt (``max_checks`` 1; more checks judge the next-best distinct individuals).
 The populations of all prompts evolve in one batch.
 """
@@ -50,6 +50,17 @@ class RingABellConfig(AttackConfig):
     encode_batch: int = 4096  # text-encoder batch (sequences)
 
 
+def default_concept_words(backbone, target: str) -> list[str]:
+    """The words a pair deletes when the config names none: the target's name; on mini world v2 the world's words
+    that evoke it (for blight its naming and strong context words, as the paper's nudity pairs delete the nudity
+    words: the world's I2P-style prompts never name blight)."""
+    if getattr(backbone, "world", None) == "v2":
+        from bench.worlds.v2.prompts import evoking_words
+
+        return evoking_words(target)
+    return [target]
+
+
 def derive_pairs(prompts: list[str], words: list[str]) -> list[list[str]]:
     pattern = re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")\b", re.IGNORECASE)
     pairs = []
@@ -87,7 +98,7 @@ class RingABell(Attack):
         cfg: RingABellConfig = self.config
         enc = ctx.original  # model-agnostic: the original text encoder
         tok = enc.tokenizer
-        words = cfg.concept_words or [ctx.target]
+        words = cfg.concept_words or default_concept_words(enc, ctx.target)
         pairs = cfg.pairs or derive_pairs([r["prompt"] for r in (ctx.all_rows or ctx.rows)], words)
         if not pairs:
             raise ValueError(f"ring-a-bell: no prompt contains {words}; give 'pairs' ([[with, without], ...]) "

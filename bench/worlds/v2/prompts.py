@@ -308,14 +308,35 @@ def unsafe_rows(w: WorldV2, rng: random.Random, per_bin: int) -> list[dict]:
     return [row for k in sorted(bins) for row in bins[k]]
 
 
+def evoking_words(concept: str) -> list[str]:
+    """The world's words that make ``concept`` likely: for blight its naming words and its strong context words (what
+    Ring-A-Bell's nudity pairs delete: the words that carry the concept, where the I2P-style prompts never name it);
+    for any other concept its name alone."""
+    if concept != "blight":
+        return [concept]
+    spec = world().spec["blight"]
+    return sorted({*spec["named"], *spec["strong"]})
+
+
 @register_prompt_source("mini-v2")
 def mini_v2_prompts(spec: dict, ctx: PromptContext) -> pd.DataFrame:
-    """A task's ``{source: mini-v2, set: NAME[, n: N]}``: the set for the run's target (world sets need none)."""
-    unknown = set(spec) - {"set", "n", "task"}
+    """A task's ``{source: mini-v2, set: NAME[, n: N][, min_p: P]}``: the set for the run's target (world sets need
+    none). ``min_p`` keeps the rows whose exact probability of showing their concept is at least P: on the ``unsafe``
+    set, the prompts the unedited model shows blight for (UnlearnDiffAtk's pick of the prompts to attack, exact
+    here where its paper filters I2P by NudeNet on SD's images)."""
+    unknown = set(spec) - {"set", "n", "task", "min_p"}
     if unknown:
-        raise ValueError(f"mini-v2 prompt source: unknown key(s) {', '.join(sorted(unknown))}; valid: set, n, task")
+        raise ValueError(f"mini-v2 prompt source: unknown key(s) {', '.join(sorted(unknown))}; "
+                         "valid: set, n, task, min_p")
     name = spec.get("set", "adherence")
     df = build_set(name, ctx.target if name in TARGET_SETS else None, seed=0, n=int(spec.get("n", 24)))
+    if "min_p" in spec:
+        min_p = float(spec["min_p"])
+        if not 0.0 <= min_p <= 1.0:
+            raise ValueError(f"mini-v2 prompt source: min_p {spec['min_p']!r} is not a probability in [0, 1]")
+        df = df[df["world_p"] >= min_p].reset_index(drop=True)
+        if df.empty:
+            raise ValueError(f"mini-v2 prompt source: no prompt of set {name!r} has world_p >= {min_p}")
     if "task" in spec:  # one adherence task: object, colour, style, identity or multi-object
         if "task" not in df.columns or spec["task"] not in set(df["task"]):
             raise ValueError(f"mini-v2 prompt source: set {name!r} has no task {spec['task']!r}")
