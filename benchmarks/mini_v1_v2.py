@@ -13,7 +13,7 @@ common tasks, matched by what they ask:
 | general (utility) | general | general |
 
 A method's conclusion on a world: **erases** when its named or implicit erasure gain over ``none`` is at least
-``--gain`` (0.30, issue 33's bar), and **keeps** when other concepts and general captions drop by at most
+``--gain`` (0.30, issue 33's bar; implicit only where both worlds have implicit prompts for the target), and **keeps** when other concepts and general captions drop by at most
 ``--drop`` (0.10). A row where the two worlds give different conclusions is a place where v2 changes what a table
 would say; the figures carry n and the run's 95 % intervals (at the standard tier, one image a prompt, n is 8-16:
 the table says where to look, not a verdict).
@@ -80,14 +80,16 @@ def figures(run_dir: Path, world: str) -> dict[tuple[str, str], dict]:
     return out
 
 
-def conclusion(fig: dict, method: str, gain: float, drop: float) -> dict:
+def conclusion(fig: dict, method: str, gain: float, drop: float, shared: set[str]) -> dict:
+    """The method's conclusion on one world, from the efficacy tasks both worlds have for the target (``shared``:
+    v2 has no implicit prompts for an object, its implicit concept is blight)."""
     def change(task: str) -> float | None:
         mine, base = fig.get((method, task)), fig.get(("none", task))
         return None if mine is None or base is None else round(mine["value"] - base["value"], 4)
 
     gains = {t: change(t) for t in ("named", "implicit", "paraphrase")}
     drops = {t: change(t) for t in ("others", "general")}
-    erases = any(g is not None and g >= gain for t, g in gains.items() if t != "paraphrase")
+    erases = any(g is not None and g >= gain for t, g in gains.items() if t != "paraphrase" and t in shared)
     keeps = all(d is None or -d <= drop for d in drops.values())
     return {"erases": erases, "keeps": keeps, "gains": gains, "changes": drops}
 
@@ -106,15 +108,21 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     methods = args.methods or erasing_methods()
-    seconds = {w: round(run_world(w, args.out / w, methods, args.target, args.tier, args.seed, args.workers), 1)
-               for w in WORLDS}
+    # a run finished before this call only resumes (seconds): keep the figure of the call that ran it
+    previous = json.loads(args.result.read_text()).get("run_seconds", {}) if args.result.exists() else {}
+    seconds = {}
+    for w in WORLDS:
+        finished = (args.out / w / "summary.json").exists()
+        took = round(run_world(w, args.out / w, methods, args.target, args.tier, args.seed, args.workers), 1)
+        seconds[w] = previous.get(w, took) if finished else took
     figs = {w: figures(args.out / w, w) for w in WORLDS}
+    shared = {t for t in COMMON if all(figs[w].get(("none", t)) is not None for w in WORLDS)}
     rows, changed = [], []
     for method in methods:
         row = {"method": method}
         for w in WORLDS:
             row[w] = {"figures": {t: figs[w].get((method, t)) for t in COMMON},
-                      **conclusion(figs[w], method, args.gain, args.drop)}
+                      **conclusion(figs[w], method, args.gain, args.drop, shared)}
         row["conclusion_changes"] = [k for k in ("erases", "keeps") if row["v1"][k] != row["v2"][k]]
         if row["conclusion_changes"]:
             changed.append(method)
@@ -125,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}" for k, v in vars(args).items()
             if v is not None),
         "common_tasks": {k: {"v1": a, "v2": b} for k, (a, b) in COMMON.items()},
-        "run_seconds": seconds, "none": base, "rows": rows, "conclusion_changes": changed,
+        "run_seconds": seconds, "tasks_on_both_worlds": sorted(shared), "none": base, "rows": rows,
+        "conclusion_changes": changed,
     })
     print("| method | v1 named / implicit gain | v1 others / general | v2 named / implicit gain | v2 others / general "
           "| changes |")
