@@ -282,13 +282,14 @@ def read_keyed_png(path: Path, key: str | None = None, root: Path | None = None,
     if path.is_dir():
         return None, "a folder where an image belongs"
     try:
-        broken = png_chunk_problem(path.read_bytes())
+        data = path.read_bytes()
     except OSError as exc:
         return None, str(exc) or type(exc).__name__
+    broken = png_chunk_problem(data)
     if broken:
         return None, broken
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:  # the bytes whose chunks were checked, not a second read
             pixels = np.asarray(im.convert("RGB"))
             expected = im.info.get(PIXEL_SHA256)
             found = im.info.get(IMAGE_KEY)
