@@ -34,11 +34,11 @@ SAMPLER = ("guidance", "sampler")
 
 
 def reason(field: str) -> str:
-    if any(field == s or field.startswith(s) or field.endswith(s) for s in SAMPLER):
+    if any(field.startswith(s) or field.endswith(s) for s in SAMPLER):
         return "sampler"
-    if any(field == c or c in field for c in COST):
+    if any(c in field for c in COST):
         return "cost"
-    if any(field == s or field.startswith(s + "_") or field.endswith("_" + s) or field == s for s in SCALE):
+    if any(field == s or field.startswith(s + "_") or field.endswith("_" + s) for s in SCALE):
         return "scale"
     return "procedure"
 

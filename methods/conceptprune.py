@@ -186,9 +186,9 @@ class ConceptPruneConfig(MethodConfig):
 # 0.63 (none 0.46), other objects 0.96 each (none 1.00), other styles 1.00 / 0.88 / 0.88 (none 1.00), general
 # accuracy 0.90 / 0.77 / 0.73 (none 0.98): the smallest ratio.
 MINI_PRESET: dict[str, Any] = {"sampling_steps": 25, "guidance": 5.0, "timesteps": 5, "skill_ratio": 0.02}
-# The mini world v2 takes the paper values: with them (ConceptPrune) gave the figures of this preset on v2 (blight and orla
-# venn, standard tier, seed 2: benchmarks/results/mini_v2_protocol_paper_values.json against mini_v2_protocol.json),
-# so the preset stays v1's (README, "Mini values").
+# v1 only: on mini world v2 the paper values gave the same figures as this preset (blight and orla venn, standard
+# tier, seed 2: benchmarks/results/mini_v2_protocol_paper_values.json against mini_v2_protocol.json), so v2 runs
+# with them (README, "Mini values").
 MINI_PRESET_WORLDS = ("v1",)
 
 

@@ -107,9 +107,9 @@ class RECEConfig(MethodConfig):
 # accuracy (all three attributes right) 0.98 / 0.88 / 0.79 / 0.79 / 0.33. A larger regulariser does not save
 # 5 epochs (reg_scale 0.1: erasure 0.42, general 0.17).
 MINI_PRESET: dict = {"epochs": 2}
-# The mini world v2 takes the paper values: with them (RECE) gave the figures of this preset on v2 (blight and orla
-# venn, standard tier, seed 2: benchmarks/results/mini_v2_protocol_paper_values.json against mini_v2_protocol.json),
-# so the preset stays v1's (README, "Mini values").
+# v1 only: on mini world v2 the paper values gave the same figures as this preset (blight and orla venn, standard
+# tier, seed 2: benchmarks/results/mini_v2_protocol_paper_values.json against mini_v2_protocol.json), so v2 runs
+# with them (README, "Mini values").
 MINI_PRESET_WORLDS = ("v1",)
 
 _REPO = "CharlesGong12/RECE @ 403a67f"

@@ -144,9 +144,9 @@ RECIPES = {
 
 # Chosen on the mini world with benchmarks/safree_sweep.py (run seed TUNING_SEED): see the module docstring.
 MINI_PRESET: dict = {"self_validation_filter": False}
-# The mini world v2 takes the paper values: with them (SAFREE) gave the figures of this preset on v2 (blight and orla
-# venn, standard tier, seed 2: benchmarks/results/mini_v2_protocol_paper_values.json against mini_v2_protocol.json),
-# so the preset stays v1's (README, "Mini values").
+# v1 only: on mini world v2 the paper values gave the same figures as this preset (blight and orla venn, standard
+# tier, seed 2: benchmarks/results/mini_v2_protocol_paper_values.json against mini_v2_protocol.json), so v2 runs
+# with them (README, "Mini values").
 MINI_PRESET_WORLDS = ("v1",)
 
 

@@ -87,9 +87,9 @@ class SPEEDConfig(MethodConfig):
 # 0.00 / - / 1.00; target_rows "all" 0.25 / - / 1.00; KV 0.25 / - / 1.00; KV + retain_scale 0.1 0.50 / - / 1.00;
 # 2 images a prompt: KV + retain_scale 0.05 0.46 / 0.54 / 1.00 (KV + 0.1 the same).
 MINI_PRESET: dict = {"params": "KV", "retain_scale": 0.05}
-# The mini world v2 takes the paper values: with them (SPEED) gave the figures of this preset on v2 (blight and orla
-# venn, standard tier, seed 2: benchmarks/results/mini_v2_protocol_paper_values.json against mini_v2_protocol.json),
-# so the preset stays v1's (README, "Mini values").
+# v1 only: on mini world v2 the paper values gave the same figures as this preset (blight and orla venn, standard
+# tier, seed 2: benchmarks/results/mini_v2_protocol_paper_values.json against mini_v2_protocol.json), so v2 runs
+# with them (README, "Mini values").
 MINI_PRESET_WORLDS = ("v1",)
 
 

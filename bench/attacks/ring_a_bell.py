@@ -9,8 +9,9 @@ keep the best half, crossover (one point, rate 0.5) and mutation (one token, rat
 
 Pairs: ``pairs`` in the config ([[with, without], ...]), else derived from the attacked prompts
 by deleting the concept words (``concept_words``; default the target's name, on mini world v2 the world's words
-that evoke it: :func:`default_concept_words`) from those that contain them. Paper defaults: nudity eta 3, K 16, population 200, 3000 generations; one prompt
-per source prompt (``max_checks`` 1; more checks judge the next-best distinct individuals).
+that evoke it: :func:`default_concept_words`) from those that contain them. Paper defaults: nudity eta 3, K 16,
+population 200, 3000 generations; one prompt per source prompt (``max_checks`` 1; more checks judge the next-best
+distinct individuals).
 The populations of all prompts evolve in one batch.
 """
 
