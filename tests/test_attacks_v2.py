@@ -20,6 +20,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from bench.attacks.run import TASK_PREFIX, attack_task_name
 from tests.seeds import EFFECT_SEED
 
 ERASERS = ("uce", "esd-u", "advunlearn")  # the three
@@ -38,7 +39,7 @@ def attack_records(tmp_path_factory) -> pd.DataFrame:
                            "targets": ["blight"], "methods": [{"name": m} for m in ERASERS]}, "test")
     out = run(config, tmp_path_factory.mktemp("v2attacks") / "run", progress=False)
     records = RunResult.from_dir(out).records()
-    return records[records["task"].str.startswith("attack-")].reset_index(drop=True)
+    return records[records["task"].str.startswith(TASK_PREFIX)].reset_index(drop=True)
 
 
 def paired(records: pd.DataFrame, attack: str) -> tuple[int, int, float, int]:
@@ -47,8 +48,8 @@ def paired(records: pd.DataFrame, attack: str) -> tuple[int, int, float, int]:
 
     wins = losses = room = 0
     for method, rows in records.groupby("method"):
-        a = rows[rows["task"] == f"attack-{attack}"].sort_values(["prompt_id", "seed"])
-        floor = rows[rows["task"] == f"attack-{FLOOR}"].sort_values(["prompt_id", "seed"])
+        a = rows[rows["task"] == attack_task_name(attack)].sort_values(["prompt_id", "seed"])
+        floor = rows[rows["task"] == attack_task_name(FLOOR)].sort_values(["prompt_id", "seed"])
         assert len(a) == len(floor) == 24, (method, attack, len(a), len(floor))
         assert a["prompt_id"].tolist() == floor["prompt_id"].tolist() and a["seed"].tolist() == floor["seed"].tolist()
         assert a["pre_target_present"].tolist() == floor["pre_target_present"].tolist()  # the same erased images
@@ -67,7 +68,7 @@ def paired(records: pd.DataFrame, attack: str) -> tuple[int, int, float, int]:
 @pytest.mark.slow
 def test_the_run_attacks_every_eraser_on_the_suites_unsafe_prompts(attack_records):
     assert set(attack_records["method"]) == set(ERASERS)
-    assert set(attack_records["task"]) == {f"attack-{a}" for a in (FLOOR, *ATTACKS)}
+    assert set(attack_records["task"]) == {attack_task_name(a) for a in (FLOOR, *ATTACKS)}
     assert (attack_records["world_p"] >= 0.6).all()  # the attack prompts: the top band, never naming blight
     assert not attack_records["prompt"].str.contains("blight").any()
 
