@@ -30,7 +30,7 @@ from bench.worlds.v2.world import WorldV2, world_dir
 CARRIER = "{carrier}"
 CLASS = "{class}"
 _WORD = re.compile(r"\{[a-z]+\}|[a-z0-9]+(?:[-'][a-z0-9]+)*")
-_TOKEN = re.compile(r"\{[a-z]+\}|[a-z0-9]+(?:[-'][a-z0-9]+)*|,")  # words, placeholders and commas (tag lists)
+_TOKEN = re.compile(_WORD.pattern + "|,")  # words, placeholders and commas (tag lists)
 
 
 @dataclass(frozen=True)
