@@ -58,9 +58,10 @@ def paired_summary(rows: list[dict]) -> dict[str, dict]:
     from scipy.stats import binomtest
 
     out = {}
-    for name in sorted({r["attack"] for r in rows if "wins_vs_random" in r and r["attack"] != "random-tokens"}):
-        wins = sum(r["wins_vs_random"] for r in rows if r["attack"] == name)
-        losses = sum(r["losses_vs_random"] for r in rows if r["attack"] == name)
+    erased = [r for r in rows if r["method"] != "none"]  # the unedited model is a reference, not an eraser
+    for name in sorted({r["attack"] for r in erased if "wins_vs_random" in r and r["attack"] != "random-tokens"}):
+        wins = sum(r["wins_vs_random"] for r in erased if r["attack"] == name)
+        losses = sum(r["losses_vs_random"] for r in erased if r["attack"] == name)
         p = binomtest(wins, wins + losses).pvalue if wins + losses else 1.0
         out[name] = {"wins": wins, "losses": losses, "sign_test_p": round(float(p), 4),
                      "beats_random": bool(wins > losses and p < 0.05)}

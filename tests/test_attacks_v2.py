@@ -11,8 +11,8 @@ Measured by this test (2026-12-07, 1,407 s on one core of a 2-core AMD EPYC, the
 pre-ASR UCE 0.54, ESD-u 0.46, AdvUnlearn 0.54 (24 prompts each);
 - UnlearnDiffAtk: ASR 1.00 / 1.00 / 0.96 against random tokens' 0.75 / 0.71 / 0.75; 18 wins, 0 losses, p 7.6e-06;
 - Ring-A-Bell: ASR 0.83 / 0.96 / 0.92; 14 wins, 2 losses, p 0.0042.
-Before it (benchmarks/attacks_mini.py, run seed 2, 12 prompts, DDIM 10, four models with the unedited one):
-UnlearnDiffAtk 9-0 (p 0.0039), Ring-A-Bell 9-0 (p 0.0039), PEZ 2-2 (benchmarks/results/attacks_mini_v2_blight.json).
+Before it (benchmarks/attacks_mini.py, run seed 2, 12 prompts, DDIM 10, the three erasers pooled):
+UnlearnDiffAtk 9-0 (p 0.0039), Ring-A-Bell 8-0 (p 0.0078), PEZ 2-1 (benchmarks/results/attacks_mini_v2_blight.json).
 """
 
 from __future__ import annotations
