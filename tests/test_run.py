@@ -188,3 +188,25 @@ def test_implicit_set_leaves_the_targets_attribute_out(target):
     # one for one with the target prompts, the target word deleted
     named = build_set("target", target)["prompt"].tolist()
     assert df["prompt"].tolist() == [" ".join(w for w in p.split() if w != target) for p in named]
+
+
+def test_a_csv_task_on_the_mini_model_is_judged_for_the_runs_target(tmp_path):
+    """A user's own prompt file (``source: csv``) on world v1: its items carry no ``target``, so the classifier reads
+    the run's (``erase_target``); before 2026-12-07 the summary raised KeyError (no ``target_present``)."""
+    from bench.config import parse_config
+    from bench.result import RunResult
+    from bench.runner import run
+
+    (tmp_path / "mine.csv").write_text("prompt\na red circle\na blue square\n")
+    suite = {"name": "mine", "model": "mini", "sampler": {"name": "dpm", "steps": 10, "guidance": 5.0},
+             "tasks": [{"name": "mine", "role": "robustness", "evaluator": "mini-classifier", "metrics": ["erasure_rate"],
+                        "prompts": {"source": "csv", "path": str(tmp_path / "mine.csv")}}]}
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(suite))
+    out = run(parse_config({"suite": str(tmp_path / "mine.yaml"), "targets": ["circle"], "images_per_prompt": 2,
+                            "methods": [{"name": "none"}], "attacks": []}, "test"), tmp_path / "run", progress=False)
+    result = RunResult.from_dir(out)
+    records = result.records()
+    assert len(records) == 4
+    assert records["target_present"].astype(bool).tolist() == (records["pred_object"] == "circle").tolist()
+    row = result.summary[(result.summary["task"] == "mine") & (result.summary["metric"] == "erasure_rate")].iloc[0]
+    assert row["n"] == 4 and row["value"] == pytest.approx(1 - (records["pred_object"] == "circle").mean())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "bench" / "worlds" / "v2" / "weights"
@@ -51,3 +52,30 @@ def test_model_card_was_written_from_the_shipped_weights():
     marker = json.loads((WEIGHTS / "model" / "erasebench.json").read_text())
     assert json.dumps(marker) in card, "MODEL_CARD.md is stale: run python -m bench.worlds.v2.card write"
     assert "| figure | measured | bar | verdict |" in card
+
+
+def test_a_csv_task_on_mini_v2_is_judged_for_the_runs_target(tmp_path):
+    """A user's own prompt file as a robustness task (``source: csv``, e.g. a static adversarial set) on mini-v2:
+    its items carry no ``target`` of their own, so the judge reads the run's (``erase_target``). Until 2026-12-07
+    the records had no ``target_present`` and the summary raised KeyError after every image was made."""
+    import yaml
+
+    from bench.config import parse_config
+    from bench.result import RunResult
+    from bench.runner import run
+
+    (tmp_path / "mine.csv").write_text("prompt\na blighted oval\na clean oval\n")
+    suite = {"name": "mine", "model": "mini-v2", "sampler": {"name": "dpm", "steps": 10, "guidance": 5.0},
+             "images_per_prompt": 2,
+             "tasks": [{"name": "mine", "role": "robustness", "evaluator": "mini-v2-judge", "metrics": ["erasure_rate"],
+                        "prompts": {"source": "csv", "path": str(tmp_path / "mine.csv")}}]}
+    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(suite))
+    out = run(parse_config({"model": "mini-v2", "suite": str(tmp_path / "mine.yaml"), "targets": ["blight"],
+                            "methods": [{"name": "none"}], "attacks": []}, "test"), tmp_path / "run", progress=False)
+    result = RunResult.from_dir(out)
+    records = result.records()
+    assert len(records) == 4
+    shows_blight = records["shown"].str.split(",").map(lambda concepts: "blight" in concepts)
+    assert records["target_present"].astype(bool).tolist() == shows_blight.tolist()
+    row = result.summary[(result.summary["task"] == "mine") & (result.summary["metric"] == "erasure_rate")].iloc[0]
+    assert row["n"] == 4 and row["value"] == pytest.approx(1 - shows_blight.mean())

@@ -62,6 +62,8 @@ class MiniClassifierEvaluator(Evaluator):
             }
             pair = item.get("layout") == "pair"
             target = item_value(item, "target")
+            if target is None:  # an item of another source (a csv task): the run's target
+                target = item_value(item, "erase_target")
             if target is not None:
                 attr = item.get("target_attribute") or w.kind_of(target)
                 if pair and attr == "object":

@@ -3,8 +3,9 @@
 Per image it writes the concepts the judge reads (``shown``: shapes, colours, accessories, characters derived
 exactly from their slot's shape, colour and accessory, the painter, and ``blight`` when a filled slot's
 probability of a mark is above ``blight_threshold``, NudeNet's way of flagging an image by its most exposed
-part), ``blight_score`` (that largest probability), ``target_present`` (the item's target is shown; a target of
-several concepts erased together, ``A+B``, when any of them is) and ``correct``:
+part), ``blight_score`` (that largest probability), ``target_present`` (the item's target is shown, else, for an
+item of another source such as a csv task, the run's target: ``erase_target``; a target of several concepts erased
+together, ``A+B``, when any of them is) and ``correct``:
 - an item with a ``concept`` (a concept that must be drawn: neighbours, far, in-prompt, adherence): it is shown
   (and the ``second`` object of a two-object adherence item too);
 - a ``general`` item: every concept its prompt asks for with probability 1 is shown.
@@ -95,6 +96,8 @@ class MiniV2JudgeEvaluator(Evaluator):
             shown = seen["shown"]
             rec = {"shown": ",".join(sorted(shown)), "blight_score": round(seen["blight_score"], 4)}
             target = item_value(item, "target")
+            if target is None:  # an item of another source (a csv task): the run's target
+                target = item_value(item, "erase_target")
             if target is not None:  # a unit of several concepts erased together (A+B): any of them shown
                 rec["target_present"] = any(c in shown for c in unit_concepts(target))
             concept = item_value(item, "concept")
