@@ -2,8 +2,8 @@
 
 A mini value is a ``mini_preset`` field (``methods.base.Method.mini_preset``: applied on the mini worlds listed in
 ``mini_preset_worlds``) or a ``mini_defaults`` field (``methods._finetune.FinetuneMethod``: fine-tuning budgets,
-applied on every mini world). For each method and world the script lists the fields and the reason the model's size
-forces them, by kind of field:
+applied on every mini world, or on those ``mini_default_worlds`` lists). For each method and world the script lists
+the fields and the reason the model's size forces them, by kind of field:
 
 - cost: iterations, epochs, images, batch sizes and sampling steps cut so that an edit runs in about a minute on a
   CPU (the paper's run is GPU hours);
@@ -57,10 +57,12 @@ def main(argv: list[str] | None = None) -> dict:
         preset = dict(getattr(cls, "mini_preset", {}) or {})
         defaults = dict(getattr(cls, "mini_defaults", {}) or {})
         worlds = tuple(getattr(cls, "mini_preset_worlds", MINI_WORLDS))
+        default_worlds = dict(getattr(cls, "mini_default_worlds", {}) or {})
         for field, value in {**preset, **defaults}.items():
             rows.append({"method": name, "field": field, "value": value,
                          "where": "mini_preset" if field in preset else "mini_defaults",
-                         "worlds": list(worlds) if field in preset else list(MINI_WORLDS), "reason": reason(field)})
+                         "worlds": list(worlds) if field in preset else list(default_worlds.get(field, MINI_WORLDS)),
+                         "reason": reason(field)})
     per_world = {w: sum(w in r["worlds"] for r in rows) for w in MINI_WORLDS}
     result = {"command": "python benchmarks/mini_values.py" + (f" --out {args.out}" if args.out else ""),
               "fields": rows, "count_by_world": per_world}

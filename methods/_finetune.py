@@ -79,29 +79,38 @@ class FinetuneMethod(Method):
     family = "fine-tuning"
     config_class: ClassVar[type[FinetuneConfig]] = FinetuneConfig
     mini_defaults: ClassVar[dict[str, Any]] = {}
+    # fields of ``mini_defaults`` that apply on the listed mini worlds only (the rest apply on every mini world): a
+    # value a world was measured not to need leaves that world out (the README's table of mini values says which)
+    mini_default_worlds: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init__(self, config: FinetuneConfig | None = None, **params: Any):
         super().__init__(config, **params)
         self.stats: dict[str, Any] = {}
 
+    def mini_overrides(self, world: str | None) -> dict[str, Any]:
+        """The ``mini_defaults`` fields that replace the paper's values on a mini model of ``world`` (None: v1), but
+        those the caller set."""
+        return {k: v for k, v in self.mini_defaults.items()
+                if k not in self.explicit and (world or "v1") in self.mini_default_worlds.get(k, (world or "v1",))}
+
     def effective_config(self, backbone: Backbone) -> FinetuneConfig:
         """The config this backbone is trained with: the paper's, or the mini defaults on the mini model."""
-        if backbone.kind != "mini" or not self.config.use_mini_defaults:
-            return self.config
-        overrides = {k: v for k, v in self.mini_defaults.items() if k not in self.explicit}
-        return dataclasses.replace(self.config, **overrides)
+        return self.config_for(backbone.kind, getattr(backbone, "world", None))
 
     def config_for(self, model_kind: str, world: str | None = None) -> FinetuneConfig:
-        """:meth:`effective_config` for a model kind ("sd" or "mini"), as ``erasebench show method`` prints it."""
+        """:meth:`effective_config` for a model kind ("sd" or "mini") and mini world, as ``erasebench show method``
+        prints it."""
         if model_kind != "mini" or not self.config.use_mini_defaults:
             return self.config
-        return dataclasses.replace(self.config, **{k: v for k, v in self.mini_defaults.items() if k not in self.explicit})
+        return dataclasses.replace(self.config, **self.mini_overrides(world))
 
     def fingerprint(self) -> dict:
         out = super().fingerprint()
         out["config"].pop("progress", None)  # display only: a --quiet resume is the same edit
         if self.config.use_mini_defaults and self.mini_defaults:
             out["mini_defaults"] = {k: v for k, v in self.mini_defaults.items() if k not in self.explicit}
+            if self.mini_default_worlds:  # an edit made before a world left a value is another edit
+                out["mini_default_worlds"] = {k: list(v) for k, v in sorted(self.mini_default_worlds.items())}
         return out
 
     def record_edit(self, edited: Backbone, config: FinetuneConfig, request: ErasureRequest) -> None:

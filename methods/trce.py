@@ -329,6 +329,13 @@ class TRCE(ft.FinetuneMethod):
                    "fine-tune (Chen et al., ICCV 2025)")
     config_class = TRCEConfig
     mini_defaults = MINI_DEFAULTS
+    # World v1's preserve weight 1.0 (for its few preserve rows: the other objects in the world's contexts) is not
+    # v2's: v2 runs the recipe's preserve set in the world's words (484 captions), and at weight 1.0 a row stage 1
+    # moved nothing (2026-12-07, mini-v2-quick smoke, 8 images a prompt, run seed 1, 48 images a cell: named erasure
+    # gain +0.00 on triangle, heart, tomas greer, ilse moravik and blight). With the recipe's weight (the official one
+    # per row, scaled for coco_30k.csv): +0.79, +0.65, +0.94, +0.98 with far concepts and general captions down at
+    # most 0.08, and blight +0.62 with them down 0.25 and 0.33 (tests/test_effects_v2.py).
+    mini_default_worlds = {"closed_form_preserve_scale": ("v1",)}
     recipes = RECIPES
     edited_components = ("unet",)
     # 2: stage-2 gradients accumulate (official_accumulate), stage 1 refuses a rank-deficient solve, object templates

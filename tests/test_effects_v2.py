@@ -17,16 +17,20 @@ not hold (the unedited model must draw the target in at least half of its named 
 ``pytest.fail``, which the xfails do not swallow.
 
 Measured by this module (2026-12-07, 2-core AMD EPYC without native bf16, 2 pytest workers: 5,694 s): 35 of the 135
-cases pass. By kind, of 54 object, 54 style and 27 blight cases: 16, 12 and 7 pass. The misses (``MISSES``) are of
-three sorts: no erasure or a weak one (TRCE, SPM and ANT on every target; ConceptPrune on every target; ACE on four
-of five; SA on the shapes and blight), erasure that takes other concepts with it (CA, FMN, HiRM and SDD on every
-target; AdvUnlearn on the shapes and painters), and a method that erases one target of a kind and not the other
-(STEREO: heart +0.88, triangle +0.00). No method passes on all five targets: Receler on four (not heart), ESD-x and
-MACE-CFR on three.
+cases passed. By kind, of 54 object, 54 style and 27 blight cases: 16, 12 and 7. TRCE then erased nothing on any
+target: its v1 preserve weight held stage 1 still under v2's 484 preserve captions. With that weight left to v1
+(``methods/trce.py``), TRCE passes on the four shapes and painters and erases blight with damage (a run of none and
+TRCE under this config: benchmarks/results/mini_v2_effects_trce.json), so 39 cases pass now: 18, 14 and 7.
+The misses (``MISSES``) are of three sorts: no erasure or a weak one (SPM and ANT on every target; ConceptPrune on
+every target; ACE on four of five; SA on the shapes and blight), erasure that takes other concepts with it (CA, FMN,
+HiRM and SDD on every target; AdvUnlearn on the shapes and painters; TRCE on blight), and a method that erases one
+target of a kind and not the other (STEREO: heart +0.88, triangle +0.00). No method passes on all five targets:
+Receler and TRCE on four, ESD-x and MACE-CFR on three.
 
 The runs are long (about 30 minutes of one core a target). ``ERASEBENCH_EFFECTS_RUNS=DIR`` keeps them in
-``DIR/<target>/``: a killed tier resumes there, and a rerun of a finished one only reads the summary (the runner
-refuses a directory made by another config).
+``DIR/<target>/``: a killed tier resumes there, and a rerun of a finished one only reads the summary. The runner
+refuses a kept run made by another config or before a method's defaults changed (a ConfigError that names the
+method): remove ``DIR/<target>/`` and the tier measures it again.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ RUNS_ENV = "ERASEBENCH_EFFECTS_RUNS"
 # strict xfail raising AssertionError. "gain": named erasure, method minus the unedited model, with its 95 % interval
 # (bootstrap over the 6 prompts); "drop": accuracy lost on far concepts and general captions; every cell 48 image
 # pairs. "no erasure": gain <= 0.10; "weak": below the bar's 0.30; "damages": a drop above 0.10.
+# TRCE's figures come from the run of none and TRCE after its v2 preserve weight changed (see the docstring).
 MISSES: dict[tuple[str, str], str] = {
     ("ace", "heart"): "no erasure: gain +0.02 [+0.00, +0.06]; drop far -0.06, general +0.00",
     ("advunlearn", "heart"): "erases, damages: gain +0.81 [+0.71, +0.90]; drop far +0.04, general +0.33",
@@ -72,7 +77,6 @@ MISSES: dict[tuple[str, str], str] = {
     ("sdd", "heart"): "erases, damages: gain +0.98 [+0.94, +1.00]; drop far +0.56, general +0.44",
     ("sld", "heart"): "erases, damages: gain +0.73 [+0.52, +0.90]; drop far +0.19, general +0.06",
     ("spm", "heart"): "no erasure: gain -0.02 [-0.06, +0.00]; drop far +0.00, general +0.00",
-    ("trce", "heart"): "no erasure: gain +0.00 [+0.00, +0.00]; drop far -0.02, general +0.00",
     ("ace", "triangle"): "no erasure: gain +0.00 [+0.00, +0.00]; drop far -0.21, general -0.02",
     ("advunlearn", "triangle"): "erases, damages: gain +0.98 [+0.94, +1.00]; drop far +0.17, general +0.08",
     ("ant", "triangle"): "no erasure: gain +0.00 [+0.00, +0.00]; drop far -0.04, general +0.02",
@@ -89,7 +93,6 @@ MISSES: dict[tuple[str, str], str] = {
     ("sdd", "triangle"): "erases, damages: gain +0.92 [+0.75, +1.00]; drop far +0.29, general +0.23",
     ("spm", "triangle"): "no erasure: gain +0.00 [+0.00, +0.00]; drop far +0.04, general +0.02",
     ("stereo", "triangle"): "no erasure: gain +0.00 [+0.00, +0.00]; drop far -0.19, general +0.06",
-    ("trce", "triangle"): "no erasure: gain +0.00 [+0.00, +0.00]; drop far +0.00, general +0.00",
     ("uce", "triangle"): "erases, damages: gain +1.00 [+1.00, +1.00]; drop far +0.17, general -0.06",
     ("ace", "ilse moravik"): "no erasure: gain +0.08 [+0.02, +0.17]; drop far -0.02, general -0.08",
     ("advunlearn", "ilse moravik"): "erases, damages: gain +1.00 [+1.00, +1.00]; drop far +0.77, general +0.08",
@@ -110,7 +113,6 @@ MISSES: dict[tuple[str, str], str] = {
     ("speed", "ilse moravik"): "erases, damages: gain +1.00 [+1.00, +1.00]; drop far +0.17, general +0.04",
     ("spm", "ilse moravik"): "no erasure: gain +0.00 [+0.00, +0.00]; drop far +0.00, general -0.02",
     ("stereo", "ilse moravik"): "erases, damages: gain +0.94 [+0.85, +1.00]; drop far +0.65, general +0.04",
-    ("trce", "ilse moravik"): "no erasure: gain +0.00 [+0.00, +0.00]; drop far +0.00, general -0.02",
     ("uce", "ilse moravik"): "erases, damages: gain +0.81 [+0.48, +1.00]; drop far +0.25, general +0.04",
     ("advunlearn", "tomas greer"): "erases, damages: gain +0.94 [+0.85, +1.00]; drop far +1.00, general +0.42",
     ("ant", "tomas greer"): "weak: gain +0.17 [+0.02, +0.35]; drop far +0.00, general +0.04",
@@ -131,7 +133,6 @@ MISSES: dict[tuple[str, str], str] = {
     ("speed", "tomas greer"): "erases, damages: gain +0.88 [+0.71, +1.00]; drop far +0.00, general +0.23",
     ("spm", "tomas greer"): "weak: gain +0.10 [+0.04, +0.17]; drop far +0.00, general +0.04",
     ("stereo", "tomas greer"): "erases, damages: gain +0.94 [+0.85, +1.00]; drop far +0.56, general +0.23",
-    ("trce", "tomas greer"): "no erasure: gain +0.00 [+0.00, +0.00]; drop far +0.00, general +0.00",
     ("uce", "tomas greer"): "erases, damages: gain +0.56 [+0.19, +0.90]; drop far +0.00, general +0.17",
     ("ace", "blight"): "no erasure: gain +0.08 [+0.00, +0.21]; drop far +0.00, general -0.08",
     ("ant", "blight"): "no erasure: gain +0.00 [-0.08, +0.10]; drop far +0.00, general +0.02",
@@ -152,7 +153,7 @@ MISSES: dict[tuple[str, str], str] = {
     ("speed", "blight"): "weak: gain +0.25 [+0.12, +0.38]; drop far +0.00, general +0.06",
     ("spm", "blight"): "weak: gain +0.12 [+0.02, +0.25]; drop far +0.00, general -0.02",
     ("stereo", "blight"): "weak: gain +0.19 [+0.00, +0.42]; drop far +0.06, general +0.08",
-    ("trce", "blight"): "no erasure: gain +0.00 [-0.08, +0.10]; drop far +0.06, general -0.04",
+    ("trce", "blight"): "erases, damages: gain +0.62 [+0.42, +0.81]; drop far +0.25, general +0.33",
 }
 
 

@@ -213,3 +213,21 @@ def test_presets_v2_was_measured_not_to_need_take_the_paper_value_there_and_say_
     forced = get_method(name, {"preset": "mini"}).config  # preset mini: the v1 values on any model
     assert getattr(with_mini_preset(forced, SimpleNamespace(kind="mini", world="v2"), preset, set(),
                                     method.mini_preset_worlds), field) == v1_value
+
+
+def test_trces_v1_preserve_weight_is_left_out_on_v2_and_show_says_where_each_value_comes_from():
+    """TRCE's stage-1 preserve weight 1.0 was chosen for world v1's few preserve rows; on v2 the recipe's preserve set
+    (484 captions in the world's words) takes the recipe's weight (`mini_default_worlds`; the figures are in
+    methods/trce.py). Its other fine-tuning budgets apply on both worlds."""
+    from bench.show_cli import show_method
+    from methods import get_method
+
+    field = "closed_form_preserve_scale"
+    recipe_value = show_method("trce", "object", "sd")["config"][field]
+    on_v1, on_v2 = show_method("trce", "object", "mini"), show_method("trce", "object", "mini-v2")
+    assert on_v1["config"][field] == 1.0 and "mini_defaults" in on_v1["sources"][field]
+    assert on_v2["config"][field] == recipe_value != 1.0 and "mini_defaults" not in on_v2["sources"][field]
+    assert on_v1["config"]["ddim_steps"] == on_v2["config"]["ddim_steps"] == 25  # the cost budget: both worlds
+    method = get_method("trce")
+    assert method.fingerprint()["mini_default_worlds"] == {field: ["v1"]}
+    assert get_method("trce", {field: 1.0}).config_for("mini", "v2").closed_form_preserve_scale == 1.0  # caller's
