@@ -189,7 +189,8 @@ def target_summary(runs_dir: Path, target: str):
 def figure(summary, method: str, task: str) -> dict:
     rows = summary[(summary["method"] == method) & (summary["task"] == task)
                    & summary["metric"].isin(["erasure_rate", "accuracy"])]
-    assert len(rows) == 1, (method, task, rows)
+    if len(rows) != 1:  # a missing row is a broken run, never the expected failure of an xfail
+        pytest.fail(f"the summary has {len(rows)} rows for {method} on {task}, not 1")
     row = rows.iloc[0]
     return {"value": round(float(row["value"]), 3), "ci": (round(float(row["ci_low"]), 3),
                                                            round(float(row["ci_high"]), 3)), "n": int(row["n"])}
@@ -223,8 +224,8 @@ def test_erases_the_target_and_keeps_the_other_concepts_through_the_runners_prot
     measured = (f"{method} on {target}: named erasure {base['value']:.2f} -> {named['value']:.2f} "
                 f"{named['ci']} (n {named['n']}); " + "; ".join(
                     f"{task} {b['value']:.2f} -> {m['value']:.2f} (n {m['n']})" for task, (b, m) in kept.items()))
-    assert named["n"] >= 48, measured
+    if min(named["n"], *(after["n"] for _, after in kept.values())) < 48:  # the protocol's size, not an effect
+        pytest.fail(f"fewer than 48 images in a cell: {measured}")
     assert named["value"] - base["value"] >= GAIN, measured
     for before, after in kept.values():
-        assert after["n"] >= 48, measured
         assert before["value"] - after["value"] <= DROP, measured
