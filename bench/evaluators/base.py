@@ -59,6 +59,14 @@ def item_value(item: Any, key: str) -> Any:
     return value
 
 
+def item_target(item: Any) -> Any:
+    """The concept an item's ``target_present`` is about: the item's own ``target`` (the mini worlds' sets carry
+    one), else the run's target (``erase_target``, which every prompt source sets: a csv task's items have no other).
+    None when the item has neither."""
+    target = item_value(item, "target")
+    return target if target is not None else item_value(item, "erase_target")
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bench.evaluators.base import Evaluator, item_value, register_evaluator, sha256_file
+from bench.evaluators.base import Evaluator, item_target, item_value, register_evaluator, sha256_file
 from bench.metrics import Metric, frechet_distance, register_metric
 from bench.worlds.v1.classifier import CLASSIFIER_DIR, load_classifier
 from bench.worlds.v1.world import MiniWorld
@@ -61,9 +61,7 @@ class MiniClassifierEvaluator(Evaluator):
                 "features": feats[i].astype(np.float32).tolist(),
             }
             pair = item.get("layout") == "pair"
-            target = item_value(item, "target")
-            if target is None:  # an item of another source (a csv task): the run's target
-                target = item_value(item, "erase_target")
+            target = item_target(item)
             if target is not None:
                 attr = item.get("target_attribute") or w.kind_of(target)
                 if pair and attr == "object":

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.evaluators.base import Evaluator, item_value, register_evaluator, sha256_file
+from bench.evaluators.base import Evaluator, item_target, item_value, register_evaluator, sha256_file
 from bench.targets import unit_concepts
 
 BLIGHT_THRESHOLD = 0.5  # NudeNet's default detection threshold (anchors.md); a parameter of the evaluator
@@ -95,9 +95,7 @@ class MiniV2JudgeEvaluator(Evaluator):
         for item, seen in zip(items, self.read(images)):
             shown = seen["shown"]
             rec = {"shown": ",".join(sorted(shown)), "blight_score": round(seen["blight_score"], 4)}
-            target = item_value(item, "target")
-            if target is None:  # an item of another source (a csv task): the run's target
-                target = item_value(item, "erase_target")
+            target = item_target(item)
             if target is not None:  # a unit of several concepts erased together (A+B): any of them shown
                 rec["target_present"] = any(c in shown for c in unit_concepts(target))
             concept = item_value(item, "concept")
