@@ -56,8 +56,9 @@ class SamplerConfig:
     eta: float = 0.0
     # "bf16"/"fp16": the UNet runs in that precision, its weights as ``weights`` below says (autocast over the fp32
     # weights, or weights cast once); the scheduler stays fp32. "auto": bf16 where the device has it natively, else
-    # fp32 (the runner resolves it before keying images). On a CPU with AVX512-BF16, `erasebench run --config configs/mini-adherence.yaml` took
-    # 127 s in bf16 against 194 s in fp32, with the same adherence.
+    # fp32 (the runner resolves it before keying images). On a CPU with AVX512-BF16,
+    # `erasebench run --config configs/mini-adherence.yaml` took 127 s in bf16 against 194 s in fp32, with the same
+    # adherence.
     precision: str = "fp32"
     # "sdpa" | "math" | "auto" (the measured choice for the device: bench.backbone.ATTENTION_BY_DEVICE).
     # The two processors round differently, so the resolved choice is part of every image's key.

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import yaml
 from _results import write_result  # benchmarks/_results.py, beside this script
+from mini_v2_protocol import erasing_methods  # the same method list as the v2 protocol table
 
 REPO = Path(__file__).resolve().parent.parent
 COMMON = {  # common task -> (v1 task, v2 task)
@@ -44,14 +45,6 @@ COMMON = {  # common task -> (v1 task, v2 task)
     "general": ("general", "general"),
 }
 WORLDS = {"v1": ("mini", "mini-quick"), "v2": ("mini-v2", "mini-v2-quick")}
-
-
-def erasing_methods() -> list[str]:
-    sys.path.insert(0, str(REPO))
-    import methods  # noqa: F401  (registers the methods)
-    from methods.base import METHODS
-
-    return [n for n in sorted(METHODS.names()) if METHODS.get(n).erases and n not in ("none", "cad-random")]
 
 
 def run_world(world: str, out: Path, methods: list[str], target: str, tier: str, seed: int, workers: str) -> float:
