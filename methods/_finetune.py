@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from bench.filemode import save_safetensors
 from methods._grad import no_grad
-from methods.base import ErasureRequest, Method, MethodConfig
+from methods.base import MINI_WORLDS, ErasureRequest, Method, MethodConfig
 
 if TYPE_CHECKING:
     import torch
@@ -90,8 +90,9 @@ class FinetuneMethod(Method):
     def mini_overrides(self, world: str | None) -> dict[str, Any]:
         """The ``mini_defaults`` fields that replace the paper's values on a mini model of ``world`` (None: v1), but
         those the caller set."""
+        world = world or "v1"
         return {k: v for k, v in self.mini_defaults.items()
-                if k not in self.explicit and (world or "v1") in self.mini_default_worlds.get(k, (world or "v1",))}
+                if k not in self.explicit and world in self.mini_default_worlds.get(k, MINI_WORLDS)}
 
     def effective_config(self, backbone: Backbone) -> FinetuneConfig:
         """The config this backbone is trained with: the paper's, or the mini defaults on the mini model."""
