@@ -75,7 +75,8 @@ def cmd_list(args) -> int:
 RUN_FLAGS: list[tuple[str, str, dict]] = [
     ("--model", "model", {"help": "'mini', a local diffusers folder or a hub id"}),
     ("--methods", "methods", {"nargs": "+", "metavar": "METHOD",
-                              "help": "method names with their defaults (erasebench list methods)"}),
+                              "help": "method names with their defaults (erasebench list methods); 'all': every "
+                                      "erasing method (default: CAD-Erase and seven baselines)"}),
     ("--targets", "targets", {"nargs": "+", "metavar": "TARGET",
                               "help": "concepts to erase, one unit each; A+B+C erases A, B and C together as one "
                                       "unit (quote names with spaces: \"pimbo+kessa rull\")"}),
@@ -296,7 +297,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("run", help="run a benchmark (default: the mini world's quick benchmark)")
-    p.add_argument("--config", type=Path, default=None, help="run config (YAML); default: mini-quick on the mini model")
+    p.add_argument("--config", type=Path, default=None, help="run config (YAML); default: mini-v2-quick on mini world v2, the default methods")
     p.add_argument("--out", type=Path, default=None, help="run directory (resumed if it exists)")
     for flag, field, kwargs in RUN_FLAGS:
         p.add_argument(flag, dest=field, default=None, **kwargs)

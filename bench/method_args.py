@@ -125,7 +125,7 @@ def apply_method_args(methods: list | None, args: dict[str, dict[str, str]]) -> 
         return methods
     if methods is None:
         first = next(iter(args))
-        raise MethodArgsError(f"{FLAG} {first}: the run names no methods (every registered method runs with its "
+        raise MethodArgsError(f"{FLAG} {first}: the run names no methods (the default methods run with their "
                               f"defaults); name the methods to run with --methods or in the config's methods")
     entries = [dict(m) if isinstance(m, dict) else m for m in methods]
     for name, raw in args.items():

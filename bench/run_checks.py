@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from bench.backbone import resolve_attention, resolve_memory_format
-from bench.config import ConfigError, RunConfig
+from bench.config import ALL_METHODS, DEFAULT_METHODS, ConfigError, RunConfig
 from bench.evaluators import EVALUATORS
 from bench.generate import SamplerConfig, resolve_precision, resolve_weights
 from bench.metrics import METRICS
@@ -103,6 +103,27 @@ def _partial_check(data: dict, exc, source: str) -> list[str]:
     return [f"{source}: {e}" for e in errors]
 
 
+def every_erasing_method() -> list[str]:
+    """What ``methods: [all]`` runs: the unedited row, then every registered method that erases, by name
+    (``cad-amplify`` strengthens a concept and is run by name only)."""
+    from methods import METHODS
+
+    return ["none", *(n for n in METHODS.names() if n != "none" and METHODS.get(n).erases)]
+
+
+def runnable_methods(names, any_unit: bool) -> list[str]:
+    """``names`` without the methods that erase one concept per request when a target is a unit (A+B+C): naming no
+    method, the user asked for what can run, not for one error per single-concept method (a warning names them)."""
+    from methods import METHODS
+
+    left_out = [n for n in names if any_unit and n != "none" and not METHODS.get(n).multi_concept]
+    if left_out:
+        logging.getLogger("erasebench").warning(
+            "erasebench: the methods without %s: each erases one concept per request (a unit target needs several)",
+            ", ".join(left_out))
+    return [n for n in names if n not in left_out]
+
+
 def _check(config: RunConfig, skip: set[str] = frozenset(), index: dict[str, list[int]] | None = None,
            ) -> tuple[list[str], ResolvedRun | None]:
     """(every problem, the resolved run when there is none). ``skip``: top-level keys already reported (checks
@@ -126,23 +147,24 @@ def _check(config: RunConfig, skip: set[str] = frozenset(), index: dict[str, lis
         except SuiteError as exc:
             errors.append(str(exc))
 
-    if config.methods is not None:
-        specs = config.methods
-    else:  # every registered erasure method with its defaults, the reference row first (not cad-amplify); with a
-        # unit target (A+B+C) only those that erase several concepts in one request: naming none, the user asked
-        # for what can run, not for one error per single-concept method
-        units = any(is_unit(t) for t in config.targets)
-        names = [n for n in METHODS.names() if n != "none" and METHODS.get(n).erases]
-        left_out = [n for n in names if units and not METHODS.get(n).multi_concept]
-        if left_out:
-            logging.getLogger("erasebench").warning(
-                "erasebench: the default methods without %s: each erases one concept per request (a unit target "
-                "needs several)", ", ".join(left_out))
-        specs = [MethodSpec(name=n) for n in ["none", *(n for n in names if n not in left_out)]]
+    # (original position, spec): the default methods, or the config's with each {name: all} entry expanded in place
+    any_unit = any(is_unit(t) for t in config.targets)
+    if config.methods is None:
+        numbered = [(j, MethodSpec(name=n)) for j, n in enumerate(runnable_methods(DEFAULT_METHODS, any_unit))]
+    else:
+        numbered = []
+        for j, spec in enumerate(config.methods):
+            if spec.name != ALL_METHODS:
+                numbered.append((j, spec))
+            elif spec != MethodSpec(name=ALL_METHODS):
+                errors.append(f"methods[{at('methods', j)}]: {ALL_METHODS!r} stands for every registered erasing "
+                              "method with its defaults; it takes no params, label, edit or prompt sets")
+            else:
+                numbered += [(j, MethodSpec(name=n)) for n in runnable_methods(every_erasing_method(), any_unit)]
     resolved = []
     rows: dict[str, int] = {}
     files: dict[str, tuple[int, str]] = {}
-    for j, spec in enumerate(specs):
+    for j, spec in numbered:
         i = at("methods", j)
         row = spec.row_name
         try:

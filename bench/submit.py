@@ -85,7 +85,7 @@ def cmd_submit(args) -> int:
 
 def register_cli(subparsers) -> None:
     p = subparsers.add_parser("submit", help="submit a run as a job array (SLURM through submitit, or local)")
-    p.add_argument("--config", type=Path, default=None, help="run config (YAML); default: mini-quick on the mini model")
+    p.add_argument("--config", type=Path, default=None, help="run config (YAML); default: mini-v2-quick on mini world v2, the default methods")
     p.add_argument("--out", type=Path, required=True, help="run directory, on a filesystem every node sees")
     p.add_argument("--shards", type=int, required=True, help="number of array tasks (each runs --shard I/N)")
     p.add_argument("--cluster", choices=["slurm", "local"], default=None, help="default: slurm if sbatch exists")

@@ -115,6 +115,20 @@ def load_suite(name_or_path: str) -> Suite:
     return parse_suite(spec, path)
 
 
+def declared_model(name_or_path: str) -> str | None:
+    """The ``model:`` a suite file declares (``mini-quick`` -> ``mini``), or None where it declares none or the suite
+    cannot be read (:func:`load_suite` reports that, with the valid names)."""
+    path = Path(name_or_path)
+    if not (path.suffix in (".yaml", ".yml") and path.is_file()):
+        path = suite_files().get(name_or_path)
+    try:
+        spec = yaml.safe_load(path.read_text()) if path else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    model = spec.get("model") if isinstance(spec, dict) else None
+    return model if isinstance(model, str) and model else None
+
+
 TIER_KEYS = {"images_per_prompt", "max_prompts", "attacks"}
 
 

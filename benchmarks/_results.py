@@ -42,6 +42,9 @@ def machine(device: str = "cpu") -> dict:
         "cpu_model": cpu_model(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the vector kernels torch picked: AVX2, AVX512
         "native_bf16": native_bf16(dev),
+        # kernel limits set by hand (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 makes a native-bf16 CPU run as an
+        # AVX2-only one: torch's and oneDNN's kernels, and native_bf16 false); empty where none is set
+        "isa_limits": {k: os.environ[k] for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if k in os.environ},
         "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
         "python": platform.python_version(),
         "torch": torch.__version__,

@@ -2,8 +2,9 @@
 
     python benchmarks/default_run_time.py --out runs/bench/default_run_time.json
 
-Runs `erasebench run --quiet` with no config (mini-quick, every registered erasure method, target
-circle) into a fresh temporary directory in a child process, as a user would from a shell, and writes
+Runs `erasebench run --quiet` with no config (mini-v2-quick on mini world v2, the default methods of
+`bench.config.DEFAULT_METHODS`, target circle; before issue 33 it was v1's mini-quick with every erasure method)
+into a fresh temporary directory in a child process, as a user would from a shell, and writes
 JSON with the wall time (start-up included), the budget, each method's edit seconds, the attack
 seconds, the sampler record, the machine (CPU count, native bf16) and a profile.
 

@@ -7,10 +7,14 @@ import pytest
 from bench.config import ConfigError, load_config, parse_config
 
 
-def test_defaults_are_the_mini_quick_benchmark():
+def test_defaults_are_mini_v2s_quick_benchmark_and_a_suite_alone_brings_its_model():
     cfg = parse_config({})
-    assert cfg.model == "mini" and cfg.suite == "mini-quick" and cfg.targets == ["circle"]
-    assert cfg.methods is None  # every registered method
+    assert cfg.model == "mini-v2" and cfg.suite == "mini-v2-quick" and cfg.targets == ["circle"]
+    assert cfg.methods is None  # the default methods (bench.config.DEFAULT_METHODS)
+    assert parse_config({"suite": "mini-quick"}).model == "mini"  # v1's suite declares v1: old configs run as before
+    assert parse_config({"suite": "mini-adherence", "targets": ["star"]}).model == "mini"
+    assert parse_config({"suite": "mini-quick", "model": "mini-v2"}).model == "mini-v2"  # a named model is kept
+    assert parse_config({"suite": "nudity-i2p"}).model == "mini-v2"  # a suite that declares none: the default
 
 
 def test_every_error_at_once():
@@ -48,13 +52,24 @@ def test_a_tier_overrides_the_suites_attacks_and_rejects_unknown_keys():
         parse_suite({"name": "s", "tasks": [task], "tiers": {"smoke": {"image_per_prompt": 1}}})
 
 
-def test_the_default_run_takes_every_registered_erasure_method():
+def test_the_default_run_takes_cad_erase_and_seven_baselines_and_all_takes_every_erasing_method():
     import methods  # noqa: F401
     from bench.run_checks import resolve
     from methods import METHODS
 
     rows = [row for row, _, _ in resolve(parse_config({})).methods]
-    assert rows[0] == "none"
-    assert set(rows) == {n for n in METHODS.names() if METHODS.get(n).erases}
-    assert "cad-erase" in rows and "cad-amplify" not in rows  # amplification is asked for by name
+    assert rows == ["none", "cad-erase", "esd-u", "esd-x", "uce", "rece", "conceptprune", "sld", "mace-cfr",
+                    "advunlearn"]
+    every = [row for row, _, _ in resolve(parse_config({"methods": [{"name": "all"}]})).methods]
+    assert every[0] == "none" and len(every) == len(set(every))
+    assert set(every) == {n for n in METHODS.names() if METHODS.get(n).erases}
+    assert "cad-erase" in every and "cad-amplify" not in every  # amplification is asked for by name
     assert [r for r, _, _ in resolve(parse_config({"methods": [{"name": "cad-amplify"}]})).methods] == ["cad-amplify"]
+    # 'all' expands in place, beside named rows; a second row of one name is the usual duplicate-row error
+    mixed = [r for r, _, _ in resolve(parse_config({"methods": [{"name": "uce", "label": "uce-2",
+                                                                  "params": {"erase_scale": 2.0}},
+                                                                 {"name": "all"}]})).methods]
+    assert mixed[0] == "uce-2" and mixed[1:] == every
+    with pytest.raises(ConfigError, match=r"methods\[0\]: 'all' stands for every registered erasing method"):
+        resolve(parse_config({"methods": [{"name": "all", "params": {"lr": 1.0}}]}))
+

@@ -248,21 +248,23 @@ def test_a_unit_of_characters_has_kind_identity_and_a_mixed_unit_is_refused():
         unit_kind(v2, "pimbo+circle", ["pimbo", "circle"])
 
 
-def test_a_unit_target_with_the_default_methods_runs_those_that_erase_several_concepts(caplog):
-    """Naming no methods runs every registered erasure method; a unit target needs methods that erase several
-    concepts in one request, so the default list leaves out the others and says which (it raised one error
-    each: 'method ant erases one concept per request')."""
+def test_a_unit_target_with_all_methods_runs_those_that_erase_several_concepts(caplog):
+    """``methods: [all]`` runs every registered erasure method (the default methods likewise); a unit target needs
+    methods that erase several concepts in one request, so the list leaves out the others and says which (it
+    raised one error each: 'method ant erases one concept per request')."""
     from bench.run_checks import resolve
     from methods.base import METHODS
 
     single = sorted(n for n in METHODS.names() if METHODS.get(n).erases and not METHODS.get(n).multi_concept)
     assert single, "no single-concept method is registered: this test has nothing to check"
     with caplog.at_level("WARNING", logger="erasebench"):
-        resolved = resolve(parse_config({"model": "mini-v2", "suite": "mini-v2-characters", "targets": [UNIT]}))
+        resolved = resolve(parse_config({"model": "mini-v2", "suite": "mini-v2-characters", "targets": [UNIT],
+                                             "methods": [{"name": "all"}]}))
     rows = [row for row, _, _ in resolved.methods]
     assert rows[0] == "none" and not set(single) & set(rows)
     assert all(METHODS.get(row).multi_concept for row in rows)
     assert ", ".join(single) in caplog.text
     # a single target keeps every method
-    every = resolve(parse_config({"model": "mini-v2", "suite": "mini-v2-characters", "targets": ["pimbo"]}))
+    every = resolve(parse_config({"model": "mini-v2", "suite": "mini-v2-characters", "targets": ["pimbo"],
+                                  "methods": [{"name": "all"}]}))
     assert set(single) <= {row for row, _, _ in every.methods}

@@ -116,6 +116,24 @@ def test_written_card_marks_what_is_under_its_bar(tmp_path):
     assert "0.550 (0.40-0.69, n=40)" in text  # the figure with its interval and n
 
 
+def test_the_cards_effect_table_bolds_the_cells_that_pass_and_counts_them(tmp_path):
+    def cell(method, target, gain, far, general, bar):
+        fig = lambda v: {"value": v, "ci_low": v - 0.1, "ci_high": v + 0.1, "n": 48}  # noqa: E731
+        return {"method": method, "target": target, "gain": fig(gain), "drop_far": fig(far),
+                "drop_general": fig(general), "bar": bar}
+
+    effects = {"command": "python benchmarks/mini_v2_effects.py --runs DIR",
+               "rows": [cell("uce", "heart", 0.67, -0.06, 0.02, True), cell("uce", "blight", 0.1, 0.0, 0.0, False),
+                        cell("ca", "heart", 0.92, 0.58, 0.44, False)]}
+    path = tmp_path / "effects.json"
+    path.write_text(json.dumps(effects))
+    lines = card.effects_lines(path, note="TRCE measured again since.")
+    table = {line.split(" | ")[0].lstrip("| "): line for line in lines if line.startswith("| ") and " of " in line}
+    assert table["uce"] == "| uce | **+0.67 / -0.06 / +0.02** | +0.10 / +0.00 / +0.00 | 1 of 2 |"
+    assert table["ca"] == "| ca | +0.92 / +0.58 / +0.44 | - | 0 of 1 |"  # a cell not measured is a dash
+    assert lines[-1] == "TRCE measured again since."
+
+
 def test_judge_on_the_worlds_own_renders_follows_world_p():
     """The card's ceiling row: the shipped judge on renders drawn from the world's reading of each prompt."""
     from bench.worlds.v2.reading import concept_probabilities

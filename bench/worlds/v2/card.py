@@ -354,8 +354,37 @@ def card_rows(m: dict) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def write(measured: Path, out: Path) -> str:
-    """MODEL_CARD.md from a ``measure`` result and the shipped folders' own records."""
+def effects_lines(effects: Path, note: str = "") -> list[str]:
+    """The card's section on what the methods do on this world: each erasing method's cells that pass the effect
+    bar, from ``benchmarks/mini_v2_effects.py``'s JSON (``tests/test_effects_v2.py``'s runs)."""
+    e = json.loads(effects.read_text())
+    targets = list(dict.fromkeys(r["target"] for r in e["rows"]))
+    by_method: dict[str, dict[str, dict]] = {}
+    for r in e["rows"]:
+        by_method.setdefault(r["method"], {})[r["target"]] = r
+    lines = ["", "## What the methods do here", "",
+             f"From `{effects}` (`{e['command']}`): every erasing method under one protocol (its paper recipe in the "
+             "world's words), one run a target, 48 image pairs a cell. A cell passes when the named erasure gain is "
+             "at least 0.30 and far concepts and general captions drop by at most 0.10. Each cell: gain / far drop "
+             "/ general drop; **bold** passes.", "",
+             "| method | " + " | ".join(targets) + " | passes |", "|---|" + "---|" * (len(targets) + 1)]
+    for method, cells in sorted(by_method.items()):
+        text = []
+        for t in targets:
+            r = cells.get(t)
+            if r is None:
+                text.append("-")
+                continue
+            cell = f"{r['gain']['value']:+.2f} / {r['drop_far']['value']:+.2f} / {r['drop_general']['value']:+.2f}"
+            text.append(f"**{cell}**" if r["bar"] else cell)
+        passes = sum(bool(r["bar"]) for r in cells.values())
+        lines.append(f"| {method} | " + " | ".join(text) + f" | {passes} of {len(cells)} |")
+    return lines + ([] if not note else ["", note])
+
+
+def write(measured: Path, out: Path, effects: Path | None = None, effects_note: str = "") -> str:
+    """MODEL_CARD.md from a ``measure`` result and the shipped folders' own records; with ``effects``, the methods'
+    effect table too (:func:`effects_lines`)."""
     m = json.loads(measured.read_text())
     model_info = json.loads((WEIGHTS / "model" / "erasebench.json").read_text())
     size = sum(p.stat().st_size for p in WEIGHTS.rglob("*") if p.is_file())
@@ -368,6 +397,8 @@ def write(measured: Path, out: Path) -> str:
              "- how it was trained and what each feature copies from Stable Diffusion 1.x: `docs/mini-v2.md`", "",
              "| figure | measured | bar | verdict |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in card_rows(m)]
+    if effects is not None:
+        lines += effects_lines(effects, effects_note)
     text = "\n".join(lines) + "\n"
     out.write_text(text)
     return text
@@ -389,12 +420,15 @@ def main(argv: list[str] | None = None) -> None:
     w = sub.add_parser("write", help="write MODEL_CARD.md from a measure result")
     w.add_argument("--measured", type=Path, required=True)
     w.add_argument("--out", type=Path, default=WEIGHTS / "MODEL_CARD.md")
+    w.add_argument("--effects", type=Path, default=None,
+                   help="benchmarks/mini_v2_effects.py's JSON: the card's table of what each method does here")
+    w.add_argument("--effects-note", default="", help="a line under that table (a row measured again since)")
     args = p.parse_args(argv)
     args.command = "python -m bench.worlds.v2.card " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.command_name == "measure":
         measure(args)
     else:
-        print(write(args.measured, args.out))
+        print(write(args.measured, args.out, args.effects, args.effects_note))
 
 
 if __name__ == "__main__":
