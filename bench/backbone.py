@@ -97,6 +97,13 @@ def resolve_attention(attention: str, device: torch.device | str, use: str = "sa
 #   one session for a test that could not take a one-step change of rounding (P4D against random tokens on 5
 #   prompts, 1-0 contiguous, 1-1 channels-last; at 12 prompts x 3 seeds 8-6 and 7-5, p 0.8: a coin's throw,
 #   benchmarks/results/attacks_mini_p4d_*.json); that test now asserts P4D's optimisation instead.
+#   That was on AVX2-only CPUs. Where torch runs its AVX-512 kernels channels_last is the slower one: a 2-core Zen 4
+#   EPYC, idle, 4 rounds, medians 0.953 (mini, 96 images a call), 0.933 (one image a call) and 0.944 (SD-shaped, one
+#   thread); the same chip limited to AVX2 kernels (ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2) 1.042 and
+#   1.038 (benchmarks/results/generate_memory_format_cpu_zen4_*.json). generate() against diffusers there, fp32:
+#   0.948 / 0.964 channels_last, 0.989 / 0.994 contiguous (mini / SD-shaped; generate_vs_diffusers_cpu_zen4_idle_*).
+#   So the CPU's choice follows torch's kernel level (MEMORY_FORMAT_BY_CPU_CAPABILITY): channels_last for AVX2,
+#   contiguous for the rest (AVX-512, and levels not measured: ARM, no AVX).
 # - other devices: contiguous (torch's default); no GPU measurement yet.
 # - weights cast to bf16 (sampler ``weights: cast``): contiguous on every device. On the CPU, oneDNN's bf16
 #   group norm on channels-last activations is slow: torch.profiler on the SD-shaped model (DDIM 10, 8 images, one
@@ -106,16 +113,24 @@ def resolve_attention(attention: str, device: torch.device | str, use: str = "sa
 #   benchmarks/results/generate_vs_diffusers_cpu_issue38_*.json.
 # A resumed run keeps the format its manifest recorded (bench.runner.recorded_sampler).
 MEMORY_FORMATS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
-MEMORY_FORMAT_BY_DEVICE: dict[str, str] = {"cpu": "channels_last"}
+MEMORY_FORMAT_BY_CPU_CAPABILITY: dict[str, str] = {"AVX2": "channels_last"}  # torch.backends.cpu.get_cpu_capability()
+
+
+def auto_memory_format(device: torch.device | str) -> str:
+    """The measured fp32 choice for ``device``: on a CPU by the kernels torch runs there
+    (``MEMORY_FORMAT_BY_CPU_CAPABILITY``), elsewhere ``contiguous``."""
+    if torch.device(device).type == "cpu":
+        return MEMORY_FORMAT_BY_CPU_CAPABILITY.get(torch.backends.cpu.get_cpu_capability(), "contiguous")
+    return "contiguous"
 
 
 def resolve_memory_format(memory_format: str, device: torch.device | str, weights: str = "fp32") -> str:
-    """``auto`` -> the measured choice for ``device``'s type (``MEMORY_FORMAT_BY_DEVICE``), or ``contiguous`` for
-    weights cast to a lower precision (``weights`` the resolved sampler choice: ``cast``); others unchanged."""
+    """``auto`` -> the measured choice for ``device`` (:func:`auto_memory_format`), or ``contiguous`` for weights cast
+    to a lower precision (``weights`` the resolved sampler choice: ``cast``); others unchanged."""
     if memory_format == "auto":
         if weights == "cast":
             return "contiguous"
-        return MEMORY_FORMAT_BY_DEVICE.get(torch.device(device).type, "contiguous")
+        return auto_memory_format(device)
     if memory_format not in MEMORY_FORMATS:
         raise ValueError(f"unknown memory format {memory_format!r}; valid: auto, {', '.join(MEMORY_FORMATS)}")
     return memory_format

@@ -63,7 +63,7 @@ class SamplerConfig:
     # "sdpa" | "math" | "auto" (the measured choice for the device: bench.backbone.ATTENTION_BY_DEVICE).
     # The two processors round differently, so the resolved choice is part of every image's key.
     attention: str = "auto"
-    # "contiguous" | "channels_last" | "auto" (the measured choice: bench.backbone.MEMORY_FORMAT_BY_DEVICE for fp32
+    # "contiguous" | "channels_last" | "auto" (the measured choice: bench.backbone.auto_memory_format for fp32
     # weights, contiguous for cast ones) of the UNet's convolution weights while sampling; part of an image's key when
     # not "contiguous" (keys made before the choice existed stay valid).
     memory_format: str = "auto"

@@ -1,4 +1,4 @@
-"""NCHW or NHWC convolution weights while sampling: the measurement behind ``MEMORY_FORMAT_BY_DEVICE``.
+"""NCHW or NHWC convolution weights while sampling: the measurement behind ``MEMORY_FORMAT_BY_CPU_CAPABILITY``.
 
     python benchmarks/generate_memory_format.py --out benchmarks/results/generate_memory_format_cpu.json
 

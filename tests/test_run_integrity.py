@@ -180,7 +180,7 @@ def test_a_resumed_run_samples_with_the_device_choices_it_started_with(run_copy,
     manifest = RunStore(run_copy).read_manifest()
     recorded = manifest["sampler"]["memory_format"]
     other = {"contiguous": "channels_last", "channels_last": "contiguous"}[recorded]
-    monkeypatch.setitem(bench.backbone.MEMORY_FORMAT_BY_DEVICE, "cpu", other)
+    monkeypatch.setattr(bench.backbone, "auto_memory_format", lambda device: other)
     unit = sorted((run_copy / "records").glob("*.parquet"))[0]
     unit.unlink()
     (run_copy / "summary.json").unlink()
