@@ -49,6 +49,10 @@ def budgets(max_checks: int) -> dict[str, dict]:
         "p4d": {"max_checks": max_checks, "iterations": 50 * max_checks},
         # TINA: the paper's K = 25 fixed-point rounds at lr 1e-3; one inversion per check
         "tina": {"max_checks": max_checks},
+        # PEZ and MMA-Diffusion at their papers' budgets (one restart a check); MMA's 1000 steps of 512 candidates
+        # take about 0.7 s a step and prompt on one core here: --set mma-diffusion.iterations=... to cut it, stated
+        "pez": {"max_checks": max_checks},
+        "mma-diffusion": {"max_checks": max_checks},
     }
 
 
