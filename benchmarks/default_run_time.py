@@ -57,7 +57,7 @@ BUDGET_SECONDS = 300.0
 STAGES = [
     ("bench.runner", "resolve", "start-up"),
     ("bench.runner", "load_backbone", "start-up"),
-    ("bench.runner", "edited_backbone", "edit"),
+    ("bench.edits", "edited_backbone", "edit"),  # called by bench.edits.UnitEdits (module-global lookup)
     ("bench.generate", "denoise", "sampling"),
     ("bench.generate", "ImageCache.get", "io"),
     ("bench.generate", "ImageCache.put", "io"),
