@@ -213,7 +213,10 @@ def test_tina_samples_the_inverted_latent_with_lms_on_the_official_inversion_gri
     by_lms, _ = generate(erased, [""], seeds, lms, progress=False, initial_latents=z)
     by_run, _ = generate(erased, [""], seeds, run_sampler, progress=False, initial_latents=z)
     judged = judge.images[-1]  # the pre-check judged the plain prompt first; the attack's check is the last
-    assert torch.equal(judged, by_lms) and not torch.equal(judged, by_run)
+    # the judged images are the LMS ones: equal with torch's AVX2 kernels; with its AVX-512 ones (fp32 sampled
+    # contiguous there) the attack's batch rounds a pixel one 8-bit level apart. The run's sampler is 182 levels away.
+    assert (judged - by_lms).abs().max() * 255 <= 1.0 + 1e-4
+    assert (judged - by_run).abs().max() * 255 > 16
     # the exact-inverse variant: the run's grid and the run's sampler (the behaviour before revision 2)
     exact = ATTACKS.get("tina")(preset="tina-exact-inverse", opt_rounds=0)
     judge = Recorder()
