@@ -1,7 +1,6 @@
 """The run config (YAML), validated by a typed schema that reports every error at once.
 
     model: mini-v2              # 'mini-v2', 'mini' (v1), a local diffusers folder, or a hub id; default: the suite's
-
     seed: 0
     sampler: {name: ddim, steps: 25, guidance: 5.0}
     methods:
@@ -178,8 +177,9 @@ DEFAULT_SUITE = "mini-v2-quick"
 DEFAULT_MODEL = "mini-v2"
 # The default run's methods: CAD-Erase and the baselines erasebench was founded to compare it with, the CAD paper's
 # own (ESD, UCE, RECE, ConceptPrune: shared/reference/cad.md section 4.7) and SLD, MACE and AdvUnlearn, with the
-# unedited row first. Every registered erasing method (27) takes 540 s on a 2-core CPU without native bf16 against
-# the default run's 300 s budget; these take about 105-170 s there (benchmarks/results/default_run_cpu_*_v2_default*).
+# unedited row first. Every registered erasing method (28) took 539 s on a 2-core AVX2-only EPYC against the default
+# run's 300 s budget (default_run_cpu_avx2_mini_v2_quick.json); these took 128 s on a 2-core Zen 4 held to AVX2 kernels
+# and 99 s with its native bf16 (benchmarks/results/default_run_cpu_*_v2_default.json).
 # `methods: [all]` (`--methods all`) runs every registered erasing method.
 DEFAULT_METHODS = ("none", "cad-erase", "esd-u", "esd-x", "uce", "rece", "conceptprune", "sld", "mace-cfr",
                    "advunlearn")

@@ -99,15 +99,21 @@ def list_suites() -> list[tuple[str, str]]:
     return out
 
 
+def suite_path(name_or_path: str) -> Path | None:
+    """The file a suite name (``datasets/suites/NAME.yaml``) or YAML path denotes; None for an unknown name."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        return path
+    return suite_files().get(name_or_path)
+
+
 def load_suite(name_or_path: str) -> Suite:
     """Load a suite by name (``datasets/suites/NAME.yaml``) or from a YAML path."""
-    path = Path(name_or_path)
-    if not (path.suffix in (".yaml", ".yml") and path.exists()):
+    path = suite_path(name_or_path)
+    if path is None:
         files = suite_files()
-        if name_or_path not in files:
-            raise SuiteError(f"unknown suite {name_or_path!r}{did_you_mean(str(name_or_path), files)}; "
-                             f"valid: {', '.join(files)}")
-        path = files[name_or_path]
+        raise SuiteError(f"unknown suite {name_or_path!r}{did_you_mean(str(name_or_path), files)}; "
+                         f"valid: {', '.join(files)}")
     try:
         spec = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -118,9 +124,7 @@ def load_suite(name_or_path: str) -> Suite:
 def declared_model(name_or_path: str) -> str | None:
     """The ``model:`` a suite file declares (``mini-quick`` -> ``mini``), or None where it declares none or the suite
     cannot be read (:func:`load_suite` reports that, with the valid names)."""
-    path = Path(name_or_path)
-    if not (path.suffix in (".yaml", ".yml") and path.is_file()):
-        path = suite_files().get(name_or_path)
+    path = suite_path(name_or_path)
     try:
         spec = yaml.safe_load(path.read_text()) if path else None
     except (OSError, UnicodeDecodeError, yaml.YAMLError):

@@ -72,4 +72,3 @@ def test_the_default_run_takes_cad_erase_and_seven_baselines_and_all_takes_every
     assert mixed[0] == "uce-2" and mixed[1:] == every
     with pytest.raises(ConfigError, match=r"methods\[0\]: 'all' stands for every registered erasing method"):
         resolve(parse_config({"methods": [{"name": "all", "params": {"lr": 1.0}}]}))
-
