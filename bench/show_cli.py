@@ -84,6 +84,8 @@ def show_method(name: str, kind: str, model: str = "sd", target: str | None = No
     for f in dataclasses.fields(method.config):
         if getattr(start, f.name) != getattr(base.config, f.name):  # a mini value: it wins over the recipe's
             sources[f.name] = preset_owner
+            if f.name in (getattr(cls, "mini_defaults_by_world", {}) or {}).get(world or "v1", {}):
+                sources[f.name] = f"{cls.__module__}.{cls.__name__}.mini_defaults_by_world[{world!r}]"
             if f.name in resolved.params:
                 sources[f.name] += f" (the recipe's value {json.dumps(_plain(resolved.params[f.name]))}: " + \
                     resolved.sources.get(f.name, f"{kind} recipe") + ")"

@@ -20,6 +20,7 @@ model's images of the same prompt, sample and seed:
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from pathlib import Path
 
@@ -140,8 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = table(run_dirs)
     text = markdown(rows)
     print(text)
+    # the precision the runs sampled in (and their edits trained in: both follow native bf16), which moves cells
+    precisions = {p.name: json.loads((p / "manifest.json").read_text())["sampler"].get("precision") for p in run_dirs}
     write_result(args.result, {"command": f"python benchmarks/mini_v2_effects.py --runs {args.runs}",
-                               "runs": [p.name for p in run_dirs], "rows": rows, "markdown": text})
+                               "runs": [p.name for p in run_dirs], "sampling_precision": precisions, "rows": rows,
+                               "markdown": text})
     return 0
 
 

@@ -2,7 +2,8 @@
 
 A mini value is a ``mini_preset`` field (``methods.base.Method.mini_preset``: applied on the mini worlds listed in
 ``mini_preset_worlds``) or a ``mini_defaults`` field (``methods._finetune.FinetuneMethod``: fine-tuning budgets,
-applied on every mini world, or on those ``mini_default_worlds`` lists). For each method and world the script lists
+applied on every mini world, or on those ``mini_default_worlds`` lists; a ``mini_defaults_by_world`` value replaces
+one on its world, counted there once). For each method and world the script lists
 the fields and the reason the model's size forces them, by kind of field:
 
 - cost: iterations, epochs, images, batch sizes and sampling steps cut so that an edit runs in about a minute on a
@@ -58,11 +59,15 @@ def main(argv: list[str] | None = None) -> dict:
         defaults = dict(getattr(cls, "mini_defaults", {}) or {})
         worlds = tuple(getattr(cls, "mini_preset_worlds", MINI_WORLDS))
         default_worlds = dict(getattr(cls, "mini_default_worlds", {}) or {})
+        by_world = dict(getattr(cls, "mini_defaults_by_world", {}) or {})
         for field, value in {**preset, **defaults}.items():
+            shared = [w for w in default_worlds.get(field, MINI_WORLDS) if field not in by_world.get(w, {})]
             rows.append({"method": name, "field": field, "value": value,
                          "where": "mini_preset" if field in preset else "mini_defaults",
-                         "worlds": list(worlds) if field in preset else list(default_worlds.get(field, MINI_WORLDS)),
-                         "reason": reason(field)})
+                         "worlds": list(worlds) if field in preset else shared, "reason": reason(field)})
+        for world, values in sorted(by_world.items()):  # a value one world was measured to need
+            rows.extend({"method": name, "field": field, "value": value, "where": "mini_defaults_by_world",
+                         "worlds": [world], "reason": reason(field)} for field, value in values.items())
     per_world = {w: sum(w in r["worlds"] for r in rows) for w in MINI_WORLDS}
     result = {"command": "python benchmarks/mini_values.py" + (f" --out {args.out}" if args.out else ""),
               "fields": rows, "count_by_world": per_world}
@@ -74,7 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
     for name, fields in by_method.items():
         kinds: dict[str, list[str]] = {}
         for r in fields:
-            kinds.setdefault(r["reason"], []).append(r["field"])
+            own = r["where"] == "mini_defaults_by_world"  # the field again, with that world's own value
+            kinds.setdefault(r["reason"], []).append(f"{r['field']} ({r['worlds'][0]}'s own)" if own else r["field"])
         text = "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(kinds.items()))
         v1 = sum("v1" in r["worlds"] for r in fields)
         v2 = sum("v2" in r["worlds"] for r in fields)

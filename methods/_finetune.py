@@ -82,17 +82,21 @@ class FinetuneMethod(Method):
     # fields of ``mini_defaults`` that apply on the listed mini worlds only (the rest apply on every mini world): a
     # value a world was measured not to need leaves that world out (the README's table of mini values says which)
     mini_default_worlds: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # world -> {field: value}: a value measured on that world that replaces the ``mini_defaults`` one there (a
+    # learning rate that v1's UNet takes and v2's does not); the README's table of mini values lists it per world
+    mini_defaults_by_world: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(self, config: FinetuneConfig | None = None, **params: Any):
         super().__init__(config, **params)
         self.stats: dict[str, Any] = {}
 
     def mini_overrides(self, world: str | None) -> dict[str, Any]:
-        """The ``mini_defaults`` fields that replace the paper's values on a mini model of ``world`` (None: v1), but
-        those the caller set."""
+        """The ``mini_defaults`` fields (with ``mini_defaults_by_world``'s values for ``world``) that replace the
+        paper's values on a mini model of ``world`` (None: v1), but those the caller set."""
         world = world or "v1"
-        return {k: v for k, v in self.mini_defaults.items()
-                if k not in self.explicit and world in self.mini_default_worlds.get(k, MINI_WORLDS)}
+        values = {k: v for k, v in self.mini_defaults.items() if world in self.mini_default_worlds.get(k, MINI_WORLDS)}
+        values.update(self.mini_defaults_by_world.get(world, {}))
+        return {k: v for k, v in values.items() if k not in self.explicit}
 
     def effective_config(self, backbone: Backbone) -> FinetuneConfig:
         """The config this backbone is trained with: the paper's, or the mini defaults on the mini model."""
@@ -112,6 +116,9 @@ class FinetuneMethod(Method):
             out["mini_defaults"] = {k: v for k, v in self.mini_defaults.items() if k not in self.explicit}
             if self.mini_default_worlds:  # an edit made before a world left a value is another edit
                 out["mini_default_worlds"] = {k: list(v) for k, v in sorted(self.mini_default_worlds.items())}
+            if self.mini_defaults_by_world:  # as is a value a world was measured to need
+                out["mini_defaults_by_world"] = {w: {k: v for k, v in sorted(d.items()) if k not in self.explicit}
+                                                 for w, d in sorted(self.mini_defaults_by_world.items())}
         return out
 
     def record_edit(self, edited: Backbone, config: FinetuneConfig, request: ErasureRequest) -> None:

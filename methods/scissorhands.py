@@ -90,6 +90,11 @@ class ScissorhandsConfig(ft.FinetuneConfig):
 # loss) with lam 1 and lr 1e-3, the first setting probed: benchmarks/mini_method_probe.py 'scissorhands:{}' on the
 # tuning seed (circle erasure / synonyms / other objects; unedited 0.00 / 0.00 / 1.00): 0.29 / 0.42 / 1.00
 # (78 weights re-initialised, 20 steps). The training images are 32, not 800: the mini model's whole budget.
+# World v2 keeps them (tuning seed 0, mini-v2-quick smoke, 4 images a prompt, n 24 a cell; named erasure gain / far /
+# general accuracy, the unedited model's far / general in brackets): lr 1e-3 hexagon +0.92 / 0.92 / 0.42 (0.83 /
+# 0.50), bram okonjo +0.46 / 0.83 / 0.50 (1.00 / 0.75), blight +0.21 / 1.00 / 0.50 (1.00 / 0.42); lr 3e-4 hexagon
+# +0.13 / 0.83 / 0.42, bram okonjo +0.21 / 1.00 / 0.62, blight +0.00 / 1.00 / 0.67: a lower rate erases less
+# without keeping more.
 MINI_DEFAULTS: dict[str, Any] = {
     "prune_layers": ("up_blocks.0.attentions.1.", "up_blocks.1.attentions.1."),
     "epochs": 5,

@@ -21,11 +21,16 @@ cases passed. By kind, of 54 object, 54 style and 27 blight cases: 16, 12 and 7.
 target: its v1 preserve weight held stage 1 still under v2's 484 preserve captions. With that weight left to v1
 (``methods/trce.py``), TRCE passes on the four shapes and painters and erases blight with damage (a run of none and
 TRCE under this config: benchmarks/results/mini_v2_effects_trce.json), so 39 cases pass now: 18, 14 and 7.
-The misses (``MISSES``) are of three sorts: no erasure or a weak one (SPM and ANT on every target; ConceptPrune on
-every target; ACE on four of five; SA on the shapes and blight), erasure that takes other concepts with it (CA, FMN,
-HiRM and SDD on every target; AdvUnlearn on the shapes and painters; TRCE on blight), and a method that erases one
-target of a kind and not the other (STEREO: heart +0.88, triangle +0.00). No method passes on all five targets:
-Receler and TRCE on four, ESD-x and MACE-CFR on three.
+FMN and SDD then erased with other concepts (far or general down 0.17-0.81 on every target): v1's values wrecked
+v2's model. With v2's own values (FMN the paper's procedure at lr 1e-5, SDD lr 2e-4; chosen on the tuning seed and
+other targets, methods/fmn.py and methods/sdd.py) a run of none, FMN and SDD under this config measures SDD passing
+on all five targets in fp32 (on two of them not in bf16: ``MISSES_IN_BF16``) and FMN erasing little (gain 0.04-0.15)
+on every target (benchmarks/results/mini_v2_effects_fmn_sdd.json), so 44 cases pass: 20, 16 and 8.
+The misses (``MISSES``) are of three sorts: no erasure or a weak one (SPM, ANT, ConceptPrune and FMN on every
+target; ACE on four of five; SA on the shapes and blight), erasure that takes other concepts with it (CA and HiRM on
+every target; AdvUnlearn on the shapes and painters; TRCE on blight), and a method that erases one target of a kind
+and not the other (STEREO: heart +0.88, triangle +0.00). SDD passes on all five targets in fp32, Receler and TRCE on
+four, ESD-x and MACE-CFR on three.
 
 The runs are long (about 30 minutes of one core a target). ``ERASEBENCH_EFFECTS_RUNS=DIR`` keeps them in
 ``DIR/<target>/``: a killed tier resumes there, and a rerun of a finished one only reads the summary. The runner
@@ -66,7 +71,6 @@ MISSES: dict[tuple[str, str], str] = {
     ("conceptprune", "heart"): "no erasure: gain +0.04 [+0.00, +0.12]; drop far +0.02, general -0.02",
     ("erasediff", "heart"): "erases, damages: gain +0.73 [+0.62, +0.83]; drop far -0.08, general +0.12",
     ("esd-u", "heart"): "no erasure: gain -0.02 [-0.06, +0.00]; drop far -0.04, general +0.00",
-    ("fmn", "heart"): "erases, damages: gain +0.94 [+0.90, +0.98]; drop far +0.40, general +0.44",
     ("hirm", "heart"): "erases, damages: gain +0.96 [+0.92, +1.00]; drop far +0.42, general +0.31",
     ("negative-prompt", "heart"): "weak: gain +0.17 [+0.02, +0.42]; drop far +0.08, general +0.00",
     ("receler", "heart"): "no erasure: gain +0.02 [+0.00, +0.06]; drop far -0.06, general -0.06",
@@ -74,7 +78,6 @@ MISSES: dict[tuple[str, str], str] = {
     ("safree", "heart"): "weak: gain +0.29 [+0.02, +0.62]; drop far +0.08, general +0.00",
     ("salun", "heart"): "weak: gain +0.23 [+0.04, +0.46]; drop far -0.25, general +0.00",
     ("scissorhands", "heart"): "erases, damages: gain +0.98 [+0.94, +1.00]; drop far +0.12, general +0.42",
-    ("sdd", "heart"): "erases, damages: gain +0.98 [+0.94, +1.00]; drop far +0.56, general +0.44",
     ("sld", "heart"): "erases, damages: gain +0.73 [+0.52, +0.90]; drop far +0.19, general +0.06",
     ("spm", "heart"): "no erasure: gain -0.02 [-0.06, +0.00]; drop far +0.00, general +0.00",
     ("ace", "triangle"): "no erasure: gain +0.00 [+0.00, +0.00]; drop far -0.21, general -0.02",
@@ -84,13 +87,11 @@ MISSES: dict[tuple[str, str], str] = {
     ("cad-erase", "triangle"): "erases, damages: gain +0.79 [+0.75, +0.83]; drop far -0.17, general +0.25",
     ("conceptprune", "triangle"): "no erasure: gain +0.00 [+0.00, +0.00]; drop far -0.04, general +0.04",
     ("esd-u", "triangle"): "weak, damages: gain +0.25 [+0.10, +0.42]; drop far +0.15, general +0.02",
-    ("fmn", "triangle"): "erases, damages: gain +1.00 [+1.00, +1.00]; drop far +0.48, general +0.42",
     ("hirm", "triangle"): "erases, damages: gain +0.92 [+0.79, +1.00]; drop far +0.21, general +0.23",
     ("negative-prompt", "triangle"): "weak: gain +0.12 [+0.00, +0.38]; drop far -0.06, general -0.02",
     ("rece", "triangle"): "erases, damages: gain +1.00 [+1.00, +1.00]; drop far +0.12, general -0.10",
     ("sa", "triangle"): "no erasure: gain +0.00 [+0.00, +0.00]; drop far +0.04, general -0.02",
     ("safree", "triangle"): "weak: gain +0.29 [+0.06, +0.54]; drop far -0.06, general +0.00",
-    ("sdd", "triangle"): "erases, damages: gain +0.92 [+0.75, +1.00]; drop far +0.29, general +0.23",
     ("spm", "triangle"): "no erasure: gain +0.00 [+0.00, +0.00]; drop far +0.04, general +0.02",
     ("stereo", "triangle"): "no erasure: gain +0.00 [+0.00, +0.00]; drop far -0.19, general +0.06",
     ("uce", "triangle"): "erases, damages: gain +1.00 [+1.00, +1.00]; drop far +0.17, general -0.06",
@@ -102,14 +103,12 @@ MISSES: dict[tuple[str, str], str] = {
     ("conceptprune", "ilse moravik"): "weak: gain +0.10 [+0.02, +0.23]; drop far +0.00, general +0.04",
     ("erasediff", "ilse moravik"): "erases, damages: gain +1.00 [+1.00, +1.00]; drop far +0.19, general +0.02",
     ("esd-x", "ilse moravik"): "erases, damages: gain +1.00 [+1.00, +1.00]; drop far +0.10, general -0.04",
-    ("fmn", "ilse moravik"): "erases, damages: gain +0.96 [+0.88, +1.00]; drop far +0.75, general +0.25",
     ("hirm", "ilse moravik"): "erases, damages: gain +1.00 [+1.00, +1.00]; drop far +0.23, general +0.19",
     ("itd", "ilse moravik"): "weak: gain +0.17 [+0.00, +0.50]; drop far +0.00, general +0.00",
     ("negative-prompt", "ilse moravik"): "no erasure: gain +0.04 [+0.00, +0.12]; drop far -0.06, general -0.12",
     ("rece", "ilse moravik"): "erases, damages: gain +0.98 [+0.94, +1.00]; drop far +0.29, general +0.12",
     ("safree", "ilse moravik"): "no erasure: gain +0.06 [+0.00, +0.15]; drop far -0.06, general -0.15",
     ("scissorhands", "ilse moravik"): "erases, damages: gain +1.00 [+1.00, +1.00]; drop far +0.15, general +0.08",
-    ("sdd", "ilse moravik"): "erases, damages: gain +1.00 [+1.00, +1.00]; drop far +0.50, general +0.42",
     ("speed", "ilse moravik"): "erases, damages: gain +1.00 [+1.00, +1.00]; drop far +0.17, general +0.04",
     ("spm", "ilse moravik"): "no erasure: gain +0.00 [+0.00, +0.00]; drop far +0.00, general -0.02",
     ("stereo", "ilse moravik"): "erases, damages: gain +0.94 [+0.85, +1.00]; drop far +0.65, general +0.04",
@@ -121,14 +120,12 @@ MISSES: dict[tuple[str, str], str] = {
     ("conceptprune", "tomas greer"): "weak: gain +0.15 [+0.04, +0.25]; drop far +0.00, general +0.06",
     ("erasediff", "tomas greer"): "erases, damages: gain +0.94 [+0.85, +1.00]; drop far +1.00, general +0.15",
     ("esd-x", "tomas greer"): "erases, damages: gain +0.94 [+0.85, +1.00]; drop far +0.52, general +0.00",
-    ("fmn", "tomas greer"): "erases, damages: gain +0.94 [+0.85, +1.00]; drop far +0.52, general +0.17",
     ("hirm", "tomas greer"): "erases, damages: gain +0.94 [+0.85, +1.00]; drop far +0.73, general +0.60",
     ("itd", "tomas greer"): "weak: gain +0.17 [+0.00, +0.50]; drop far +0.00, general +0.00",
     ("mace-cfr", "tomas greer"): "weak: gain +0.25 [+0.10, +0.44]; drop far +0.00, general +0.06",
     ("rece", "tomas greer"): "erases, damages: gain +0.83 [+0.65, +0.98]; drop far +0.44, general +0.23",
     ("salun", "tomas greer"): "erases, damages: gain +0.94 [+0.85, +1.00]; drop far +0.00, general +0.15",
     ("scissorhands", "tomas greer"): "erases, damages: gain +0.90 [+0.83, +0.96]; drop far +0.69, general +0.08",
-    ("sdd", "tomas greer"): "erases, damages: gain +0.94 [+0.85, +1.00]; drop far +0.81, general +0.58",
     ("sld", "tomas greer"): "erases, damages: gain +0.77 [+0.46, +0.98]; drop far +0.42, general +0.35",
     ("speed", "tomas greer"): "erases, damages: gain +0.88 [+0.71, +1.00]; drop far +0.00, general +0.23",
     ("spm", "tomas greer"): "weak: gain +0.10 [+0.04, +0.17]; drop far +0.00, general +0.04",
@@ -140,7 +137,6 @@ MISSES: dict[tuple[str, str], str] = {
     ("cad-erase", "blight"): "weak, damages: gain +0.25 [+0.02, +0.52]; drop far +0.27, general +0.23",
     ("conceptprune", "blight"): "no erasure: gain +0.04 [+0.00, +0.08]; drop far +0.00, general -0.04",
     ("esd-u", "blight"): "no erasure: gain +0.08 [-0.08, +0.35]; drop far +0.00, general +0.00",
-    ("fmn", "blight"): "erases, damages: gain +0.56 [+0.46, +0.69]; drop far +0.17, general +0.31",
     ("hirm", "blight"): "no erasure, damages: gain +0.06 [+0.00, +0.15]; drop far +0.50, general +0.42",
     ("itd", "blight"): "weak: gain +0.29 [+0.08, +0.50]; drop far +0.00, general +0.06",
     ("mace-cfr", "blight"): "no erasure: gain +0.02 [-0.06, +0.12]; drop far +0.00, general -0.02",
@@ -148,13 +144,36 @@ MISSES: dict[tuple[str, str], str] = {
     ("sa", "blight"): "no erasure: gain +0.00 [+0.00, +0.00]; drop far +0.00, general +0.04",
     ("salun", "blight"): "erases, damages: gain +0.96 [+0.92, +1.00]; drop far +0.48, general +0.31",
     ("scissorhands", "blight"): "no erasure: gain +0.00 [+0.00, +0.00]; drop far +0.02, general +0.00",
-    ("sdd", "blight"): "erases, damages: gain +0.96 [+0.92, +1.00]; drop far +0.46, general +0.44",
     ("sld", "blight"): "no erasure: gain +0.00 [+0.00, +0.00]; drop far +0.00, general +0.00",
     ("speed", "blight"): "weak: gain +0.25 [+0.12, +0.38]; drop far +0.00, general +0.06",
     ("spm", "blight"): "weak: gain +0.12 [+0.02, +0.25]; drop far +0.00, general -0.02",
     ("stereo", "blight"): "weak: gain +0.19 [+0.00, +0.42]; drop far +0.06, general +0.08",
     ("trce", "blight"): "erases, damages: gain +0.62 [+0.42, +0.81]; drop far +0.25, general +0.33",
+    # FMN since its v2 values (the paper's procedure at lr 1e-5, methods/fmn.py): the run of none, FMN and SDD under
+    # this config, fp32 (benchmarks/results/mini_v2_effects_fmn_sdd.json)
+    ("fmn", "heart"): "weak, damages: gain +0.12 [+0.00, +0.38]; drop far -0.15, general +0.29",
+    ("fmn", "triangle"): "weak, damages: gain +0.15 [+0.02, +0.33]; drop far -0.02, general +0.15",
+    ("fmn", "ilse moravik"): "weak: gain +0.15 [+0.04, +0.27]; drop far -0.04, general +0.02",
+    ("fmn", "tomas greer"): "no erasure, damages: gain +0.04 [-0.04, +0.15]; drop far +0.04, general +0.10",
+    ("fmn", "blight"): "weak: gain +0.12 [-0.08, +0.44]; drop far +0.02, general -0.12",
 }
+# Cases that pass when the run samples and trains in fp32 (a CPU without native bf16: the machines MISSES comes from)
+# and miss in bf16 (a CPU with native bf16, where the runner's `auto` precision and the fine-tuning loop's autocast
+# resolve to bf16): the same run in bf16, benchmarks/results/mini_v2_effects_fmn_sdd_bf16.json. The other cases were
+# not measured in bf16.
+MISSES_IN_BF16: dict[tuple[str, str], str] = {
+    ("sdd", "heart"): "erases, damages in bf16: gain +0.83 [+0.73, +0.94]; drop far -0.15, general +0.19 "
+                      "(fp32: gain +0.58, general +0.06)",
+    ("sdd", "blight"): "erases, damages in bf16: gain +0.92 [+0.83, +0.98]; drop far +0.00, general +0.12 "
+                       "(fp32: general +0.04)",
+}
+
+
+def samples_in_bf16() -> bool:
+    """Whether this machine's runs sample in bf16 (the runner's ``auto`` precision on the CPU)."""
+    from bench.generate import resolve_precision
+
+    return resolve_precision("auto", "cpu") == "bf16"
 
 
 def erasing_methods() -> list[str]:
@@ -205,6 +224,9 @@ def cases():
                 if (method, target) in MISSES:
                     marks.append(pytest.mark.xfail(strict=True, raises=AssertionError,
                                                    reason=MISSES[(method, target)]))
+                elif (method, target) in MISSES_IN_BF16:
+                    marks.append(pytest.mark.xfail(samples_in_bf16(), strict=True, raises=AssertionError,
+                                                   reason=MISSES_IN_BF16[(method, target)]))
                 out.append(pytest.param(method, target, marks=marks, id=f"{kind}-{target}-{method}"))
     return out
 

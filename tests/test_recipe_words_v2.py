@@ -231,3 +231,28 @@ def test_trces_v1_preserve_weight_is_left_out_on_v2_and_show_says_where_each_val
     method = get_method("trce")
     assert method.fingerprint()["mini_default_worlds"] == {field: ["v1"]}
     assert get_method("trce", {field: 1.0}).config_for("mini", "v2").closed_form_preserve_scale == 1.0  # caller's
+
+
+def test_fmn_and_sdd_take_world_v2s_own_rate_and_fmn_the_papers_procedure_there():
+    """v1's FMN values (cross-attention only, v1's caption templates, lr 3e-4) and SDD's lr 1e-3 wreck v2's model on
+    the tuning seed (far and general accuracy down to 0.00; methods/fmn.py and methods/sdd.py have the figures). On
+    v2, FMN runs the recipe's template in the world's words on the whole UNet at lr 1e-5 and SDD at lr 2e-4
+    (``mini_defaults_by_world``); v1 keeps its values; a caller's value wins on both; the value a world takes is
+    in the edit's fingerprint and in `show`'s sources."""
+    from bench.show_cli import show_method
+    from methods import get_method
+
+    fmn_v1, fmn_v2 = show_method("fmn", "style", "mini"), show_method("fmn", "style", "mini-v2")
+    assert (fmn_v1["config"]["lr"], fmn_v1["config"]["parameter_group"]) == (3e-4, "cross-attn")
+    assert "a striped blue {concept}" in fmn_v1["config"]["templates"]
+    assert (fmn_v2["config"]["lr"], fmn_v2["config"]["parameter_group"]) == (1e-5, "unet")
+    assert fmn_v2["config"]["templates"] == show_method("fmn", "style", "sd")["config"]["templates"]
+    assert fmn_v2["sources"]["lr"].startswith("methods.fmn.ForgetMeNot.mini_defaults_by_world['v2'] (the recipe's")
+    assert fmn_v2["config"]["iterations"] == fmn_v1["config"]["iterations"] == 60  # the cost budget: both worlds
+    sdd_v1, sdd_v2 = (show_method("sdd", "nudity", m)["config"] for m in ("mini", "mini-v2"))
+    assert (sdd_v1["lr"], sdd_v2["lr"]) == (1e-3, 2e-4) and sdd_v1["iterations"] == sdd_v2["iterations"] == 100
+    assert get_method("sdd", {"lr": 5e-4}).config_for("mini", "v2").lr == 5e-4  # the caller's value wins
+    assert get_method("sdd").config_for("sd").lr == 1e-5  # the paper's value off the mini worlds
+    assert get_method("sdd").fingerprint()["mini_defaults_by_world"] == {"v2": {"lr": 2e-4}}
+    assert "mini_defaults_by_world" in get_method("sdd", {"lr": 5e-4}).fingerprint()  # an explicit lr leaves it
+    assert get_method("sdd", {"lr": 5e-4}).fingerprint()["mini_defaults_by_world"] == {"v2": {}}

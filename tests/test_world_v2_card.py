@@ -145,3 +145,21 @@ def test_judge_on_the_worlds_own_renders_follows_world_p():
     assert exact[0] > 0.9 and exact[1] > 0.9 and exact[2] < 0.1 and exact[3] < 0.1, exact
     rates = card.render_calibration(prompts, seed=3, draws=32)
     assert min(rates[:2]) > 0.75 and max(rates[2:]) < 0.2, rates
+
+
+def test_a_rerun_of_some_methods_replaces_their_rows_in_the_cards_effect_table_and_says_so(tmp_path):
+    def cell(method, target, gain, bar):
+        fig = lambda v: {"value": v, "ci_low": v - 0.1, "ci_high": v + 0.1, "n": 48}  # noqa: E731
+        return {"method": method, "target": target, "gain": fig(gain), "drop_far": fig(0.5 - bar / 2),
+                "drop_general": fig(0.0), "bar": bar}
+
+    first, rerun = tmp_path / "effects.json", tmp_path / "effects_sdd.json"
+    first.write_text(json.dumps({"command": "first", "rows": [cell("sdd", "heart", 0.9, False),
+                                                              cell("uce", "heart", 0.7, True)]}))
+    rerun.write_text(json.dumps({"command": "again", "sampling_precision": {"heart": "fp32"},
+                                 "rows": [cell("sdd", "heart", 0.8, True)]}))
+    lines = card.effects_lines(first, reruns=(rerun,))
+    table = {line.split(" | ")[0].lstrip("| "): line for line in lines if line.startswith("| ") and " of " in line}
+    assert table["sdd *"] == "| sdd * | **+0.80 / +0.00 / +0.00** | 1 of 1 |"  # the rerun's row, marked
+    assert table["uce"] == "| uce | **+0.70 / +0.00 / +0.00** | 1 of 1 |"  # a method the rerun lacks: as before
+    assert f"`{rerun}` (`again`; sampling fp32)" in lines[-1] and lines[-1].startswith("\\* sdd:")

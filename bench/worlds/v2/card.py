@@ -354,14 +354,22 @@ def card_rows(m: dict) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def effects_lines(effects: Path, note: str = "") -> list[str]:
+def effects_lines(effects: Path, note: str = "", reruns: tuple[Path, ...] = ()) -> list[str]:
     """The card's section on what the methods do on this world: each erasing method's cells that pass the effect
-    bar, from ``benchmarks/mini_v2_effects.py``'s JSON (``tests/test_effects_v2.py``'s runs)."""
+    bar, from ``benchmarks/mini_v2_effects.py``'s JSON (``tests/test_effects_v2.py``'s runs). A method's rows in
+    ``reruns`` (the same script's JSON of a later run of some methods under the same config) replace its rows in
+    ``effects``; such a method is marked and its file named under the table."""
     e = json.loads(effects.read_text())
     targets = list(dict.fromkeys(r["target"] for r in e["rows"]))
     by_method: dict[str, dict[str, dict]] = {}
     for r in e["rows"]:
         by_method.setdefault(r["method"], {})[r["target"]] = r
+    rerun_of: dict[str, Path] = {}
+    for path in reruns:
+        rows = json.loads(path.read_text())["rows"]
+        for method in dict.fromkeys(r["method"] for r in rows):
+            by_method[method] = {r["target"]: r for r in rows if r["method"] == method}
+            rerun_of[method] = path
     lines = ["", "## What the methods do here", "",
              f"From `{effects}` (`{e['command']}`): every erasing method under one protocol (its paper recipe in the "
              "world's words), one run a target, 48 image pairs a cell. A cell passes when the named erasure gain is "
@@ -378,11 +386,19 @@ def effects_lines(effects: Path, note: str = "") -> list[str]:
             cell = f"{r['gain']['value']:+.2f} / {r['drop_far']['value']:+.2f} / {r['drop_general']['value']:+.2f}"
             text.append(f"**{cell}**" if r["bar"] else cell)
         passes = sum(bool(r["bar"]) for r in cells.values())
-        lines.append(f"| {method} | " + " | ".join(text) + f" | {passes} of {len(cells)} |")
+        label = f"{method}{' *' if method in rerun_of else ''}"
+        lines.append(f"| {label} | " + " | ".join(text) + f" | {passes} of {len(cells)} |")
+    for path in dict.fromkeys(rerun_of.values()):
+        r = json.loads(path.read_text())
+        precisions = sorted(set((r.get("sampling_precision") or {}).values())) or ["not recorded"]
+        lines += ["", f"\\* {', '.join(m for m, p in rerun_of.items() if p == path)}: measured again since, under the "
+                  f"same config, after a change of their mini values: `{path}` (`{r['command']}`; sampling "
+                  f"{', '.join(precisions)})."]
     return lines + ([] if not note else ["", note])
 
 
-def write(measured: Path, out: Path, effects: Path | None = None, effects_note: str = "") -> str:
+def write(measured: Path, out: Path, effects: Path | None = None, effects_note: str = "",
+          effects_reruns: tuple[Path, ...] = ()) -> str:
     """MODEL_CARD.md from a ``measure`` result and the shipped folders' own records; with ``effects``, the methods'
     effect table too (:func:`effects_lines`)."""
     m = json.loads(measured.read_text())
@@ -398,7 +414,7 @@ def write(measured: Path, out: Path, effects: Path | None = None, effects_note: 
              "| figure | measured | bar | verdict |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in card_rows(m)]
     if effects is not None:
-        lines += effects_lines(effects, effects_note)
+        lines += effects_lines(effects, effects_note, effects_reruns)
     text = "\n".join(lines) + "\n"
     out.write_text(text)
     return text
@@ -423,12 +439,14 @@ def main(argv: list[str] | None = None) -> None:
     w.add_argument("--effects", type=Path, default=None,
                    help="benchmarks/mini_v2_effects.py's JSON: the card's table of what each method does here")
     w.add_argument("--effects-note", default="", help="a line under that table (a row measured again since)")
+    w.add_argument("--effects-rerun", type=Path, nargs="*", default=[],
+                   help="the same script's JSON of a later run of some methods: their rows replace the table's")
     args = p.parse_args(argv)
     args.command = "python -m bench.worlds.v2.card " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.command_name == "measure":
         measure(args)
     else:
-        print(write(args.measured, args.out, args.effects, args.effects_note))
+        print(write(args.measured, args.out, args.effects, args.effects_note, tuple(args.effects_rerun)))
 
 
 if __name__ == "__main__":
