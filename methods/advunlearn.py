@@ -85,6 +85,22 @@ MINI_DEFAULTS: dict[str, Any] = {
     # 'advunlearn:{"trajectory_pool":8}'). The 100 iterations of batch 4 draw 400 of the pool's latents.
     "trajectory_pool": 8,
 }
+# World v2 takes a quarter of that rate: at 2e-4 the text encoder's edit takes the other painters with a painter.
+# On the tuning seed (0; mini-v2-quick, tier smoke, 4 images a prompt, n 24 a cell; targets the effect tests do not
+# use),
+# named erasure gain / far / general accuracy (unedited far / general: square 0.88 / 0.46, orla venn 0.92 / 0.58,
+# hexagon 0.83 / 0.50, bram okonjo 1.00 / 0.75, blight 1.00 / 0.42):
+#   lr 2e-4: square +0.71 / 0.88 / 0.42 and blight +0.83 / 1.00 / 0.54 (both meet the bar),
+#            hexagon +0.92 / 0.71 / 0.50, orla venn +1.00 / 0.00 / 0.29, bram okonjo +0.46 / 0.33 / 0.17;
+#   lr 1e-4: square +0.67 / 0.83 / 0.42 and blight +0.88 / 1.00 / 0.50 (meet it), hexagon +0.92 / 0.71 / 0.42,
+#            orla venn +1.00 / 0.33 / 0.21, bram okonjo +0.46 / 0.42 / 0.29;
+#   lr 5e-5: square +0.54 / 0.79 / 0.50, hexagon +0.92 / 0.79 / 0.46 and blight +0.54 / 1.00 / 0.46 (meet it),
+#            orla venn +1.00 / 0.33 / 0.33, bram okonjo +0.46 / 0.71 / 0.50;
+#   lr 2e-5: bram okonjo +0.46 / 1.00 / 0.67 (meets it), orla venn +1.00 / 0.75 / 0.71, square +0.00 / 0.79 / 0.46,
+#            hexagon +0.00 / 0.96 / 0.46, blight +0.12 / 1.00 / 0.42.
+# benchmarks/mini_v2_rates.py's rule (the rate under which the most tuning targets meet the effect bar) picks
+# it (benchmarks/results/mini_v2_rates.json); the held-out figures are in tests/test_effects_v2.py.
+MINI_DEFAULTS_BY_WORLD: dict[str, dict[str, Any]] = {"v2": {"lr": 5e-5}}
 
 
 _REPO = "OPTML-Group/AdvUnlearn @ 9d23124"
@@ -179,6 +195,7 @@ class AdvUnlearn(ft.FinetuneMethod):
     recipes = RECIPES
     config_class = AdvUnlearnConfig
     mini_defaults = MINI_DEFAULTS
+    mini_defaults_by_world = MINI_DEFAULTS_BY_WORLD
     edited_components = ("text_encoder",)
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:

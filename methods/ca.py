@@ -84,6 +84,21 @@ MINI_DEFAULTS: dict[str, Any] = {
     # Adam without weight decay, as the mini figures above were measured (the AdamW fix is an SD default)
     "weight_decay": 0.0,
 }
+# World v2 takes a tenth of that rate: at 3e-3 CA wrecks v2's model. On the tuning seed (0; mini-v2-quick, tier smoke,
+# 4 images a prompt, n 24 a cell; targets the effect tests do not use),
+# named erasure gain / far / general accuracy (unedited far / general: square 0.88 / 0.46, orla venn 0.92 / 0.58,
+# hexagon 0.83 / 0.50, bram okonjo 1.00 / 0.75, blight 1.00 / 0.42):
+#   lr 3e-3: square +0.62 / 0.46 / 0.00, orla venn +1.00 / 0.00 / 0.00, hexagon +0.92 / 0.38 / 0.00,
+#            bram okonjo +0.46 / 0.04 / 0.04, blight +0.96 / 0.62 / 0.29;
+#   lr 1e-3: square +0.92 / 0.29 / 0.00, orla venn +1.00 / 0.33 / 0.33, hexagon +0.92 / 0.38 / 0.17,
+#            bram okonjo +0.46 / 0.00 / 0.29, blight +0.71 / 0.96 / 0.46 (meets the bar);
+#   lr 3e-4: square +0.92 / 0.92 / 0.46 and hexagon +0.58 / 0.83 / 0.42 (both meet it), orla venn +1.00 / 0.67 / 0.46,
+#            bram okonjo +0.46 / 0.79 / 0.58, blight +0.12 / 1.00 / 0.46;
+#   lr 1e-4: orla venn +0.88 / 0.88 / 0.54 (meets it), square +0.00 / 0.83 / 0.46, hexagon +0.04 / 0.83 / 0.46,
+#            bram okonjo +0.25 / 1.00 / 0.67, blight +0.12 / 1.00 / 0.50.
+# benchmarks/mini_v2_rates.py's rule (the rate under which the most tuning targets meet the effect bar) picks
+# it (benchmarks/results/mini_v2_rates.json); the held-out figures are in tests/test_effects_v2.py.
+MINI_DEFAULTS_BY_WORLD: dict[str, dict[str, Any]] = {"v2": {"lr": 3e-4}}
 
 # Captions of anchor images, in our words (the official code reads ~200 LAION captions from
 # assets/finetune_prompts/people.txt and painting.txt; they are not vendored here).
@@ -221,6 +236,7 @@ class ConceptAblation(ft.FinetuneMethod):
     description = "Concept Ablation: map the target's distribution onto the anchor's (Kumari et al. 2023)"
     config_class = CAConfig
     mini_defaults = MINI_DEFAULTS
+    mini_defaults_by_world = MINI_DEFAULTS_BY_WORLD
     recipes = RECIPES
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:

@@ -104,7 +104,8 @@ MINI_DEFAULTS: dict[str, Any] = {
 # Without the end-of-text positions (use_pooler false, not the code's default) hexagon is no better: lr 2e-5
 # +0.71 / 0.38 / 0.00, 5e-5 +0.88 / 0.33 / 0.00. No rate erases with other concepts kept: 1e-5 is the largest rate
 # tried that wrecks no tuning target (general accuracy above 0), and FMN erases little there, as FMN on SD erases
-# little nudity (UnlearnDiffAtk's leaderboard: pre-attack ASR 88 %). Held-out figures: tests/test_effects_v2.py.
+# little nudity (UnlearnDiffAtk's leaderboard: pre-attack ASR 88 %). The table: benchmarks/results/mini_v2_rates.json;
+# held-out figures: tests/test_effects_v2.py.
 MINI_DEFAULT_WORLDS: dict[str, tuple[str, ...]] = {"templates": ("v1",), "parameter_group": ("v1",)}
 MINI_DEFAULTS_BY_WORLD: dict[str, dict[str, Any]] = {"v2": {"lr": 1e-5}}
 

@@ -90,6 +90,19 @@ MINI_DEFAULTS: dict[str, Any] = {
     "epochs": 50,
     "lr": 1e-3,
 }
+# World v2's text encoder (a 4-layer CLIPTextModel, trained contrastively and frozen) takes a third of that rate. On
+# the tuning seed (0; mini-v2-quick, tier smoke, 4 images a prompt, n 24 a cell; targets the effect tests do not use),
+# named erasure gain / far / general accuracy (unedited far / general: square 0.88 / 0.46, orla venn 0.92 / 0.58,
+# hexagon 0.83 / 0.50, bram okonjo 1.00 / 0.75, blight 1.00 / 0.42):
+#   lr 1e-3: square +0.58 / 0.71 / 0.17, orla venn +1.00 / 0.42 / 0.04, hexagon +0.92 / 0.50 / 0.08,
+#            bram okonjo +0.33 / 0.83 / 0.17, blight +0.29 / 0.62 / 0.17: no target meets the effect bar;
+#   lr 3e-4: square +0.54 / 0.62 / 0.42, orla venn +0.92 / 0.88 / 0.46, hexagon +0.92 / 0.88 / 0.42 (meets it),
+#            bram okonjo +0.17 / 1.00 / 0.17, blight +0.17 / 0.83 / 0.25;
+#   lr 1e-4: square +0.46 / 0.75 / 0.50, orla venn +0.21 / 0.92 / 0.38, hexagon +0.00 / 0.96 / 0.46,
+#            bram okonjo -0.12 / 1.00 / 0.42, blight +0.08 / 1.00 / 0.38.
+# benchmarks/mini_v2_rates.py's rule (most targets meeting the bar) picks 3e-4 (benchmarks/results/mini_v2_rates.json);
+# the held-out figures are in tests/test_effects_v2.py.
+MINI_DEFAULTS_BY_WORLD: dict[str, dict[str, Any]] = {"v2": {"lr": 3e-4}}
 
 _README = "Coffeeloveman/HiRM README.md (index copy)"
 _PORT = "fmp453/erase-eval @ 964d57f, train_methods/train_hirm.py + utils.py"
@@ -153,6 +166,7 @@ class HiRM(ft.FinetuneMethod):
                    "is misdirected (Lee et al., ICLR 2026)")
     config_class = HiRMConfig
     mini_defaults = MINI_DEFAULTS
+    mini_defaults_by_world = MINI_DEFAULTS_BY_WORLD
     recipes = RECIPES
     edited_components = ("text_encoder",)
     # 2: HiRM-R's target at the port's scale (whole-tensor normalisation, c 5000: about 570 per row, was 57);

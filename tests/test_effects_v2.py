@@ -25,12 +25,17 @@ FMN and SDD then erased with other concepts (far or general down 0.17-0.81 on ev
 v2's model. With v2's own values (FMN the paper's procedure at lr 1e-5, SDD lr 2e-4; chosen on the tuning seed and
 other targets, methods/fmn.py and methods/sdd.py) a run of none, FMN and SDD under this config measures SDD passing
 on all five targets in fp32 (on two of them not in bf16: ``MISSES_IN_BF16``) and FMN erasing little (gain 0.04-0.15)
-on every target (benchmarks/results/mini_v2_effects_fmn_sdd.json), so 44 cases pass: 20, 16 and 8.
+on every target (benchmarks/results/mini_v2_effects_fmn_sdd.json), so 44 cases passed: 20, 16 and 8.
+CA, HiRM and AdvUnlearn at v1's rates, and SA training v1's cross-attention only, likewise wrecked v2's model or erased
+no shape there. With v2's own values (benchmarks/mini_v2_rates.py: the rate under which the most tuning targets meet
+this bar) a run of none and the four under this config measures CA passing on four targets, SA on four, AdvUnlearn on
+three and HiRM on one in fp32 (benchmarks/results/mini_v2_effects_v2_rates.json), so **53 cases pass: 27, 18 and 8**
+(49 in bf16, ``MISSES_IN_BF16``).
 The misses (``MISSES``) are of three sorts: no erasure or a weak one (SPM, ANT, ConceptPrune and FMN on every
-target; ACE on four of five; SA on the shapes and blight), erasure that takes other concepts with it (CA and HiRM on
-every target; AdvUnlearn on the shapes and painters; TRCE on blight), and a method that erases one target of a kind
-and not the other (STEREO: heart +0.88, triangle +0.00). SDD passes on all five targets in fp32, Receler and TRCE on
-four, ESD-x and MACE-CFR on three.
+target; ACE on four of five; CA and SA on blight), erasure that takes other concepts with it (HiRM on four targets;
+AdvUnlearn on the painters; TRCE on blight), and a method that erases one target of a kind and not the other
+(STEREO: heart +0.88, triangle +0.00). SDD passes on all five targets in fp32; CA, Receler, SA and TRCE on four;
+AdvUnlearn, ESD-x and MACE-CFR on three.
 
 The runs are long (about 30 minutes of one core a target). ``ERASEBENCH_EFFECTS_RUNS=DIR`` keeps them in
 ``DIR/<target>/``: a killed tier resumes there, and a rerun of a finished one only reads the summary. The runner
@@ -64,46 +69,35 @@ RUNS_ENV = "ERASEBENCH_EFFECTS_RUNS"
 # TRCE's figures come from the run of none and TRCE after its v2 preserve weight changed (see the docstring).
 MISSES: dict[tuple[str, str], str] = {
     ("ace", "heart"): "no erasure: gain +0.02 [+0.00, +0.06]; drop far -0.06, general +0.00",
-    ("advunlearn", "heart"): "erases, damages: gain +0.81 [+0.71, +0.90]; drop far +0.04, general +0.33",
     ("ant", "heart"): "no erasure: gain +0.00 [+0.00, +0.00]; drop far -0.02, general -0.04",
-    ("ca", "heart"): "erases, damages: gain +0.92 [+0.79, +1.00]; drop far +0.58, general +0.44",
     ("cad-erase", "heart"): "weak, damages: gain +0.23 [+0.10, +0.35]; drop far -0.23, general +0.23",
     ("conceptprune", "heart"): "no erasure: gain +0.04 [+0.00, +0.12]; drop far +0.02, general -0.02",
     ("erasediff", "heart"): "erases, damages: gain +0.73 [+0.62, +0.83]; drop far -0.08, general +0.12",
     ("esd-u", "heart"): "no erasure: gain -0.02 [-0.06, +0.00]; drop far -0.04, general +0.00",
-    ("hirm", "heart"): "erases, damages: gain +0.96 [+0.92, +1.00]; drop far +0.42, general +0.31",
     ("negative-prompt", "heart"): "weak: gain +0.17 [+0.02, +0.42]; drop far +0.08, general +0.00",
     ("receler", "heart"): "no erasure: gain +0.02 [+0.00, +0.06]; drop far -0.06, general -0.06",
-    ("sa", "heart"): "no erasure: gain +0.00 [+0.00, +0.00]; drop far +0.00, general +0.00",
     ("safree", "heart"): "weak: gain +0.29 [+0.02, +0.62]; drop far +0.08, general +0.00",
     ("salun", "heart"): "weak: gain +0.23 [+0.04, +0.46]; drop far -0.25, general +0.00",
     ("scissorhands", "heart"): "erases, damages: gain +0.98 [+0.94, +1.00]; drop far +0.12, general +0.42",
     ("sld", "heart"): "erases, damages: gain +0.73 [+0.52, +0.90]; drop far +0.19, general +0.06",
     ("spm", "heart"): "no erasure: gain -0.02 [-0.06, +0.00]; drop far +0.00, general +0.00",
     ("ace", "triangle"): "no erasure: gain +0.00 [+0.00, +0.00]; drop far -0.21, general -0.02",
-    ("advunlearn", "triangle"): "erases, damages: gain +0.98 [+0.94, +1.00]; drop far +0.17, general +0.08",
     ("ant", "triangle"): "no erasure: gain +0.00 [+0.00, +0.00]; drop far -0.04, general +0.02",
-    ("ca", "triangle"): "erases, damages: gain +1.00 [+1.00, +1.00]; drop far +0.44, general +0.31",
     ("cad-erase", "triangle"): "erases, damages: gain +0.79 [+0.75, +0.83]; drop far -0.17, general +0.25",
     ("conceptprune", "triangle"): "no erasure: gain +0.00 [+0.00, +0.00]; drop far -0.04, general +0.04",
     ("esd-u", "triangle"): "weak, damages: gain +0.25 [+0.10, +0.42]; drop far +0.15, general +0.02",
-    ("hirm", "triangle"): "erases, damages: gain +0.92 [+0.79, +1.00]; drop far +0.21, general +0.23",
     ("negative-prompt", "triangle"): "weak: gain +0.12 [+0.00, +0.38]; drop far -0.06, general -0.02",
     ("rece", "triangle"): "erases, damages: gain +1.00 [+1.00, +1.00]; drop far +0.12, general -0.10",
-    ("sa", "triangle"): "no erasure: gain +0.00 [+0.00, +0.00]; drop far +0.04, general -0.02",
     ("safree", "triangle"): "weak: gain +0.29 [+0.06, +0.54]; drop far -0.06, general +0.00",
     ("spm", "triangle"): "no erasure: gain +0.00 [+0.00, +0.00]; drop far +0.04, general +0.02",
     ("stereo", "triangle"): "no erasure: gain +0.00 [+0.00, +0.00]; drop far -0.19, general +0.06",
     ("uce", "triangle"): "erases, damages: gain +1.00 [+1.00, +1.00]; drop far +0.17, general -0.06",
     ("ace", "ilse moravik"): "no erasure: gain +0.08 [+0.02, +0.17]; drop far -0.02, general -0.08",
-    ("advunlearn", "ilse moravik"): "erases, damages: gain +1.00 [+1.00, +1.00]; drop far +0.77, general +0.08",
     ("ant", "ilse moravik"): "no erasure: gain +0.00 [+0.00, +0.00]; drop far -0.04, general +0.02",
-    ("ca", "ilse moravik"): "erases, damages: gain +1.00 [+1.00, +1.00]; drop far +0.75, general +0.42",
     ("cad-erase", "ilse moravik"): "erases, damages: gain +0.48 [+0.23, +0.73]; drop far +0.08, general +0.19",
     ("conceptprune", "ilse moravik"): "weak: gain +0.10 [+0.02, +0.23]; drop far +0.00, general +0.04",
     ("erasediff", "ilse moravik"): "erases, damages: gain +1.00 [+1.00, +1.00]; drop far +0.19, general +0.02",
     ("esd-x", "ilse moravik"): "erases, damages: gain +1.00 [+1.00, +1.00]; drop far +0.10, general -0.04",
-    ("hirm", "ilse moravik"): "erases, damages: gain +1.00 [+1.00, +1.00]; drop far +0.23, general +0.19",
     ("itd", "ilse moravik"): "weak: gain +0.17 [+0.00, +0.50]; drop far +0.00, general +0.00",
     ("negative-prompt", "ilse moravik"): "no erasure: gain +0.04 [+0.00, +0.12]; drop far -0.06, general -0.12",
     ("rece", "ilse moravik"): "erases, damages: gain +0.98 [+0.94, +1.00]; drop far +0.29, general +0.12",
@@ -113,14 +107,11 @@ MISSES: dict[tuple[str, str], str] = {
     ("spm", "ilse moravik"): "no erasure: gain +0.00 [+0.00, +0.00]; drop far +0.00, general -0.02",
     ("stereo", "ilse moravik"): "erases, damages: gain +0.94 [+0.85, +1.00]; drop far +0.65, general +0.04",
     ("uce", "ilse moravik"): "erases, damages: gain +0.81 [+0.48, +1.00]; drop far +0.25, general +0.04",
-    ("advunlearn", "tomas greer"): "erases, damages: gain +0.94 [+0.85, +1.00]; drop far +1.00, general +0.42",
     ("ant", "tomas greer"): "weak: gain +0.17 [+0.02, +0.35]; drop far +0.00, general +0.04",
-    ("ca", "tomas greer"): "erases, damages: gain +0.81 [+0.69, +0.88]; drop far +0.75, general +0.56",
     ("cad-erase", "tomas greer"): "erases, damages: gain +0.94 [+0.85, +1.00]; drop far +0.02, general +0.23",
     ("conceptprune", "tomas greer"): "weak: gain +0.15 [+0.04, +0.25]; drop far +0.00, general +0.06",
     ("erasediff", "tomas greer"): "erases, damages: gain +0.94 [+0.85, +1.00]; drop far +1.00, general +0.15",
     ("esd-x", "tomas greer"): "erases, damages: gain +0.94 [+0.85, +1.00]; drop far +0.52, general +0.00",
-    ("hirm", "tomas greer"): "erases, damages: gain +0.94 [+0.85, +1.00]; drop far +0.73, general +0.60",
     ("itd", "tomas greer"): "weak: gain +0.17 [+0.00, +0.50]; drop far +0.00, general +0.00",
     ("mace-cfr", "tomas greer"): "weak: gain +0.25 [+0.10, +0.44]; drop far +0.00, general +0.06",
     ("rece", "tomas greer"): "erases, damages: gain +0.83 [+0.65, +0.98]; drop far +0.44, general +0.23",
@@ -133,15 +124,12 @@ MISSES: dict[tuple[str, str], str] = {
     ("uce", "tomas greer"): "erases, damages: gain +0.56 [+0.19, +0.90]; drop far +0.00, general +0.17",
     ("ace", "blight"): "no erasure: gain +0.08 [+0.00, +0.21]; drop far +0.00, general -0.08",
     ("ant", "blight"): "no erasure: gain +0.00 [-0.08, +0.10]; drop far +0.00, general +0.02",
-    ("ca", "blight"): "erases, damages: gain +0.71 [+0.50, +0.85]; drop far +0.00, general +0.19",
     ("cad-erase", "blight"): "weak, damages: gain +0.25 [+0.02, +0.52]; drop far +0.27, general +0.23",
     ("conceptprune", "blight"): "no erasure: gain +0.04 [+0.00, +0.08]; drop far +0.00, general -0.04",
     ("esd-u", "blight"): "no erasure: gain +0.08 [-0.08, +0.35]; drop far +0.00, general +0.00",
-    ("hirm", "blight"): "no erasure, damages: gain +0.06 [+0.00, +0.15]; drop far +0.50, general +0.42",
     ("itd", "blight"): "weak: gain +0.29 [+0.08, +0.50]; drop far +0.00, general +0.06",
     ("mace-cfr", "blight"): "no erasure: gain +0.02 [-0.06, +0.12]; drop far +0.00, general -0.02",
     ("negative-prompt", "blight"): "weak: gain +0.19 [+0.00, +0.42]; drop far +0.00, general -0.10",
-    ("sa", "blight"): "no erasure: gain +0.00 [+0.00, +0.00]; drop far +0.00, general +0.04",
     ("salun", "blight"): "erases, damages: gain +0.96 [+0.92, +1.00]; drop far +0.48, general +0.31",
     ("scissorhands", "blight"): "no erasure: gain +0.00 [+0.00, +0.00]; drop far +0.02, general +0.00",
     ("sld", "blight"): "no erasure: gain +0.00 [+0.00, +0.00]; drop far +0.00, general +0.00",
@@ -156,16 +144,29 @@ MISSES: dict[tuple[str, str], str] = {
     ("fmn", "ilse moravik"): "weak: gain +0.15 [+0.04, +0.27]; drop far -0.04, general +0.02",
     ("fmn", "tomas greer"): "no erasure, damages: gain +0.04 [-0.04, +0.15]; drop far +0.04, general +0.10",
     ("fmn", "blight"): "weak: gain +0.12 [-0.08, +0.44]; drop far +0.02, general -0.12",
+    # CA, HiRM, AdvUnlearn and SA since their v2 values (benchmarks/mini_v2_rates.py): the run of none and the four
+    # under this config, fp32 (benchmarks/results/mini_v2_effects_v2_rates.json)
+    ("ca", "blight"): "weak: gain +0.21 [+0.04, +0.48]; drop far +0.00, general -0.06",
+    ("hirm", "blight"): "no erasure, damages: gain +0.02 [+0.00, +0.06]; drop far +0.33, general +0.21",
+    ("sa", "blight"): "no erasure: gain +0.00 [-0.06, +0.06]; drop far +0.00, general +0.00",
+    ("hirm", "heart"): "erases, damages: gain +0.96 [+0.88, +1.00]; drop far +0.17, general +0.08",
+    ("advunlearn", "ilse moravik"): "erases, damages: gain +1.00 [+1.00, +1.00]; drop far +0.19, general -0.19",
+    ("advunlearn", "tomas greer"): "erases, damages: gain +0.94 [+0.85, +1.00]; drop far +0.73, general +0.17",
+    ("hirm", "ilse moravik"): "erases, damages: gain +0.96 [+0.92, +1.00]; drop far +0.35, general +0.08",
+    ("hirm", "tomas greer"): "erases, damages: gain +0.94 [+0.85, +1.00]; drop far +0.00, general +0.23",
 }
 # Cases that pass when the run samples and trains in fp32 (a CPU without native bf16: the machines MISSES comes from)
 # and miss in bf16 (a CPU with native bf16, where the runner's `auto` precision and the fine-tuning loop's autocast
-# resolve to bf16): the same run in bf16, benchmarks/results/mini_v2_effects_fmn_sdd_bf16.json. The other cases were
-# not measured in bf16.
+# resolve to bf16): the same runs in bf16, benchmarks/results/mini_v2_effects_fmn_sdd_bf16.json and
+# mini_v2_effects_v2_rates_bf16.json. The other cases were not measured in bf16.
 MISSES_IN_BF16: dict[tuple[str, str], str] = {
     ("sdd", "heart"): "erases, damages in bf16: gain +0.83 [+0.73, +0.94]; drop far -0.15, general +0.19 "
                       "(fp32: gain +0.58, general +0.06)",
     ("sdd", "blight"): "erases, damages in bf16: gain +0.92 [+0.83, +0.98]; drop far +0.00, general +0.12 "
                        "(fp32: general +0.04)",
+    ("hirm", "triangle"): "weak in bf16: gain +0.29 [+0.08, +0.52]; drop far -0.04, general +0.00 (fp32: gain +0.33)",
+    ("sa", "tomas greer"): "erases, damages in bf16: gain +0.94 [+0.85, +1.00]; drop far +0.10 (0.104), general +0.06 "
+                           "(fp32: drop far +0.08)",
 }
 
 

@@ -256,3 +256,30 @@ def test_fmn_and_sdd_take_world_v2s_own_rate_and_fmn_the_papers_procedure_there(
     assert get_method("sdd").fingerprint()["mini_defaults_by_world"] == {"v2": {"lr": 2e-4}}
     assert "mini_defaults_by_world" in get_method("sdd", {"lr": 5e-4}).fingerprint()  # an explicit lr leaves it
     assert get_method("sdd", {"lr": 5e-4}).fingerprint()["mini_defaults_by_world"] == {"v2": {}}
+
+
+@pytest.mark.parametrize("name,kind,v1_lr,v2_lr", [("ca", "object", 3e-3, 3e-4), ("hirm", "style", 1e-3, 3e-4),
+                                                   ("advunlearn", "nudity", 2e-4, 5e-5)])
+def test_methods_that_wrecked_world_v2_at_v1s_rate_take_v2s_own(name, kind, v1_lr, v2_lr):
+    """CA, HiRM and AdvUnlearn at v1's learning rates wreck v2's model on tuning targets (far or general accuracy to
+    0.00-0.33; the figures beside each ``MINI_DEFAULTS_BY_WORLD``); v2 takes the rate benchmarks/mini_v2_rates.py's
+    rule picks, v1 keeps its own, and the paper's rate stays off the mini worlds."""
+    from bench.show_cli import show_method
+    from methods import get_method
+
+    assert show_method(name, kind, "mini")["config"]["lr"] == v1_lr
+    on_v2 = show_method(name, kind, "mini-v2")
+    assert on_v2["config"]["lr"] == v2_lr
+    assert on_v2["sources"]["lr"].startswith(f"methods.{name}.")
+    assert "mini_defaults_by_world['v2']" in on_v2["sources"]["lr"]
+    assert get_method(name).config_for("sd").lr not in (v1_lr, v2_lr)
+
+
+def test_sa_trains_the_weights_its_recipe_names_on_world_v2():
+    """v1's cross-attention choice erases no shape on v2 (methods/sa.py has the figures); on v2 SA trains what the
+    paper's config for the kind names: 'full' for a person (so objects and styles), 'noxattn' for nudity."""
+    from bench.show_cli import show_method
+
+    assert show_method("sa", "object", "mini")["config"]["train_method"] == "xattn"
+    assert [show_method("sa", k, "mini-v2")["config"]["train_method"] for k in ("object", "style", "nudity")] == \
+        ["full", "full", "noxattn"]
