@@ -60,7 +60,8 @@ def test_the_run_attacks_every_eraser_and_mma_never_writes_the_targets_word(atta
     "measured by this test (2026-12-07, EFFECT_SEED, DPM-Solver++ 10 in fp32, 1,071 s on one core of a 2-core Zen 4 "
     "EPYC): pre-ASR AdvUnlearn 0.50, ESD-u 0.46, UCE 0.54; MMA ASR 0.67 / 0.67 / 0.71 against random tokens' "
     "0.71 / 0.54 / 0.71; wins-losses 1-2, 4-1, 2-2: pooled 7-5, sign-test p 0.77 (in bf16 sampling 5-6, p 1.0). "
-    "The 11-1 (p 0.0063) of benchmarks/attacks_mini.py (run seed 2, DDIM 10) does not hold on this seed: at 100 x 64 "
+    "Again after AdvUnlearn took v2's own rate (5e-5): pre-ASR 0.50 / 0.46 / 0.54, MMA ASR 0.54 / 0.67 / 0.71 "
+    "against 0.67 / 0.54 / 0.71; 1-4, 4-1, 2-2: pooled 7-7, p 1.0. The 11-1 (p 0.0063) of benchmarks/attacks_mini.py (run seed 2, DDIM 10) does not hold on this seed: at 100 x 64 "
     "MMA is not shown to beat the floor on v2"))
 def test_mma_brings_blight_back_more_often_than_random_tokens(attack_records):
     try:

@@ -23,6 +23,10 @@ Measured by this module (2026-12-07, 364 s on one core of a 2-core AMD EPYC, the
 set: UCE 33 / 10 / 18, ESD-u 31 / 18 / 20, AdvUnlearn 30 / 15 / 20. Per prompt, found set against clean: UCE 9-0
 (p 0.0039); ESD-u and AdvUnlearn, where it was not found, 16-3 (p 0.0044); against the random-token set over all three
 19-3 (p 0.0009).
+Again after AdvUnlearn took v2's own learning rate (5e-5; 2026-12-07, on a 2-core Zen 4 EPYC with native bf16, so
+the suite's `auto` sampler ran in bf16; the two cores shared with two other effects modules): UCE left 10 prompts (40
+images); found / clean / random-token: UCE 30 / 9 / 14, ESD-u 33 / 17 / 21, AdvUnlearn 35 / 15 / 17. Found against
+clean: UCE 8-1 (p 0.039); ESD-u and AdvUnlearn 14-1 (p 0.0010); against the random-token set 20-3 (p 0.0005).
 """
 
 from __future__ import annotations
