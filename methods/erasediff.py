@@ -70,6 +70,11 @@ class EraseDiffConfig(ft.FinetuneConfig):
 # D_r, batch 8 (4 steps a pass, 12 an epoch): 2 epochs at lr 3e-4 0.00 / 0.00 / 1.00, at lr 1e-3 0.00 / 0.08 / 1.00;
 # 10 epochs at lr 1e-3 0.17 / 0.58 / 1.00, at lr 3e-3 0.42 / 0.67 / 1.00. Only the outer pass of an epoch is kept
 # (the inner passes are undone at its start), hence more epochs than the paper's 5.
+# World v2 keeps these (benchmarks/mini_v2_rates.py's rule; tuning seed 0, targets the effect tests do not use, n 24
+# a cell; named erasure gain / far / general, unedited far / general: square 0.88 / 0.46, orla venn 0.92 / 0.58,
+# hexagon 0.83 / 0.50, bram okonjo 1.00 / 0.75, blight 1.00 / 0.42): lr 3e-3 meets the effect bar on square (+0.75 /
+# 0.88 / 0.38), hexagon (+0.83 / 0.83 / 0.54) and blight (+0.79 / 1.00 / 0.50); 1e-3 on square, hexagon and orla venn
+# (3 of 5 as well; the tie goes to the larger rate); 3e-4 on none.
 MINI_DEFAULTS: dict[str, Any] = {
     "epochs": 10,
     "num_images": 32,
