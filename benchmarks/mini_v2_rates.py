@@ -38,8 +38,7 @@ import json
 from pathlib import Path
 
 from _results import write_result  # benchmarks/_results.py, beside this script
-
-GAIN, DROP = 0.30, 0.10  # tests/test_effects_v2.py's bar
+from mini_v2_effects import DROP, GAIN  # tests/test_effects_v2.py's bar, as the effect table applies it
 
 
 def rows_of(run: Path, fields: dict[str, tuple[str, ...]]) -> list[dict]:
@@ -52,13 +51,14 @@ def rows_of(run: Path, fields: dict[str, tuple[str, ...]]) -> list[dict]:
     summary = summary[summary["metric"].isin(["erasure_rate", "accuracy"])]
     value = {(r.method, r.target, r.task): float(r.value) for r in summary.itertuples()}
     manifest = json.loads((run / "manifest.json").read_text())
+    store = RunStore(run)
     out = []
     for row in manifest["config"]["methods"]:
         if row["name"] not in fields:
             continue
         label = row["label"] or row["name"]
         for target in manifest["config"]["targets"]:
-            edit = json.loads((RunStore(run).edit_dir(label, target) / "edit.json").read_text())
+            edit = json.loads((store.edit_dir(label, target) / "edit.json").read_text())
             config = edit["edits"][-1]["config"]
             setting = ", ".join(f"{f}={json.dumps(config[f])}" for f in fields[row["name"]])
             base = {task: value[("none", target, task)] for task in ("named", "far", "general")}
@@ -80,11 +80,11 @@ def pick(rows: list[dict]) -> dict:
     by_setting: dict[str, list[dict]] = {}
     for r in rows:
         by_setting.setdefault(r["setting"], []).append(r)
-    score = {k: (sum(r["bar"] for r in rs), sum(r["wrecks"] for r in rs), len(rs), rs[0]["lr"])
+    score = {k: {"passes": sum(r["bar"] for r in rs), "wrecks": sum(r["wrecks"] for r in rs), "targets": len(rs)}
              for k, rs in by_setting.items()}
-    best = max(score, key=lambda k: (score[k][0], score[k][1] == 0, score[k][3]))
-    return {"pick": best, "by_setting": {k: {"passes": p, "wrecks": w, "targets": n} for k, (p, w, n, _) in
-                                         sorted(score.items(), key=lambda kv: kv[1][3])}}
+    lr = {k: rs[0]["lr"] for k, rs in by_setting.items()}
+    best = max(score, key=lambda k: (score[k]["passes"], score[k]["wrecks"] == 0, lr[k]))
+    return {"pick": best, "by_setting": {k: score[k] for k in sorted(score, key=lr.get)}}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -365,10 +365,10 @@ def effects_lines(effects: Path, note: str = "", reruns: tuple[Path, ...] = ()) 
     for r in e["rows"]:
         by_method.setdefault(r["method"], {})[r["target"]] = r
     rerun_of: dict[str, Path] = {}
-    for path in reruns:
-        rows = json.loads(path.read_text())["rows"]
-        for method in dict.fromkeys(r["method"] for r in rows):
-            by_method[method] = {r["target"]: r for r in rows if r["method"] == method}
+    rerun_files = {path: json.loads(path.read_text()) for path in reruns}
+    for path, rerun in rerun_files.items():
+        for method in dict.fromkeys(r["method"] for r in rerun["rows"]):
+            by_method[method] = {r["target"]: r for r in rerun["rows"] if r["method"] == method}
             rerun_of[method] = path
     lines = ["", "## What the methods do here", "",
              f"From `{effects}` (`{e['command']}`): every erasing method under one protocol (its paper recipe in the "
@@ -389,7 +389,7 @@ def effects_lines(effects: Path, note: str = "", reruns: tuple[Path, ...] = ()) 
         label = f"{method}{' *' if method in rerun_of else ''}"
         lines.append(f"| {label} | " + " | ".join(text) + f" | {passes} of {len(cells)} |")
     for path in dict.fromkeys(rerun_of.values()):
-        r = json.loads(path.read_text())
+        r = rerun_files[path]
         precisions = sorted(set((r.get("sampling_precision") or {}).values())) or ["not recorded"]
         lines += ["", f"\\* {', '.join(m for m, p in rerun_of.items() if p == path)}: measured again since, under the "
                   f"same config, after a change of their mini values: `{path}` (`{r['command']}`; sampling "
