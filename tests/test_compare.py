@@ -2,12 +2,11 @@
 
 Unit tests build run directories from per-image records (the unit the gate reads); the
 end-to-end test runs a method and a deliberately weakened variant of it through
-``bench.runner.run`` on the mini model and checks that the gate fails the weak one only.
+``bench.runner.run`` on mini-v2 and checks that the gate fails the weak one only.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import pytest
 from bench.cli import main
 from leaderboard.compare import compare_runs, paired_bootstrap, verdict
 from tests.cli import erasebench_process
-from tests.runs import synthetic_run, target_and_others_suite
+from tests.runs import synthetic_run
 
 
 def make_run(root: Path, units: dict[tuple[str, str], np.ndarray], prompts: int = 40, samples: int = 2,
@@ -246,88 +245,51 @@ def test_paired_bootstrap_resamples_prompts():
     assert verdict(-0.01, 0.01, 0.02) == "same" and verdict(0.05, 0.2, 0.02) == "better"
 
 
-# --------------------------------------------------------------------------- end to end, real runs on the mini model
-@pytest.fixture(scope="module")
-def mini_world_ready():
-    from bench.evaluators import EVALUATORS
-    from bench.suites import suite_files
-    from bench.worlds.v1.classifier import CLASSIFIER_DIR
-
-    # parts of the product: missing, the test fails
-    assert "mini-quick" in suite_files() and "mini-classifier" in EVALUATORS
-    assert (Path(CLASSIFIER_DIR) / "model.safetensors").exists(), f"mini classifier weights missing: {CLASSIFIER_DIR}"
-
-
-GATE_SUITE = target_and_others_suite("gate-e2e", steps=25, other_prompts=6)
-WEAK_NAME = "test-weakened-uce"
-
-
-@pytest.fixture(scope="module")
-def weakened_method():
-    """A user's UCE variant with a deliberate bug: a typo in the target word ("circel").
-
-    The mini tokenizer maps the typo to its unknown token, so the variant edits the unknown token's
-    key/value rows and leaves "circle" drawn: weaker than UCE on the target prompts. (Erasing the
-    target's synonym instead, an earlier choice, erased "circle" as well as UCE did on the shipped model.)
-    """
-    from methods import METHODS
-    from methods.uce import UCE
-
-    class WeakenedUCE(UCE):
-        name = WEAK_NAME
-        description = "UCE with a typo in the target word (test only)"
-
-        def apply(self, backbone, request):
-            targets = [t[:-2] + t[-1] + t[-2] for t in request.targets]  # "circle" -> "circel"
-            return super().apply(backbone, dataclasses.replace(request, targets=targets, target_prompts=None))
-
-    METHODS.register(WEAK_NAME)(WeakenedUCE)
-    try:
-        yield WEAK_NAME
-    finally:
-        METHODS._items.pop(WEAK_NAME, None)  # leave the registry as other tests expect it
+# --------------------------------------------------------------------------- end to end, real runs on mini-v2
+GATE_TARGET = "triangle"  # UCE erases it on mini-v2 under the protocol (named erasure 1.00 on seeds 0 and 1)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "precondition not met on the shipped mini model: UCE erases only 3 net images of 12 more than the "
-    "weakened variant (erasure rate 0.25 vs 0.00, seed 0, one image per prompt; full-suite run of 2026-11-30), "
-    "the test needs >= 5. Was a skip; the gate's failing side is covered by the synthetic tests above."))
-def test_gate_fails_a_weakened_method_and_passes_the_unchanged_one(mini_world_ready, weakened_method, tmp_path,
-                                                                   capsys):
+def test_gate_fails_a_weakened_method_and_passes_the_unchanged_one(tmp_path, capsys):
+    """Three runs through the product's path (``bench.runner.run``, suite mini-v2-quick at the smoke tier, 4 images
+    a prompt: 24 named-prompt pairs): UCE, UCE again, and a user's UCE variant with a config slip, ``guide`` set to
+    the target itself, so the closed-form edit maps the target's keys and values onto their own and erases nothing.
+    The gate passes the unchanged run and fails the variant on the erasure of the named target.
+
+    Measured on seed 0 (/work/exp/gate/probe.py, 2026-12-07): UCE named erasure 1.00, the variant 0.00 (24 of 24
+    images lost), compare rc 1. This test runs on EFFECT_SEED; its precondition (the variant loses at least 12 of
+    the 24 pairs, counted image by image) fails the test, not skips it, where it does not hold.
+    """
     from bench.config import parse_config
     from bench.runner import run
+    from tests.seeds import EFFECT_SEED
 
-    suite = tmp_path / "gate-e2e.yaml"
-    suite.write_text(GATE_SUITE)
-
-    def run_with(method: str, out: str) -> Path:
-        config = parse_config({"model": "mini", "seed": 0, "targets": ["circle"], "suite": str(suite),
-                               "methods": [{"name": method, "label": "candidate"}],
-                               "cache_dir": str(tmp_path / "cache")})  # shared: an unchanged edit regenerates nothing
+    def run_with(params: dict, out: str) -> Path:
+        config = parse_config({"model": "mini-v2", "suite": "mini-v2-quick", "tier": "smoke", "images_per_prompt": 4,
+                               "seed": EFFECT_SEED, "targets": [GATE_TARGET],
+                               "methods": [{"name": "uce", "label": "candidate", "params": params}],
+                               "cache_dir": str(tmp_path / "cache")}, "test")  # shared: an unchanged edit regenerates nothing
         return run(config, tmp_path / out, progress=False)
 
-    base = run_with("uce", "base")
-    unchanged = run_with("uce", "unchanged")
-    weak = run_with(weakened_method, "weak")
+    base = run_with({}, "base")
+    unchanged = run_with({}, "unchanged")
+    weak = run_with({"guide": GATE_TARGET}, "weak")
 
     assert main(["compare", str(base), str(unchanged)]) == 0
     assert "PASS" in capsys.readouterr().out
 
     # How much weaker the variant really is, counted image by image (independently of the gate's bootstrap).
     keys = ["prompt_id", "seed"]
-    rb = pd.read_parquet(base / "records.parquet").query("task == 'target'").set_index(keys)["target_present"].astype(bool)
-    rw = pd.read_parquet(weak / "records.parquet").query("task == 'target'").set_index(keys)["target_present"].astype(bool)
+    rb = pd.read_parquet(base / "records.parquet").query("task == 'named'").set_index(keys)["target_present"].astype(bool)
+    rw = pd.read_parquet(weak / "records.parquet").query("task == 'named'").set_index(keys)["target_present"].astype(bool)
     rw = rw.loc[rb.index]
     lost = int((~rb & rw).sum()) - int((rb & ~rw).sum())  # images the variant fails to erase, net
     code = main(["compare", str(base), str(weak), "--json"])
     report = json.loads(capsys.readouterr().out)
-    erasure = {(r["task"], r["metric"]): r for r in report["rows"]}[("target", "erasure_rate")]
-    assert erasure["n_pairs"] == len(rb) == 12
-    # precondition: the variant is really weaker (counted image by image); not met, the test fails
-    assert lost >= 5, (f"the weakened variant loses only {lost} net image(s) of 12 against UCE (erasure rate "
-                       f"{erasure['base']:.2f} vs {erasure['new']:.2f}): the gate has nothing to catch")
-    # >= 5 of 12 prompts lost: the paired interval must lie below -tolerance
+    erasure = {(r["task"], r["metric"]): r for r in report["rows"]}[("named", "erasure_rate")]
+    assert erasure["n_pairs"] == len(rb) == 24
+    assert lost >= 12, (f"precondition: the variant loses only {lost} net image(s) of 24 against UCE (erasure rate "
+                        f"{erasure['base']:.2f} vs {erasure['new']:.2f}): the gate has nothing to catch")
     assert code == 1 and report["passed"] is False
     assert erasure["status"] == "worse" and erasure["ci_high"] < -report["tolerance"]
     assert erasure["new"] < erasure["base"]
