@@ -122,15 +122,18 @@ def load_suite(name_or_path: str) -> Suite:
 
 
 def declared_model(name_or_path: str) -> str | None:
-    """The ``model:`` a suite file declares (``mini-quick`` -> ``mini``), or None where it declares none or the suite
-    cannot be read (:func:`load_suite` reports that, with the valid names)."""
+    """The ``model:`` a suite file declares (``mini-quick`` -> ``mini``); ``""`` where the file is read and declares
+    none (the Stable Diffusion suites: they run on the model a config names); None where the suite cannot be read
+    (:func:`load_suite` reports that, with the valid names)."""
     path = suite_path(name_or_path)
     try:
         spec = yaml.safe_load(path.read_text()) if path else None
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return None
-    model = spec.get("model") if isinstance(spec, dict) else None
-    return model if isinstance(model, str) and model else None
+    if not isinstance(spec, dict):
+        return None
+    model = spec.get("model")
+    return model if isinstance(model, str) else ""
 
 
 TIER_KEYS = {"images_per_prompt", "max_prompts", "attacks"}

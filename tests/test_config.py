@@ -14,7 +14,10 @@ def test_defaults_are_mini_v2s_quick_benchmark_and_a_suite_alone_brings_its_mode
     assert parse_config({"suite": "mini-quick"}).model == "mini"  # v1's suite declares v1: old configs run as before
     assert parse_config({"suite": "mini-adherence", "targets": ["star"]}).model == "mini"
     assert parse_config({"suite": "mini-quick", "model": "mini-v2"}).model == "mini-v2"  # a named model is kept
-    assert parse_config({"suite": "nudity-i2p"}).model == "mini-v2"  # a suite that declares none: the default
+    # a suite that declares none (the SD suites) needs a named model; it used to run mini-v2 on I2P prompts
+    with pytest.raises(ConfigError, match="suite 'nudity-i2p' declares no model"):
+        parse_config({"suite": "nudity-i2p"})
+    assert parse_config({"suite": "nudity-i2p", "model": "mini-v2"}).model == "mini-v2"  # named: as asked
 
 
 def test_every_error_at_once():
