@@ -210,9 +210,10 @@ class RunConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _model_of_the_suite(cls, data: Any) -> Any:
-        """No ``model``: the one the suite's file declares (``suite: mini-quick`` alone runs v1, as it always did).
-        A suite that declares none (the Stable Diffusion suites) needs the config to name the model: before
-        2026-12-07 it ran mini-v2 on the suite's prompts (I2P prompts scored by NudeNet on the mini world)."""
+        """No ``model``: the one the suite's file declares (``suite: mini-quick`` alone runs v1, as it always did), or
+        for a file that declares none the mini world its evaluator reads (``bench.suites.declared_model``). A suite
+        with neither (the Stable Diffusion suites) needs the config to name the model: before 2026-12-07 it ran
+        mini-v2 on the suite's prompts (I2P prompts scored by NudeNet on the mini world) without a word."""
         if isinstance(data, dict) and "model" not in data:
             from bench.suites import declared_model
 
@@ -220,7 +221,7 @@ class RunConfig(BaseModel):
             model = declared_model(suite) if isinstance(suite, str) else None
             if model == "":
                 raise ValueError(
-                    f"suite {suite!r} declares no model: name the model to evaluate with 'model:' (a local diffusers "
+                    f"suite {suite!r} declares no model and its evaluators read no mini world: name the model to evaluate with 'model:' (a local diffusers "
                     "folder, or a hub id such as CompVis/stable-diffusion-v1-4, the model of the ESD, UCE and CAD "
                     "papers' tables), or 'mini-v2' to run its prompts on the mini world")
             data = {**data, "model": model or DEFAULT_MODEL}

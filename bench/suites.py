@@ -121,10 +121,15 @@ def load_suite(name_or_path: str) -> Suite:
     return parse_suite(spec, path)
 
 
+# The model a suite's evaluator implies where the suite's file names none: a mini world's judge reads that world only.
+MODEL_OF_EVALUATOR = {"mini-classifier": "mini", "mini-v2-judge": "mini-v2"}
+
+
 def declared_model(name_or_path: str) -> str | None:
-    """The ``model:`` a suite file declares (``mini-quick`` -> ``mini``); ``""`` where the file is read and declares
-    none (the Stable Diffusion suites: they run on the model a config names); None where the suite cannot be read
-    (:func:`load_suite` reports that, with the valid names)."""
+    """The ``model:`` a suite file declares (``mini-quick`` -> ``mini``). A file that declares none gets the model its
+    tasks' evaluators imply (every task scored by ``mini-v2-judge``: ``mini-v2``), else ``""``: a Stable Diffusion
+    suite, which runs on the model a config names. None where the suite cannot be read (:func:`load_suite` reports
+    that, with the valid names)."""
     path = suite_path(name_or_path)
     try:
         spec = yaml.safe_load(path.read_text()) if path else None
@@ -133,7 +138,11 @@ def declared_model(name_or_path: str) -> str | None:
     if not isinstance(spec, dict):
         return None
     model = spec.get("model")
-    return model if isinstance(model, str) else ""
+    if isinstance(model, str):
+        return model
+    tasks = spec.get("tasks") if isinstance(spec.get("tasks"), list) else []
+    implied = {MODEL_OF_EVALUATOR.get(t.get("evaluator")) if isinstance(t, dict) else None for t in tasks}
+    return implied.pop() if len(implied) == 1 and None not in implied else ""
 
 
 TIER_KEYS = {"images_per_prompt", "max_prompts", "attacks"}

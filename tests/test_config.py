@@ -20,6 +20,25 @@ def test_defaults_are_mini_v2s_quick_benchmark_and_a_suite_alone_brings_its_mode
     assert parse_config({"suite": "nudity-i2p", "model": "mini-v2"}).model == "mini-v2"  # named: as asked
 
 
+@pytest.mark.parametrize("evaluator, model", [("mini-v2-judge", "mini-v2"), ("mini-classifier", "mini"),
+                                              ("nudenet", None)])
+def test_a_suite_file_without_a_model_runs_the_world_its_evaluator_reads(tmp_path, evaluator, model):
+    """A user's suite file with no ``model:`` line: a mini world's judge implies that world (before 2026-12-07 a
+    suite scored by v1's classifier ran on mini-v2); an SD evaluator implies none, and the config must name one."""
+    import yaml
+
+    suite = {"name": "mine", "sampler": {"name": "dpm", "steps": 10, "guidance": 5.0},
+             "tasks": [{"name": "t", "role": "efficacy", "evaluator": evaluator, "metrics": ["erasure_rate"],
+                        "prompts": {"source": "csv", "path": str(tmp_path / "p.csv")}}]}
+    path = tmp_path / "mine.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    if model is None:
+        with pytest.raises(ConfigError, match="declares no model and its evaluators read no mini world"):
+            parse_config({"suite": str(path)})
+    else:
+        assert parse_config({"suite": str(path)}).model == model
+
+
 def test_every_error_at_once():
     with pytest.raises(ConfigError) as err:
         parse_config({"seed": "x", "batch_size": 0, "dtype": "float8", "colour": 1, "sampler": {"steps": 0}})

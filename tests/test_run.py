@@ -113,7 +113,7 @@ def test_list_commands(cli_here):
         ({"methods": [{"name": "no-such-method"}]}, "unknown method 'no-such-method'; valid: "),
         ({"suite": "no-such-suite"}, "unknown suite 'no-such-suite'; valid: "),
         # a Stable Diffusion suite names no model; before 2026-12-07 it ran mini-v2 on the I2P prompts
-        ({"suite": "nudity-i2p"}, "suite 'nudity-i2p' declares no model: name the model to evaluate with 'model:'"),
+        ({"suite": "nudity-i2p"}, "suite 'nudity-i2p' declares no model and its evaluators read no mini world: name the model"),
         ({"model": "/nonexistent/sd14"}, "model folder not found: /nonexistent/sd14"),
         ({"methods": [{"name": "none", "params": {"bogus": 1}}]}, "unknown parameter(s) for none: bogus"),
         ({"batch_size": -1}, "batch_size"),
