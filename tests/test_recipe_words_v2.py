@@ -275,6 +275,19 @@ def test_methods_that_wrecked_world_v2_at_v1s_rate_take_v2s_own(name, kind, v1_l
     assert get_method(name).config_for("sd").lr not in (v1_lr, v2_lr)
 
 
+def test_esd_u_takes_the_rate_the_rule_picks_on_world_v2_and_esd_x_keeps_its_own():
+    """ESD-u's rates 5e-5 (v1's), 1e-4 and 2e-4 tie on v2's tuning targets (2 of 5 meet the bar, none wrecks one), so
+    benchmarks/mini_v2_rates.py's rule takes the larger (methods/esd.py has the figures); ESD-x shares the module's
+    mini values and keeps v1's rate on both worlds."""
+    from bench.show_cli import show_method
+
+    assert show_method("esd-u", "nudity", "mini")["config"]["lr"] == 5e-5
+    on_v2 = show_method("esd-u", "nudity", "mini-v2")
+    assert on_v2["config"]["lr"] == 2e-4
+    assert "mini_defaults_by_world['v2']" in on_v2["sources"]["lr"]
+    assert show_method("esd-x", "style", "mini-v2")["config"]["lr"] == show_method("esd-x", "style", "mini")["config"]["lr"]
+
+
 def test_sa_trains_the_weights_its_recipe_names_on_world_v2():
     """v1's cross-attention choice erases no shape on v2 (methods/sa.py has the figures); on v2 SA trains what the
     paper's config for the kind names: 'full' for a person (so objects and styles), 'noxattn' for nudity."""
