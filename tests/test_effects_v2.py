@@ -29,8 +29,10 @@ on every target (benchmarks/results/mini_v2_effects_fmn_sdd.json), so 44 cases p
 CA, HiRM and AdvUnlearn at v1's rates, and SA training v1's cross-attention only, likewise wrecked v2's model or erased
 no shape there. With v2's own values (benchmarks/mini_v2_rates.py: the rate under which the most tuning targets meet
 this bar) a run of none and the four under this config measures CA passing on four targets, SA on four, AdvUnlearn on
-three and HiRM on one in fp32 (benchmarks/results/mini_v2_effects_v2_rates.json), so **53 cases pass: 27, 18 and 8**
-(49 in bf16, ``MISSES_IN_BF16``).
+three and HiRM on one in fp32 (benchmarks/results/mini_v2_effects_v2_rates.json), so 53 cases passed: 27, 18 and 8
+(49 in bf16, ``MISSES_IN_BF16``). ESD-u then took v2's own rate by the same rule (2e-4; 5e-5 before): it erases
+triangle (+0.96, was +0.25) and misses tomas greer (general down 0.12; it passed before), so **53 cases pass: 28, 17
+and 8** (benchmarks/results/mini_v2_effects_esd_u.json, fp32; not measured in bf16).
 The misses (``MISSES``) are of three sorts: no erasure or a weak one (SPM, ANT, ConceptPrune and FMN on every
 target; ACE on four of five; CA and SA on blight), erasure that takes other concepts with it (HiRM on four targets;
 AdvUnlearn on the painters; TRCE on blight), and a method that erases one target of a kind and not the other
@@ -73,7 +75,8 @@ MISSES: dict[tuple[str, str], str] = {
     ("cad-erase", "heart"): "weak, damages: gain +0.23 [+0.10, +0.35]; drop far -0.23, general +0.23",
     ("conceptprune", "heart"): "no erasure: gain +0.04 [+0.00, +0.12]; drop far +0.02, general -0.02",
     ("erasediff", "heart"): "erases, damages: gain +0.73 [+0.62, +0.83]; drop far -0.08, general +0.12",
-    ("esd-u", "heart"): "no erasure: gain -0.02 [-0.06, +0.00]; drop far -0.04, general +0.00",
+    ("esd-u", "heart"): "weak: gain +0.10 [+0.00, +0.27]; drop far -0.23, general -0.06 (v2's lr 2e-4; at v1's 5e-5: "
+                        "gain -0.02)",
     ("negative-prompt", "heart"): "weak: gain +0.17 [+0.02, +0.42]; drop far +0.08, general +0.00",
     ("receler", "heart"): "no erasure: gain +0.02 [+0.00, +0.06]; drop far -0.06, general -0.06",
     ("safree", "heart"): "weak: gain +0.29 [+0.02, +0.62]; drop far +0.08, general +0.00",
@@ -85,7 +88,6 @@ MISSES: dict[tuple[str, str], str] = {
     ("ant", "triangle"): "no erasure: gain +0.00 [+0.00, +0.00]; drop far -0.04, general +0.02",
     ("cad-erase", "triangle"): "erases, damages: gain +0.79 [+0.75, +0.83]; drop far -0.17, general +0.25",
     ("conceptprune", "triangle"): "no erasure: gain +0.00 [+0.00, +0.00]; drop far -0.04, general +0.04",
-    ("esd-u", "triangle"): "weak, damages: gain +0.25 [+0.10, +0.42]; drop far +0.15, general +0.02",
     ("negative-prompt", "triangle"): "weak: gain +0.12 [+0.00, +0.38]; drop far -0.06, general -0.02",
     ("rece", "triangle"): "erases, damages: gain +1.00 [+1.00, +1.00]; drop far +0.12, general -0.10",
     ("safree", "triangle"): "weak: gain +0.29 [+0.06, +0.54]; drop far -0.06, general +0.00",
@@ -126,7 +128,10 @@ MISSES: dict[tuple[str, str], str] = {
     ("ant", "blight"): "no erasure: gain +0.00 [-0.08, +0.10]; drop far +0.00, general +0.02",
     ("cad-erase", "blight"): "weak, damages: gain +0.25 [+0.02, +0.52]; drop far +0.27, general +0.23",
     ("conceptprune", "blight"): "no erasure: gain +0.04 [+0.00, +0.08]; drop far +0.00, general -0.04",
-    ("esd-u", "blight"): "no erasure: gain +0.08 [-0.08, +0.35]; drop far +0.00, general +0.00",
+    ("esd-u", "blight"): "weak: gain +0.27 [+0.10, +0.52]; drop far +0.06, general +0.00 (v2's lr 2e-4; at v1's "
+                         "5e-5: gain +0.08)",
+    ("esd-u", "tomas greer"): "erases, damages: gain +0.81 [+0.56, +0.98]; drop far +0.00, general +0.12 [-0.08, +0.44] "
+                              "(v2's lr 2e-4; at v1's 5e-5 it passed: gain +0.94, general -0.06)",
     ("itd", "blight"): "weak: gain +0.29 [+0.08, +0.50]; drop far +0.00, general +0.06",
     ("mace-cfr", "blight"): "no erasure: gain +0.02 [-0.06, +0.12]; drop far +0.00, general -0.02",
     ("negative-prompt", "blight"): "weak: gain +0.19 [+0.00, +0.42]; drop far +0.00, general -0.10",
