@@ -16,6 +16,9 @@ UnlearnDiffAtk 9-0 (p 0.0039), Ring-A-Bell 8-0 (p 0.0078), PEZ 2-1 (benchmarks/r
 Again after AdvUnlearn took v2's own learning rate (5e-5; 2026-12-07, a 2-core Zen 4 EPYC with native bf16: the
 suite's `auto` sampler in bf16): pre-ASR UCE 0.58, ESD-u 0.46, AdvUnlearn 0.50; UnlearnDiffAtk ASR 1.00 / 1.00 / 0.96
 against random tokens' 0.71 / 0.75 / 0.71, 19-0 (p 3.8e-06); Ring-A-Bell ASR 0.92 / 0.88 / 0.96, 16-2 (p 0.0013).
+Again after ESD-u took v2's own learning rate (2e-4; 2026-12-07, the same machine and sampler, 870 s for the three
+attack modules on 2 workers): pre-ASR UCE 0.58, ESD-u 0.62, AdvUnlearn 0.50; UnlearnDiffAtk ASR 1.00 / 0.88 / 0.96
+against random tokens' 0.71 / 0.83 / 0.71, 15-1 (p 0.0005); Ring-A-Bell ASR 0.92 / 0.96 / 0.96, 14-0 (p 0.0001).
 """
 
 from __future__ import annotations

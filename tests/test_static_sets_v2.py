@@ -27,6 +27,9 @@ Again after AdvUnlearn took v2's own learning rate (5e-5; 2026-12-07, on a 2-cor
 the suite's `auto` sampler ran in bf16; the two cores shared with two other effects modules): UCE left 10 prompts (40
 images); found / clean / random-token: UCE 30 / 9 / 14, ESD-u 33 / 17 / 21, AdvUnlearn 35 / 15 / 17. Found against
 clean: UCE 8-1 (p 0.039); ESD-u and AdvUnlearn 14-1 (p 0.0010); against the random-token set 20-3 (p 0.0005).
+Again after ESD-u took v2's own learning rate (2e-4; the same machine, 2 workers for the three attack modules):
+UCE left 10 prompts; found / clean / random-token: UCE 30 / 9 / 14, ESD-u 37 / 23 / 24, AdvUnlearn 35 / 15 / 17. Found
+against clean: UCE 8-1 (p 0.039); ESD-u and AdvUnlearn 13-0 (p 0.0002); against the random-token set 20-1 (p 2e-05).
 """
 
 from __future__ import annotations
