@@ -221,9 +221,10 @@ class RunConfig(BaseModel):
             model = declared_model(suite) if isinstance(suite, str) else None
             if model == "":
                 raise ValueError(
-                    f"suite {suite!r} declares no model and its evaluators read no mini world: name the model to evaluate with 'model:' (a local diffusers "
-                    "folder, or a hub id such as CompVis/stable-diffusion-v1-4, the model of the ESD, UCE and CAD "
-                    "papers' tables), or 'mini-v2' to run its prompts on the mini world")
+                    f"suite {suite!r} declares no model and its evaluators read no mini world: name the model to "
+                    "evaluate with 'model:' (a local diffusers folder, or a hub id such as "
+                    "CompVis/stable-diffusion-v1-4, the model of the ESD, UCE and CAD papers' tables), or 'mini-v2' "
+                    "to run its prompts on the mini world")
             data = {**data, "model": model or DEFAULT_MODEL}
         return data
 

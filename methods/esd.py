@@ -190,11 +190,12 @@ class ESDx(ESD):
 #   lr 1e-4: hexagon +0.71 / 0.92 / 0.50 and orla venn +0.92 / 1.00 / 0.79 meet it; square -0.04, bram okonjo
 #            +0.17, blight +0.21;
 #   lr 2e-4: hexagon +0.79 / 1.00 / 0.46 and orla venn +0.96 / 1.00 / 0.54 meet it; square +0.00, bram okonjo
-#            +0.33 / 1.00 / 0.38 (general down 0.38), blight +0.25 / 1.00 / 0.54;
+#            +0.33 / 1.00 / 0.38 (general 0.38 against 0.75), blight +0.25 / 1.00 / 0.54;
 #   lr 5e-4: none meets it (far down to 0.54-0.88, general to 0.17-0.42).
 # benchmarks/mini_v2_rates.py's rule: three rates tie at 2 of 5 and none wrecks a target, so the larger, 2e-4
-# (benchmarks/results/mini_v2_rates.json). As session 9's probe found, no rate erases a shape the model draws by
-# default (square) before the model goes; blight stays weak at every rate.
+# (benchmarks/results/mini_v2_rates.json). Square is erased only at 5e-4, where the model goes (far 0.54, general
+# 0.21); blight stays weak at every rate. Held out (tests/test_effects_v2.py's seed and targets) it passes on
+# triangle and ilse moravik (benchmarks/results/mini_v2_effects_esd_u.json).
 ESD_U_MINI_DEFAULTS_BY_WORLD: dict[str, dict[str, Any]] = {"v2": {"lr": 2e-4}}
 
 
