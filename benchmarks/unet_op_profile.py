@@ -81,16 +81,16 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for precision, dtype in DTYPES.items():
         model = copy.deepcopy(unet).to(dtype)
-        xx, tt = x.to(dtype), text.to(dtype)
+        latents, text_emb = x.to(dtype), text.to(dtype)
         row = {"precision": precision, "forward_seconds": {}}
         with torch.no_grad():
             for attention, processor in (("sdpa", AttnProcessor2_0), ("math", AttnProcessor)):
                 model.set_attn_processor(processor())
-                row["forward_seconds"][attention] = round(best_seconds(lambda: model(xx, t, tt), args.repeats), 4)
+                row["forward_seconds"][attention] = round(best_seconds(lambda m=model, a=latents, c=text_emb: m(a, t, c), args.repeats), 4)
             model.set_attn_processor(AttnProcessor2_0())
             with profile() as prof:
                 for _ in range(3):
-                    model(xx, t, tt)
+                    model(latents, t, text_emb)
         events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
         total = sum(e.self_cpu_time_total for e in events)
         row["ops"] = [{"op": e.key, "share": round(e.self_cpu_time_total / total, 4), "calls": e.count}
@@ -102,9 +102,9 @@ def main(argv: list[str] | None = None) -> dict:
             k, v = (torch.randn(b, h, lk, d, generator=gen).to(dtype) for _ in range(2))
             row["attention"].append({
                 "shape": list(shape), "layers": shapes.count(shape),
-                "sdpa_ms": round(1e3 * best_seconds(lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v),
-                                                    20), 3),
-                "math_ms": round(1e3 * best_seconds(lambda: math_attention(q, k, v), 20), 3)})
+                "sdpa_ms": round(1e3 * best_seconds(
+                    lambda q=q, k=k, v=v: torch.nn.functional.scaled_dot_product_attention(q, k, v), 20), 3),
+                "math_ms": round(1e3 * best_seconds(lambda q=q, k=k, v=v: math_attention(q, k, v), 20), 3)})
         rows.append(row)
         print(row["precision"], row["forward_seconds"], row["ops"][:3])
     result = {"command": "python benchmarks/unet_op_profile.py " + " ".join(argv if argv is not None else sys.argv[1:]),
