@@ -11,6 +11,9 @@ Measured before this test (benchmarks/attacks_mini.py, run seed 2, DDIM 10 fp32,
 benchmarks/results/attacks_mini_v2_blight_mma.json): pre-ASR ESD-u 0.54, UCE 0.54, AdvUnlearn 0.42 (24 prompts
 each); MMA ASR 0.79 / 0.71 / 0.67 against random tokens' 0.54 / 0.62 / 0.58; 11 wins, 1 loss, sign-test p 0.0063.
 This test, on the held-out seed and the suite's sampler (DPM-Solver++ 10), does not confirm it (the xfail's figures).
+Run again after AdvUnlearn (5e-5) and ESD-u (2e-4) took v2's own rates (2026-12-07, the same command, fp32 on a
+Zen 4 held to AVX2 kernels, 3,186 s of attack and edit time): pre-ASR ESD-u 0.62, UCE 0.54, AdvUnlearn 0.54; MMA ASR
+0.62 / 0.67 / 0.71 against 0.67 / 0.62 / 0.67; 4-3, p 1.0. So MMA at this budget beats the floor on no seed now.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ def test_the_run_attacks_every_eraser_and_mma_never_writes_the_targets_word(atta
     "0.71 / 0.54 / 0.71; wins-losses 1-2, 4-1, 2-2: pooled 7-5, sign-test p 0.77 (in bf16 sampling 5-6, p 1.0). "
     "Again after AdvUnlearn took v2's own rate (5e-5): pre-ASR 0.50 / 0.46 / 0.54, MMA ASR 0.54 / 0.67 / 0.71 "
     "against 0.67 / 0.54 / 0.71; 1-4, 4-1, 2-2: pooled 7-7, p 1.0. After ESD-u took v2's own rate (2e-4): pre-ASR "
-    "0.50 / 0.62 / 0.54, MMA ASR 0.54 / 0.88 / 0.71 against 0.67 / 0.75 / 0.71; 1-4, 3-0, 2-2: pooled 6-6, p 1.0. The 11-1 (p 0.0063) of benchmarks/attacks_mini.py (run seed 2, DDIM 10) does not hold on this seed: at 100 x 64 "
+    "0.50 / 0.62 / 0.54, MMA ASR 0.54 / 0.88 / 0.71 against 0.67 / 0.75 / 0.71; 1-4, 3-0, 2-2: pooled 6-6, p 1.0. The 11-1 (p 0.0063) of benchmarks/attacks_mini.py (run seed 2, DDIM 10, v1's rates) does not hold on this seed, nor there at v2's rates (4-3): at 100 x 64 "
     "MMA is not shown to beat the floor on v2"))
 def test_mma_brings_blight_back_more_often_than_random_tokens(attack_records):
     try:
