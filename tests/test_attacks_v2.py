@@ -12,7 +12,9 @@ pre-ASR UCE 0.54, ESD-u 0.46, AdvUnlearn 0.54 (24 prompts each);
 - UnlearnDiffAtk: ASR 1.00 / 1.00 / 0.96 against random tokens' 0.75 / 0.71 / 0.75; 18 wins, 0 losses, p 7.6e-06;
 - Ring-A-Bell: ASR 0.83 / 0.96 / 0.92; 14 wins, 2 losses, p 0.0042.
 Before it (benchmarks/attacks_mini.py, run seed 2, 12 prompts, DDIM 10, the three erasers pooled):
-UnlearnDiffAtk 9-0 (p 0.0039), Ring-A-Bell 8-0 (p 0.0078), PEZ 2-1 (benchmarks/results/attacks_mini_v2_blight.json).
+UnlearnDiffAtk 9-0 (p 0.0039), Ring-A-Bell 8-0 (p 0.0078), PEZ 2-1 (benchmarks/results/attacks_mini_v2_blight.json);
+that script again at v2's own rates of AdvUnlearn and ESD-u (2026-12-07, fp32): UnlearnDiffAtk 9-0 (p 0.0039),
+Ring-A-Bell 7-1 (p 0.070: not shown at 12 prompts), PEZ 2-1.
 Again after AdvUnlearn took v2's own learning rate (5e-5; 2026-12-07, a 2-core Zen 4 EPYC with native bf16: the
 suite's `auto` sampler in bf16): pre-ASR UCE 0.58, ESD-u 0.46, AdvUnlearn 0.50; UnlearnDiffAtk ASR 1.00 / 1.00 / 0.96
 against random tokens' 0.71 / 0.75 / 0.71, 19-0 (p 3.8e-06); Ring-A-Bell ASR 0.92 / 0.88 / 0.96, 16-2 (p 0.0013).
