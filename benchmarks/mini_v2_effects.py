@@ -15,6 +15,10 @@ model's images of the same prompt, sample and seed:
 - ``class``: erases (gain >= 0.30), weak (> 0.10), no; ``bar``: the effect tests' bar (gain >= 0.30, far and
   general drop <= 0.10);
 - ``predicted``: the row's class in docs/mini-v2-predictions.md for the target's kind (filed before any v2 run).
+
+``--against A.json B.json ...`` compares with tables this script wrote before (a later file's rows replace an earlier
+one's, as reruns of some methods replace the first run's rows): it lists the cells whose bar differs, with both
+figures, under ``flips`` (the runs of one config in two precisions: which strict xfails a machine must expect).
 """
 
 from __future__ import annotations
@@ -132,10 +136,26 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def flips(rows: list[dict], against: list[Path]) -> list[dict]:
+    """The (method, target) cells whose bar differs between ``rows`` and the tables ``against`` (later files win)."""
+    before: dict[tuple[str, str], dict] = {}
+    for path in against:
+        before.update({(r["method"], r["target"]): r for r in json.loads(path.read_text())["rows"]})
+
+    def short(r: dict) -> dict:
+        return {"bar": r["bar"], "gain": r["gain"]["value"],
+                **{f"drop_{t}": r.get(f"drop_{t}", {}).get("value") for t in ("far", "general")}}
+
+    return [{"method": r["method"], "target": r["target"], "now": short(r), "against": short(old)}
+            for r in rows if (old := before.get((r["method"], r["target"]))) is not None and old["bar"] != r["bar"]]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=Path, required=True, help="the effect tests' runs (ERASEBENCH_EFFECTS_RUNS)")
     ap.add_argument("--result", type=Path, default=Path("benchmarks/results/mini_v2_effects.json"))
+    ap.add_argument("--against", type=Path, nargs="*", default=[],
+                    help="earlier tables of this script to compare bars with (a later file's rows win)")
     args = ap.parse_args(argv)
     run_dirs = sorted(p for p in args.runs.iterdir() if (p / "manifest.json").exists())
     rows = table(run_dirs)
@@ -143,9 +163,18 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     # the precision the runs sampled in (and their edits trained in: both follow native bf16), which moves cells
     precisions = {p.name: json.loads((p / "manifest.json").read_text())["sampler"].get("precision") for p in run_dirs}
-    write_result(args.result, {"command": f"python benchmarks/mini_v2_effects.py --runs {args.runs}",
-                               "runs": [p.name for p in run_dirs], "sampling_precision": precisions, "rows": rows,
-                               "markdown": text})
+    command = f"python benchmarks/mini_v2_effects.py --runs {args.runs}"
+    result = {"command": command, "runs": [p.name for p in run_dirs], "sampling_precision": precisions,
+              "rows": rows, "markdown": text}
+    if args.against:
+        result["command"] += " --against " + " ".join(str(p) for p in args.against)
+        result["flips"] = flips(rows, args.against)
+        print(f"\n{len(result['flips'])} of {len(rows)} cells change their bar against "
+              + ", ".join(p.name for p in args.against))
+        for f in result["flips"]:
+            print(f"  {f['method']} on {f['target']}: {'pass' if f['now']['bar'] else 'miss'} now {f['now']}, "
+                  f"{'pass' if f['against']['bar'] else 'miss'} against {f['against']}")
+    write_result(args.result, result)
     return 0
 
 
