@@ -19,6 +19,8 @@ model's images of the same prompt, sample and seed:
 ``--against A.json B.json ...`` compares with tables this script wrote before (a later file's rows replace an earlier
 one's, as reruns of some methods replace the first run's rows): it lists the cells whose bar differs, with both
 figures, under ``flips`` (the runs of one config in two precisions: which strict xfails a machine must expect).
+``--rename LABEL=METHOD`` reads an earlier table's row ``LABEL`` as ``METHOD`` (a labelled variant that has since
+become the method's default, as ``trce-paper-preserve`` in mini_v2_effects_trce.json).
 """
 
 from __future__ import annotations
@@ -136,11 +138,16 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def flips(rows: list[dict], against: list[Path]) -> list[dict]:
-    """The (method, target) cells whose bar differs between ``rows`` and the tables ``against`` (later files win)."""
+def flips(rows: list[dict], against: list[Path], rename: dict[str, str] | None = None) -> list[dict]:
+    """The (method, target) cells whose bar differs between ``rows`` and the tables ``against`` (later files win);
+    ``rename`` maps an earlier table's row label to the method it now stands for."""
+    rename = rename or {}
     before: dict[tuple[str, str], dict] = {}
     for path in against:
-        before.update({(r["method"], r["target"]): r for r in json.loads(path.read_text())["rows"]})
+        old_rows = json.loads(path.read_text())["rows"]
+        before.update({(r["method"], r["target"]): r for r in old_rows if r["method"] not in rename})
+        # then the renamed rows: in its file, a renamed row wins over the row of the method it now stands for
+        before.update({(rename[r["method"]], r["target"]): r for r in old_rows if r["method"] in rename})
 
     def short(r: dict) -> dict:
         return {"bar": r["bar"], "gain": r["gain"]["value"],
@@ -156,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--result", type=Path, default=Path("benchmarks/results/mini_v2_effects.json"))
     ap.add_argument("--against", type=Path, nargs="*", default=[],
                     help="earlier tables of this script to compare bars with (a later file's rows win)")
+    ap.add_argument("--rename", nargs="*", default=[], metavar="LABEL=METHOD",
+                    help="read an earlier table's row LABEL as METHOD")
     args = ap.parse_args(argv)
     run_dirs = sorted(p for p in args.runs.iterdir() if (p / "manifest.json").exists())
     rows = table(run_dirs)
@@ -167,8 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     result = {"command": command, "runs": [p.name for p in run_dirs], "sampling_precision": precisions,
               "rows": rows, "markdown": text}
     if args.against:
+        rename = dict(pair.split("=", 1) for pair in args.rename)
         result["command"] += " --against " + " ".join(str(p) for p in args.against)
-        result["flips"] = flips(rows, args.against)
+        if rename:
+            result["command"] += " --rename " + " ".join(args.rename)
+        result["flips"] = flips(rows, args.against, rename)
         print(f"\n{len(result['flips'])} of {len(rows)} cells change their bar against "
               + ", ".join(p.name for p in args.against))
         for f in result["flips"]:

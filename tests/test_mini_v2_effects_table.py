@@ -32,3 +32,13 @@ def test_flips_lists_the_cells_whose_bar_differs_and_a_later_table_replaces_an_e
     assert got == [{"method": "uce", "target": "heart",
                     "now": {"bar": False, "gain": 0.9, "drop_far": 0.2, "drop_general": 0.0},
                     "against": {"bar": True, "gain": 0.9, "drop_far": 0.0, "drop_general": 0.0}}]
+
+
+def test_a_renamed_row_of_an_earlier_table_stands_for_the_method_it_became(monkeypatch, tmp_path):
+    rerun = tmp_path / "trce.json"  # the rerun's old default, and the variant that has since become the default
+    rerun.write_text(json.dumps({"rows": [cell("trce-paper-preserve", "heart", 0.65, 0.0, 0.0, True),
+                                          cell("trce", "heart", 0.0, 0.0, 0.0, False)]}))
+    flips = effects(monkeypatch).flips
+    now = [cell("trce", "heart", 0.69, 0.0, 0.0, True)]
+    assert flips(now, [rerun], {"trce-paper-preserve": "trce"}) == []
+    assert [f["against"]["gain"] for f in flips(now, [rerun])] == [0.0]  # without the rename: the old default's row
