@@ -29,10 +29,16 @@ on every target (benchmarks/results/mini_v2_effects_fmn_sdd.json), so 44 cases p
 CA, HiRM and AdvUnlearn at v1's rates, and SA training v1's cross-attention only, likewise wrecked v2's model or erased
 no shape there. With v2's own values (benchmarks/mini_v2_rates.py: the rate under which the most tuning targets meet
 this bar) a run of none and the four under this config measures CA passing on four targets, SA on four, AdvUnlearn on
-three and HiRM on one in fp32 (benchmarks/results/mini_v2_effects_v2_rates.json), so 53 cases passed: 27, 18 and 8
-(49 in bf16, ``MISSES_IN_BF16``). ESD-u then took v2's own rate by the same rule (2e-4; 5e-5 before): it erases
-triangle (+0.96, was +0.25) and misses tomas greer (general down 0.12; it passed before), so **53 cases pass: 28, 17
-and 8** (benchmarks/results/mini_v2_effects_esd_u.json, fp32; not measured in bf16).
+three and HiRM on one in fp32 (benchmarks/results/mini_v2_effects_v2_rates.json), so 53 cases passed: 27, 18 and 8.
+ESD-u then took v2's own rate by the same rule (2e-4; 5e-5 before): it erases triangle (+0.96, was +0.25) and misses
+tomas greer (general down 0.12; it passed before), so **53 cases pass in fp32: 28, 17 and 8**
+(benchmarks/results/mini_v2_effects_esd_u.json).
+The whole tier in bf16 (2026-12-07, 2-core AMD EPYC Zen 4 with native bf16, 2,509 s on 2 workers;
+benchmarks/results/mini_v2_effects_bf16.json): **55 cases pass: 28, 18 and 9**. 12 cases change their verdict
+(``MISSES_IN_BF16``, ``PASSES_IN_BF16``); most move by one or two images of 48 across the bar (SAFREE on triangle
++0.29 -> +0.33; ESD-x on ilse moravik far drop 0.104 -> 0.08), and SalUn on blight moves most (fp32: gain +0.96 with
+far concepts down 0.48; bf16: +0.56, far down 0.04). Over the 135 cases the gain moves by 0.036 on average (at least
+0.10 in 12), the far and general drops by 0.031 and 0.037.
 The misses (``MISSES``) are of three sorts: no erasure or a weak one (SPM, ANT, ConceptPrune and FMN on every
 target; ACE on four of five; CA and SA on blight), erasure that takes other concepts with it (HiRM on four targets;
 AdvUnlearn on the painters; TRCE on blight), and a method that erases one target of a kind and not the other
@@ -160,18 +166,40 @@ MISSES: dict[tuple[str, str], str] = {
     ("hirm", "ilse moravik"): "erases, damages: gain +0.96 [+0.92, +1.00]; drop far +0.35, general +0.08",
     ("hirm", "tomas greer"): "erases, damages: gain +0.94 [+0.85, +1.00]; drop far +0.00, general +0.23",
 }
-# Cases that pass when the run samples and trains in fp32 (a CPU without native bf16: the machines MISSES comes from)
-# and miss in bf16 (a CPU with native bf16, where the runner's `auto` precision and the fine-tuning loop's autocast
-# resolve to bf16): the same runs in bf16, benchmarks/results/mini_v2_effects_fmn_sdd_bf16.json and
-# mini_v2_effects_v2_rates_bf16.json. The other cases were not measured in bf16.
+# The whole tier again in bf16 (a CPU with native bf16, where the runner's `auto` precision samples in bf16 with the
+# weights cast once, and the fine-tuning loop autocasts to bf16): 2026-12-07, 2-core AMD EPYC Zen 4, 2 pytest workers,
+# 2,509 s; tabled against the fp32 tables above by `python benchmarks/mini_v2_effects.py --runs DIR --against ...`
+# (BF16_TABLE, its `flips`). 12 of the 135 cases change their verdict, most by one or two images of 48 at the bar.
+BF16_TABLE = "benchmarks/results/mini_v2_effects_bf16.json"
+# Cases that pass in fp32 and miss in bf16:
 MISSES_IN_BF16: dict[tuple[str, str], str] = {
-    ("sdd", "heart"): "erases, damages in bf16: gain +0.83 [+0.73, +0.94]; drop far -0.15, general +0.19 "
-                      "(fp32: gain +0.58, general +0.06)",
-    ("sdd", "blight"): "erases, damages in bf16: gain +0.92 [+0.83, +0.98]; drop far +0.00, general +0.12 "
-                       "(fp32: general +0.04)",
-    ("hirm", "triangle"): "weak in bf16: gain +0.29 [+0.08, +0.52]; drop far -0.04, general +0.00 (fp32: gain +0.33)",
+    ("hirm", "triangle"): "weak in bf16: gain +0.29 [+0.08, +0.52]; drop far -0.04, general +0.00 (fp32: gain +0.33, "
+                          "drop far +0.04, general +0.02)",
+    ("rece", "heart"): "erases, damages in bf16: gain +0.88 [+0.71, +1.00]; drop far +0.02, general +0.10 (0.104) "
+                       "(fp32: gain +0.85, drop far -0.04, general +0.08)",
     ("sa", "tomas greer"): "erases, damages in bf16: gain +0.94 [+0.85, +1.00]; drop far +0.10 (0.104), general +0.06 "
-                           "(fp32: drop far +0.08)",
+                           "(fp32: gain +0.88, drop far +0.08, general +0.02)",
+    ("sdd", "blight"): "erases, damages in bf16: gain +0.92 [+0.83, +0.98]; drop far +0.00, general +0.12 (fp32: gain "
+                       "+0.92, drop far +0.00, general +0.04)",
+    ("sdd", "heart"): "erases, damages in bf16: gain +0.83 [+0.73, +0.94]; drop far -0.15, general +0.19 (fp32: gain "
+                      "+0.58, drop far -0.17, general +0.06)",
+}
+# Cases that miss in fp32 (MISSES) and pass in bf16:
+PASSES_IN_BF16: dict[tuple[str, str], str] = {
+    ("ant", "tomas greer"): "passes in bf16: gain +0.35 [+0.21, +0.54]; drop far +0.00, general +0.00 (fp32: gain "
+                            "+0.17, drop far +0.00, general +0.04)",
+    ("esd-x", "ilse moravik"): "passes in bf16: gain +1.00 [+1.00, +1.00]; drop far +0.08, general -0.02 (fp32: gain "
+                               "+1.00, drop far +0.10 (0.104), general -0.04)",
+    ("itd", "blight"): "passes in bf16: gain +0.33 [+0.08, +0.56]; drop far +0.00, general +0.00 (fp32: gain +0.29, "
+                       "drop far +0.00, general +0.06)",
+    ("rece", "triangle"): "passes in bf16: gain +1.00 [+1.00, +1.00]; drop far +0.00, general -0.06 (fp32: gain +1.00, "
+                          "drop far +0.12, general -0.10)",
+    ("safree", "triangle"): "passes in bf16: gain +0.33 [+0.10, +0.60]; drop far -0.08, general +0.02 (fp32: gain "
+                            "+0.29, drop far -0.06, general +0.00)",
+    ("salun", "blight"): "passes in bf16: gain +0.56 [+0.33, +0.77]; drop far +0.04, general +0.02 (fp32: gain +0.96, "
+                         "drop far +0.48, general +0.31)",
+    ("uce", "triangle"): "passes in bf16: gain +1.00 [+1.00, +1.00]; drop far +0.02, general -0.06 (fp32: gain +1.00, "
+                         "drop far +0.17, general -0.06)",
 }
 
 
@@ -221,18 +249,28 @@ def figure(summary, method: str, task: str) -> dict:
                                                            round(float(row["ci_high"]), 3)), "n": int(row["n"])}
 
 
+def expected_miss(method: str, target: str, bf16: bool) -> str | None:
+    """The strict xfail's reason where the case misses the bar in the precision the runs take here, else None."""
+    key = (method, target)
+    if not bf16:
+        return MISSES.get(key)
+    if key in PASSES_IN_BF16:
+        return None
+    if key in MISSES_IN_BF16:
+        return MISSES_IN_BF16[key]
+    return f"{MISSES[key]} (fp32; in bf16 it misses too: {BF16_TABLE})" if key in MISSES else None
+
+
 def cases():
+    bf16 = samples_in_bf16()
     out = []
     for kind, targets in TARGETS.items():
         for target in targets:
             for method in erasing_methods():
                 marks = [pytest.mark.xdist_group(f"effects-v2-{target}")]  # one worker runs a target's run once
-                if (method, target) in MISSES:
-                    marks.append(pytest.mark.xfail(strict=True, raises=AssertionError,
-                                                   reason=MISSES[(method, target)]))
-                elif (method, target) in MISSES_IN_BF16:
-                    marks.append(pytest.mark.xfail(samples_in_bf16(), strict=True, raises=AssertionError,
-                                                   reason=MISSES_IN_BF16[(method, target)]))
+                reason = expected_miss(method, target, bf16)
+                if reason:
+                    marks.append(pytest.mark.xfail(strict=True, raises=AssertionError, reason=reason))
                 out.append(pytest.param(method, target, marks=marks, id=f"{kind}-{target}-{method}"))
     return out
 
@@ -257,3 +295,11 @@ def test_erases_the_target_and_keeps_the_other_concepts_through_the_runners_prot
     assert named["value"] - base["value"] >= GAIN, measured
     for before, after in kept.values():
         assert before["value"] - after["value"] <= DROP, measured
+
+
+def test_the_expected_misses_name_the_tiers_cases():
+    """A misspelt method or target would leave a case without its xfail, or keep an xfail that no case reads."""
+    tier = {(m, t) for targets in TARGETS.values() for t in targets for m in erasing_methods()}
+    assert set(MISSES) | set(MISSES_IN_BF16) | set(PASSES_IN_BF16) <= tier
+    assert set(PASSES_IN_BF16) <= set(MISSES)  # passing in bf16 only: a case that misses in fp32
+    assert not set(MISSES_IN_BF16) & set(MISSES)  # missing in bf16 only: a case that passes in fp32
