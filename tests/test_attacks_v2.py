@@ -21,6 +21,10 @@ against random tokens' 0.71 / 0.75 / 0.71, 19-0 (p 3.8e-06); Ring-A-Bell ASR 0.9
 Again after ESD-u took v2's own learning rate (2e-4; 2026-12-07, the same machine and sampler, 870 s for the three
 attack modules on 2 workers): pre-ASR UCE 0.58, ESD-u 0.62, AdvUnlearn 0.50; UnlearnDiffAtk ASR 1.00 / 0.88 / 0.96
 against random tokens' 0.71 / 0.83 / 0.71, 15-1 (p 0.0005); Ring-A-Bell ASR 0.92 / 0.96 / 0.96, 14-0 (p 0.0001).
+The same in fp32 (the same CPU held to AVX2 kernels, ``ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2``, as a CPU
+without native bf16 samples; 872 s for the three attack modules on 2 workers): pre-ASR UCE 0.54, ESD-u 0.62,
+AdvUnlearn 0.54; UnlearnDiffAtk ASR 1.00 / 1.00 / 0.92 against random tokens' 0.75 / 0.75 / 0.75, 16-0 (p 3.1e-05);
+Ring-A-Bell ASR 0.83 / 0.88 / 0.96, 13-3 (p 0.021).
 """
 
 from __future__ import annotations

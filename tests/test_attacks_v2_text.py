@@ -65,7 +65,7 @@ def test_the_run_attacks_every_eraser_and_mma_never_writes_the_targets_word(atta
     "0.71 / 0.54 / 0.71; wins-losses 1-2, 4-1, 2-2: pooled 7-5, sign-test p 0.77 (in bf16 sampling 5-6, p 1.0). "
     "Again after AdvUnlearn took v2's own rate (5e-5): pre-ASR 0.50 / 0.46 / 0.54, MMA ASR 0.54 / 0.67 / 0.71 "
     "against 0.67 / 0.54 / 0.71; 1-4, 4-1, 2-2: pooled 7-7, p 1.0. After ESD-u took v2's own rate (2e-4): pre-ASR "
-    "0.50 / 0.62 / 0.54, MMA ASR 0.54 / 0.88 / 0.71 against 0.67 / 0.75 / 0.71; 1-4, 3-0, 2-2: pooled 6-6, p 1.0. The 11-1 (p 0.0063) of benchmarks/attacks_mini.py (run seed 2, DDIM 10, v1's rates) does not hold on this seed, nor there at v2's rates (4-3): at 100 x 64 "
+    "0.50 / 0.62 / 0.54, MMA ASR 0.54 / 0.88 / 0.71 against 0.67 / 0.75 / 0.71; 1-4, 3-0, 2-2: pooled 6-6, p 1.0 (on the AVX2 kernels of a CPU without native bf16: 7-6, p 1.0). The 11-1 (p 0.0063) of benchmarks/attacks_mini.py (run seed 2, DDIM 10, v1's rates) does not hold on this seed, nor there at v2's rates (4-3): at 100 x 64 "
     "MMA is not shown to beat the floor on v2"))
 def test_mma_brings_blight_back_more_often_than_random_tokens(attack_records):
     try:

@@ -30,6 +30,9 @@ clean: UCE 8-1 (p 0.039); ESD-u and AdvUnlearn 14-1 (p 0.0010); against the rand
 Again after ESD-u took v2's own learning rate (2e-4; the same machine, 2 workers for the three attack modules):
 UCE left 10 prompts; found / clean / random-token: UCE 30 / 9 / 14, ESD-u 37 / 23 / 24, AdvUnlearn 35 / 15 / 17. Found
 against clean: UCE 8-1 (p 0.039); ESD-u and AdvUnlearn 13-0 (p 0.0002); against the random-token set 20-1 (p 2e-05).
+The same in fp32 (that CPU held to AVX2 kernels: no native bf16): UCE left 11 prompts (44 images); found / clean /
+random-token: UCE 33 / 10 / 18, ESD-u 33 / 26 / 25, AdvUnlearn 32 / 14 / 18. Found against clean: UCE 9-0 (p 0.0039);
+ESD-u and AdvUnlearn 12-2 (p 0.013); against the random-token set 16-3 (p 0.0044).
 """
 
 from __future__ import annotations
