@@ -280,6 +280,10 @@ def measure(args) -> dict:
         result["judge_kappa"] = {"images": len(generated), "second": str(args.judge2), "heads": kappas(first, second)}
         print("kappa", json.dumps(result["judge_kappa"]), flush=True)
 
+    # the precision the runs sampled in (``auto``: bf16 with the weights cast once on a CPU with native bf16), which
+    # moves images and so the figures: the card of each precision is its own measurement
+    result["sampling_precision"] = {name: json.loads((work / name / "manifest.json").read_text())["sampler"].get(
+        "precision") for name in ("adherence", "unsafe", "rare")}
     result["random_token_floor"] = random_token_floor(model, work, seed, args.floor_prompts, args.floor_draws)
     print("floor", json.dumps(result["random_token_floor"]), flush=True)
     result["seconds"] = round(time.time() - start, 1)
