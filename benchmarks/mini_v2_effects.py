@@ -14,6 +14,8 @@ model's images of the same prompt, sample and seed:
   prompt drawn together: they share a prompt, so they are not independent);
 - ``class``: erases (gain >= 0.30), weak (> 0.10), no; ``bar``: the effect tests' bar (gain >= 0.30, far and
   general drop <= 0.10);
+- ``margin``: the smallest of gain - 0.30, 0.10 - far drop, 0.10 - general drop (the bar holds where it is >= 0); the
+  printout counts the cases within one image (1/48 at the effect tests' size) and two of the bar;
 - ``predicted``: the row's class in docs/mini-v2-predictions.md for the target's kind (filed before any v2 run).
 
 ``--against A.json B.json ...`` compares with tables this script wrote before (a later file's rows replace an earlier
@@ -116,6 +118,8 @@ def table(run_dirs: list[Path]) -> list[dict]:
                 drops = [row.get(f"drop_{t}", {}).get("value") for t in ("far", "general")]
                 row["bar"] = bool(gain["value"] is not None and gain["value"] >= GAIN
                                   and all(d is not None and d <= DROP for d in drops))
+                if gain["value"] is not None and None not in drops:  # how far inside (>= 0) or outside the bar
+                    row["margin"] = round(min(gain["value"] - GAIN, *(DROP - d for d in drops)), 4)
                 row["predicted"] = predictions.get((method, PREDICTION_COLUMN.get(kind, "")))
                 row["agrees"] = agrees(row["predicted"], row["class"])
                 rows.append(row)
@@ -170,10 +174,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = table(run_dirs)
     text = markdown(rows)
     print(text)
+    margins = [abs(r["margin"]) for r in rows if "margin" in r]
+    near = {k: sum(m <= k / 48 + 1e-9 for m in margins) for k in (1, 2)}
+    print(f"\n{sum(r['bar'] for r in rows)} of {len(rows)} cases meet the bar; within one image of 48 of it "
+          f"{near[1]}, within two {near[2]}")
     # the precision the runs sampled in (and their edits trained in: both follow native bf16), which moves cells
     precisions = {p.name: json.loads((p / "manifest.json").read_text())["sampler"].get("precision") for p in run_dirs}
     command = f"python benchmarks/mini_v2_effects.py --runs {args.runs}"
     result = {"command": command, "runs": [p.name for p in run_dirs], "sampling_precision": precisions,
+              "cases_near_the_bar": {"within_one_image_of_48": near[1], "within_two": near[2]},
               "rows": rows, "markdown": text}
     if args.against:
         rename = dict(pair.split("=", 1) for pair in args.rename)
