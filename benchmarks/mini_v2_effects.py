@@ -170,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rename", nargs="*", default=[], metavar="LABEL=METHOD",
                     help="read an earlier table's row LABEL as METHOD")
     args = ap.parse_args(argv)
+    if bad := [pair for pair in args.rename if "=" not in pair.strip("=")]:
+        ap.error(f"--rename takes LABEL=METHOD, got {', '.join(bad)}")
     run_dirs = sorted(p for p in args.runs.iterdir() if (p / "manifest.json").exists())
     rows = table(run_dirs)
     text = markdown(rows)

@@ -42,3 +42,12 @@ def test_a_renamed_row_of_an_earlier_table_stands_for_the_method_it_became(monke
     now = [cell("trce", "heart", 0.69, 0.0, 0.0, True)]
     assert flips(now, [rerun], {"trce-paper-preserve": "trce"}) == []
     assert [f["against"]["gain"] for f in flips(now, [rerun])] == [0.0]  # without the rename: the old default's row
+
+
+def test_a_rename_without_its_method_is_refused_before_anything_is_read(monkeypatch, tmp_path, capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as exit_:
+        effects(monkeypatch).main(["--runs", str(tmp_path / "absent"), "--rename", "trce-paper-preserve"])
+    assert exit_.value.code == 2
+    assert "--rename takes LABEL=METHOD, got trce-paper-preserve" in capsys.readouterr().err
