@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 
 def effects(monkeypatch):
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -45,8 +47,6 @@ def test_a_renamed_row_of_an_earlier_table_stands_for_the_method_it_became(monke
 
 
 def test_a_rename_without_its_method_is_refused_before_anything_is_read(monkeypatch, tmp_path, capsys):
-    import pytest
-
     with pytest.raises(SystemExit) as exit_:
         effects(monkeypatch).main(["--runs", str(tmp_path / "absent"), "--rename", "trce-paper-preserve"])
     assert exit_.value.code == 2
