@@ -181,7 +181,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{sum(r['bar'] for r in rows)} of {len(rows)} cases meet the bar; within one image of 48 of it "
           f"{near[1]}, within two {near[2]}")
     # the precision the runs sampled in (and their edits trained in: both follow native bf16), which moves cells
-    precisions = {p.name: json.loads((p / "manifest.json").read_text())["sampler"].get("precision") for p in run_dirs}
+    from bench.store import RunStore
+
+    precisions = {p.name: RunStore(p).read_manifest()["sampler"].get("precision") for p in run_dirs}
     command = f"python benchmarks/mini_v2_effects.py --runs {args.runs}"
     result = {"command": command, "runs": [p.name for p in run_dirs], "sampling_precision": precisions,
               "cases_near_the_bar": {"within_one_image_of_48": near[1], "within_two": near[2]},

@@ -203,6 +203,7 @@ def render_calibration(prompts: list[str], seed: int, draws: int = 16) -> list[f
 
 def measure(args) -> dict:
     from bench.evaluators.mini_v2_judge import judge_dir
+    from bench.store import RunStore
     from bench.worlds.v2.judge import load_judge
     from bench.worlds.v2.world import WorldV2
 
@@ -282,8 +283,8 @@ def measure(args) -> dict:
 
     # the precision the runs sampled in (``auto``: bf16 with the weights cast once on a CPU with native bf16), which
     # moves images and so the figures: the card of each precision is its own measurement
-    result["sampling_precision"] = {name: json.loads((work / name / "manifest.json").read_text())["sampler"].get(
-        "precision") for name in ("adherence", "unsafe", "rare")}
+    result["sampling_precision"] = {name: RunStore(work / name).read_manifest()["sampler"].get("precision")
+                                    for name in ("adherence", "unsafe", "rare")}
     result["random_token_floor"] = random_token_floor(model, work, seed, args.floor_prompts, args.floor_draws)
     print("floor", json.dumps(result["random_token_floor"]), flush=True)
     result["seconds"] = round(time.time() - start, 1)
