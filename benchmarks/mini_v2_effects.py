@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 from _results import write_result  # benchmarks/_results.py, beside this script
 
-GAIN, DROP = 0.30, 0.10  # tests/test_effects_v2.py's bar
+GAIN, DROP = 0.30, 0.10  # tests/test_effects_v2.py's bar (tests/test_mini_v2_effects_table.py checks they agree)
 OTHER_TASKS = ("neighbours-visual", "neighbours-textual", "far", "general")
 PREDICTION_COLUMN = {"object": "obj", "style": "sty", "identity": "id", "nudity": "blight (implicit prompts)"}
 PREDICTIONS = Path(__file__).resolve().parents[1] / "docs" / "mini-v2-predictions.md"
@@ -172,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if bad := [pair for pair in args.rename if "=" not in pair.strip("=")]:
         ap.error(f"--rename takes LABEL=METHOD, got {', '.join(bad)}")
+    if args.rename and not args.against:
+        ap.error("--rename renames rows of the tables given to --against; give --against too")
     run_dirs = sorted(p for p in args.runs.iterdir() if (p / "manifest.json").exists())
     rows = table(run_dirs)
     text = markdown(rows)

@@ -51,3 +51,17 @@ def test_a_rename_without_its_method_is_refused_before_anything_is_read(monkeypa
         effects(monkeypatch).main(["--runs", str(tmp_path / "absent"), "--rename", "trce-paper-preserve"])
     assert exit_.value.code == 2
     assert "--rename takes LABEL=METHOD, got trce-paper-preserve" in capsys.readouterr().err
+
+
+def test_a_rename_without_against_is_refused(monkeypatch, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        effects(monkeypatch).main(["--runs", str(tmp_path / "absent"), "--rename", "trce-paper-preserve=trce"])
+    assert "give --against too" in capsys.readouterr().err
+
+
+def test_the_table_applies_the_effect_tests_bar(monkeypatch):
+    """benchmarks/mini_v2_effects.py writes the bar again (a benchmark does not import a test module); they must agree."""
+    from tests import test_effects_v2
+
+    table = effects(monkeypatch)
+    assert (table.GAIN, table.DROP) == (test_effects_v2.GAIN, test_effects_v2.DROP)
