@@ -190,7 +190,9 @@ def main(argv: list[str] | None = None) -> dict:
                         "run", "--out", str(run_dir), "--quiet", "--workers", args.workers, *shlex.split(args.run_args)],
                        check=True, env=env)
         wall = time.perf_counter() - t0
-        manifest = json.loads((run_dir / "manifest.json").read_text())
+        from bench.store import RunStore
+
+        manifest = RunStore(run_dir).read_manifest()  # checksum-verified
         summary = json.loads((run_dir / "summary.json").read_text())["rows"]
         prof = json.loads(profile_path.read_text())
         ranks = sorted(profile_path.parent.glob(profile_path.name + ".rank*"), key=lambda q: int(q.suffix[5:]))

@@ -28,6 +28,7 @@ from _results import write_result  # benchmarks/_results.py, beside this script
 
 from bench.config import parse_config
 from bench.runner import run
+from bench.store import RunStore
 
 TASKS = ("named", "paraphrase", "implicit", "neighbours-visual", "neighbours-textual", "far", "general")
 
@@ -97,8 +98,6 @@ def main(argv: list[str] | None = None) -> int:
     for m in methods:
         spec = {"name": m, "label": f"{m}-paper", "params": paper_values(m)} if args.paper_values else {"name": m}
         if args.edits_from is not None:
-            from bench.store import RunStore
-
             saved = RunStore(args.edits_from).edit_dir(spec.get("label", m), args.targets[0])
             if (saved / "edit.json").exists():
                 spec["edit"] = str(saved)
@@ -113,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - started
     summary = json.loads((Path(done) / "summary.json").read_text())
     rows = summary["rows"] if isinstance(summary, dict) else summary
-    manifest = json.loads((Path(done) / "manifest.json").read_text())
+    manifest = RunStore(Path(done)).read_manifest()  # checksum-verified
     notes = {key: recipe.get("note") for key, recipe in (manifest.get("recipes") or {}).items()}
     write_result(args.result, {
         "command": "python benchmarks/mini_v2_protocol.py " + " ".join(

@@ -50,8 +50,8 @@ def rows_of(run: Path, fields: dict[str, tuple[str, ...]]) -> list[dict]:
     summary = RunResult.from_dir(run).summary
     summary = summary[summary["metric"].isin(["erasure_rate", "accuracy"])]
     value = {(r.method, r.target, r.task): float(r.value) for r in summary.itertuples()}
-    manifest = json.loads((run / "manifest.json").read_text())
     store = RunStore(run)
+    manifest = store.read_manifest()  # checksum-verified
     out = []
     for row in manifest["config"]["methods"]:
         if row["name"] not in fields:

@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.evaluators.base import sha256_file
+from bench.store import RunStore
 from bench.worlds.v1 import model as mm
 from bench.worlds.v1.train import TrainConfig
 
@@ -67,7 +68,7 @@ def write_card(adherence_run: Path | None, quick_run: Path | None = None, out: P
     ]
     if adherence_run is not None:
         summary = pd.DataFrame(json.loads((adherence_run / "summary.json").read_text())["rows"])
-        manifest = json.loads((adherence_run / "manifest.json").read_text())
+        manifest = RunStore(adherence_run).read_manifest()  # checksum-verified
         lines += ["## Adherence (measured with `erasebench run`, suite mini-adherence)",
                   f"- run: sampler {manifest['sampler']}, images per prompt "
                   f"{manifest['config'].get('images_per_prompt') or 4}",
