@@ -288,6 +288,27 @@ def test_esd_u_takes_the_rate_the_rule_picks_on_world_v2_and_esd_x_keeps_its_own
     assert show_method("esd-x", "style", "mini-v2")["config"]["lr"] == show_method("esd-x", "style", "mini")["config"]["lr"]
 
 
+def test_spm_and_ant_run_the_papers_procedure_on_world_v2_and_v1_keeps_its_choices():
+    """At v1's values SPM and ANT erase nothing on v2's tuning targets (gain at most +0.04; the figures beside their
+    ``MINI_DEFAULT_WORLDS``). On v2 SPM anchors on noise around the embeddings and samples x_t with its adapter on, as
+    the official code, at the rate benchmarks/mini_v2_rates.py's rule picks (3e-2); ANT trains the full UNet under its
+    mask, as the paper, at v1's rate (the rule's pick). v1 keeps its choices; off the mini worlds the paper's."""
+    from bench.show_cli import show_method
+    from methods import get_method
+
+    fields = ("lr", "anchor_source", "sample_from", "trajectory_pool")
+    assert [show_method("spm", "object", "mini")["config"][f] for f in fields] == [1e-2, "surrogate-prompts", "frozen", 32]
+    on_v2 = show_method("spm", "object", "mini-v2")
+    assert [on_v2["config"][f] for f in fields] == [3e-2, "embedding-noise", "edited", 0]
+    assert "mini_defaults_by_world['v2']" in on_v2["sources"]["lr"]
+    sd = get_method("spm").config_for("sd")
+    assert (sd.lr, sd.anchor_source, sd.sample_from) == (1e-4, "embedding-noise", "edited")
+    for kind in ("object", "style", "nudity"):
+        assert show_method("ant", kind, "mini")["config"]["train_method"] == "xattn"
+        assert show_method("ant", kind, "mini-v2")["config"]["train_method"] == "full"
+    assert show_method("ant", "object", "mini-v2")["config"]["lr"] == show_method("ant", "object", "mini")["config"]["lr"]
+
+
 def test_sa_trains_the_weights_its_recipe_names_on_world_v2():
     """v1's cross-attention choice erases no shape on v2 (methods/sa.py has the figures); on v2 SA trains what the
     paper's config for the kind names: 'full' for a person (so objects and styles), 'noxattn' for nudity."""
