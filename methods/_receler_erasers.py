@@ -5,6 +5,7 @@ imports without torch (``erasebench show method receler``)."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ class RecelerErasers(torch.nn.Module):
     with a forward hook on each ``attn2``; the base weights are untouched. ``enabled`` turns them off (the teacher);
     ``outputs`` keeps each eraser's last output when ``capture`` is on (the regulariser)."""
 
-    def __init__(self, unet: torch.nn.Module, rank: int, layers: list[str] | None = None):
+    def __init__(self, unet: torch.nn.Module, rank: int, layers: list[str] | None = None,
+                 generator: torch.Generator | None = None):
         super().__init__()
         modules = dict(unet.named_modules())
         self.layer_names = layers if layers is not None else [
@@ -33,6 +35,10 @@ class RecelerErasers(torch.nn.Module):
         for name in self.layer_names:
             dim = modules[name].to_out[0].out_features
             down, up = torch.nn.Linear(dim, rank), torch.nn.Linear(rank, dim)
+            # down: nn.Linear's own init (the official's), drawn from ``generator`` so that the edit depends on its
+            # seed alone, not on what the process drew from torch's global generator before it
+            torch.nn.init.kaiming_uniform_(down.weight, a=math.sqrt(5), generator=generator)
+            torch.nn.init.uniform_(down.bias, -1 / math.sqrt(dim), 1 / math.sqrt(dim), generator=generator)
             torch.nn.init.zeros_(up.weight)  # erasers/utils.py zero_module(up): a no-op at the start
             torch.nn.init.zeros_(up.bias)
             self.erasers[_key(name)] = torch.nn.Sequential(down, torch.nn.GELU(), up)
