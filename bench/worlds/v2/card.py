@@ -397,7 +397,7 @@ def effects_lines(effects: Path, note: str = "", reruns: tuple[Path, ...] = ()) 
         r = rerun_files[path]
         precisions = sorted(set((r.get("sampling_precision") or {}).values())) or ["not recorded"]
         lines += ["", f"\\* {', '.join(m for m, p in rerun_of.items() if p == path)}: measured again since, under the "
-                  f"same config, after a change of their mini values: `{path}` (`{r['command']}`; sampling "
+                  f"same config, after a change of their values or code: `{path}` (`{r['command']}`; sampling "
                   f"{', '.join(precisions)})."]
     return lines + ([] if not note else ["", note])
 
