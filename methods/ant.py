@@ -162,7 +162,8 @@ MINI_DEFAULTS: dict[str, Any] = {
 # Zen 4 with native bf16); targets the effect tests do not use; named gain / far / general accuracy (unedited far /
 # general: square 0.88 / 0.46, orla venn 0.92 / 0.58, hexagon 0.83 / 0.50, bram okonjo 1.00 / 0.75, blight 1.00 /
 # 0.42):
-#   cross-attention, lr 1e-3 (v1's), 3e-3, 1e-2: gain at most +0.04 but orla venn at 1e-2 (+0.96, far down 0.25);
+#   cross-attention, lr 1e-3 (v1's), 3e-3, 1e-2: no target meets the bar (gain at most +0.21, but orla venn at 1e-2:
+#     +0.96 with far down 0.25);
 #   full UNet, lr 3e-4: gain at most +0.17;
 #   full UNet, lr 1e-3: hexagon +0.88 / 0.96 / 0.42 meets the bar; orla venn +0.96 / 0.96 / 0.46 (general down
 #     0.12), bram okonjo +0.42 / 0.79 / 0.33, square +0.25 / 0.88 / 0.33, blight +0.00;
