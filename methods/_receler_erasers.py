@@ -34,7 +34,8 @@ class RecelerErasers(torch.nn.Module):
         self.erasers = torch.nn.ModuleDict()
         for name in self.layer_names:
             dim = modules[name].to_out[0].out_features
-            down, up = torch.nn.Linear(dim, rank), torch.nn.Linear(rank, dim)
+            # skip_init: no draw from torch's global generator; every tensor is initialised below
+            down, up = (torch.nn.utils.skip_init(torch.nn.Linear, i, o) for i, o in ((dim, rank), (rank, dim)))
             # down: nn.Linear's own init (the official's), drawn from ``generator`` so that the edit depends on its
             # seed alone, not on what the process drew from torch's global generator before it
             torch.nn.init.kaiming_uniform_(down.weight, a=math.sqrt(5), generator=generator)

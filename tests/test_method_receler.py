@@ -99,6 +99,24 @@ def test_the_edit_depends_on_its_seed_not_on_what_the_process_drew_before(mini_b
     assert not all(torch.equal(first[k], other_seed[k]) for k in first)
 
 
+def test_building_the_erasers_draws_from_the_given_generator_only(mini_backbone):
+    """Seeded erasers leave torch's global generator where it was (no default nn.Linear init drawn and thrown away),
+    and the same generator seed gives the same erasers."""
+    def build(seed: int) -> dict:
+        return RecelerErasers(mini_backbone.unet, 8, generator=torch.Generator().manual_seed(seed)).state_dict()
+
+    torch.manual_seed(3)
+    state = torch.get_rng_state()
+    first = build(0)
+    assert torch.equal(torch.get_rng_state(), state)
+    again, other = build(0), build(1)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    downs = [k for k in first if k.endswith("0.weight")]
+    assert downs and all(first[k].abs().max() > 0 and not torch.equal(first[k], other[k]) for k in downs)
+    ups = [k for k in first if k.endswith("2.weight") or k.endswith("2.bias")]
+    assert ups and all(torch.count_nonzero(first[k]) == 0 for k in ups)
+
+
 def test_the_concept_mask_and_the_localisation_loss():
     side16 = torch.zeros(1, 256)
     side16[0, :64] = torch.linspace(0, 1, 64)  # the top quarter rises from 0 to 1
