@@ -294,8 +294,8 @@ def _target_errors(config: RunConfig, suite: Suite | None, skip: set[str]) -> li
         for i, target in enumerate(config.targets):
             for concept in unit_concepts(target):
                 if concept not in known:
-                    errors.append(f"targets[{i}]: the {config.model} world has no concept {concept!r}; valid: "
-                                  f"{', '.join(known)}")
+                    errors.append(f"targets[{i}]: the {config.model} world has no concept {concept!r}; "
+                                  + _closest_concepts(concept, known))
     units = [(i, t) for i, t in enumerate(config.targets) if is_unit(t)]
     if units and suite is not None:
         from bench.worlds.v2.prompts import UNIT_SETS
@@ -312,6 +312,19 @@ def _target_errors(config: RunConfig, suite: Suite | None, skip: set[str]) -> li
         if any(t.prompts.get("source") == "mini-v2" and t.prompts.get("set") == "others" for t in suite.tasks):
             errors += _mixed_kind_errors(units)
     return errors
+
+
+def _closest_concepts(concept: str, known: list[str]) -> str:
+    """The end of an unknown-concept error: the world's spelling when only case or spacing differ (its names are lower
+    case, one space apart), else the near spellings (difflib), else every valid name."""
+    import difflib
+
+    same = [k for k in known if k == " ".join(concept.lower().split())]
+    if same:
+        return f"did you mean {same[0]!r}? (the world's concept names are lower case)"
+    near = difflib.get_close_matches(concept.lower(), known, n=3, cutoff=0.75)
+    hint = f"did you mean {' or '.join(repr(k) for k in near)}? " if near else ""
+    return f"{hint}valid: {', '.join(known)}"
 
 
 def _mixed_kind_errors(units: list[tuple[int, str]]) -> list[str]:

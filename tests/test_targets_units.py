@@ -158,7 +158,15 @@ def test_checks_refuse_what_a_unit_cannot_do():
         "retains the other concepts of one kind: erase one kind per unit"]
     # a concept the world lacks is named
     (line,) = _resolve_errors(targets=["pimbo+nobody"])
-    assert line.startswith("targets[0]: the mini-v2 world has no concept 'nobody'")
+    assert line.startswith("targets[0]: the mini-v2 world has no concept 'nobody'; valid: circle, oval")
+    # a concept written with capitals or extra spaces: the world's spelling, not the whole list
+    (line,) = _resolve_errors(targets=["pimbo+Kessa  Rull"])
+    assert line == ("targets[0]: the mini-v2 world has no concept 'Kessa  Rull'; did you mean 'kessa rull'? (the "
+                    "world's concept names are lower case)")
+    # a near spelling: the close names, then the list
+    (line,) = _resolve_errors(targets=["perin lasko"])
+    assert line.startswith("targets[0]: the mini-v2 world has no concept 'perin lasko'; did you mean 'perrin lasko'? "
+                           "valid: circle, oval")
     # a method that erases one concept per request
     (line,) = _resolve_errors(methods=[{"name": "ant"}], targets=[UNIT])
     assert line.startswith(f"methods[0]: targets[0] {UNIT!r}: method 'ant' erases one concept per request")
