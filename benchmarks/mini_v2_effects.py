@@ -116,10 +116,13 @@ def table(run_dirs: list[Path]) -> list[dict]:
                         row[f"drop_{task}"] = paired_difference(b, m, "correct")
                 row["class"] = effect_class(gain["value"])
                 drops = [row.get(f"drop_{t}", {}).get("value") for t in ("far", "general")]
-                row["bar"] = bool(gain["value"] is not None and gain["value"] >= GAIN
-                                  and all(d is not None and d <= DROP for d in drops))
-                if gain["value"] is not None and None not in drops:  # how far inside (>= 0) or outside the bar
-                    row["margin"] = round(min(gain["value"] - GAIN, *(DROP - d for d in drops)), 4)
+                # how far inside (>= 0) or outside the bar; the bar holds where the margin is >= 0 (for floats,
+                # a - b >= 0 exactly when a >= b), and fails where a figure is missing
+                margin = None if gain["value"] is None or None in drops else \
+                    min(gain["value"] - GAIN, *(DROP - d for d in drops))
+                row["bar"] = margin is not None and margin >= 0
+                if margin is not None:
+                    row["margin"] = round(margin, 4)
                 row["predicted"] = predictions.get((method, PREDICTION_COLUMN.get(kind, "")))
                 row["agrees"] = agrees(row["predicted"], row["class"])
                 rows.append(row)
