@@ -341,4 +341,6 @@ def mini_v2_prompts(spec: dict, ctx: PromptContext) -> pd.DataFrame:
         if "task" not in df.columns or spec["task"] not in set(df["task"]):
             raise ValueError(f"mini-v2 prompt source: set {name!r} has no task {spec['task']!r}")
         df = df[df["task"] == spec["task"]].reset_index(drop=True)
+    if ctx.target is not None:  # the run's target, as every prompt source gives it (bench.prompts._finish): a world
+        df["erase_target"] = ctx.target  # set's rows carry none of their own, and target_present is about it
     return df
