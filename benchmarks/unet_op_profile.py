@@ -3,12 +3,16 @@ the attention shapes of that model timed with torch's kernels.
 
     python benchmarks/unet_op_profile.py --out benchmarks/results/unet_op_profile_cpu.json
 
-The model is ``benchmarks/generate_vs_diffusers.py``'s random ``sd-shaped`` UNet (blocks 64/128/256, 16x16 latents,
-8 heads: head size 8 and 16), in a batch of ``--batch`` rows (16: 8 images under classifier-free guidance), one
+The model (``--model``) is ``benchmarks/generate_vs_diffusers.py``'s random ``sd-shaped`` UNet (blocks 64/128/256,
+16x16 latents, 8 heads: head size 8 and 16), or ``mini-v2``, the shipped mini world v2's UNet (4 heads: head size 24
+and 32), in a batch of ``--batch`` rows (16: 8 images under classifier-free guidance), one
 thread. For each precision (fp32; bf16 weights cast once, as the harness samples where bf16 is native) it records:
 
 - ``forward_seconds``: the best of ``--repeats`` forward passes, with diffusers' two stock attention processors
-  (``sdpa``: torch's scaled_dot_product_attention, the harness's choice on the CPU; ``math``: baddbmm, softmax, bmm);
+  (``sdpa``: torch's scaled_dot_product_attention, the harness's choice on the CPU; ``math``: baddbmm, softmax, bmm)
+  and diffusers' ``SlicedAttnProcessor`` (the math formula over slices of 8 and 32 batch x head rows: ``sliced-8``,
+  ``sliced-32``), which the harness does not offer; it is measured here to see whether the small model's head size
+  calls for it;
 - ``ops``: the profiler's self CPU time per op over three ``sdpa`` forward passes, as shares of the total;
 - ``attention``: each attention shape of the model (batch, heads, query length, key length, head size) timed alone
   with the SDPA kernel torch picks and with the math formula, in milliseconds (best of 20).
@@ -50,20 +54,26 @@ def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.T
 
 def main(argv: list[str] | None = None) -> dict:
     from diffusers import UNet2DConditionModel
-    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0, SlicedAttnProcessor
     from generate_vs_diffusers import build_sd
     from torch.profiler import profile
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", choices=["sd-shaped", "mini-v2"], default="sd-shaped")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=6)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        build_sd(Path(tmp), "sd-shaped")
-        unet = UNet2DConditionModel.from_pretrained(Path(tmp) / "unet").eval()
+    if args.model == "mini-v2":
+        from bench.backbone import load_backbone
+
+        unet = load_backbone("mini-v2").unet.float().eval()
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            build_sd(Path(tmp), "sd-shaped")
+            unet = UNet2DConditionModel.from_pretrained(Path(tmp) / "unet").eval()
     cfg = unet.config
     heads = cfg.attention_head_dim  # diffusers' name for the number of heads in SD 1.x configs
     gen = torch.Generator().manual_seed(0)
@@ -84,7 +94,9 @@ def main(argv: list[str] | None = None) -> dict:
         latents, text_emb = x.to(dtype), text.to(dtype)
         row = {"precision": precision, "forward_seconds": {}}
         with torch.no_grad():
-            for attention, processor in (("sdpa", AttnProcessor2_0), ("math", AttnProcessor)):
+            for attention, processor in (("sdpa", AttnProcessor2_0), ("math", AttnProcessor),
+                                         ("sliced-8", lambda: SlicedAttnProcessor(8)),
+                                         ("sliced-32", lambda: SlicedAttnProcessor(32))):
                 model.set_attn_processor(processor())
                 row["forward_seconds"][attention] = round(best_seconds(lambda m=model, a=latents, c=text_emb: m(a, t, c), args.repeats), 4)
             model.set_attn_processor(AttnProcessor2_0())
@@ -108,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append(row)
         print(row["precision"], row["forward_seconds"], row["ops"][:3])
     result = {"command": "python benchmarks/unet_op_profile.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "batch": args.batch, "rows": rows}
+              "model": args.model, "batch": args.batch, "rows": rows}
     write_result(args.out, result)
     return result
 
