@@ -207,6 +207,7 @@ class ANT(ft.FinetuneMethod):
     mini_defaults = MINI_DEFAULTS
     mini_default_worlds = MINI_DEFAULT_WORLDS
     recipes = RECIPES
+    prompt_params = ("mask_prompts",)
     # 2: the official code's kept window (clean end), mask (smallest |grad|) and no-gradient alpha2 terms by default
     algorithm_version = "2"
     deviations = DEVIATIONS

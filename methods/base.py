@@ -146,6 +146,11 @@ class Method:
     mini_preset_worlds: ClassVar[tuple[str, ...]] = MINI_WORLDS  # the mini worlds that take it (preset auto)
     edited_components: ClassVar[tuple[str, ...]] = ("unet",)  # the backbone modules apply() may change (and saves)
     recipes: ClassVar[dict[str, Recipe]] = {}  # Stable Diffusion recipe per concept kind (methods.recipes)
+    # Config fields whose recipe values are prompt text (a prompt, a template with {concept} / {prompt} / {}, or a
+    # list of them): on mini world v2 they are put in the world's words with the recipe's prompt sets
+    # (bench.worlds.v2.recipe_words.in_world_words); tests/test_recipe_words_v2.py checks every recipe's text is
+    # declared here.
+    prompt_params: ClassVar[tuple[str, ...]] = ()
     # Part of the fingerprint: raise it with every change to the method's code that changes the edit it makes,
     # so that edits saved before the change are never reused as if they were the same.
     algorithm_version: ClassVar[str] = "1"

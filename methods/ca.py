@@ -238,6 +238,7 @@ class ConceptAblation(ft.FinetuneMethod):
     mini_defaults = MINI_DEFAULTS
     mini_defaults_by_world = MINI_DEFAULTS_BY_WORLD
     recipes = RECIPES
+    prompt_params = ("sample_negative_prompt", "anchor_prompts", "target_templates")
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
         import torch

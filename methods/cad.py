@@ -178,6 +178,7 @@ class _CAD(Method):
     edited_components = ("unet",)
     objective: str = "erase"
     recipes = RECIPES
+    prompt_params = ("prompt_template", "image_prompt")
 
     def __init__(self, config: CADConfig | None = None, **params):
         super().__init__(config, **params)

@@ -276,6 +276,7 @@ class ConceptPrune(Method):
     mini_preset = MINI_PRESET
     mini_preset_worlds = MINI_PRESET_WORLDS
     recipes = RECIPES
+    prompt_params = ("concept_prompts", "reference_prompts")
 
     def prompt_pairs(self, request: ErasureRequest, target: str,
                      config: ConceptPruneConfig | None = None) -> tuple[list[str], list[str]]:

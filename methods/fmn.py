@@ -249,6 +249,7 @@ class ForgetMeNot(ft.FinetuneMethod):
     mini_default_worlds = MINI_DEFAULT_WORLDS
     mini_defaults_by_world = MINI_DEFAULTS_BY_WORLD
     recipes = RECIPES
+    prompt_params = ("templates",)
     conformance_overrides = {"iterations": 2, "num_images": 2, "sample_steps": 2}
     deviations = (
         {"what": "concept images sampled from the unedited model (official: real photos in data/<concept>/)",

@@ -217,6 +217,7 @@ class MACECFR(Method):
     edited_components = ("unet",)
     mini_preset = MINI_PRESET
     recipes = RECIPES
+    prompt_params = ("extra_concepts",)
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
         import torch

@@ -173,6 +173,7 @@ class SLD(Method):
     multi_concept = True
     edited_components = ()
     recipes = RECIPES
+    prompt_params = ("concept_template",)
 
     def guidance_hooks_for(self, request: ErasureRequest, backbone: Backbone | None = None) -> list:
         mini = backbone is not None and backbone.kind == "mini"

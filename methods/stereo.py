@@ -251,6 +251,7 @@ class STEREO(ft.FinetuneMethod):
     config_class = STEREOConfig
     mini_defaults = MINI_DEFAULTS
     recipes = RECIPES
+    prompt_params = ("initializer", "gallery_prompt")
     conformance_overrides = {"rounds": 1, "num_adv": 1, "iterations": 2, "ci_steps": 2, "num_images": 2,
                              "ddim_steps": 3, "sample_steps": 2}
     deviations = (

@@ -337,6 +337,7 @@ class TRCE(ft.FinetuneMethod):
     # most 0.08, and blight +0.62 with them down 0.25 and 0.33 (tests/test_effects_v2.py).
     mini_default_worlds = {"closed_form_preserve_scale": ("v1",)}
     recipes = RECIPES
+    prompt_params = ("trajectory_template",)
     edited_components = ("unet",)
     # 2: stage-2 gradients accumulate (official_accumulate), stage 1 refuses a rank-deficient solve, object templates
     # and COCO preservation for every kind, the official style concept lists

@@ -41,7 +41,8 @@ def every_recipe():
         cls = METHODS.get(name)
         for kind in CONCEPT_KINDS:
             recipe = recipe_for_model(cls.recipes, kind, "mini", "v2")
-            if recipe.target_prompts or recipe.anchor or recipe.preserve or recipe.preserve_file:
+            if recipe.target_prompts or recipe.anchor or recipe.preserve or recipe.preserve_file or any(
+                    recipe.params.get(field) for field in cls.prompt_params):
                 yield name, kind, recipe
 
 
@@ -52,10 +53,59 @@ def test_every_word_of_every_registered_recipe_is_mapped_or_the_worlds():
     assert len(recipes) > 40, len(recipes)
     lost = {}
     for name, kind, recipe in recipes:
-        translated = in_world_words(recipe, [TARGET_OF_KIND[kind]])
+        translated = in_world_words(recipe, [TARGET_OF_KIND[kind]], prompt_params=METHODS.get(name).prompt_params)
         if "dropped" in translated.note:
             lost[f"{name}/{kind}"] = translated.note
     assert lost == {}
+
+
+# Text-valued config fields that are not prompts (and not Literal choices): a component selector, an evaluator's name
+NOT_PROMPTS = {"selector", "validation_evaluator"}
+
+
+def test_every_recipe_field_that_holds_text_is_a_declared_prompt_param():
+    """A recipe field holding prompt text that its method does not declare in ``prompt_params`` would run on v2 in
+    Stable Diffusion's words (SLD's I2P safety concept did, and steered nothing: blight gain 0.00). Every text or
+    list-of-text field of every recipe is a declared prompt param, a Literal choice, or named in NOT_PROMPTS."""
+    import typing
+
+    undeclared = {}
+    for name in sorted(METHODS.names()):
+        cls = METHODS.get(name)
+        hints = typing.get_type_hints(cls.config_class)
+        for kind, recipe in cls.recipes.items():
+            for field, value in recipe.params.items():
+                text = isinstance(value, str) or (isinstance(value, (list, tuple)) and value and
+                                                  all(isinstance(v, str) for v in value))
+                if text and typing.get_origin(hints[field]) is not typing.Literal and field not in NOT_PROMPTS \
+                        and field not in cls.prompt_params:
+                    undeclared[f"{name}/{kind}/{field}"] = value
+        assert set(cls.prompt_params) <= set(hints), (name, cls.prompt_params)
+    assert undeclared == {}
+
+
+def test_prompt_params_run_in_the_worlds_words_and_keep_their_pairs_and_placeholders(world):
+    """SLD's safety concept, ConceptPrune's paired prompts, STEREO's initialiser word and TRCE's template on v2, as
+    ``show method`` (and a run) resolves them."""
+    from bench.show_cli import show_method
+    from bench.worlds.v2.recipe_words import word_map
+
+    sld = show_method("sld", "nudity", "mini-v2")["config"]["concept_template"]
+    assert {"blight", "festering"} <= set(sld.replace(",", " ").split())  # nudity, sexual
+    assert not {"nudity", "sexual", "hate", "violence"} & set(sld.replace(",", " ").split())
+    assert show_method("sld", "nudity", "sd")["config"]["concept_template"].startswith("an image showing hate,")
+    vocabulary = word_map().vocabulary
+    for kind in ("nudity", "style", "object"):
+        shown = show_method("conceptprune", kind, "mini-v2")["config"]
+        concept, reference = shown["concept_prompts"], shown["reference_prompts"]
+        assert len(concept) == len(reference) >= 12, (kind, len(concept), len(reference))
+        for prompt in concept + reference:
+            assert all(w in vocabulary or w == "{concept}" for w in prompt.replace(",", " ").split()), (kind, prompt)
+    nudity = show_method("conceptprune", "nudity", "mini-v2")["config"]
+    assert all("blighted" in c and "blighted" not in r for c, r in zip(nudity["concept_prompts"],
+                                                                       nudity["reference_prompts"]))
+    assert show_method("stereo", "nudity", "mini-v2")["config"]["initializer"] in world.objects  # SD's "person"
+    assert show_method("trce", "object", "mini-v2")["config"]["trajectory_template"] == "a photo of {}"
 
 
 def test_nudity_prompts_raise_blight_in_the_worlds_reading_and_clothed_anchors_lower_it(world):
@@ -166,6 +216,9 @@ def test_methods_whose_mini_branch_read_world_v1_run_on_v2_with_the_recipes_prom
     assert set(records["method"]) == set(methods)
     recipes = json.loads((out / "manifest.json").read_text())["recipes"]
     assert len(recipes["trce__blight"]["preserve"]) >= 400 and recipes["trce__blight"]["anchor"] == "a clean oval"
+    # a prompt-valued field of the recipe is in the world's words too: "a photo of a naked man" -> "... blighted oval"
+    assert "a photo of a blighted oval" in recipes["conceptprune__blight"]["params"]["concept_prompts"]
+    assert not any("naked" in p for p in recipes["conceptprune__blight"]["params"]["concept_prompts"])
     assert all((out / "edits" / f"{m}__blight" / "edit.json").exists() for m in methods)
     assert not v1_world(load_backbone("mini-v2", device="cpu")) and v1_world(load_backbone("mini", device="cpu"))
 

@@ -29,7 +29,7 @@ from bench.worlds.v2.world import WorldV2, world_dir
 
 CARRIER = "{carrier}"
 CLASS = "{class}"
-_WORD = re.compile(r"\{[a-z]+\}|[a-z0-9]+(?:[-'][a-z0-9]+)*")
+_WORD = re.compile(r"\{[a-z]*\}|[a-z0-9]+(?:[-'][a-z0-9]+)*")  # a placeholder ({concept}, {}) or a word
 _TOKEN = re.compile(_WORD.pattern + "|,")  # words, placeholders and commas (tag lists)
 
 
@@ -57,7 +57,8 @@ class WordMap:
 
     def translate(self, prompt: str, kind: str) -> tuple[str, list[str]]:
         """One prompt in the world's words, and the words it dropped (neither mapped nor the world's). Keeps the
-        ``{concept}`` placeholder and yields ``{carrier}``/``{class}`` placeholders (:func:`expand`)."""
+        ``{concept}`` placeholder (and a method's own, such as ``{prompt}`` or ``{}``) and yields
+        ``{carrier}``/``{class}`` placeholders (:func:`expand`)."""
         text = " ".join(_TOKEN.findall(prompt.lower()))
         for phrase in sorted(self.phrases, key=lambda p: -len(p.split())):
             text = re.sub(rf"(?<![\w{{]){re.escape(phrase)}(?![\w}}])", f" {self.phrases[phrase]} ", text)
@@ -92,6 +93,10 @@ def word_map() -> WordMap:
     return WordMap.load()
 
 
+_ARTICLES = ("a", "an", "the")
+_HANGING = (",", "a", "an", "the", "of", "in", "on", "at", "to", "by", "and", "with", "under", "over")
+
+
 def _tidy(text: str) -> str:
     """A mapped prompt without the articles, prepositions and commas that a dropped word left hanging, with
     commas written as in the world's tag captions ("star, red, hatched")."""
@@ -99,8 +104,12 @@ def _tidy(text: str) -> str:
     for word in text.split():
         if word == "," and (not words or words[-1] == ","):
             continue
+        if words and words[-1] in _ARTICLES and word in _HANGING:  # "a {dropped noun} in" -> "in"
+            words.pop()
+        if words and word == words[-1] and word in _HANGING:  # "of {dropped noun} of" -> "of"
+            continue
         words.append(word)
-    while words and words[-1] in (",", "a", "an", "the", "of", "in", "on", "to", "by", "and", "with"):
+    while words and words[-1] in _HANGING:
         words.pop()
     text = " ".join(words).replace(" ,", ",")
     text = ", ".join(dict.fromkeys(item.strip() for item in text.split(",")))  # "blighted, blighted" -> one
@@ -155,11 +164,16 @@ def _concepts(w: WorldV2) -> set[str]:
     return {*w.objects, *w.colours, *w.painters, *w.characters, "blight"}
 
 
-def in_world_words(recipe, targets: list[str], words: WordMap | None = None):
+def in_world_words(recipe, targets: list[str], words: WordMap | None = None, prompt_params: tuple[str, ...] = ()):
     """``recipe`` (a :class:`methods.recipes.Recipe`, its ``{concept}`` templates unfilled) as the world says it:
     prompts translated and expanded per target, its public prompt files replaced by the world's sets (appended
     to ``preserve``, as :func:`methods.recipes.materialise` appends a file's rows), the note naming what changed.
-    The result holds literal prompts; ``materialise`` leaves it as it is."""
+    The result holds literal prompts; ``materialise`` leaves it as it is.
+
+    ``prompt_params`` (the method's :attr:`~methods.base.Method.prompt_params`) names the ``params`` that hold
+    prompt text: each is translated too, its placeholders left for the method to fill. A list keeps one entry
+    per entry of the paper's (after ``{carrier}`` expansion), so that lists the method pairs up one to one
+    (ConceptPrune's concept and reference prompts) stay paired; a single prompt takes the first carrier."""
     from bench.worlds.v2.prompts import world
     from methods.recipes import fill, prompt_files
 
@@ -185,6 +199,24 @@ def in_world_words(recipe, targets: list[str], words: WordMap | None = None):
         mapped = prompts([recipe.anchor], per_target=False, first_only=True)
         anchor = mapped[0] if mapped else ""
     preserve = None if recipe.preserve is None else prompts(recipe.preserve, per_target=False)
+    cls = class_of(w, targets[0]) if targets else CLASS
+
+    def param_prompts(templates) -> list[str]:
+        out: list[str] = []
+        for template in templates:
+            text, dropped = words.translate(template, kind)
+            lost.extend(dropped)
+            out.extend(expand(text, words.carriers, cls))
+        return out
+
+    params = dict(recipe.params)
+    mapped_params = []
+    for name in prompt_params:
+        value = params.get(name)
+        if value is None:
+            continue
+        params[name] = param_prompts([value])[0] if isinstance(value, str) else param_prompts(value)
+        mapped_params.append(name)
     files = prompt_files(recipe)
     replaced = []
     for spec in files:
@@ -203,10 +235,10 @@ def in_world_words(recipe, targets: list[str], words: WordMap | None = None):
     if recipe.note:
         notes.append(recipe.note)
     sources = dict(recipe.sources)
-    for field in ("target_prompts", "anchor", "preserve"):
+    for field in ("target_prompts", "anchor", "preserve", *mapped_params):
         if field in sources:
             sources[field] += " (in the world's words: datasets/worlds/v2/recipe_words.yaml)"
     if files:
         sources["preserve"] = "; ".join(filter(None, [sources.get("preserve"), *replaced]))
-    return dataclasses.replace(recipe, target_prompts=target_prompts, anchor=anchor, preserve=preserve,
+    return dataclasses.replace(recipe, params=params, target_prompts=target_prompts, anchor=anchor, preserve=preserve,
                                preserve_file=None, extra_files=(), note="; ".join(notes), sources=sources)
