@@ -163,3 +163,20 @@ def test_a_rerun_of_some_methods_replaces_their_rows_in_the_cards_effect_table_a
     assert table["sdd *"] == "| sdd * | **+0.80 / +0.00 / +0.00** | 1 of 1 |"  # the rerun's row, marked
     assert table["uce"] == "| uce | **+0.70 / +0.00 / +0.00** | 1 of 1 |"  # a method the rerun lacks: as before
     assert f"`{rerun}` (`again`; sampling fp32)" in lines[-1] and lines[-1].startswith("\\* sdd:")
+
+
+def test_a_rerun_of_some_of_a_methods_targets_keeps_its_other_cells_and_both_reruns_name_it(tmp_path):
+    def cell(method, target, gain):
+        fig = lambda v: {"value": v, "ci_low": v - 0.1, "ci_high": v + 0.1, "n": 48}  # noqa: E731
+        return {"method": method, "target": target, "gain": fig(gain), "drop_far": fig(0.0),
+                "drop_general": fig(0.0), "bar": gain >= 0.3}
+
+    first, whole, part = (tmp_path / f"{n}.json" for n in ("first", "whole", "part"))
+    first.write_text(json.dumps({"command": "first", "rows": [cell("ca", "heart", 0.1), cell("ca", "blight", 0.1)]}))
+    whole.write_text(json.dumps({"command": "rates", "rows": [cell("ca", "heart", 0.2), cell("ca", "blight", 0.2)]}))
+    part.write_text(json.dumps({"command": "words", "rows": [cell("ca", "blight", 0.9)]}))
+    lines = card.effects_lines(first, reruns=(whole, part))
+    (row,) = [line for line in lines if line.startswith("| ca *")]
+    assert row == "| ca * | +0.20 / +0.00 / +0.00 | **+0.90 / +0.00 / +0.00** | 1 of 2 |"  # heart from the first rerun
+    notes = [line for line in lines if line.startswith("\\* ")]
+    assert len(notes) == 2 and all(line.startswith("\\* ca:") for line in notes)

@@ -363,18 +363,19 @@ def effects_lines(effects: Path, note: str = "", reruns: tuple[Path, ...] = ()) 
     """The card's section on what the methods do on this world: each erasing method's cells that pass the effect
     bar, from ``benchmarks/mini_v2_effects.py``'s JSON (``tests/test_effects_v2.py``'s runs). A method's rows in
     ``reruns`` (the same script's JSON of a later run of some methods under the same config) replace its rows in
-    ``effects``; such a method is marked and its file named under the table."""
+    ``effects`` target by target (a rerun of some of its targets keeps the others); such a method is marked and its
+    file named under the table."""
     e = json.loads(effects.read_text())
     targets = list(dict.fromkeys(r["target"] for r in e["rows"]))
     by_method: dict[str, dict[str, dict]] = {}
     for r in e["rows"]:
         by_method.setdefault(r["method"], {})[r["target"]] = r
-    rerun_of: dict[str, Path] = {}
+    rerun_of: dict[str, list[Path]] = {}  # method -> the reruns that replace some of its cells, in order
     rerun_files = {path: json.loads(path.read_text()) for path in reruns}
     for path, rerun in rerun_files.items():
         for method in dict.fromkeys(r["method"] for r in rerun["rows"]):
-            by_method[method] = {r["target"]: r for r in rerun["rows"] if r["method"] == method}
-            rerun_of[method] = path
+            by_method.setdefault(method, {}).update({r["target"]: r for r in rerun["rows"] if r["method"] == method})
+            rerun_of.setdefault(method, []).append(path)
     lines = ["", "## What the methods do here", "",
              f"From `{effects}` (`{e['command']}`): every erasing method under one protocol (its paper recipe in the "
              "world's words), one run a target, 48 image pairs a cell. A cell passes when the named erasure gain is "
@@ -393,11 +394,11 @@ def effects_lines(effects: Path, note: str = "", reruns: tuple[Path, ...] = ()) 
         passes = sum(bool(r["bar"]) for r in cells.values())
         label = f"{method}{' *' if method in rerun_of else ''}"
         lines.append(f"| {label} | " + " | ".join(text) + f" | {passes} of {len(cells)} |")
-    for path in dict.fromkeys(rerun_of.values()):
+    for path in rerun_files:
         r = rerun_files[path]
         precisions = sorted(set((r.get("sampling_precision") or {}).values())) or ["not recorded"]
-        lines += ["", f"\\* {', '.join(m for m, p in rerun_of.items() if p == path)}: measured again since, under the "
-                  f"same config, after a change of their values or code: `{path}` (`{r['command']}`; sampling "
+        lines += ["", f"\\* {', '.join(m for m, paths in rerun_of.items() if path in paths)}: measured again since, under the "
+                  f"same config, after a change of their values, code or recipe words: `{path}` (`{r['command']}`; sampling "
                   f"{', '.join(precisions)})."]
     return lines + ([] if not note else ["", note])
 
