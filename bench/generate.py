@@ -119,6 +119,7 @@ class GuidanceContext:
     eps_extra: dict[str, torch.Tensor]
     guidance_scale: float
     state: dict[str, Any] = field(default_factory=dict)  # per batch, kept across steps
+    num_steps: int | None = None  # the sampler's number of denoising steps
 
 
 @dataclass
@@ -307,7 +308,8 @@ def denoise(
                 eps_u, eps_c = chunks[0], chunks[1]
                 eps_extra = dict(zip(extra, chunks[2:]))
                 if hooks:
-                    ctx = GuidanceContext(i, t, latents, eps_u, eps_c, eps_extra, sampler.guidance, state)
+                    ctx = GuidanceContext(i, t, latents, eps_u, eps_c, eps_extra, sampler.guidance, state,
+                                          num_steps=len(timesteps))
                     noise_pred = eps_c
                     for hook in hooks:
                         noise_pred = hook.guide(ctx)

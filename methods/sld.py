@@ -15,9 +15,14 @@ The four presets are the paper's (Sec. 5; guidance scale s_S, warm-up delta, thr
 momentum scale s_m, momentum beta beta_m): weak (200, 15, 0.0, 0.0, 0.0), medium (1000, 10, 0.01,
 0.3, 0.4), strong (2000, 7, 0.025, 0.5, 0.7), max (5000, 0, 1.0, 0.5, 0.7). diffusers' ``SafetyConfig``
 has the same values except weak's guidance scale (20). Warm-up is counted in sampler steps of the
-paper's 50-step schedule; the mini model samples 25 steps, so the same warm-up covers twice the
-fraction of the trajectory there (override ``warmup_steps`` to change it). Any preset value can be
-overridden field by field; ``preset="custom"`` uses the fields as given.
+paper's 50-step schedule. diffusers counts it in the sampler's own steps, and so does this module off the
+mini worlds (``warmup_schedule_steps`` None: a run of 50 steps is the paper's). The mini suites sample fewer
+steps (mini-v2 10, v1 25), where the preset's warm-up in the sampler's own steps would cover the whole
+trajectory (medium's 10 of 10: SLD never acts; measured on mini-v2's blight, the effect tests' config: gain
++0.00 exactly, nothing changed) or twice the paper's share. So on the mini worlds it is counted in the paper's
+50-step schedule (:data:`MINI_DEFAULTS`, ``warmup_schedule_steps=50``): the same share of any sampler's
+trajectory, ``round(warmup_steps * steps / 50)`` steps (medium: 2 of 10). Any preset value can be overridden
+field by field; ``preset="custom"`` uses the fields as given.
 
 The concept text is the target's words (several targets joined with ", "). SLD's published I2P numbers
 (the nudity recipe, :attr:`SLD.recipes`) use its fixed safety concept instead, the list of inappropriate
@@ -68,10 +73,11 @@ class SafetyGuidanceHook:
     EXTRA = "sld_concept"
 
     def __init__(self, concept: str, guidance_scale: float, warmup_steps: int, threshold: float,
-                 momentum_scale: float, mom_beta: float):
+                 momentum_scale: float, mom_beta: float, warmup_schedule_steps: int | None = None):
         self.concept = concept
         self.guidance_scale = float(guidance_scale)
         self.warmup_steps = int(warmup_steps)
+        self.warmup_schedule_steps = warmup_schedule_steps  # None: warmup_steps counts the sampler's own steps
         self.threshold = float(threshold)
         self.momentum_scale = float(momentum_scale)
         self.mom_beta = float(mom_beta)
@@ -94,14 +100,26 @@ class SafetyGuidanceHook:
                 momentum = torch.zeros_like(guidance)
             safety = (eps_s - eps_u) * scale + self.momentum_scale * momentum
             ctx.state["sld_momentum"] = self.mom_beta * momentum + (1 - self.mom_beta) * safety
-            if ctx.step_index >= self.warmup_steps:
+            if ctx.step_index >= self.warmup_for(ctx.num_steps):
                 guidance = guidance - safety
         return eps_u + ctx.guidance_scale * guidance
 
+    def warmup_for(self, num_steps: int | None) -> int:
+        """The steps before safety guidance starts on a sampler of ``num_steps`` steps: ``warmup_steps`` itself, or
+        with a ``warmup_schedule_steps`` its share of the trajectory (10 of a 50-step schedule: 2 of 10 steps)."""
+        if self.warmup_schedule_steps is None:
+            return self.warmup_steps
+        if num_steps is None:
+            raise ValueError("sld: a warm-up counted in a schedule of warmup_schedule_steps needs the sampler's steps")
+        return round(self.warmup_steps * num_steps / self.warmup_schedule_steps)
+
     def fingerprint(self) -> dict:
-        return {"hook": "sld", "concept": self.concept, "guidance_scale": self.guidance_scale,
-                "warmup_steps": self.warmup_steps, "threshold": self.threshold,
-                "momentum_scale": self.momentum_scale, "mom_beta": self.mom_beta}
+        out = {"hook": "sld", "concept": self.concept, "guidance_scale": self.guidance_scale,
+               "warmup_steps": self.warmup_steps, "threshold": self.threshold,
+               "momentum_scale": self.momentum_scale, "mom_beta": self.mom_beta}
+        if self.warmup_schedule_steps is not None:  # absent: the images of before this field keep their keys
+            out["warmup_schedule_steps"] = self.warmup_schedule_steps
+        return out
 
 
 # The safety concept of SLD's I2P evaluation: the published text (a list of category words), as diffusers'
@@ -127,6 +145,10 @@ RECIPES = {
 
 DEFAULT_PRESET = "medium"  # diffusers' SafetyConfig.MEDIUM; "auto" means this except on the mini model
 MINI_PRESET = "max"
+# The mini worlds' values (see the module docstring): the warm-up counted in the paper's 50-step schedule (Schramowski
+# et al. CVPR 2023, Sec. 4: 50 DDIM steps; diffusers' num_inference_steps default), since the mini suites sample 10
+# (v2) or 25 (v1) steps
+MINI_DEFAULTS = {"warmup_schedule_steps": 50}
 
 
 @dataclass
@@ -138,6 +160,9 @@ class SLDConfig(MethodConfig):
     threshold: float | None = None
     momentum_scale: float | None = None
     mom_beta: float | None = None
+    # the schedule warmup_steps is counted in: None, the sampler's own steps (diffusers); N, a schedule of N steps,
+    # so the warm-up is the same share of any sampler's trajectory (the mini worlds: 50, MINI_DEFAULTS)
+    warmup_schedule_steps: int | None = None
 
     def resolved(self, mini: bool = False) -> dict:
         """The five safety-guidance values: the preset's, then each field given explicitly."""
@@ -175,10 +200,22 @@ class SLD(Method):
     recipes = RECIPES
     prompt_params = ("concept_template",)
 
+    mini_defaults = MINI_DEFAULTS
+
+    def config_for(self, model_kind: str, world: str | None = None) -> SLDConfig:
+        """The config with :data:`MINI_DEFAULTS` for the fields the caller left unset, on a mini model."""
+        if model_kind != "mini":
+            return self.config
+        return dataclasses.replace(self.config, **{k: v for k, v in self.mini_defaults.items()
+                                                   if k not in self.explicit and getattr(self.config, k) is None})
+
     def guidance_hooks_for(self, request: ErasureRequest, backbone: Backbone | None = None) -> list:
         mini = backbone is not None and backbone.kind == "mini"
-        concept = ", ".join(target_phrases(request, backbone, self.config.concept_template))
-        return [SafetyGuidanceHook(concept, **self.config.resolved(mini=mini))]
+        cfg = self.config_for(backbone.kind, getattr(backbone, "world", None)) if backbone is not None else self.config
+        concept = ", ".join(target_phrases(request, backbone, cfg.concept_template))
+        if cfg.warmup_schedule_steps is not None and cfg.warmup_schedule_steps < 1:
+            raise ValueError(f"sld: warmup_schedule_steps={cfg.warmup_schedule_steps} must be at least 1 (or null)")
+        return [SafetyGuidanceHook(concept, **cfg.resolved(mini=mini), warmup_schedule_steps=cfg.warmup_schedule_steps)]
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
         self.check_request(request)

@@ -136,6 +136,30 @@ def test_sld_hook_matches_diffusers_safe_pipeline():
             assert torch.allclose(ours, eps_u + 7.5 * guidance, atol=1e-6), (preset, i)
 
 
+def test_sld_warmup_in_the_papers_schedule_is_its_share_of_a_shorter_sampler():
+    """On the mini worlds SLD counts its preset's warm-up in the paper's 50-step schedule: medium's 10 steps start the
+    safety guidance at step 2 of a 10-step sampler (counted in the sampler's own steps it would never start there),
+    and at step 10 of a 50-step one, as diffusers does."""
+    from methods.sld import SLD
+
+    g = torch.Generator().manual_seed(5)
+    p = {**PRESETS["medium"], "guidance_scale": 30.0}
+    for schedule, steps, first in ((50, 10, 2), (50, 50, 10), (50, 25, 5), (None, 10, None)):
+        hook, plain = SafetyGuidanceHook("blight", **p, warmup_schedule_steps=schedule), SafetyGuidanceHook("b", **p)
+        state, plain_state, started = {}, {}, None
+        for i in range(steps):
+            eps_u, eps_c, eps_s = (0.05 * torch.randn(2, 3, 4, 4, generator=g) for _ in range(3))
+            args = (i, torch.tensor(999 - i), torch.zeros(2, 3, 4, 4), eps_u, eps_c, {"sld_concept": eps_s}, 7.5)
+            ours = hook.guide(GuidanceContext(*args, state, num_steps=steps))
+            if started is None and not torch.allclose(ours, eps_u + 7.5 * (eps_c - eps_u)):
+                started = i
+            plain.guide(GuidanceContext(*args, plain_state, num_steps=steps))
+        assert started == first, (schedule, steps, started)
+    mini, sd = SLD().config_for("mini", "v2"), SLD().config_for("sd")
+    assert (mini.warmup_schedule_steps, sd.warmup_schedule_steps) == (50, None)
+    assert SLD(warmup_schedule_steps=20).config_for("mini", "v2").warmup_schedule_steps == 20  # the caller's wins
+
+
 def test_token_alignment_on_the_mini_tokenizer(mini):
     tok = mini.tokenizer
     length = tok.model_max_length
