@@ -31,7 +31,7 @@ COST = ("iterations", "epochs", "num_", "batch_size", "steps", "timesteps", "sam
         "rounds", "images_per_prompt", "trajectories", "mode", "warmup", "seeds", "num_adv", "max_")
 SCALE = ("lr", "ratio", "layer", "scale", "lam", "k", "auxk", "top_features", "decay", "granularity", "selector",
          "resolution", "params", "epsilon")
-SAMPLER = ("guidance", "sampler")
+SAMPLER = ("guidance", "sampler", "warmup_schedule")  # the last: SLD's warm-up in the paper's 50-step schedule
 
 
 def reason(field: str) -> str:
