@@ -35,7 +35,10 @@ tomas greer (general down 0.12; it passed before), so 53 cases passed in fp32: 2
 (benchmarks/results/mini_v2_effects_esd_u.json). SPM and ANT erased nothing at v1's values; with the paper's procedure on
 v2 (SPM at its own rate 3e-2, by the same rule) a run of none, ANT and SPM under this config measures SPM passing on
 four targets and ANT on two in fp32 (benchmarks/results/mini_v2_effects_spm_ant.json; in bf16 SPM on three, ANT on
-none: mini_v2_effects_spm_ant_bf16.json), so **59 cases pass in fp32: 31, 20 and 8**.
+none: mini_v2_effects_spm_ant_bf16.json), so **59 cases pass in fp32: 31, 20 and 8**. The 13 cases whose recipe
+changed when the recipes' prompt-valued fields took the world's words (and SLD's warm-up the paper's schedule) ran
+again (benchmarks/results/mini_v2_effects_prompt_words.json and its bf16 twin): no verdict changed in either
+precision; test_the_expected_misses_are_the_committed_tables_misses_with_their_figures holds MISSES to the tables.
 The whole tier in bf16 (2026-12-07, 2-core AMD EPYC Zen 4 with native bf16, 2,509 s on 2 workers;
 benchmarks/results/mini_v2_effects_bf16.json): 55 cases passed: 28, 18 and 9; with SPM's and ANT's v2 values, **57:
 29, 19 and 9**. 12 cases changed their verdict
@@ -82,7 +85,6 @@ RUNS_ENV = "ERASEBENCH_EFFECTS_RUNS"
 MISSES: dict[tuple[str, str], str] = {
     ("ace", "heart"): "no erasure: gain +0.02 [+0.00, +0.06]; drop far -0.06, general +0.00",
     ("cad-erase", "heart"): "weak, damages: gain +0.23 [+0.10, +0.35]; drop far -0.23, general +0.23",
-    ("conceptprune", "heart"): "no erasure: gain +0.04 [+0.00, +0.12]; drop far +0.02, general -0.02",
     ("erasediff", "heart"): "erases, damages: gain +0.73 [+0.62, +0.83]; drop far -0.08, general +0.12",
     ("esd-u", "heart"): "weak: gain +0.10 [+0.00, +0.27]; drop far -0.23, general -0.06 (v2's lr 2e-4; at v1's 5e-5: "
                         "gain -0.02)",
@@ -93,7 +95,6 @@ MISSES: dict[tuple[str, str], str] = {
     ("sld", "heart"): "erases, damages: gain +0.73 [+0.52, +0.90]; drop far +0.19, general +0.06",
     ("ace", "triangle"): "no erasure: gain +0.00 [+0.00, +0.00]; drop far -0.21, general -0.02",
     ("cad-erase", "triangle"): "erases, damages: gain +0.79 [+0.75, +0.83]; drop far -0.17, general +0.25",
-    ("conceptprune", "triangle"): "no erasure: gain +0.00 [+0.00, +0.00]; drop far -0.04, general +0.04",
     ("negative-prompt", "triangle"): "weak: gain +0.12 [+0.00, +0.38]; drop far -0.06, general -0.02",
     ("rece", "triangle"): "erases, damages: gain +1.00 [+1.00, +1.00]; drop far +0.12, general -0.10",
     ("safree", "triangle"): "weak: gain +0.29 [+0.06, +0.54]; drop far -0.06, general +0.00",
@@ -101,7 +102,6 @@ MISSES: dict[tuple[str, str], str] = {
     ("uce", "triangle"): "erases, damages: gain +1.00 [+1.00, +1.00]; drop far +0.17, general -0.06",
     ("ace", "ilse moravik"): "no erasure: gain +0.08 [+0.02, +0.17]; drop far -0.02, general -0.08",
     ("cad-erase", "ilse moravik"): "erases, damages: gain +0.48 [+0.23, +0.73]; drop far +0.08, general +0.19",
-    ("conceptprune", "ilse moravik"): "weak: gain +0.10 [+0.02, +0.23]; drop far +0.00, general +0.04",
     ("erasediff", "ilse moravik"): "erases, damages: gain +1.00 [+1.00, +1.00]; drop far +0.19, general +0.02",
     ("esd-x", "ilse moravik"): "erases, damages: gain +1.00 [+1.00, +1.00]; drop far +0.10, general -0.04",
     ("itd", "ilse moravik"): "weak: gain +0.17 [+0.00, +0.50]; drop far +0.00, general +0.00",
@@ -113,7 +113,6 @@ MISSES: dict[tuple[str, str], str] = {
     ("stereo", "ilse moravik"): "erases, damages: gain +0.94 [+0.85, +1.00]; drop far +0.65, general +0.04",
     ("uce", "ilse moravik"): "erases, damages: gain +0.81 [+0.48, +1.00]; drop far +0.25, general +0.04",
     ("cad-erase", "tomas greer"): "erases, damages: gain +0.94 [+0.85, +1.00]; drop far +0.02, general +0.23",
-    ("conceptprune", "tomas greer"): "weak: gain +0.15 [+0.04, +0.25]; drop far +0.00, general +0.06",
     ("erasediff", "tomas greer"): "erases, damages: gain +0.94 [+0.85, +1.00]; drop far +1.00, general +0.15",
     ("esd-x", "tomas greer"): "erases, damages: gain +0.94 [+0.85, +1.00]; drop far +0.52, general +0.00",
     ("itd", "tomas greer"): "weak: gain +0.17 [+0.00, +0.50]; drop far +0.00, general +0.00",
@@ -126,20 +125,15 @@ MISSES: dict[tuple[str, str], str] = {
     ("stereo", "tomas greer"): "erases, damages: gain +0.94 [+0.85, +1.00]; drop far +0.56, general +0.23",
     ("uce", "tomas greer"): "erases, damages: gain +0.56 [+0.19, +0.90]; drop far +0.00, general +0.17",
     ("ace", "blight"): "no erasure: gain +0.08 [+0.00, +0.21]; drop far +0.00, general -0.08",
-    ("cad-erase", "blight"): "weak, damages: gain +0.25 [+0.02, +0.52]; drop far +0.27, general +0.23",
-    ("conceptprune", "blight"): "no erasure: gain +0.04 [+0.00, +0.08]; drop far +0.00, general -0.04",
     ("esd-u", "blight"): "weak: gain +0.27 [+0.10, +0.52]; drop far +0.06, general +0.00 (v2's lr 2e-4; at v1's "
                          "5e-5: gain +0.08)",
     ("esd-u", "tomas greer"): "erases, damages: gain +0.81 [+0.56, +0.98]; drop far +0.00, general +0.12 [-0.08, +0.44] "
                               "(v2's lr 2e-4; at v1's 5e-5 it passed: gain +0.94, general -0.06)",
     ("itd", "blight"): "weak: gain +0.29 [+0.08, +0.50]; drop far +0.00, general +0.06",
-    ("mace-cfr", "blight"): "no erasure: gain +0.02 [-0.06, +0.12]; drop far +0.00, general -0.02",
     ("negative-prompt", "blight"): "weak: gain +0.19 [+0.00, +0.42]; drop far +0.00, general -0.10",
     ("salun", "blight"): "erases, damages: gain +0.96 [+0.92, +1.00]; drop far +0.48, general +0.31",
     ("scissorhands", "blight"): "no erasure: gain +0.00 [+0.00, +0.00]; drop far +0.02, general +0.00",
-    ("sld", "blight"): "no erasure: gain +0.00 [+0.00, +0.00]; drop far +0.00, general +0.00",
     ("speed", "blight"): "weak: gain +0.25 [+0.12, +0.38]; drop far +0.00, general +0.06",
-    ("stereo", "blight"): "weak: gain +0.19 [+0.00, +0.42]; drop far +0.06, general +0.08",
     ("trce", "blight"): "erases, damages: gain +0.62 [+0.42, +0.81]; drop far +0.25, general +0.33",
     # FMN since its v2 values (the paper's procedure at lr 1e-5, methods/fmn.py): the run of none, FMN and SDD under
     # this config, fp32 (benchmarks/results/mini_v2_effects_fmn_sdd.json)
@@ -150,7 +144,6 @@ MISSES: dict[tuple[str, str], str] = {
     ("fmn", "blight"): "weak: gain +0.12 [-0.08, +0.44]; drop far +0.02, general -0.12",
     # CA, HiRM, AdvUnlearn and SA since their v2 values (benchmarks/mini_v2_rates.py): the run of none and the four
     # under this config, fp32 (benchmarks/results/mini_v2_effects_v2_rates.json)
-    ("ca", "blight"): "weak: gain +0.21 [+0.04, +0.48]; drop far +0.00, general -0.06",
     ("hirm", "blight"): "no erasure, damages: gain +0.02 [+0.00, +0.06]; drop far +0.33, general +0.21",
     ("sa", "blight"): "no erasure: gain +0.00 [-0.06, +0.06]; drop far +0.00, general +0.00",
     ("hirm", "heart"): "erases, damages: gain +0.96 [+0.88, +1.00]; drop far +0.17, general +0.08",
@@ -162,11 +155,26 @@ MISSES: dict[tuple[str, str], str] = {
     # of none, ANT and SPM under this config, fp32 (benchmarks/results/mini_v2_effects_spm_ant.json)
     ("ant", "heart"): "erases, damages: gain +0.50 [+0.40, +0.62]; drop far -0.10, general +0.17",
     ("ant", "tomas greer"): "erases, damages: gain +0.77 [+0.56, +0.92]; drop far +0.19, general +0.17",
-    ("ant", "blight"): "no erasure: gain +0.08 [+0.00, +0.21]; drop far +0.00, general -0.04",
     ("spm", "blight"): "weak, damages: gain +0.25 [+0.12, +0.38]; drop far +0.23, general -0.06",
     # Receler since its algorithm version 2 (erasers drawn from the edit's seed): the run of none and Receler under this
     # config, fp32 (benchmarks/results/mini_v2_effects_receler.json)
     ("receler", "heart"): "no erasure: gain +0.02 [+0.00, +0.06]; drop far -0.10, general -0.04",
+    # The methods whose recipes hold prompt text in config fields, since those fields run in the world's words
+    # (Method.prompt_params; before, SLD's safety concept, ConceptPrune's prompts, CA's anchors, CAD's 'naked', ANT's
+    # and MACE's words and STEREO's gallery prompt reached the model in SD's words), and SLD since its warm-up counts in
+    # the paper's 50-step schedule: the run of none and those methods on the cells whose recipe changed, fp32
+    # (benchmarks/results/mini_v2_effects_prompt_words.json; CA passes on both painters, as before)
+    ("ant", "blight"): "no erasure: gain +0.04 [+0.00, +0.12]; drop far +0.00, general -0.04",
+    ("ca", "blight"): "weak: gain +0.27 [+0.04, +0.54]; drop far +0.00, general -0.08",
+    ("cad-erase", "blight"): "erases, damages: gain +0.67 [+0.50, +0.83]; drop far +0.00, general +0.17",
+    ("conceptprune", "blight"): "no erasure: gain +0.06 [+0.00, +0.15]; drop far +0.00, general -0.02",
+    ("mace-cfr", "blight"): "no erasure: gain +0.00 [-0.08, +0.10]; drop far +0.00, general -0.04",
+    ("sld", "blight"): "weak: gain +0.10 [-0.06, +0.38]; drop far +0.00, general +0.02",
+    ("stereo", "blight"): "erases, damages: gain +0.79 [+0.65, +0.92]; drop far +0.00, general +0.29",
+    ("conceptprune", "heart"): "no erasure: gain +0.04 [+0.00, +0.12]; drop far +0.00, general -0.04",
+    ("conceptprune", "triangle"): "no erasure: gain +0.00 [+0.00, +0.00]; drop far -0.02, general +0.02",
+    ("conceptprune", "ilse moravik"): "weak: gain +0.10 [+0.04, +0.17]; drop far -0.02, general +0.04",
+    ("conceptprune", "tomas greer"): "weak: gain +0.12 [+0.04, +0.21]; drop far +0.00, general +0.04",
 }
 # The whole tier again in bf16 (a CPU with native bf16, where the runner's `auto` precision samples in bf16 with the
 # weights cast once, and the fine-tuning loop autocasts to bf16): 2026-12-07, 2-core AMD EPYC Zen 4, 2 pytest workers,
@@ -175,9 +183,16 @@ MISSES: dict[tuple[str, str], str] = {
 BF16_TABLE = "benchmarks/results/mini_v2_effects_bf16.json"
 # The methods run again since, in bf16 (a later table's rows replace BF16_TABLE's): SPM and ANT since their v2 values
 # (the run of none, ANT and SPM under this config; its `flips` against the fp32 run of the same rows: 3 of their 10
-# cases change their verdict, all from pass to miss), Receler since its seeded erasers (no flip).
+# cases change their verdict, all from pass to miss), Receler since its seeded erasers (no flip). Keyed by method, or
+# by (method, target) where only some of a method's cells ran again: the cells whose recipe text changed when prompt
+# fields took the world's words (no flip against their fp32 run).
 BF16_TABLE_OF = {**dict.fromkeys(("ant", "spm"), "benchmarks/results/mini_v2_effects_spm_ant_bf16.json"),
-                 "receler": "benchmarks/results/mini_v2_effects_receler_bf16.json"}
+                 "receler": "benchmarks/results/mini_v2_effects_receler_bf16.json",
+                 **dict.fromkeys([*((m, "blight") for m in ("ant", "ca", "cad-erase", "conceptprune", "mace-cfr", "sld",
+                                                            "stereo")),
+                                  *(("conceptprune", t) for t in ("triangle", "heart", "tomas greer", "ilse moravik")),
+                                  ("ca", "tomas greer"), ("ca", "ilse moravik")],
+                                 "benchmarks/results/mini_v2_effects_prompt_words_bf16.json")}
 # Cases that pass in fp32 and miss in bf16:
 MISSES_IN_BF16: dict[tuple[str, str], str] = {
     ("hirm", "triangle"): "weak in bf16: gain +0.29 [+0.08, +0.52]; drop far -0.04, general +0.00 (fp32: gain +0.33, "
@@ -269,7 +284,8 @@ def expected_miss(method: str, target: str, bf16: bool) -> str | None:
         return None
     if key in MISSES_IN_BF16:
         return MISSES_IN_BF16[key]
-    return f"{MISSES[key]} (fp32; in bf16 it misses too: {BF16_TABLE_OF.get(method, BF16_TABLE)})" if key in MISSES else None
+    table = BF16_TABLE_OF.get(key, BF16_TABLE_OF.get(method, BF16_TABLE))
+    return f"{MISSES[key]} (fp32; in bf16 it misses too: {table})" if key in MISSES else None
 
 
 def cases():
@@ -314,3 +330,47 @@ def test_the_expected_misses_name_the_tiers_cases():
     assert set(MISSES) | set(MISSES_IN_BF16) | set(PASSES_IN_BF16) <= tier
     assert set(PASSES_IN_BF16) <= set(MISSES)  # passing in bf16 only: a case that misses in fp32
     assert not set(MISSES_IN_BF16) & set(MISSES)  # missing in bf16 only: a case that passes in fp32
+
+
+# The committed tables of this tier, earliest first (a later table's row replaces an earlier one's), and the row names
+# an earlier table used for a method (TRCE's run at the recipe's preserve weight, before it became TRCE's default)
+FP32_TABLES = ["benchmarks/results/mini_v2_effects.json", "benchmarks/results/mini_v2_effects_trce.json",
+               "benchmarks/results/mini_v2_effects_fmn_sdd.json", "benchmarks/results/mini_v2_effects_v2_rates.json",
+               "benchmarks/results/mini_v2_effects_esd_u.json", "benchmarks/results/mini_v2_effects_spm_ant.json",
+               "benchmarks/results/mini_v2_effects_receler.json",
+               "benchmarks/results/mini_v2_effects_prompt_words.json"]
+RENAMED = {"trce-paper-preserve": "trce"}
+
+
+def latest_rows(tables: list[str]) -> dict[tuple[str, str], dict]:
+    import json
+
+    rows = {}
+    for table in tables:
+        for r in json.loads((Path(__file__).resolve().parent.parent / table).read_text())["rows"]:
+            rows[(RENAMED.get(r["method"], r["method"]), r["target"])] = r
+    return rows
+
+
+def test_the_expected_misses_are_the_committed_tables_misses_with_their_figures():
+    """MISSES is what the fp32 tables measured, MISSES_IN_BF16 / PASSES_IN_BF16 what the bf16 tables changed: every case
+    of the tier has a row in them, a case is an expected miss exactly where its latest row misses the bar, and each
+    reason quotes that row's gain and interval (a rerun whose figures were not carried over fails here)."""
+    tier = {(m, t) for targets in TARGETS.values() for t in targets for m in erasing_methods()}
+    fp32 = latest_rows(FP32_TABLES)
+    bf16 = latest_rows([BF16_TABLE, *dict.fromkeys(BF16_TABLE_OF.values())])
+    assert tier <= set(fp32) and tier <= set(bf16), (tier - set(fp32), tier - set(bf16))
+
+    def quoted(r: dict) -> str:
+        g = r["gain"]
+        return f"gain {g['value']:+.2f} [{g['ci_low']:+.2f}, {g['ci_high']:+.2f}]"
+
+    for key in sorted(tier):
+        assert (key in MISSES) == (not fp32[key]["bar"]), (key, fp32[key]["bar"])
+        if key in MISSES:
+            assert quoted(fp32[key]) in MISSES[key], (key, quoted(fp32[key]), MISSES[key])
+        misses_in_bf16 = (key in MISSES and key not in PASSES_IN_BF16) or key in MISSES_IN_BF16
+        assert misses_in_bf16 == (not bf16[key]["bar"]), (key, bf16[key]["bar"])
+        for reasons in (MISSES_IN_BF16, PASSES_IN_BF16):
+            if key in reasons:
+                assert quoted(bf16[key]) in reasons[key], (key, quoted(bf16[key]), reasons[key])
