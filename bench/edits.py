@@ -70,7 +70,8 @@ def build_request(config: RunConfig, spec, method, target: str, backbone: Backbo
         from bench.worlds.v2.recipe_words import in_world_words
 
         try:
-            recipe = in_world_words(recipe, concepts, prompt_params=method.prompt_params)
+            recipe = in_world_words(recipe, concepts, prompt_params=method.prompt_params,
+                                    evaluator_params=method.evaluator_params)
         except ValueError as exc:
             raise ConfigError(f"methods: {spec.row_name}: target {target}: {exc}") from None
     # None (the default) keeps the recipe's: a config written back from a manifest is the same run

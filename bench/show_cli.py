@@ -56,7 +56,8 @@ def show_method(name: str, kind: str, model: str = "sd", target: str | None = No
 
         target = target or ("blight" if kind == "nudity" else None)  # the world's one concept of that kind
 
-        recipe = in_world_words(recipe, [target or CONCEPT], prompt_params=cls.prompt_params)
+        recipe = in_world_words(recipe, [target or CONCEPT], prompt_params=cls.prompt_params,
+                                evaluator_params=cls.evaluator_params)
     missing = None
     absent = []  # every public file not local here, each with where a run fetches it
     for spec in prompt_files(recipe):

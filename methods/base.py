@@ -151,6 +151,9 @@ class Method:
     # (bench.worlds.v2.recipe_words.in_world_words); tests/test_recipe_words_v2.py checks every recipe's text is
     # declared here.
     prompt_params: ClassVar[tuple[str, ...]] = ()
+    # Config fields whose recipe values name an evaluator of Stable Diffusion's images (RECE keeps its best epoch by
+    # NudeNet's rate): on mini world v2 the world's evaluator for the same role (recipe_words.yaml, evaluators:)
+    evaluator_params: ClassVar[tuple[str, ...]] = ()
     # Part of the fingerprint: raise it with every change to the method's code that changes the edit it makes,
     # so that edits saved before the change are never reused as if they were the same.
     algorithm_version: ClassVar[str] = "1"

@@ -213,6 +213,7 @@ class RECE(Method):
     mini_preset = MINI_PRESET
     mini_preset_worlds = MINI_PRESET_WORLDS
     recipes = RECIPES
+    evaluator_params = ("validation_evaluator",)
 
     def apply(self, backbone: Backbone, request: ErasureRequest) -> Backbone:
         import torch
@@ -271,8 +272,14 @@ class EpochScorer:
         self.seeds = [image_seed(f"rece-validation/{p}", k % config.validation_images, request.seed)
                       for k, p in enumerate(self.prompts)]
         self.items = [{"target": request.targets[0], "erase_target": request.targets[0]} for _ in self.prompts]
-        params = {} if config.validation_threshold is None else {"threshold": config.validation_threshold}
-        self.evaluator = EVALUATORS.get(config.validation_evaluator)(device=backbone.device, **params)
+        evaluator = EVALUATORS.get(config.validation_evaluator)
+        params = {}
+        if config.validation_threshold is not None:
+            if evaluator.detection_threshold_param is None:
+                raise ValueError(f"rece: validation_threshold is set, but evaluator {evaluator.name!r} takes no "
+                                 "detection threshold")
+            params[evaluator.detection_threshold_param] = config.validation_threshold
+        self.evaluator = evaluator(device=backbone.device, **params)
 
     def __call__(self) -> float:
         from bench.generate import SamplerConfig, generate

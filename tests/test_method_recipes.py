@@ -264,3 +264,17 @@ def test_recipes_change_the_fingerprint():
     recipe = get_method("rece", dict(METHODS.get("rece").recipes["nudity"].params))
     assert base.fingerprint() != recipe.fingerprint()
     assert dataclasses.asdict(recipe.config)["keep_best"] is True
+
+
+def test_rece_validation_threshold_reaches_the_evaluator_under_its_own_name():
+    """RECE's nudity recipe scores each epoch with NudeNet at 0.6 (``threshold``); on mini-v2 the world's judge takes
+    the same value as its blight threshold; an evaluator with no detection threshold is refused, not ignored."""
+    from bench.backbone import load_backbone
+    from methods.rece import EpochScorer, RECEConfig
+
+    backbone = load_backbone("mini-v2")
+    request = ErasureRequest(targets=["blight"], seed=0)
+    scorer = EpochScorer(backbone, RECEConfig(validation_evaluator="mini-v2-judge", validation_threshold=0.6), request)
+    assert scorer.evaluator.blight_threshold == 0.6
+    with pytest.raises(ValueError, match="takes no detection threshold"):
+        EpochScorer(backbone, RECEConfig(validation_evaluator="mini-classifier", validation_threshold=0.6), request)

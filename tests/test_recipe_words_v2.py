@@ -59,8 +59,8 @@ def test_every_word_of_every_registered_recipe_is_mapped_or_the_worlds():
     assert lost == {}
 
 
-# Text-valued config fields that are not prompts (and not Literal choices): a component selector, an evaluator's name
-NOT_PROMPTS = {"selector", "validation_evaluator"}
+# Text-valued config fields that are neither prompts nor evaluators (nor Literal choices): a component selector
+NOT_PROMPTS = {"selector"}
 
 
 def test_every_recipe_field_that_holds_text_is_a_declared_prompt_param():
@@ -78,7 +78,7 @@ def test_every_recipe_field_that_holds_text_is_a_declared_prompt_param():
                 text = isinstance(value, str) or (isinstance(value, (list, tuple)) and value and
                                                   all(isinstance(v, str) for v in value))
                 if text and typing.get_origin(hints[field]) is not typing.Literal and field not in NOT_PROMPTS \
-                        and field not in cls.prompt_params:
+                        and field not in cls.prompt_params and field not in cls.evaluator_params:
                     undeclared[f"{name}/{kind}/{field}"] = value
         assert set(cls.prompt_params) <= set(hints), (name, cls.prompt_params)
     assert undeclared == {}
@@ -106,6 +106,11 @@ def test_prompt_params_run_in_the_worlds_words_and_keep_their_pairs_and_placehol
                                                                        nudity["reference_prompts"]))
     assert show_method("stereo", "nudity", "mini-v2")["config"]["initializer"] in world.objects  # SD's "person"
     assert show_method("trce", "object", "mini-v2")["config"]["trajectory_template"] == "a photo of {}"
+    # an evaluator a recipe names: RECE keeps its best epoch by NudeNet's rate on SD, by the world's judge on v2 (NudeNet
+    # flagged none of v2's images: every epoch scored 0.00, so RECE kept the UCE edit it starts from)
+    rece = {model: show_method("rece", "nudity", model)["config"] for model in ("sd", "mini-v2")}
+    assert (rece["sd"]["validation_evaluator"], rece["mini-v2"]["validation_evaluator"]) == ("nudenet", "mini-v2-judge")
+    assert rece["mini-v2"]["keep_best"] and rece["mini-v2"]["validation_threshold"] == 0.6
 
 
 def test_nudity_prompts_raise_blight_in_the_worlds_reading_and_clothed_anchors_lower_it(world):

@@ -23,6 +23,9 @@ from bench.registry import Registry
 class Evaluator:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    # the keyword of the score above which an image is flagged (target_present), for a caller that sets a detection
+    # threshold without knowing the evaluator (RECE's keep-the-best-epoch); None: the evaluator has none
+    detection_threshold_param: ClassVar[str | None] = None
 
     def __init__(self, device: str | torch.device = "cpu", **params: Any):
         self.device = torch.device(device)

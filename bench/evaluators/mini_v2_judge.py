@@ -31,6 +31,7 @@ def judge_dir():
 @register_evaluator
 class MiniV2JudgeEvaluator(Evaluator):
     name = "mini-v2-judge"
+    detection_threshold_param = "blight_threshold"
     description = "mini world v2 slot judge: shapes, colours, accessories, characters, painter, blight (exact)"
 
     def __init__(self, device="cpu", weights: str | None = None, blight_threshold: float = BLIGHT_THRESHOLD,

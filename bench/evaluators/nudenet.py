@@ -58,6 +58,7 @@ def _nudenet_version() -> str:
 @register_evaluator
 class NudeNetEvaluator(Evaluator):
     name = "nudenet"
+    detection_threshold_param = "threshold"
     description = "NudeNet v3 exposed-body-part detector; flagged = any preset label >= preset threshold"
 
     def __init__(self, device="cpu", preset: str = "standard", labels: list[str] | None = None,

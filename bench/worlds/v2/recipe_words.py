@@ -41,6 +41,7 @@ class WordMap:
     phrases: dict[str, str]
     words: dict[str, str]
     by_kind: dict[str, dict[str, str]]
+    evaluators: dict[str, str]  # an SD evaluator -> the world's for the same role
     files: dict[str, dict]
     seed: int
     vocabulary: frozenset[str]  # the words the world's captions use
@@ -52,6 +53,7 @@ class WordMap:
         world = WorldV2.load(folder)
         return cls(carriers=tuple(spec["carriers"]), phrases=dict(spec["phrases"]), words=dict(spec["words"]),
                    by_kind={k: dict(v) for k, v in (spec.get("by_kind") or {}).items()},
+                   evaluators=dict(spec.get("evaluators") or {}),
                    files={k: dict(v) for k, v in spec["files"].items()}, seed=int(spec["seed"]),
                    vocabulary=frozenset(world_vocabulary(world)))
 
@@ -164,7 +166,8 @@ def _concepts(w: WorldV2) -> set[str]:
     return {*w.objects, *w.colours, *w.painters, *w.characters, "blight"}
 
 
-def in_world_words(recipe, targets: list[str], words: WordMap | None = None, prompt_params: tuple[str, ...] = ()):
+def in_world_words(recipe, targets: list[str], words: WordMap | None = None, prompt_params: tuple[str, ...] = (),
+                   evaluator_params: tuple[str, ...] = ()):
     """``recipe`` (a :class:`methods.recipes.Recipe`, its ``{concept}`` templates unfilled) as the world says it:
     prompts translated and expanded per target, its public prompt files replaced by the world's sets (appended
     to ``preserve``, as :func:`methods.recipes.materialise` appends a file's rows), the note naming what changed.
@@ -173,7 +176,9 @@ def in_world_words(recipe, targets: list[str], words: WordMap | None = None, pro
     ``prompt_params`` (the method's :attr:`~methods.base.Method.prompt_params`) names the ``params`` that hold
     prompt text: each is translated too, its placeholders left for the method to fill. A list keeps one entry
     per entry of the paper's (after ``{carrier}`` expansion), so that lists the method pairs up one to one
-    (ConceptPrune's concept and reference prompts) stay paired; a single prompt takes the first carrier."""
+    (ConceptPrune's concept and reference prompts) stay paired; a single prompt takes the first carrier.
+    ``evaluator_params`` (:attr:`~methods.base.Method.evaluator_params`) names those that hold an evaluator's name:
+    an SD evaluator becomes the world's for its role (the map's ``evaluators``)."""
     from bench.worlds.v2.prompts import world
     from methods.recipes import fill, prompt_files
 
@@ -217,6 +222,10 @@ def in_world_words(recipe, targets: list[str], words: WordMap | None = None, pro
             continue
         params[name] = param_prompts([value])[0] if isinstance(value, str) else param_prompts(value)
         mapped_params.append(name)
+    for name in evaluator_params:
+        if params.get(name) in words.evaluators:
+            params[name] = words.evaluators[params[name]]
+            mapped_params.append(name)
     files = prompt_files(recipe)
     replaced = []
     for spec in files:
