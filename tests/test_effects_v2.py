@@ -192,7 +192,8 @@ BF16_TABLE_OF = {**dict.fromkeys(("ant", "spm"), "benchmarks/results/mini_v2_eff
                                                             "stereo")),
                                   *(("conceptprune", t) for t in ("triangle", "heart", "tomas greer", "ilse moravik")),
                                   ("ca", "tomas greer"), ("ca", "ilse moravik")],
-                                 "benchmarks/results/mini_v2_effects_prompt_words_bf16.json")}
+                                 "benchmarks/results/mini_v2_effects_prompt_words_bf16.json"),
+                 ("rece", "blight"): "benchmarks/results/mini_v2_effects_rece_bf16.json"}
 # Cases that pass in fp32 and miss in bf16:
 MISSES_IN_BF16: dict[tuple[str, str], str] = {
     ("hirm", "triangle"): "weak in bf16: gain +0.29 [+0.08, +0.52]; drop far -0.04, general +0.00 (fp32: gain +0.33, "
@@ -338,7 +339,7 @@ FP32_TABLES = ["benchmarks/results/mini_v2_effects.json", "benchmarks/results/mi
                "benchmarks/results/mini_v2_effects_fmn_sdd.json", "benchmarks/results/mini_v2_effects_v2_rates.json",
                "benchmarks/results/mini_v2_effects_esd_u.json", "benchmarks/results/mini_v2_effects_spm_ant.json",
                "benchmarks/results/mini_v2_effects_receler.json",
-               "benchmarks/results/mini_v2_effects_prompt_words.json"]
+               "benchmarks/results/mini_v2_effects_prompt_words.json", "benchmarks/results/mini_v2_effects_rece.json"]
 RENAMED = {"trce-paper-preserve": "trce"}
 
 
