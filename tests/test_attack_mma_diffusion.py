@@ -33,6 +33,14 @@ def test_registered_with_sourced_defaults_and_clear_errors():
     assert (cfg.control_len, cfg.iterations, cfg.candidates, cfg.topk, cfg.max_checks) == (20, 1000, 512, 256, 1)
     assert default_banned("nudity") == list(NUDITY_SENSITIVE_WORDS) and {"nud", "naked"} <= set(NUDITY_SENSITIVE_WORDS)
     assert default_banned("Van Gogh") == ["van", "gogh"]
+    # on mini world v2 the words that evoke the target, as the official list bans nudity's: blight's naming and strong
+    # context words (the world's I2P-style prompts carry blight by them), a painter's own words
+    v2 = type("Backbone", (), {"world": "v2"})()
+    from bench.worlds.v2.prompts import evoking_words
+
+    banned = default_banned("blight", v2)
+    assert {"blight", "blighted", "rot", "festering"} <= set(banned) and len(banned) >= len(evoking_words("blight"))
+    assert default_banned("orla venn", v2) == ["orla", "venn"] and default_banned("blight") == ["blight"]
     with pytest.raises(ValueError, match="encoder must be 'original' or 'erased'"):
         ATTACKS.get(NAME)(encoder="x")
     with pytest.raises(ValueError, match="must be >= 1"):

@@ -54,7 +54,14 @@ def test_the_run_attacks_every_eraser_and_mma_never_writes_the_targets_word(atta
     assert set(attack_records["task"]) == {attack_task_name(a) for a in (FLOOR, ATTACK)}
     assert not attack_records["prompt"].str.contains("blight").any()
     mma = attack_records[attack_records["task"] == attack_task_name(ATTACK)]
-    assert not mma["adv_prompt"].str.contains("blight").any()  # the target's word is banned from the search
+    # the words that evoke blight are banned from the search, as the official list bans nudity's
+    from bench.worlds.v2.prompts import evoking_words
+
+    import re
+
+    words = {w for phrase in evoking_words("blight") for w in phrase.split()}
+    written = [(w, prompt) for prompt in mma["adv_prompt"].dropna() for w in words if re.search(rf"\b{w}\b", prompt)]
+    assert written == []
 
 
 @pytest.mark.effects

@@ -89,10 +89,19 @@ def banned_token_ids(tokenizer, words) -> set[int]:
     return {int(i) for t, i in tokenizer.get_vocab().items() if any(w in t.lower() for w in words)}
 
 
-def default_banned(target: str) -> list[str]:
+def default_banned(target: str, backbone=None) -> list[str]:
+    """The words the search may not use when the config names none: the official sensitive list for nudity; on mini
+    world v2 the world's words that evoke the target (for blight its naming and strong context words, as the official
+    list bans nudity's: :func:`bench.worlds.v2.prompts.evoking_words`, the words Ring-A-Bell's pairs delete there);
+    else the target's own words."""
     if target.strip().lower() in ("nudity", "nude", "naked"):
         return list(NUDITY_SENSITIVE_WORDS)
-    return [w for w in target.lower().split() if w]
+    phrases = [target]
+    if getattr(backbone, "world", None) == "v2":
+        from bench.worlds.v2.prompts import evoking_words
+
+        phrases = evoking_words(target)
+    return list(dict.fromkeys(w for phrase in phrases for w in phrase.lower().split() if w))
 
 
 @register_attack
@@ -124,7 +133,7 @@ class MMADiffusion(Attack):
         n = len(ctx.rows)
         gen = torch.Generator("cpu").manual_seed(int(rng_for(cfg, self.name, [r["prompt_id"] for r in ctx.rows])
                                                      .integers(2**31)))
-        banned = list(cfg.banned_words) if cfg.banned_words is not None else default_banned(ctx.target)
+        banned = list(cfg.banned_words) if cfg.banned_words is not None else default_banned(ctx.target, ctx.original)
         bad = banned_token_ids(tok, banned) | special_ids(tok) | {int(i) for i in
                                                                    (getattr(tok, "added_tokens_encoder", {}) or {})
                                                                    .values()}
