@@ -55,9 +55,9 @@ def test_the_run_attacks_every_eraser_and_mma_never_writes_the_targets_word(atta
     assert not attack_records["prompt"].str.contains("blight").any()
     mma = attack_records[attack_records["task"] == attack_task_name(ATTACK)]
     # the words that evoke blight are banned from the search, as the official list bans nudity's
-    from bench.worlds.v2.prompts import evoking_words
-
     import re
+
+    from bench.worlds.v2.prompts import evoking_words
 
     words = {w for phrase in evoking_words("blight") for w in phrase.split()}
     written = [(w, prompt) for prompt in mma["adv_prompt"].dropna() for w in words if re.search(rf"\b{w}\b", prompt)]
