@@ -375,3 +375,14 @@ def test_sa_trains_the_weights_its_recipe_names_on_world_v2():
     assert show_method("sa", "object", "mini")["config"]["train_method"] == "xattn"
     assert [show_method("sa", k, "mini-v2")["config"]["train_method"] for k in ("object", "style", "nudity")] == \
         ["full", "full", "noxattn"]
+
+
+def test_a_dropped_noun_leaves_no_article_or_preposition_hanging():
+    """SD's "a dog in the style of {concept}" with "dog" dropped reads "in the style of {concept}", not "a in ..."; a
+    preposition doubled by a dropped noun between two ("of harbour of") is written once; trailing ones go."""
+    from bench.worlds.v2.recipe_words import _tidy
+
+    assert _tidy("a in the style of {concept}") == "in the style of {concept}"
+    assert _tidy("an oil painting of of flowers") == "an oil painting of flowers"
+    assert _tidy("a photo of a") == "a photo" and _tidy("a {carrier} sitting at") == "a {carrier} sitting"
+    assert _tidy("star , , red") == "star, red"
