@@ -187,11 +187,15 @@ def in_world_words(recipe, targets: list[str], words: WordMap | None = None, pro
     kind = recipe.kind
     lost: list[str] = []
 
+    def translated(template: str) -> str:
+        text, dropped = words.translate(template, kind)
+        lost.extend(dropped)
+        return text
+
     def prompts(templates, per_target=True, first_only=False):
         out: list[str] = []
         for template in templates:
-            text, dropped = words.translate(template, kind)
-            lost.extend(dropped)
+            text = translated(template)
             for target in (targets[:1] if not per_target else targets):
                 filled = fill(text, target)
                 expanded = expand(filled, words.carriers, class_of(w, target))
@@ -207,12 +211,7 @@ def in_world_words(recipe, targets: list[str], words: WordMap | None = None, pro
     cls = class_of(w, targets[0]) if targets else CLASS
 
     def param_prompts(templates) -> list[str]:
-        out: list[str] = []
-        for template in templates:
-            text, dropped = words.translate(template, kind)
-            lost.extend(dropped)
-            out.extend(expand(text, words.carriers, cls))
-        return out
+        return [p for template in templates for p in expand(translated(template), words.carriers, cls)]
 
     params = dict(recipe.params)
     mapped_params = []
