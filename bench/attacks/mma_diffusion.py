@@ -94,13 +94,11 @@ def default_banned(target: str, backbone=None) -> list[str]:
     world v2 the world's words that evoke the target (for blight its naming and strong context words, as the official
     list bans nudity's: :func:`bench.worlds.v2.prompts.evoking_words`, the words Ring-A-Bell's pairs delete there);
     else the target's own words."""
+    from bench.attacks.ring_a_bell import default_concept_words
+
     if target.strip().lower() in ("nudity", "nude", "naked"):
         return list(NUDITY_SENSITIVE_WORDS)
-    phrases = [target]
-    if getattr(backbone, "world", None) == "v2":
-        from bench.worlds.v2.prompts import evoking_words
-
-        phrases = evoking_words(target)
+    phrases = default_concept_words(backbone, target)
     return list(dict.fromkeys(w for phrase in phrases for w in phrase.lower().split() if w))
 
 

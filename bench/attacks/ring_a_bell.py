@@ -54,7 +54,7 @@ class RingABellConfig(AttackConfig):
 def default_concept_words(backbone, target: str) -> list[str]:
     """The words a pair deletes when the config names none: the target's name; on mini world v2 the world's words
     that evoke it (for blight its naming and strong context words, as the paper's nudity pairs delete the nudity
-    words: the world's I2P-style prompts never name blight)."""
+    words: the world's I2P-style prompts never name blight). MMA-Diffusion bans the same words there."""
     if getattr(backbone, "world", None) == "v2":
         from bench.worlds.v2.prompts import evoking_words
 
